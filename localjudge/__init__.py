@@ -1,0 +1,3 @@
+"""localjudge: audit a vision model's saliency maps at dataset scale with a local vision-language judge."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,270 @@
+"""The command line: `localjudge run` does every stage; each stage is also a command of its own."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import DEFAULTS, IMAGE_MODES, RunConfig
+from .data import IngestError
+from .judge import JUDGE_BACKENDS, JudgeError
+from .reports import matrices, summary
+from .saliency import CAM_METHODS
+from .store import Store
+from .vision import BACKENDS, CardError, WeightsError, list_cards
+
+USER_ERRORS = (IngestError, CardError, WeightsError, JudgeError, ValueError, FileNotFoundError)
+
+
+def user_errors(fn):
+    """Problems a user can fix are one clear line, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as error:
+            raise click.ClickException(str(error)) from error
+
+    return wrapper
+
+
+def options(*decorators):
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+db_option = click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+                         help="SQLite file that holds the audit (created if missing).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+ingest_options = options(
+    click.option("--path-column", default=DEFAULTS.path_column, show_default=True,
+                 help="Manifest column with image paths (relative to the manifest)."),
+    click.option("--label-column", default=DEFAULTS.label_column, show_default=True,
+                 help="Manifest column with labels: ImageNet index, WordNet id or class name (';' for several)."),
+)
+vision_options = options(
+    click.option("--model", default=DEFAULTS.model, show_default=True,
+                 help="Registered model name (see `localjudge models list`) or a card .json file."),
+    click.option("--weights", type=click.Path(exists=True, dir_okay=False),
+                 help="State dict for the model (loaded weights-only)."),
+    click.option("--backend", type=click.Choice(sorted(BACKENDS)), default=DEFAULTS.backend, show_default=True),
+    click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True),
+)
+cam_options = options(
+    click.option("--cam", type=click.Choice(sorted(CAM_METHODS)), default=DEFAULTS.cam, show_default=True),
+)
+judge_options = options(
+    click.option("--vlm", type=click.Path(exists=True, file_okay=False),
+                 help="Local Gemma-3 or Qwen2.5-VL model directory."),
+    click.option("--judge", type=click.Choice(JUDGE_BACKENDS), default=DEFAULTS.judge, show_default=True),
+    click.option("--image-mode", type=click.Choice(IMAGE_MODES), default=DEFAULTS.image_mode, show_default=True,
+                 help="What the judge sees: the masked image (paper Eq. 1-2) or a heatmap overlay."),
+    click.option("--alpha", type=float, default=DEFAULTS.alpha, show_default=True, help="Mask steepness."),
+    click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True, help="Mask threshold."),
+    click.option("--judge-batch-size", type=click.IntRange(1), default=DEFAULTS.judge_batch_size,
+                 show_default=True),
+    click.option("--max-new-tokens", type=click.IntRange(1), default=DEFAULTS.max_new_tokens, show_default=True),
+    click.option("--temperature", type=click.FloatRange(0), default=DEFAULTS.temperature, show_default=True),
+    click.option("--judge-image-size", type=click.IntRange(32), default=DEFAULTS.judge_image_size,
+                 show_default=True, help="Side in pixels of the image given to the judge."),
+)
+threshold_option = click.option("--threshold", type=click.IntRange(0, 5), default=DEFAULTS.threshold,
+                                show_default=True, help="A score at or above this is high.")
+
+
+def make_audit(db_path: str, show_progress: bool = True, **options_given):
+    from .pipeline import Audit  # torch and friends load only for commands that compute
+
+    config = DEFAULTS.replace(**options_given)
+    return Audit(Store(db_path), config, show_progress=show_progress)
+
+
+def smoke_vlm() -> str:
+    from .judge.tiny import ensure_tiny_vlm
+
+    path = ensure_tiny_vlm("qwen2_5_vl")
+    click.echo(
+        "No --vlm given: judging with a tiny, randomly initialised Qwen2.5-VL built offline at "
+        f"{path}. This is a smoke run of the pipeline; its scores mean nothing. "
+        "Pass --vlm DIR with real Gemma-3 or Qwen2.5-VL weights for a real audit.", err=True)
+    return str(path)
+
+
+def report_stages(stages: dict, store: Store, as_json: bool) -> None:
+    new_errors = store.read_errors()
+    if as_json:
+        click.echo(json.dumps({name: {"rows": len(s.ids), "computed": s.computed, "failed": s.failed,
+                                      "model_loaded": s.model_loaded} for name, s in stages.items()}, indent=2))
+        return
+    for error in new_errors:
+        click.echo(f"read error: {error['path']}: {error['reason']}", err=True)
+    for name, stage in stages.items():
+        extra = f", {stage.failed} failed" if stage.failed else ""
+        loaded = "" if stage.model_loaded or name == "ingest" else " (nothing to do, model not loaded)"
+        click.echo(f"{name:8} {len(stage.ids)} rows, {stage.computed} new{extra}{loaded}")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="localjudge")
+def cli():
+    """Audit a vision model's saliency maps at dataset scale with a local vision-language judge, offline."""
+
+
+@cli.command()
+@click.argument("images", type=click.Path(exists=True))
+@db_option
+@vision_options
+@cam_options
+@judge_options
+@threshold_option
+@ingest_options
+@json_option
+@user_errors
+def run(images, db_path, as_json, threshold, **given):
+    """Every stage on IMAGES (a folder, class sub-folders or a CSV manifest): ingest, predict, explain, judge."""
+    if not given.get("vlm"):
+        given["vlm"] = smoke_vlm()
+    audit = make_audit(db_path, threshold=threshold, **given)
+    audit.begin("run", images, ["predict", "explain", "judge"])
+    stages = audit.run(images)
+    audit.end()
+    report_stages(stages, audit.store, as_json)
+    if not as_json:
+        print_matrices(matrices(audit.store, threshold, model=audit.config.model, cam=audit.config.cam,
+                                judge_model=Path(audit.config.vlm).name, image_mode=audit.config.image_mode))
+
+
+@cli.command()
+@click.argument("images", type=click.Path(exists=True))
+@db_option
+@vision_options
+@ingest_options
+@json_option
+@user_errors
+def predict(images, db_path, as_json, **given):
+    """Ingest IMAGES and store the model's top-5 and full probability vector per image."""
+    audit = make_audit(db_path, **given)
+    audit.begin("predict", images, ["predict"])
+    stages = {"ingest": audit.ingest(images)}
+    stages["predict"] = audit.predict(stages["ingest"].ids)
+    audit.end()
+    report_stages(stages, audit.store, as_json)
+
+
+@cli.command()
+@db_option
+@vision_options
+@cam_options
+@json_option
+@user_errors
+def explain(db_path, as_json, **given):
+    """Compute a saliency map for every stored prediction of the model."""
+    audit = make_audit(db_path, **given)
+    audit.begin("explain", None, ["explain"])
+    stages = {"explain": audit.explain(audit.stored_predictions())}
+    audit.end()
+    report_stages(stages, audit.store, as_json)
+
+
+@cli.command()
+@db_option
+@vision_options
+@cam_options
+@judge_options
+@json_option
+@user_errors
+def judge(db_path, as_json, **given):
+    """Judge every stored saliency map of the model and CAM method with the VLM in --vlm."""
+    if not given.get("vlm"):
+        raise click.UsageError("--vlm DIR is required (a local Gemma-3 or Qwen2.5-VL directory)")
+    audit = make_audit(db_path, **given)
+    audit.begin("judge", None, ["judge"])
+    stages = {"judge": audit.judge(audit.stored_saliency_maps())}
+    audit.end()
+    report_stages(stages, audit.store, as_json)
+
+
+def print_matrices(found: list[dict]) -> None:
+    if not found:
+        click.echo("No successful judgments yet.")
+        return
+    for m in found:
+        click.echo(f"\n{m['model']} / {m['cam']} judged by {m['judge_model']} ({m['image_mode']}, "
+                   f"alpha={m['alpha']}, beta={m['beta']}), score >= {m['threshold']} is high")
+        c, p = m["counts"], m["percent"]
+        click.echo(f"{'':10}{'high':>16}{'low':>16}")
+        click.echo(f"{'correct':10}{c['CH']:>8} ({p['CH']:5.1f}%){c['CL']:>8} ({p['CL']:5.1f}%)")
+        click.echo(f"{'wrong':10}{c['WH']:>8} ({p['WH']:5.1f}%){c['WL']:>8} ({p['WL']:5.1f}%)")
+        if m["unlabelled"]["high"] or m["unlabelled"]["low"]:
+            click.echo(f"{'no label':10}{m['unlabelled']['high']:>16}{m['unlabelled']['low']:>16}")
+        click.echo(f"average score {m['average_score']:.2f} over {m['judgments']} judgments")
+
+
+@cli.command()
+@db_option
+@threshold_option
+@click.option("--model", help="Only this vision model.")
+@click.option("--cam", help="Only this CAM method.")
+@click.option("--judge-model", help="Only this judge (its directory name).")
+@click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Only this image mode.")
+@json_option
+def matrix(db_path, threshold, as_json, **filters):
+    """The 2x2 matrix: prediction correct/wrong x judge score high/low (CH, CL, WH, WL)."""
+    found = matrices(Store(db_path), threshold, **filters)
+    if as_json:
+        click.echo(json.dumps({"matrices": found}, indent=2))
+    else:
+        print_matrices(found)
+
+
+@cli.command(name="summary")
+@db_option
+@json_option
+def summary_command(db_path, as_json):
+    """What the store holds: images, read errors, predictions and accuracy, CAMs, judgments."""
+    result = summary(Store(db_path))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    accuracy = result["top1_accuracy"]
+    click.echo(f"images            {result['images']}")
+    click.echo(f"read errors       {result['read_errors']}")
+    for error in result["read_error_files"]:
+        click.echo(f"  {error['path']}: {error['reason']}")
+    click.echo(f"predictions       {result['predictions']} ({result['labelled_predictions']} labelled)")
+    click.echo(f"top-1 accuracy    {'n/a' if accuracy is None else f'{accuracy:.3f}'}")
+    click.echo(f"CAMs              {result['cams']}")
+    click.echo(f"judgments         {result['judgments_succeeded']} succeeded, {result['judgments_failed']} failed")
+
+
+@cli.group()
+def models():
+    """Vision models localjudge knows (model cards under models/)."""
+
+
+@models.command(name="list")
+@json_option
+def models_list(as_json):
+    """List registered vision models."""
+    cards = list_cards()
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in c.__dict__.items()} for c in cards], indent=2))
+        return
+    for card in cards:
+        weights = "embedded" if card.weights.startswith("package:") else "--weights FILE"
+        click.echo(f"{card.name:20} {card.task:15} {card.framework:26} {card.crop}px  layer={card.target_layer:10} "
+                   f"weights: {weights}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,52 @@
+"""Every default of a run lives here; the CLI reads its defaults from this object and the store records it whole."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # vision stage
+    model: str = "efficientnet-lite0"
+    weights: str | None = None
+    backend: str = "torch"
+    device: str = "auto"
+    batch_size: int = 16
+    # saliency stage
+    cam: str = "gradcam"
+    # masking (paper Eq. 1): M = 1 / (1 + exp(alpha * (beta - v)))
+    alpha: float = 15.0
+    beta: float = 0.6
+    image_mode: str = "masked"  # masked | heatmap
+    # judge stage
+    judge: str = "transformers"
+    vlm: str | None = None
+    judge_batch_size: int = 8
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    # The judge sees the model's view of the image (the centre crop), upscaled to this side so a
+    # real VLM gets enough pixels; the tiny test VLMs downscale it anyway.
+    judge_image_size: int = 448
+    # analysis
+    threshold: int = 3  # score >= threshold counts as "high"
+    # ingest
+    path_column: str = "path"
+    label_column: str = "label"
+
+    def replace(self, **changes) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in known and v is not None})
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+
+DEFAULTS = RunConfig()
+
+IMAGE_MODES = ("masked", "heatmap")

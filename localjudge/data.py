@@ -1,0 +1,168 @@
+"""Ingest: find the images of a dataset, read them once, and say plainly which ones cannot be read and why."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class IngestError(Exception):
+    """The source itself (folder or manifest) cannot be used; single bad images are stored, not raised."""
+
+
+@dataclass(frozen=True)
+class InputItem:
+    path: Path
+    label: str | None
+
+
+@dataclass(frozen=True)
+class ReadImage:
+    path: Path
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    path: Path
+    size_bytes: int
+    sha256: str | None
+    reason: str
+
+
+def discover(source: str | Path, path_column: str = "path", label_column: str = "label") -> list[InputItem]:
+    """A folder of images, a folder with one sub-folder per class, or a CSV manifest."""
+    source = Path(source)
+    if not source.exists():
+        raise IngestError(f"{source}: no such file or folder")
+    if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise IngestError(f"{source}: expected a folder of images or a .csv manifest")
+        return read_manifest(source, path_column, label_column)
+    return scan_folder(source)
+
+
+def scan_folder(root: Path) -> list[InputItem]:
+    items = []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()):
+        relative = path.relative_to(root)
+        # A file inside a sub-folder takes the first-level folder's name as its class label.
+        label = relative.parts[0] if len(relative.parts) > 1 else None
+        items.append(InputItem(path=path, label=label))
+    return items
+
+
+def read_manifest(manifest: Path, path_column: str, label_column: str) -> list[InputItem]:
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        if path_column not in columns:
+            raise IngestError(f"{manifest}: no column {path_column!r} (columns: {', '.join(columns)}); "
+                              "choose one with --path-column")
+        has_labels = label_column in columns
+        items = []
+        for row in reader:
+            raw_path = (row.get(path_column) or "").strip()
+            if not raw_path:
+                continue
+            path = Path(raw_path)
+            if not path.is_absolute():
+                path = manifest.parent / path
+            label = (row.get(label_column) or "").strip() if has_labels else ""
+            items.append(InputItem(path=path, label=label or None))
+    return items
+
+
+def read_image(path: Path) -> ReadImage | ReadFailure:
+    """Read and fully decode one file, so a truncated image fails here and not in the middle of a batch."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return ReadFailure(path, 0, None, f"cannot read file: {error.strerror or error}")
+    size = len(data)
+    if size == 0:
+        return ReadFailure(path, 0, None, "empty file (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format = image.format or "unknown"
+            image.load()
+            width, height, mode = image.width, image.height, image.mode
+    except UnidentifiedImageError:
+        return ReadFailure(path, size, digest, "not an image (no known image format)")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return ReadFailure(path, size, digest, f"corrupt or truncated image: {error}")
+    return ReadImage(path, digest, size, width, height, mode, image_format)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """The pixels a model sees: EXIF orientation applied, greyscale and palette images as RGB."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+
+
+_WNID = re.compile(r"^n\d{8}$")
+
+
+def normalise_class_name(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def resolve_label(raw: str | None, labels: "LabelList") -> list[int] | None:
+    """Map a stored label to class indices of the model's label list.
+
+    A label is an index, a WordNet id or a class name; several may be joined with ';' (any of them counts as
+    correct, as in our seg-photos manifest). Returns None when nothing in it maps to the model's classes."""
+    if raw is None or raw == "":
+        return None
+    indices: list[int] = []
+    for token in (t.strip() for t in raw.split(";")):
+        if not token:
+            continue
+        if token.isdigit():
+            index = int(token)
+            if 0 <= index < len(labels.names):
+                indices.append(index)
+        elif _WNID.match(token) and token in labels.by_wnid:
+            indices.append(labels.by_wnid[token])
+        elif normalise_class_name(token) in labels.by_name:
+            indices.append(labels.by_name[normalise_class_name(token)])
+    return sorted(set(indices)) or None
+
+
+@dataclass(frozen=True)
+class LabelList:
+    names: tuple[str, ...]
+    wnids: tuple[str, ...]
+
+    @cached_property
+    def by_wnid(self) -> dict[str, int]:
+        return {w: i for i, w in enumerate(self.wnids) if w}
+
+    @cached_property
+    def by_name(self) -> dict[str, int]:
+        table: dict[str, int] = {}
+        for index, name in enumerate(self.names):
+            table.setdefault(normalise_class_name(name), index)
+        return table
+
+    @classmethod
+    def from_csv(cls, path: Path) -> "LabelList":
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = sorted(csv.DictReader(handle), key=lambda r: int(r["index"]))
+        return cls(tuple(r["name"] for r in rows), tuple(r.get("wnid", "") or "" for r in rows))

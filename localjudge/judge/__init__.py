@@ -1,0 +1,89 @@
+"""Judges: a vision-language model that reads a masked (or heatmap) image and the predicted class, and answers with
+an evaluation, a justification and a 0-5 score. One small protocol; one file per backend."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from PIL import Image
+
+from .parsing import JUDGMENT_SCHEMA, ParsedAnswer, parse_answer
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    image: Image.Image
+    label: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class JudgeOutput:
+    raw_text: str
+    input_tokens: int | None
+    output_tokens: int | None
+    finished: bool = True  # False when generation stopped at max_new_tokens before the end of the answer
+    error: str | None = None  # the backend failed for this request (not a parse failure)
+
+
+class Judge(Protocol):
+    backend: str
+
+    def decoding(self) -> dict: ...
+
+    def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]: ...
+
+
+class JudgeError(Exception):
+    pass
+
+
+SUPPORTED_FAMILIES = {"qwen2_5_vl": "Qwen2.5-VL", "gemma3": "Gemma-3"}
+
+
+def vlm_family(vlm_dir: Path) -> str:
+    config_path = Path(vlm_dir) / "config.json"
+    if not config_path.is_file():
+        raise JudgeError(f"{vlm_dir}: not a model directory (no config.json)")
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except json.JSONDecodeError as error:
+        raise JudgeError(f"{config_path}: unreadable config ({error})") from error
+    if model_type not in SUPPORTED_FAMILIES:
+        raise JudgeError(f"{vlm_dir}: model_type {model_type!r} is not supported; "
+                         f"supported: {', '.join(SUPPORTED_FAMILIES.values())}")
+    return model_type
+
+
+def vlm_hash(vlm_dir: Path, hash_file: Callable[[Path], str]) -> str:
+    """Identity of a model directory without loading it: every file's sha256 (cached by the store)."""
+    vlm_dir = Path(vlm_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in vlm_dir.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(vlm_dir).as_posix()}\0{hash_file(path)}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def decoding_params(backend: str, max_new_tokens: int, temperature: float) -> dict:
+    """Everything about decoding that changes an answer; part of a judgment's key."""
+    schema_hash = hashlib.sha256(json.dumps(JUDGMENT_SCHEMA, sort_keys=True).encode()).hexdigest()[:16]
+    return {"backend": backend, "max_new_tokens": max_new_tokens, "temperature": temperature,
+            "structured_output": "xgrammar-json-schema", "schema": schema_hash}
+
+
+def open_judge(kind: str, vlm_dir: Path, device: str, max_new_tokens: int, temperature: float) -> Judge:
+    if kind == "transformers":
+        from .transformers_backend import TransformersJudge
+
+        return TransformersJudge(vlm_dir, device=device, max_new_tokens=max_new_tokens, temperature=temperature)
+    raise JudgeError(f"unknown judge backend {kind!r}; available: transformers")
+
+
+JUDGE_BACKENDS = ("transformers",)
+
+__all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "ParsedAnswer", "parse_answer",
+           "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash", "decoding_params", "open_judge", "JUDGE_BACKENDS"]

@@ -1,0 +1,66 @@
+"""What the judge is asked. Our own wording around the paper's 0-5 rubric (its appendix A.2), one text per image
+mode. A prompt is stored by the hash of its template, so a changed prompt is a new judgment, never a silent edit."""
+
+from __future__ import annotations
+
+import hashlib
+
+MASKED_PROMPT = """You are auditing an image classifier. It predicted the class "{label}" for a photo.
+You see that photo with everything the classifier did not attend to blacked out: only the regions it relied on
+(by a Grad-CAM saliency map) remain visible.
+
+Judge whether the visible regions show a "{label}" and how well they cover it:
+- Focus: is the visible region on the object, or scattered over other areas?
+- Recognition: can the object be recognised from what is visible alone?
+- Coverage: is all of the object visible, most of it, a small part, or none?
+- Distraction: is much of what is visible background or other objects?
+- Why: what might have drawn the model's attention (similar shapes or colours, context, clutter)?
+
+Score the attention from 0 to 5:
+0 - the visible region has nothing to do with the object; the attention is irrelevant.
+1 - the object is not recognisable; the visible regions are elsewhere.
+2 - only a small part of the object is visible.
+3 - the object is recognisable, but much of what is visible is background or other objects.
+4 - most of the object is visible, with little background or other objects.
+5 - the whole object is visible and almost nothing else.
+
+Answer as JSON with three keys: "evaluation" (4-6 sentences on where the attention is and whether it
+matches the object), "justification" (one or two sentences explaining the score) and "score" (an integer 0-5)."""
+
+HEATMAP_PROMPT = """You are auditing an image classifier. It predicted the class "{label}" for a photo.
+You see the photo with a Grad-CAM heatmap drawn over it: warm colours (red, orange, yellow) mark where the
+classifier looked most, cool colours (blue, purple) where it paid little or no attention.
+
+Judge whether the warm regions lie on a "{label}" and how well they cover it:
+- Focus: are the warm colours on the object, or scattered over other areas?
+- Recognition: is the attention mainly on the right object?
+- Coverage: do the warm colours cover all of the object, most of it, a small part, or none?
+- Distraction: are there warm colours on background or other objects?
+- Why: what might have drawn the model's attention (similar shapes or colours, context, clutter)?
+
+Score the attention from 0 to 5:
+0 - the warm regions are scattered with no clear target.
+1 - the warm regions are on something unrelated to the object.
+2 - only a small part of the object is warm; most attention is misdirected.
+3 - part of the object is warm, but so are irrelevant areas around it.
+4 - the warm regions are mostly on the object, with minor attention elsewhere.
+5 - the warm regions cover the whole object and nothing else.
+
+Answer as JSON with three keys: "evaluation" (4-6 sentences on where the attention is and whether it
+matches the object), "justification" (one or two sentences explaining the score) and "score" (an integer 0-5)."""
+
+PROMPTS = {"masked": MASKED_PROMPT, "heatmap": HEATMAP_PROMPT}
+
+
+def prompt_template(image_mode: str) -> str:
+    if image_mode not in PROMPTS:
+        raise ValueError(f"unknown image mode {image_mode!r}; use one of {', '.join(PROMPTS)}")
+    return PROMPTS[image_mode]
+
+
+def prompt_hash(template: str) -> str:
+    return hashlib.sha256(template.encode()).hexdigest()[:16]
+
+
+def render(template: str, label: str) -> str:
+    return template.format(label=label.replace("_", " "))

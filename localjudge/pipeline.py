@@ -1,0 +1,307 @@
+"""The stages of an audit. Each reads its inputs from the store, works out the keys of what it would write, and
+loads its model only when some of those rows are missing; each batch is written in one transaction."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import RunConfig
+from .data import ReadFailure, discover, load_rgb, read_image, resolve_label
+from .judge import JudgeRequest, decoding_params, open_judge, parse_answer, vlm_hash
+from .judge.prompts import prompt_hash, prompt_template, render
+from .saliency import judge_image, open_cam
+from .store import Store, content_key, now, pack_array, sha256_file, unpack_array
+from .vision import load_card, model_hash, open_model
+from .vision.preprocess import model_view, to_tensor
+
+PACKAGES = ("localjudge", "torch", "torchvision", "transformers", "xgrammar", "grad-cam", "numpy", "pillow",
+            "sqlite-utils", "click")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def progress(iterable: Iterable, total: int, desc: str, show: bool):
+    # tqdm hides itself when stderr is not a terminal (disable=None), so logs and tests stay clean.
+    return tqdm(iterable, total=total, desc=desc, unit="batch", disable=None if show else True, leave=False)
+
+
+@dataclass
+class Stage:
+    """What a stage did: ids it covers, how many it computed now, and whether it had to load a model."""
+
+    ids: list[str] = field(default_factory=list)
+    computed: int = 0
+    model_loaded: bool = False
+    failed: int = 0
+
+
+class Audit:
+    """One audit over one store with one configuration; `run` is all stages in order."""
+
+    def __init__(self, store: Store, config: RunConfig, show_progress: bool = True):
+        self.store = store
+        self.config = config
+        self.show_progress = show_progress
+        self.run_id: str | None = None
+        self._card = load_card(config.model)
+        self._weights = Path(config.weights) if config.weights else None
+        self._vision = None
+
+    # --- bookkeeping ------------------------------------------------------------------------------------
+    def vision_hash(self) -> str:
+        return model_hash(self._card, self._weights, self._hash_file)
+
+    def judge_hash(self) -> str:
+        return vlm_hash(Path(self.config.vlm), self._hash_file)
+
+    def _hash_file(self, path: Path) -> str:
+        return self.store.cached_file_hash(path, sha256_file)
+
+    def begin(self, command: str, source: str | None, stages: Iterable[str]) -> str:
+        stages = list(stages)
+        model_hashes = {"vision": self.vision_hash()}
+        if "judge" in stages and self.config.vlm:
+            model_hashes["judge"] = self.judge_hash()
+        inputs = str(Path(source).resolve()) if source else None
+        config = self.config.to_json()
+        versions = package_versions()
+        self.run_id = content_key("run", command, config, inputs, model_hashes, versions)
+        self.store.record_run({
+            "id": self.run_id, "command": command, "config": config, "model_hashes": json.dumps(model_hashes),
+            "package_versions": json.dumps(versions), "inputs": inputs,
+        })
+        return self.run_id
+
+    def end(self, status: str = "finished") -> None:
+        if self.run_id:
+            self.store.finish_run(self.run_id, status)
+
+    # --- ingest -----------------------------------------------------------------------------------------
+    def ingest(self, source: str | Path) -> Stage:
+        items = discover(source, self.config.path_column, self.config.label_column)
+        known_errors = self.store.known_error_ids()
+        stage = Stage()
+        images: list[dict] = []
+        errors: list[dict] = []
+        seen: set[str] = set()
+        for item in items:
+            result = read_image(item.path)
+            if isinstance(result, ReadFailure):
+                error_id = content_key("read_error", str(item.path.resolve()), result.sha256, result.reason)
+                stage.failed += 1
+                if error_id not in known_errors:
+                    errors.append({"id": error_id, "path": str(item.path), "size_bytes": result.size_bytes,
+                                   "sha256": result.sha256, "reason": result.reason, "run_id": self.run_id,
+                                   "created_at": now()})
+                continue
+            if result.sha256 in seen:
+                continue  # the same picture twice in one dataset is judged once
+            seen.add(result.sha256)
+            stage.ids.append(result.sha256)
+            images.append({"sha256": result.sha256, "path": str(item.path), "size_bytes": result.size_bytes,
+                           "width": result.width, "height": result.height, "mode": result.mode,
+                           "format": result.format, "label": item.label, "run_id": self.run_id,
+                           "created_at": now()})
+        stored = self.store.existing_image_shas(stage.ids)
+        new_images = [row for row in images if row["sha256"] not in stored]
+        self.store.add_images(new_images, errors)
+        stage.computed = len(new_images)
+        return stage
+
+    # --- predict ----------------------------------------------------------------------------------------
+    def vision_model(self):
+        if self._vision is None:
+            self._vision = open_model(self._card, self._weights, self.config.device, self.config.backend)
+        return self._vision
+
+    def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
+        return content_key("prediction", image_sha256, vision_hash, self._card.preprocessing())
+
+    def predict(self, image_shas: list[str]) -> Stage:
+        vision_hash = self.vision_hash()
+        keys = {sha: self.prediction_key(sha, vision_hash) for sha in image_shas}
+        existing = self.store.existing_ids("predictions", keys.values())
+        stage = Stage(ids=[keys[s] for s in image_shas])
+        missing = [row for row in self.store.images(image_shas) if keys[row["sha256"]] not in existing]
+        if not missing:
+            return stage
+        model = self.vision_model()
+        stage.model_loaded = True
+        labels = self._card.label_list()
+        preprocessing = json.dumps(self._card.preprocessing(), sort_keys=True)
+        for batch in progress(batched(missing, self.config.batch_size), -(-len(missing) // self.config.batch_size),
+                              "predict", self.show_progress):
+            probs = model.predict(to_tensor([load_rgb(Path(row["path"])) for row in batch], self._card))
+            rows = []
+            for row, p in zip(batch, probs):
+                top5 = np.argsort(-p)[:5]
+                predicted = int(top5[0])
+                label_indices = resolve_label(row["label"], labels)
+                rows.append({
+                    "id": keys[row["sha256"]], "image_sha256": row["sha256"], "model": self._card.name,
+                    "model_hash": vision_hash, "preprocessing": preprocessing, "predicted_index": predicted,
+                    "predicted_label": labels.names[predicted], "confidence": float(p[predicted]),
+                    "top5": json.dumps([{"index": int(i), "label": labels.names[int(i)], "probability": float(p[i])}
+                                        for i in top5]),
+                    "probs": pack_array(p, np.float32),
+                    "label_indices": json.dumps(label_indices) if label_indices is not None else None,
+                    "correct": None if label_indices is None else int(predicted in label_indices),
+                    "run_id": self.run_id, "created_at": now(),
+                })
+            self.store.insert_rows("predictions", rows)
+            stage.computed += len(rows)
+        return stage
+
+    def stored_predictions(self) -> list[str]:
+        """Every prediction of this configuration's model in the store (for `explain` on its own)."""
+        vision_hash = self.vision_hash()
+        return [r["id"] for r in self.store.query(
+            "select p.id from predictions p join images i on i.sha256 = p.image_sha256 "
+            "where p.model_hash = ? and p.preprocessing = ? order by i.path",
+            [vision_hash, json.dumps(self._card.preprocessing(), sort_keys=True)])]
+
+    # --- explain ----------------------------------------------------------------------------------------
+    def explain(self, prediction_ids: list[str]) -> Stage:
+        predictions = self.store.predictions(prediction_ids)
+        keys = {p["id"]: content_key("saliency", p["id"], self.config.cam, self._card.target_layer,
+                                     p["predicted_index"]) for p in predictions}
+        existing = self.store.existing_ids("saliency_maps", keys.values())
+        stage = Stage(ids=[keys[p["id"]] for p in predictions])
+        missing = [p for p in predictions if keys[p["id"]] not in existing]
+        if not missing:
+            return stage
+        model = self.vision_model()
+        stage.model_loaded = True
+        paths = {r["sha256"]: r["path"] for r in self.store.images([p["image_sha256"] for p in missing])}
+        with open_cam(self.config.cam, model) as cam:
+            for batch in progress(batched(missing, self.config.batch_size),
+                                  -(-len(missing) // self.config.batch_size), "explain", self.show_progress):
+                tensor = to_tensor([load_rgb(Path(paths[p["image_sha256"]])) for p in batch], self._card)
+                maps = cam.compute(tensor, [p["predicted_index"] for p in batch])
+                rows = [{
+                    "id": keys[p["id"]], "prediction_id": p["id"], "image_sha256": p["image_sha256"],
+                    "method": self.config.cam, "target_layer": self._card.target_layer,
+                    "target_index": p["predicted_index"], "height": int(m.shape[0]), "width": int(m.shape[1]),
+                    "map": pack_array(m), "run_id": self.run_id, "created_at": now(),
+                } for p, m in zip(batch, maps)]
+                self.store.insert_rows("saliency_maps", rows)
+                stage.computed += len(rows)
+        return stage
+
+    def stored_saliency_maps(self) -> list[str]:
+        prediction_ids = self.stored_predictions()
+        return [r["id"] for r in self.store.query(
+            "select id from saliency_maps where method = ? and target_layer = ? and prediction_id in "
+            "(select value from json_each(?))",
+            [self.config.cam, self._card.target_layer, json.dumps(prediction_ids)])]
+
+    # --- judge ------------------------------------------------------------------------------------------
+    def judge(self, saliency_ids: list[str]) -> Stage:
+        config = self.config
+        if not config.vlm:
+            raise ValueError("no judge model: pass --vlm DIR")
+        template = prompt_template(config.image_mode)
+        template_hash = prompt_hash(template)
+        judge_hash = self.judge_hash()
+        decoding = decoding_params(config.judge, config.max_new_tokens, config.temperature)
+        keys = {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, judge_hash,
+                                 template_hash, decoding) for sid in saliency_ids}
+        existing = self.store.existing_ids("judgments", keys.values())
+        retry = self.store.retryable_judgments(keys.values())
+        stage = Stage(ids=[keys[s] for s in saliency_ids])
+        missing = [sid for sid in saliency_ids if keys[sid] not in existing or keys[sid] in retry]
+        if not missing:
+            return stage
+        judge = open_judge(config.judge, Path(config.vlm), config.device, config.max_new_tokens, config.temperature)
+        stage.model_loaded = True
+        self.store.add_prompt(template_hash, config.image_mode, template)
+        for batch in progress(batched(missing, config.judge_batch_size),
+                              -(-len(missing) // config.judge_batch_size), "judge", self.show_progress):
+            rows = self._judge_batch(judge, batch, keys, template, template_hash, judge_hash, decoding)
+            self.store.upsert_judgments(rows)
+            stage.computed += len(rows)
+            stage.failed += sum(r["status"] == "failed" for r in rows)
+        return stage
+
+    def _judge_batch(self, judge, saliency_ids, keys, template, template_hash, judge_hash, decoding) -> list[dict]:
+        config = self.config
+        maps = self.store.saliency_maps(saliency_ids)
+        predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
+        paths = {r["sha256"]: r["path"] for r in self.store.images([m["image_sha256"] for m in maps])}
+        requests = []
+        for m in maps:
+            prediction = predictions[m["prediction_id"]]
+            saliency = unpack_array(m["map"], (m["height"], m["width"]))
+            view = model_view(load_rgb(Path(paths[m["image_sha256"]])), json.loads(prediction["preprocessing"]),
+                              config.judge_image_size)
+            image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta)
+            requests.append(JudgeRequest(image=image, label=prediction["predicted_label"],
+                                         prompt=render(template, prediction["predicted_label"])))
+        started = time.perf_counter()
+        try:
+            outputs = judge.judge(requests)
+            backend_error = None
+        except Exception as error:  # a crashed batch is stored as failures and retried on the next run
+            outputs, backend_error = None, f"{type(error).__name__}: {error}"
+        seconds = time.perf_counter() - started
+        rows = []
+        for index, m in enumerate(maps):
+            row = {
+                "id": keys[m["id"]], "saliency_id": m["id"], "prediction_id": m["prediction_id"],
+                "image_sha256": m["image_sha256"], "alpha": config.alpha, "beta": config.beta,
+                "image_mode": config.image_mode, "judge_backend": config.judge,
+                "judge_model": Path(config.vlm).name, "judge_model_hash": judge_hash, "prompt_hash": template_hash,
+                "decoding": json.dumps(decoding, sort_keys=True), "batch_size": len(maps),
+                "batch_seconds": seconds, "run_id": self.run_id, "created_at": now(),
+                "score": None, "evaluation": None, "justification": None, "raw_text": None, "error": None,
+                "failure_kind": None, "input_tokens": None, "output_tokens": None,
+            }
+            if outputs is None:
+                row.update(status="failed", failure_kind="backend", error=backend_error)
+            else:
+                output = outputs[index]
+                parsed = parse_answer(output.raw_text)
+                row.update(raw_text=output.raw_text, input_tokens=output.input_tokens,
+                           output_tokens=output.output_tokens)
+                if output.error:
+                    row.update(status="failed", failure_kind="backend", error=output.error)
+                elif parsed.ok:
+                    row.update(status="ok", score=parsed.score, evaluation=parsed.evaluation,
+                               justification=parsed.justification)
+                elif not output.finished:
+                    row.update(status="failed", failure_kind="parse",
+                               error=f"answer cut off at --max-new-tokens {config.max_new_tokens}: {parsed.error}")
+                else:
+                    row.update(status="failed", failure_kind="parse", error=parsed.error)
+            rows.append(row)
+        return rows
+
+    # --- all stages -------------------------------------------------------------------------------------
+    def run(self, source: str | Path) -> dict[str, Stage]:
+        stages = {"ingest": self.ingest(source)}
+        stages["predict"] = self.predict(stages["ingest"].ids)
+        stages["explain"] = self.explain(stages["predict"].ids)
+        stages["judge"] = self.judge(stages["explain"].ids)
+        return stages

@@ -1,0 +1,60 @@
+"""Read-only views of a store for people: the summary and the 2x2 matrices, as dicts ready for text or JSON."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .analysis import attention_matrix
+from .store import Store
+
+GROUP_COLUMNS = ("model", "cam", "judge_model", "image_mode", "alpha", "beta", "prompt_hash")
+
+
+def matrices(store: Store, threshold: int, **filters) -> list[dict]:
+    """One matrix per (vision model, CAM, judge, image mode, alpha, beta, prompt): they are never mixed."""
+    where = ["j.status = 'ok'"]
+    params: list = []
+    column_of = {"model": "p.model", "cam": "s.method", "judge_model": "j.judge_model", "image_mode": "j.image_mode"}
+    for name, value in filters.items():
+        if value is not None:
+            where.append(f"{column_of[name]} = ?")
+            params.append(value)
+    rows = list(store.query(
+        "select p.model, s.method as cam, j.judge_model, j.image_mode, j.alpha, j.beta, j.prompt_hash, "
+        "j.score, p.correct from judgments j join predictions p on p.id = j.prediction_id "
+        "join saliency_maps s on s.id = j.saliency_id where " + " and ".join(where) +
+        " order by p.model, s.method, j.judge_model, j.image_mode", params))
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[c] for c in GROUP_COLUMNS), []).append(row)
+    result = []
+    for key, members in groups.items():
+        correct = np.array([np.nan if r["correct"] is None else r["correct"] for r in members], dtype=float)
+        scores = np.array([r["score"] for r in members], dtype=float)
+        result.append({**dict(zip(GROUP_COLUMNS, key)), **attention_matrix(correct, scores, threshold)})
+    return result
+
+
+def summary(store: Store) -> dict:
+    one = lambda sql, params=(): next(iter(store.query(sql, params)))  # noqa: E731
+    models = list(store.query(
+        "select model, model_hash, count(*) as predictions, count(correct) as labelled, "
+        "avg(correct) as top1_accuracy from predictions group by model, model_hash order by model"))
+    labelled = one("select count(correct) as n, avg(correct) as accuracy from predictions")
+    judgments = list(store.query(
+        "select judge_model, image_mode, status, failure_kind, count(*) as n, avg(score) as average_score "
+        "from judgments group by judge_model, image_mode, status, failure_kind order by judge_model"))
+    return {
+        "images": one("select count(*) as n from images")["n"],
+        "read_errors": one("select count(*) as n from read_errors")["n"],
+        "read_error_files": [{"path": r["path"], "reason": r["reason"]} for r in store.read_errors()],
+        "predictions": one("select count(*) as n from predictions")["n"],
+        "labelled_predictions": labelled["n"],
+        "top1_accuracy": labelled["accuracy"],
+        "models": models,
+        "cams": one("select count(*) as n from saliency_maps")["n"],
+        "judgments": one("select count(*) as n from judgments")["n"],
+        "judgments_succeeded": one("select count(*) as n from judgments where status = 'ok'")["n"],
+        "judgments_failed": one("select count(*) as n from judgments where status = 'failed'")["n"],
+        "judgments_by_judge": judgments,
+    }

@@ -1,0 +1,275 @@
+"""The only module that writes SQL. The database is localjudge's memory: every stage reads its inputs from it and
+writes its outputs to it, keyed by content, so running a stage again does only the work that is missing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn: Callable[[sqlite_utils.Database], None]):
+    """Register a schema change; migrations run once each, in the order they are defined (simonw/llm pattern)."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": str, "command": str, "config": str, "model_hashes": str, "package_versions": str,
+            "inputs": str, "started_at": str, "finished_at": str, "status": str,
+        },
+        pk="id",
+    )
+    db["images"].create(
+        {
+            "sha256": str, "path": str, "size_bytes": int, "width": int, "height": int, "mode": str,
+            "format": str, "label": str, "run_id": str, "created_at": str,
+        },
+        pk="sha256",
+    )
+    db["read_errors"].create(
+        {"id": str, "path": str, "size_bytes": int, "sha256": str, "reason": str, "run_id": str, "created_at": str},
+        pk="id",
+    )
+    db["predictions"].create(
+        {
+            "id": str, "image_sha256": str, "model": str, "model_hash": str, "preprocessing": str,
+            "predicted_index": int, "predicted_label": str, "confidence": float, "top5": str,
+            "probs": bytes, "label_indices": str, "correct": int, "run_id": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("image_sha256", "images", "sha256")],
+    )
+    db["saliency_maps"].create(
+        {
+            "id": str, "prediction_id": str, "image_sha256": str, "method": str, "target_layer": str,
+            "target_index": int, "height": int, "width": int, "map": bytes, "run_id": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("prediction_id", "predictions", "id")],
+    )
+    db["prompts"].create({"hash": str, "image_mode": str, "text": str, "created_at": str}, pk="hash")
+    db["judgments"].create(
+        {
+            "id": str, "saliency_id": str, "prediction_id": str, "image_sha256": str, "alpha": float,
+            "beta": float, "image_mode": str, "judge_backend": str, "judge_model": str, "judge_model_hash": str,
+            "prompt_hash": str, "decoding": str, "status": str, "failure_kind": str, "score": int, "evaluation": str,
+            "justification": str, "raw_text": str, "error": str, "input_tokens": int, "output_tokens": int,
+            "batch_size": int, "batch_seconds": float, "run_id": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id"), ("prompt_hash", "prompts", "hash")],
+    )
+    db["file_hashes"].create(
+        {"path": str, "size_bytes": int, "mtime_ns": int, "sha256": str}, pk=("path", "size_bytes", "mtime_ns")
+    )
+    db["predictions"].create_index(["image_sha256"])
+    db["saliency_maps"].create_index(["prediction_id"])
+    db["judgments"].create_index(["saliency_id"])
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def content_key(*parts) -> str:
+    """A stable key for a row from the things it depends on (architecture note: content-addressed keys)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def pack_array(array: np.ndarray, dtype=np.float16) -> bytes:
+    return zlib.compress(np.ascontiguousarray(array, dtype=dtype).tobytes(), level=6)
+
+
+def unpack_array(blob: bytes, shape: tuple[int, ...], dtype=np.float16) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype=dtype).reshape(shape).astype(np.float32)
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite_utils.Database(str(self.path))
+        self.db.enable_wal()
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.migrate()
+
+    # --- schema -----------------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        if "_migrations" not in self.db.table_names():
+            self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
+        done = {row["name"] for row in self.db["_migrations"].rows}
+        applied = []
+        for fn in MIGRATIONS:
+            if fn.__name__ in done:
+                continue
+            with self.db.conn:
+                fn(self.db)
+                self.db["_migrations"].insert({"name": fn.__name__, "applied_at": now()})
+            applied.append(fn.__name__)
+        return applied
+
+    def transaction(self):
+        """One transaction per batch: a crash loses at most the batch in flight, never what is stored."""
+        return self.db.conn
+
+    def row_counts(self) -> dict[str, int]:
+        return {name: self.db[name].count for name in self.db.table_names()}
+
+    # --- runs -------------------------------------------------------------------------------------------
+    def record_run(self, run: dict) -> None:
+        """A run is keyed by everything it was asked to do, so the same command run twice is one row."""
+        existing = self.db["runs"].get(run["id"]) if self.has("runs", run["id"]) else None
+        with self.db.conn:
+            if existing is None:
+                self.db["runs"].insert({**run, "started_at": now(), "status": "running"})
+            elif existing["status"] != "running":
+                self.db["runs"].update(run["id"], {"status": "running"})
+
+    def finish_run(self, run_id: str, status: str = "finished") -> None:
+        with self.db.conn:
+            self.db["runs"].update(run_id, {"finished_at": now(), "status": status})
+
+    def has(self, table: str, pk) -> bool:
+        try:
+            self.db[table].get(pk)
+            return True
+        except sqlite_utils.db.NotFoundError:
+            return False
+
+    # --- file hash cache --------------------------------------------------------------------------------
+    def cached_file_hash(self, path: Path, compute: Callable[[Path], str]) -> str:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        rows = list(self.db.query(
+            "select sha256 from file_hashes where path = ? and size_bytes = ? and mtime_ns = ?", key))
+        if rows:
+            return rows[0]["sha256"]
+        digest = compute(path)
+        with self.db.conn:
+            self.db["file_hashes"].insert(
+                {"path": key[0], "size_bytes": key[1], "mtime_ns": key[2], "sha256": digest}, replace=True)
+        return digest
+
+    # --- ingest -----------------------------------------------------------------------------------------
+    def known_image_paths(self) -> dict[str, str]:
+        return {r["path"]: r["sha256"] for r in self.db.query("select path, sha256 from images")}
+
+    def known_error_ids(self) -> set[str]:
+        return {r["id"] for r in self.db.query("select id from read_errors")}
+
+    def add_images(self, images: list[dict], errors: list[dict]) -> None:
+        with self.db.conn:
+            if images:
+                self.db["images"].insert_all(images, pk="sha256", ignore=True)
+            if errors:
+                self.db["read_errors"].insert_all(errors, pk="id", ignore=True)
+
+    def images(self, sha256s: Iterable[str] | None = None) -> list[dict]:
+        rows = list(self.db.query("select * from images order by path"))
+        if sha256s is not None:
+            wanted = set(sha256s)
+            rows = [r for r in rows if r["sha256"] in wanted]
+        return rows
+
+    def read_errors(self) -> list[dict]:
+        return list(self.db.query("select * from read_errors order by path"))
+
+    # --- predictions ------------------------------------------------------------------------------------
+    def existing_ids(self, table: str, ids: Iterable[str], column: str = "id", where: str = "") -> set[str]:
+        ids = list(ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"select [{column}] as key from [{table}] where [{column}] in ({marks}) {where}"
+            found.update(r["key"] for r in self.db.query(sql, chunk))
+        return found
+
+    def existing_image_shas(self, sha256s: Iterable[str]) -> set[str]:
+        return self.existing_ids("images", sha256s, column="sha256")
+
+    def retryable_judgments(self, ids: Iterable[str]) -> set[str]:
+        """Judgments whose backend crashed (not those whose answer could not be parsed): worth another try."""
+        return self.existing_ids("judgments", ids, where="and failure_kind = 'backend'")
+
+    def upsert_judgments(self, rows: list[dict]) -> None:
+        # Upsert, so a retried backend failure replaces its row instead of adding one.
+        with self.db.conn:
+            self.db["judgments"].upsert_all(rows, pk="id")
+
+    def insert_rows(self, table: str, rows: list[dict]) -> None:
+        if not rows:
+            return
+        with self.db.conn:
+            self.db[table].insert_all(rows, pk="id", ignore=True)
+
+    def predictions(self, ids: Iterable[str] | None = None) -> list[dict]:
+        if ids is None:
+            return list(self.db.query("select * from predictions"))
+        return self._rows_by_id("predictions", ids)
+
+    def saliency_maps(self, ids: Iterable[str]) -> list[dict]:
+        return self._rows_by_id("saliency_maps", ids)
+
+    def _rows_by_id(self, table: str, ids: Iterable[str]) -> list[dict]:
+        ids = list(ids)
+        rows: list[dict] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows.extend(self.db.query(f"select * from [{table}] where id in ({marks})", chunk))
+        order = {i: n for n, i in enumerate(ids)}
+        return sorted(rows, key=lambda r: order[r["id"]])
+
+    def add_prompt(self, prompt_hash: str, image_mode: str, text: str) -> None:
+        with self.db.conn:
+            self.db["prompts"].insert(
+                {"hash": prompt_hash, "image_mode": image_mode, "text": text, "created_at": now()},
+                pk="hash", ignore=True)
+
+    # --- reading for analysis ---------------------------------------------------------------------------
+    def judged_rows(self, **filters) -> list[dict]:
+        """Successful judgments joined with their prediction's correctness, for the 2x2 matrix."""
+        where = ["j.status = 'ok'"]
+        params: list = []
+        for column, value in filters.items():
+            if value is not None:
+                where.append(f"j.{column} = ?")
+                params.append(value)
+        sql = (
+            "select j.id, j.score, p.correct, p.model, j.judge_model, j.image_mode from judgments j "
+            "join predictions p on p.id = j.prediction_id where " + " and ".join(where)
+        )
+        return list(self.db.query(sql, params))
+
+    def query(self, sql: str, params: Iterable = ()) -> Iterator[dict]:
+        return self.db.query(sql, list(params))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["Store", "content_key", "pack_array", "unpack_array", "sha256_file", "now"]

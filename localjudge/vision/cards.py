@@ -1,0 +1,75 @@
+"""Model cards: the small JSON files under models/ that say how to build, feed and explain a vision model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..data import LabelList
+
+
+class CardError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    task: str
+    architecture: str
+    framework: str
+    weights: str  # "package:<module>" for embedded weights, "user" when --weights is expected
+    resize: int
+    crop: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    labels: str
+    target_layer: str
+    description: str = ""
+    input_size: int = 224
+    card_path: str = ""
+
+    def preprocessing(self) -> dict:
+        """What decides the tensor a model sees; part of a prediction's key."""
+        return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    def label_list(self) -> LabelList:
+        return LabelList.from_csv(_resolve(self.card_path, self.labels))
+
+
+def cards_dir():
+    return resources.files("localjudge.model_cards")
+
+
+def _resolve(card_path: str, relative: str) -> Path:
+    base = Path(card_path).parent if card_path else Path(str(cards_dir()))
+    return base / relative
+
+
+def list_cards() -> list[ModelCard]:
+    return [load_card(entry.name[:-5]) for entry in sorted(cards_dir().iterdir(), key=lambda e: e.name)
+            if entry.name.endswith(".json")]
+
+
+def load_card(name_or_path: str) -> ModelCard:
+    """A registered model by name (models/NAME.json) or a card file by path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".json" and candidate.is_file():
+        path = candidate
+    else:
+        entry = cards_dir() / f"{name_or_path}.json"
+        if not entry.is_file():
+            known = ", ".join(c.name for c in list_cards())
+            raise CardError(f"unknown model {name_or_path!r}; known models: {known}")
+        path = Path(str(entry))
+    try:
+        fields = json.loads(path.read_text())
+        fields["mean"] = tuple(fields["mean"])
+        fields["std"] = tuple(fields["std"])
+        return ModelCard(**fields, card_path=str(path))
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise CardError(f"{path}: not a valid model card ({error})") from error

@@ -1,0 +1,37 @@
+"""The geometry shared by the model's input and the judge's image: resize the short side, crop the centre."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .cards import ModelCard
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def model_view(image: Image.Image, geometry: dict, side: int | None = None) -> Image.Image:
+    """The centre crop the model sees, rendered at `side` pixels (default: the model's own crop size).
+
+    `geometry` is a card's preprocessing (resize, crop, interpolation), as stored with each prediction. Rendering
+    the same crop larger lets the judge see the attended region in full detail while the stored saliency map (at
+    the model's resolution) still lines up pixel for pixel after upsampling."""
+    side = side or geometry["crop"]
+    resize = round(geometry["resize"] * side / geometry["crop"])
+    width, height = image.size
+    scale = resize / min(width, height)
+    new_size = (max(side, round(width * scale)), max(side, round(height * scale)))
+    resized = image.resize(new_size, _RESAMPLE[geometry["interpolation"]])
+    left = (new_size[0] - side) // 2
+    top = (new_size[1] - side) // 2
+    return resized.crop((left, top, left + side, top + side))
+
+
+def to_tensor(images: list[Image.Image], card: ModelCard) -> torch.Tensor:
+    """Batch of model inputs, normalised as the card says."""
+    arrays = np.stack([np.asarray(model_view(img, card.preprocessing()), dtype=np.float32) / 255.0 for img in images])
+    mean = np.asarray(card.mean, dtype=np.float32)
+    std = np.asarray(card.std, dtype=np.float32)
+    arrays = (arrays - mean) / std
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
