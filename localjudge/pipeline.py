@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .config import RunConfig
 from .data import ReadFailure, discover, load_rgb, read_image, resolve_label
-from .judge import JudgeRequest, decoding_params, open_judge, parse_answer, vlm_hash
+from .judge import JudgeRequest, decoding_params, open_judge, parse_answer, vlm_family, vlm_hash
 from .judge.prompts import prompt_hash, prompt_template, render
 from .saliency import judge_image, open_cam
 from .store import Store, content_key, now, pack_array, sha256_file, unpack_array
@@ -83,6 +83,7 @@ class Audit:
         stages = list(stages)
         model_hashes = {"vision": self.vision_hash()}
         if "judge" in stages and self.config.vlm:
+            vlm_family(Path(self.config.vlm))  # refuse an unsupported judge before any work is done
             model_hashes["judge"] = self.judge_hash()
         inputs = str(Path(source).resolve()) if source else None
         config = self.config.to_json()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import JudgeOutput, JudgeRequest, decoding_params, vlm_family
+from . import JudgeError, JudgeOutput, JudgeRequest, decoding_params, vlm_family
 from .parsing import JUDGMENT_SCHEMA
 from ..vision.torch_backend import resolve_device
 
@@ -34,19 +34,26 @@ class TransformersJudge:
         self.device = resolve_device(device)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        self.processor = AutoProcessor.from_pretrained(self.vlm_dir, local_files_only=True)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        try:
+            self.processor = AutoProcessor.from_pretrained(self.vlm_dir, local_files_only=True)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                self.vlm_dir, local_files_only=True, dtype=dtype).to(self.device).eval()
+        except (OSError, ValueError, KeyError) as error:
+            raise JudgeError(f"{self.vlm_dir}: cannot load the judge model ({error})") from error
         # Batched generation appends new tokens on the right, so prompts are padded on the left.
         self.processor.tokenizer.padding_side = "left"
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            self.vlm_dir, local_files_only=True, dtype=dtype).to(self.device).eval()
-        vocab_size = self.model.config.get_text_config().vocab_size
-        tokenizer_info = xgrammar.TokenizerInfo.from_huggingface(self.processor.tokenizer, vocab_size=vocab_size)
+        eos = self.model.generation_config.eos_token_id
+        self._eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        # Every id that ends generation must be a stop token for the grammar too: xgrammar only knows the
+        # tokenizer's eos by default, and would otherwise accept Gemma's <end_of_turn> as text inside a string,
+        # after which generate() stops that row and the grammar rejects the padding that follows.
+        tokenizer_info = xgrammar.TokenizerInfo.from_huggingface(
+            self.processor.tokenizer, vocab_size=self.model.config.get_text_config().vocab_size,
+            stop_token_ids=sorted(self._eos_ids))
         self._grammar = xgrammar.GrammarCompiler(tokenizer_info).compile_json_schema(
             json.dumps(JUDGMENT_SCHEMA), any_whitespace=False)
         self._logits_processor = xgrammar.contrib.hf.LogitsProcessor
-        eos = self.model.generation_config.eos_token_id
-        self._eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
 
     def decoding(self) -> dict:
         return decoding_params(self.backend, self.max_new_tokens, self.temperature)

@@ -1,0 +1,129 @@
+"""Shared fixtures: the real images in ../shared/data (read in place, never copied), tiny VLMs built offline, and
+a no-network guard around whole runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from localjudge.cli import cli
+from localjudge.judge.tiny import build_tiny_vlms
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_environment(tmp_path_factory):
+    # Nothing in a test may reach a hub; the tiny-VLM cache of smoke runs goes to a temporary home.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["LOCALJUDGE_HOME"] = str(tmp_path_factory.mktemp("localjudge-home"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "imagenet-sample" / "labels.csv").is_file():
+        pytest.fail(f"real test images not found at {DATA} (set LOCALJUDGE_TEST_DATA to shared/data)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_vlms(tmp_path_factory) -> dict[str, Path]:
+    return build_tiny_vlms(tmp_path_factory.mktemp("tiny-vlms"))
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """A zero-byte file, a truncated JPEG and a text file named x.jpg."""
+    folder = tmp_path_factory.mktemp("bad-files")
+    empty = folder / "empty.jpg"
+    empty.write_bytes(b"")
+    real = (data_dir / "seg-photos" / "images" / "coco_000000000009.jpg").read_bytes()
+    truncated = folder / "truncated.jpg"
+    truncated.write_bytes(real[: len(real) // 3])
+    text = folder / "x.jpg"
+    text.write_text("this is a text file, not a picture\n")
+    return {"empty": empty, "truncated": truncated, "text": text}
+
+
+@pytest.fixture(scope="session")
+def seg_manifest(tmp_path_factory, data_dir, bad_files) -> Path:
+    """The 70 seg-photos (absolute paths into shared/data, labels = their ImageNet indices) plus the 3 bad files
+    (paths relative to the manifest)."""
+    folder = bad_files["empty"].parent
+    rows = []
+    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows.append({"path": str(data_dir / "seg-photos" / row["file"]), "label": row["imagenet_indices"]})
+    rows += [{"path": p.name, "label": "339"} for p in bad_files.values()]
+    return write_manifest(folder / "seg-photos.csv", rows)
+
+
+@pytest.fixture(scope="session")
+def imagenet_manifest(tmp_path_factory, data_dir) -> Path:
+    folder = tmp_path_factory.mktemp("imagenet")
+    with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
+        rows = [{"path": str(data_dir / "imagenet-sample" / r["file"]), "label": r["imagenet_index"]}
+                for r in csv.DictReader(handle)]
+    return write_manifest(folder / "imagenet-sample.csv", rows)
+
+
+def invoke(*args: str | Path, expect_ok: bool = True):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if expect_ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def invoke_json(*args):
+    return json.loads(invoke(*args, "--json").stdout)
+
+
+@contextmanager
+def no_network():
+    """Record every attempt to open a network connection (or resolve a name) while the block runs."""
+    attempts: list[tuple] = []
+    original_connect = socket.socket.connect
+    original_connect_ex = socket.socket.connect_ex
+    original_getaddrinfo = socket.getaddrinfo
+
+    def guarded_connect(self, address):
+        if self.family != socket.AF_UNIX:
+            attempts.append(("connect", address))
+            raise OSError("network access attempted during an offline run")
+        return original_connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        if self.family != socket.AF_UNIX:
+            attempts.append(("connect_ex", address))
+            return 111
+        return original_connect_ex(self, address)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        attempts.append(("getaddrinfo", host))
+        return original_getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect = guarded_connect
+    socket.socket.connect_ex = guarded_connect_ex
+    socket.getaddrinfo = guarded_getaddrinfo
+    try:
+        yield attempts
+    finally:
+        socket.socket.connect = original_connect
+        socket.socket.connect_ex = original_connect_ex
+        socket.getaddrinfo = original_getaddrinfo
