@@ -1,0 +1,149 @@
+"""The CLI on real images: accuracy of the embedded classifier, the stages on their own, what a changed parameter
+redoes, the parse-failure path, the smoke run, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+from localjudge.store import Store
+
+from .conftest import invoke, invoke_json, write_manifest
+
+
+@pytest.fixture(scope="module")
+def small_manifest(tmp_path_factory, data_dir):
+    rows = list(csv.DictReader(open(data_dir / "imagenet-sample" / "labels.csv", newline="")))[:4]
+    folder = tmp_path_factory.mktemp("small")
+    return write_manifest(folder / "four.csv", [
+        {"path": str(data_dir / "imagenet-sample" / r["file"]), "label": r["wnid"]} for r in rows])
+
+
+def test_predict_efficientnet_lite0_top1_on_imagenet_sample(tmp_path, imagenet_manifest):
+    db = tmp_path / "imagenet.db"
+    invoke("predict", imagenet_manifest, "--db", db, "--batch-size", "32")
+    summary = invoke_json("summary", "--db", db)
+    assert summary["images"] == 500 and summary["predictions"] == 500 and summary["labelled_predictions"] == 500
+    assert summary["top1_accuracy"] >= 0.75, summary["top1_accuracy"]
+    with sqlite3.connect(db) as conn:
+        top5, correct, predicted = conn.execute("select top5, correct, predicted_index from predictions").fetchone()
+    top5 = json.loads(top5)
+    assert len(top5) == 5 and top5[0]["index"] == predicted
+    assert all(a["probability"] >= b["probability"] for a, b in zip(top5, top5[1:]))
+
+
+def test_stages_on_their_own_and_a_changed_parameter_redoes_only_what_depends_on_it(
+        tmp_path, small_manifest, tiny_vlms):
+    db = tmp_path / "stages.db"
+    assert invoke_json("predict", small_manifest, "--db", db)["predict"]["computed"] == 4
+    assert invoke_json("explain", "--db", db)["explain"]["computed"] == 4
+    qwen = tiny_vlms["qwen2_5_vl"]
+    assert invoke_json("judge", "--db", db, "--vlm", qwen)["judge"]["computed"] == 4
+    before = Store(db).row_counts()
+    # The heatmap mode is a new judgment of the same maps: no prediction or map is recomputed.
+    heatmap = invoke_json("run", small_manifest, "--db", db, "--vlm", qwen, "--image-mode", "heatmap")
+    assert not heatmap["predict"]["model_loaded"] and not heatmap["explain"]["model_loaded"]
+    assert heatmap["judge"]["computed"] == 4
+    # So is another beta.
+    assert invoke_json("judge", "--db", db, "--vlm", qwen, "--beta", "0.4")["judge"]["computed"] == 4
+    after = Store(db).row_counts()
+    assert after["predictions"] == before["predictions"] == 4 and after["saliency_maps"] == 4
+    assert after["judgments"] == before["judgments"] + 8
+    assert after["prompts"] == 2
+    matrices = invoke_json("matrix", "--db", db)["matrices"]
+    assert sorted((m["image_mode"], m["beta"]) for m in matrices) == [("heatmap", 0.6), ("masked", 0.4),
+                                                                      ("masked", 0.6)]
+    text = invoke("matrix", "--db", db, "--image-mode", "heatmap").output
+    assert "heatmap" in text and "correct" in text and "wrong" in text
+
+
+def test_unparseable_answers_are_stored_as_failures_and_not_counted(tmp_path, small_manifest, tiny_vlms):
+    db = tmp_path / "fail.db"
+    # Eight new tokens cannot hold the JSON object: every answer is cut off.
+    stages = invoke_json("run", small_manifest, "--db", db, "--vlm", tiny_vlms["gemma3"], "--max-new-tokens", "8")
+    assert stages["judge"]["failed"] == 4
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select status, failure_kind, score, raw_text, error, output_tokens from judgments").fetchall()
+    assert len(rows) == 4
+    for status, kind, score, raw, error, output_tokens in rows:
+        assert (status, kind, score) == ("failed", "parse", None)
+        assert raw.startswith("{") and "cut off at --max-new-tokens 8" in error and output_tokens == 8
+    summary = invoke_json("summary", "--db", db)
+    assert summary["judgments_failed"] == 4 and summary["judgments_succeeded"] == 0
+    assert invoke_json("matrix", "--db", db)["matrices"] == []
+    # A parse failure is an answer, not a crash: running again does not retry it.
+    again = invoke_json("run", small_manifest, "--db", db, "--vlm", tiny_vlms["gemma3"], "--max-new-tokens", "8")
+    assert not again["judge"]["model_loaded"]
+
+
+def test_run_without_vlm_says_it_is_a_smoke_run(tmp_path, small_manifest):
+    result = invoke("run", small_manifest, "--db", tmp_path / "smoke.db", "--max-new-tokens", "256")
+    assert "No --vlm given" in result.stderr and "smoke run" in result.stderr
+    assert "tiny-qwen2.5-vl" in result.stdout  # the matrix names the judge it used
+    summary = invoke_json("summary", "--db", tmp_path / "smoke.db")
+    assert summary["judgments"] == 4
+
+
+def test_user_weights_for_a_torchvision_model(tmp_path, small_manifest):
+    weights = tmp_path / "resnet18.pt"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    db = tmp_path / "resnet.db"
+    invoke("predict", small_manifest, "--db", db, "--model", "resnet18", "--weights", weights)
+    invoke("predict", small_manifest, "--db", db, "--model", "resnet18")  # the seeded random model: other rows
+    with sqlite3.connect(db) as conn:
+        hashes = {h for (h,) in conn.execute("select distinct model_hash from predictions")}
+    assert len(hashes) == 2 and any(h.startswith("sha256:") for h in hashes)
+
+
+def test_bad_weights_file_is_a_clear_error(tmp_path, small_manifest):
+    weights = tmp_path / "broken.pt"
+    weights.write_text("not a state dict")
+    result = invoke("predict", small_manifest, "--db", tmp_path / "w.db", "--model", "resnet18", "--weights",
+                    weights, expect_ok=False)
+    assert result.exit_code == 1
+    assert "broken.pt" in result.output and "not a loadable state dict" in result.output
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
+    result = invoke("predict", small_manifest, "--db", tmp_path / "w.db", "--model", "resnet18", "--weights",
+                    wrong, expect_ok=False)
+    assert "wrong.pt" in result.output and "does not fit" in result.output
+
+
+def test_unsupported_vlm_is_refused_before_any_work(tmp_path, small_manifest):
+    vlm = tmp_path / "llama"
+    vlm.mkdir()
+    (vlm / "config.json").write_text('{"model_type": "llama"}')
+    db = tmp_path / "v.db"
+    result = invoke("run", small_manifest, "--db", db, "--vlm", vlm, expect_ok=False)
+    assert result.exit_code == 1 and "'llama' is not supported" in result.output
+    assert Store(db).row_counts()["predictions"] == 0
+
+
+def test_unknown_model_lists_the_known_ones(tmp_path, small_manifest):
+    result = invoke("predict", small_manifest, "--db", tmp_path / "m.db", "--model", "vgg", expect_ok=False)
+    assert "unknown model 'vgg'" in result.output and "efficientnet-lite0" in result.output
+
+
+def test_models_list():
+    cards = json.loads(invoke("models", "list", "--json").stdout)
+    names = {c["name"] for c in cards}
+    assert {"efficientnet-lite0", "resnet18", "efficientnet_b1", "convnext_tiny", "maxvit_t"} <= names
+    lite0 = next(c for c in cards if c["name"] == "efficientnet-lite0")
+    assert lite0["task"] == "classification" and lite0["crop"] == 224 and lite0["target_layer"]
+
+
+@pytest.mark.parametrize("program", [[sys.executable, "-m", "localjudge"], ["localjudge"]])
+def test_both_entry_points(program):
+    if program == ["localjudge"]:
+        program = [str(__import__("pathlib").Path(sys.executable).with_name("localjudge"))]
+    result = subprocess.run(program + ["models", "list"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "efficientnet-lite0" in result.stdout
