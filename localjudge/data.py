@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -113,6 +114,12 @@ def load_rgb(path: Path) -> Image.Image:
     """The pixels a model sees: EXIF orientation applied, greyscale and palette images as RGB."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            # 16-bit and float greyscale (common for radiographs): stretch to 8 bits instead of clipping at 255.
+            pixels = np.asarray(image, dtype=np.float32)
+            low, high = float(pixels.min()), float(pixels.max())
+            pixels = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+            image = Image.fromarray(pixels.astype(np.uint8))
         return image.convert("RGB")
 
 

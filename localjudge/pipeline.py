@@ -125,9 +125,13 @@ class Audit:
                            "width": result.width, "height": result.height, "mode": result.mode,
                            "format": result.format, "label": item.label, "run_id": self.run_id,
                            "created_at": now()})
-        stored = self.store.existing_image_shas(stage.ids)
+        stored = {row["sha256"]: row for row in self.store.images(stage.ids)}
         new_images = [row for row in images if row["sha256"] not in stored]
-        self.store.add_images(new_images, errors)
+        # A moved file or a corrected label updates the image's row; it is the same picture, not a new one.
+        changed = [{"sha256": row["sha256"], "path": row["path"], "label": row["label"]} for row in images
+                   if row["sha256"] in stored
+                   and (stored[row["sha256"]]["path"], stored[row["sha256"]]["label"]) != (row["path"], row["label"])]
+        self.store.add_images(new_images, errors, changed)
         stage.computed = len(new_images)
         return stage
 
@@ -145,12 +149,13 @@ class Audit:
         keys = {sha: self.prediction_key(sha, vision_hash) for sha in image_shas}
         existing = self.store.existing_ids("predictions", keys.values())
         stage = Stage(ids=[keys[s] for s in image_shas])
+        labels = self._card.label_list()
+        self.refresh_correctness([keys[s] for s in image_shas if keys[s] in existing], labels)
         missing = [row for row in self.store.images(image_shas) if keys[row["sha256"]] not in existing]
         if not missing:
             return stage
         model = self.vision_model()
         stage.model_loaded = True
-        labels = self._card.label_list()
         preprocessing = json.dumps(self._card.preprocessing(), sort_keys=True)
         for batch in progress(batched(missing, self.config.batch_size), -(-len(missing) // self.config.batch_size),
                               "predict", self.show_progress):
@@ -174,6 +179,17 @@ class Audit:
             self.store.insert_rows("predictions", rows)
             stage.computed += len(rows)
         return stage
+
+    def refresh_correctness(self, prediction_ids: list[str], labels) -> None:
+        """Correctness follows the image's current label, so a fixed label needs no new prediction."""
+        updates = []
+        for row in self.store.predictions_with_labels(prediction_ids):
+            label_indices = resolve_label(row["label"], labels)
+            encoded = json.dumps(label_indices) if label_indices is not None else None
+            if encoded != row["label_indices"]:
+                correct = None if label_indices is None else int(row["predicted_index"] in label_indices)
+                updates.append({"id": row["id"], "label_indices": encoded, "correct": correct})
+        self.store.update_predictions(updates)
 
     def stored_predictions(self) -> list[str]:
         """Every prediction of this configuration's model in the store (for `explain` on its own)."""

@@ -166,39 +166,35 @@ class Store:
         return digest
 
     # --- ingest -----------------------------------------------------------------------------------------
-    def known_image_paths(self) -> dict[str, str]:
-        return {r["path"]: r["sha256"] for r in self.db.query("select path, sha256 from images")}
-
     def known_error_ids(self) -> set[str]:
         return {r["id"] for r in self.db.query("select id from read_errors")}
 
-    def add_images(self, images: list[dict], errors: list[dict]) -> None:
+    def add_images(self, images: list[dict], errors: list[dict], changed: list[dict] = ()) -> None:
         with self.db.conn:
             if images:
                 self.db["images"].insert_all(images, pk="sha256", ignore=True)
             if errors:
                 self.db["read_errors"].insert_all(errors, pk="id", ignore=True)
+            for row in changed:
+                self.db["images"].update(row["sha256"], {"path": row["path"], "label": row["label"]})
 
     def images(self, sha256s: Iterable[str] | None = None) -> list[dict]:
-        rows = list(self.db.query("select * from images order by path"))
-        if sha256s is not None:
-            wanted = set(sha256s)
-            rows = [r for r in rows if r["sha256"] in wanted]
-        return rows
+        if sha256s is None:
+            return list(self.db.query("select * from images order by path"))
+        return self._rows_where_in("images", "sha256", sha256s, order="path")
 
     def read_errors(self) -> list[dict]:
         return list(self.db.query("select * from read_errors order by path"))
 
     # --- predictions ------------------------------------------------------------------------------------
     def existing_ids(self, table: str, ids: Iterable[str], column: str = "id", where: str = "") -> set[str]:
-        ids = list(ids)
-        found: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            sql = f"select [{column}] as key from [{table}] where [{column}] in ({marks}) {where}"
-            found.update(r["key"] for r in self.db.query(sql, chunk))
-        return found
+        sql = f"select [{column}] as key from [{table}] where [{column}] in (select value from json_each(?)) {where}"
+        return {r["key"] for r in self.db.query(sql, [json.dumps(list(ids))])}
+
+    def _rows_where_in(self, table: str, column: str, values: Iterable[str], order: str) -> list[dict]:
+        # One JSON parameter instead of one placeholder per value: no limit on how many are asked for.
+        sql = f"select * from [{table}] where [{column}] in (select value from json_each(?)) order by [{order}]"
+        return list(self.db.query(sql, [json.dumps(list(values))]))
 
     def existing_image_shas(self, sha256s: Iterable[str]) -> set[str]:
         return self.existing_ids("images", sha256s, column="sha256")
@@ -223,39 +219,30 @@ class Store:
             return list(self.db.query("select * from predictions"))
         return self._rows_by_id("predictions", ids)
 
+    def predictions_with_labels(self, ids: Iterable[str]) -> list[dict]:
+        return list(self.db.query(
+            "select p.id, p.predicted_index, p.label_indices, i.label from predictions p "
+            "join images i on i.sha256 = p.image_sha256 where p.id in (select value from json_each(?))",
+            [json.dumps(list(ids))]))
+
+    def update_predictions(self, updates: list[dict]) -> None:
+        with self.db.conn:
+            for row in updates:
+                self.db["predictions"].update(row["id"], {k: v for k, v in row.items() if k != "id"})
+
     def saliency_maps(self, ids: Iterable[str]) -> list[dict]:
         return self._rows_by_id("saliency_maps", ids)
 
     def _rows_by_id(self, table: str, ids: Iterable[str]) -> list[dict]:
         ids = list(ids)
-        rows: list[dict] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows.extend(self.db.query(f"select * from [{table}] where id in ({marks})", chunk))
         order = {i: n for n, i in enumerate(ids)}
-        return sorted(rows, key=lambda r: order[r["id"]])
+        return sorted(self._rows_where_in(table, "id", ids, order="id"), key=lambda r: order[r["id"]])
 
     def add_prompt(self, prompt_hash: str, image_mode: str, text: str) -> None:
         with self.db.conn:
             self.db["prompts"].insert(
                 {"hash": prompt_hash, "image_mode": image_mode, "text": text, "created_at": now()},
                 pk="hash", ignore=True)
-
-    # --- reading for analysis ---------------------------------------------------------------------------
-    def judged_rows(self, **filters) -> list[dict]:
-        """Successful judgments joined with their prediction's correctness, for the 2x2 matrix."""
-        where = ["j.status = 'ok'"]
-        params: list = []
-        for column, value in filters.items():
-            if value is not None:
-                where.append(f"j.{column} = ?")
-                params.append(value)
-        sql = (
-            "select j.id, j.score, p.correct, p.model, j.judge_model, j.image_mode from judgments j "
-            "join predictions p on p.id = j.prediction_id where " + " and ".join(where)
-        )
-        return list(self.db.query(sql, params))
 
     def query(self, sql: str, params: Iterable = ()) -> Iterator[dict]:
         return self.db.query(sql, list(params))

@@ -147,3 +147,20 @@ def test_both_entry_points(program):
     result = subprocess.run(program + ["models", "list"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "efficientnet-lite0" in result.stdout
+
+
+def test_a_corrected_label_updates_correctness_without_new_rows(tmp_path, small_manifest, data_dir):
+    db = tmp_path / "labels.db"
+    invoke("predict", small_manifest, "--db", db)
+    first = invoke_json("summary", "--db", db)
+    rows = list(csv.DictReader(open(small_manifest, newline="")))
+    # Relabel every image with the class the model did not predict (tench, index 0, is wrong for three of four).
+    relabelled = write_manifest(tmp_path / "relabelled.csv", [{"path": r["path"], "label": "0"} for r in rows])
+    again = invoke_json("predict", relabelled, "--db", db)
+    assert not again["predict"]["model_loaded"]
+    second = invoke_json("summary", "--db", db)
+    assert second["predictions"] == first["predictions"] == 4
+    assert second["top1_accuracy"] != first["top1_accuracy"]
+    with sqlite3.connect(db) as conn:
+        labels = {label for (label,) in conn.execute("select label from images")}
+    assert labels == {"0"}

@@ -1,0 +1,51 @@
+"""Every registered model builds from its card, predicts, and gives GradCAM maps at its input resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from localjudge.data import load_rgb
+from localjudge.saliency import open_cam
+from localjudge.vision import list_cards, load_card, open_model
+from localjudge.vision.preprocess import model_view, to_tensor
+
+
+@pytest.fixture(scope="module")
+def photos(data_dir):
+    folder = data_dir / "seg-photos" / "images"
+    return [load_rgb(folder / name) for name in ("coco_000000000009.jpg", "voc_2007_000063.jpg")]
+
+
+@pytest.mark.parametrize("name", [card.name for card in list_cards()])
+def test_model_predicts_and_explains(name, photos):
+    card = load_card(name)
+    model = open_model(card, None, "cpu")
+    batch = to_tensor(photos, card)
+    assert tuple(batch.shape) == (2, 3, card.crop, card.crop)
+    probs = model.predict(batch)
+    assert probs.shape == (2, 1000) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    with open_cam("gradcam", model) as cam:
+        maps = cam.compute(batch, probs.argmax(axis=1).tolist())
+    assert maps.shape == (2, card.crop, card.crop) and maps.dtype == np.float32
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
+
+
+def test_embedded_model_attends_somewhere_in_particular(photos):
+    card = load_card("efficientnet-lite0")
+    model = open_model(card, None, "cpu")
+    batch = to_tensor(photos, card)
+    with open_cam("gradcam", model) as cam:
+        maps = cam.compute(batch, model.predict(batch).argmax(axis=1).tolist())
+    for saliency in maps:
+        assert saliency.max() == pytest.approx(1.0, abs=1e-3) and 0.0 < saliency.mean() < 0.8
+
+
+def test_judge_view_is_the_model_crop_at_another_size(photos):
+    geometry = load_card("efficientnet-lite0").preprocessing()
+    small = np.asarray(model_view(photos[0], geometry), dtype=np.float32)
+    large = model_view(photos[0], geometry, side=448)
+    assert small.shape == (224, 224, 3) and large.size == (448, 448)
+    # The same crop: the large view shrunk back matches the model's view closely.
+    shrunk = np.asarray(large.resize((224, 224)), dtype=np.float32)
+    assert np.abs(shrunk - small).mean() < 6.0
