@@ -100,14 +100,15 @@ def smoke_vlm() -> str:
     return str(path)
 
 
-def report_stages(stages: dict, store: Store, as_json: bool) -> None:
-    new_errors = store.read_errors()
+def report_stages(stages: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({name: {"rows": len(s.ids), "computed": s.computed, "failed": s.failed,
-                                      "model_loaded": s.model_loaded} for name, s in stages.items()}, indent=2))
+                                      "model_loaded": s.model_loaded, **({"errors": s.errors} if s.errors else {})}
+                               for name, s in stages.items()}, indent=2))
         return
-    for error in new_errors:
-        click.echo(f"read error: {error['path']}: {error['reason']}", err=True)
+    for stage in stages.values():
+        for error in stage.errors:
+            click.echo(f"read error: {error['path']}: {error['reason']}", err=True)
     for name, stage in stages.items():
         extra = f", {stage.failed} failed" if stage.failed else ""
         loaded = "" if stage.model_loaded or name == "ingest" else " (nothing to do, model not loaded)"
@@ -134,14 +135,28 @@ def run(images, db_path, as_json, threshold, **given):
     """Every stage on IMAGES (a folder, class sub-folders or a CSV manifest): ingest, predict, explain, judge."""
     if not given.get("vlm"):
         given["vlm"] = smoke_vlm()
-    audit = make_audit(db_path, threshold=threshold, **given)
-    audit.begin("run", images, ["predict", "explain", "judge"])
-    stages = audit.run(images)
-    audit.end()
-    report_stages(stages, audit.store, as_json)
+    audit = perform("run", images, ["predict", "explain", "judge"], lambda a: a.run(images), db_path, as_json,
+                    threshold=threshold, **given)
     if not as_json:
-        print_matrices(matrices(audit.store, threshold, model=audit.config.model, cam=audit.config.cam,
-                                judge_model=Path(audit.config.vlm).name, image_mode=audit.config.image_mode))
+        config = audit.config
+        print_matrices(matrices(audit.store, threshold, model=config.model, cam=config.cam,
+                                judge_model=Path(config.vlm).name, image_mode=config.image_mode,
+                                alpha=config.alpha, beta=config.beta))
+
+
+def perform(command, source, stage_names, work, db_path, as_json, **given):
+    """Open the store, record the run around the work, report what each stage did."""
+    audit = make_audit(db_path, **given)
+    with audit.recorded(command, source, stage_names):
+        stages = work(audit)
+    report_stages(stages, as_json)
+    return audit
+
+
+def ingest_and_predict(audit, images):
+    stages = {"ingest": audit.ingest(images)}
+    stages["predict"] = audit.predict(stages["ingest"].ids)
+    return stages
 
 
 @cli.command()
@@ -153,12 +168,7 @@ def run(images, db_path, as_json, threshold, **given):
 @user_errors
 def predict(images, db_path, as_json, **given):
     """Ingest IMAGES and store the model's top-5 and full probability vector per image."""
-    audit = make_audit(db_path, **given)
-    audit.begin("predict", images, ["predict"])
-    stages = {"ingest": audit.ingest(images)}
-    stages["predict"] = audit.predict(stages["ingest"].ids)
-    audit.end()
-    report_stages(stages, audit.store, as_json)
+    perform("predict", images, ["predict"], lambda a: ingest_and_predict(a, images), db_path, as_json, **given)
 
 
 @cli.command()
@@ -169,11 +179,8 @@ def predict(images, db_path, as_json, **given):
 @user_errors
 def explain(db_path, as_json, **given):
     """Compute a saliency map for every stored prediction of the model."""
-    audit = make_audit(db_path, **given)
-    audit.begin("explain", None, ["explain"])
-    stages = {"explain": audit.explain(audit.stored_predictions())}
-    audit.end()
-    report_stages(stages, audit.store, as_json)
+    perform("explain", None, ["explain"], lambda a: {"explain": a.explain(a.stored_predictions())}, db_path,
+            as_json, **given)
 
 
 @cli.command()
@@ -187,11 +194,8 @@ def judge(db_path, as_json, **given):
     """Judge every stored saliency map of the model and CAM method with the VLM in --vlm."""
     if not given.get("vlm"):
         raise click.UsageError("--vlm DIR is required (a local Gemma-3 or Qwen2.5-VL directory)")
-    audit = make_audit(db_path, **given)
-    audit.begin("judge", None, ["judge"])
-    stages = {"judge": audit.judge(audit.stored_saliency_maps())}
-    audit.end()
-    report_stages(stages, audit.store, as_json)
+    perform("judge", None, ["judge"], lambda a: {"judge": a.judge(a.stored_saliency_maps())}, db_path, as_json,
+            **given)
 
 
 def print_matrices(found: list[dict]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -55,6 +56,7 @@ class Stage:
     computed: int = 0
     model_loaded: bool = False
     failed: int = 0
+    errors: list[dict] = field(default_factory=list)  # unreadable inputs: path and reason
 
 
 class Audit:
@@ -99,6 +101,17 @@ class Audit:
         if self.run_id:
             self.store.finish_run(self.run_id, status)
 
+    @contextmanager
+    def recorded(self, command: str, source: str | None, stages: Iterable[str]):
+        """A run row for the block: finished when it completes, failed when it raises (its stored batches stay)."""
+        self.begin(command, source, stages)
+        try:
+            yield self
+        except BaseException:
+            self.end("failed")
+            raise
+        self.end()
+
     # --- ingest -----------------------------------------------------------------------------------------
     def ingest(self, source: str | Path) -> Stage:
         items = discover(source, self.config.path_column, self.config.label_column)
@@ -112,6 +125,7 @@ class Audit:
             if isinstance(result, ReadFailure):
                 error_id = content_key("read_error", str(item.path.resolve()), result.sha256, result.reason)
                 stage.failed += 1
+                stage.errors.append({"path": str(item.path), "reason": result.reason})
                 if error_id not in known_errors:
                     errors.append({"id": error_id, "path": str(item.path), "size_bytes": result.size_bytes,
                                    "sha256": result.sha256, "reason": result.reason, "run_id": self.run_id,

@@ -14,7 +14,8 @@ def matrices(store: Store, threshold: int, **filters) -> list[dict]:
     """One matrix per (vision model, CAM, judge, image mode, alpha, beta, prompt): they are never mixed."""
     where = ["j.status = 'ok'"]
     params: list = []
-    column_of = {"model": "p.model", "cam": "s.method", "judge_model": "j.judge_model", "image_mode": "j.image_mode"}
+    column_of = {"model": "p.model", "cam": "s.method", "judge_model": "j.judge_model", "image_mode": "j.image_mode",
+                 "alpha": "j.alpha", "beta": "j.beta"}
     for name, value in filters.items():
         if value is not None:
             where.append(f"{column_of[name]} = ?")

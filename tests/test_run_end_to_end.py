@@ -44,6 +44,9 @@ def test_three_read_errors_name_the_files(audit, bad_files):
     assert "0 bytes" in reasons["empty.jpg"]
     assert "truncated" in reasons["truncated.jpg"]
     assert "not an image" in reasons["x.jpg"]
+    for family in FAMILIES:  # each run reports the files it could not read, and went on
+        reported = audit["first"][family]["ingest"]["errors"]
+        assert sorted(e["path"].rsplit("/", 1)[-1] for e in reported) == ["empty.jpg", "truncated.jpg", "x.jpg"]
 
 
 def test_one_judgment_per_readable_image_per_judge(audit):

@@ -56,6 +56,16 @@ TRAINING_TEXT = [
     "The quick brown fox jumps over the lazy dog. Rate the answer from 0 to 5.",
 ]
 
+# The language model of both families: hidden 64, 2 layers, 4 heads, 2 KV heads (the recipe's sizes).
+TINY_TEXT_DIMENSIONS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
+
 # Where 4.x and 5.x differ (tokenizer class, RoPE argument name) the builder switches on this.
 _TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
 
@@ -94,6 +104,7 @@ def _wrap_tokenizer(tok: Tokenizer, family_class: str, **kwargs) -> PreTrainedTo
 
 
 def _save(model, processor, out: Path, eos_token_id, pad_token_id, bos_token_id) -> Path:
+    transformers.utils.logging.disable_progress_bar()  # a sub-second save needs no progress bar
     # generate() reads stop/pad ids from the generation config, as with a real checkpoint.
     model.generation_config.eos_token_id = eos_token_id
     model.generation_config.pad_token_id = pad_token_id
@@ -202,12 +213,7 @@ def build_tiny_qwen2_5_vl(out: Path) -> Path:
     )
     text_config = dict(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+        **TINY_TEXT_DIMENSIONS,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -344,16 +350,11 @@ def build_tiny_gemma3(out: Path) -> Path:
     config = Gemma3Config(
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **TINY_TEXT_DIMENSIONS,
             head_dim=16,
             query_pre_attn_scalar=16,
             sliding_window=64,
             sliding_window_pattern=2,  # layer 0 sliding, layer 1 global, to exercise both
-            max_position_embeddings=4096,
             pad_token_id=ids["<pad>"],
             eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
             bos_token_id=ids["<bos>"],
