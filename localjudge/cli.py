@@ -16,8 +16,9 @@ from .reports import matrices, summary
 from .saliency import CAM_METHODS
 from .store import Store
 from .vision import BACKENDS, CardError, WeightsError, list_cards
+from .vision.onnx_export import ExportError
 
-USER_ERRORS = (IngestError, CardError, WeightsError, JudgeError, ValueError, FileNotFoundError)
+USER_ERRORS = (IngestError, CardError, WeightsError, JudgeError, ExportError, ValueError, FileNotFoundError)
 
 
 def user_errors(fn):
@@ -56,12 +57,15 @@ vision_options = options(
                  help="Registered model name (see `localjudge models list`) or a card .json file."),
     click.option("--weights", type=click.Path(exists=True, dir_okay=False),
                  help="State dict for the model (loaded weights-only)."),
-    click.option("--backend", type=click.Choice(sorted(BACKENDS)), default=DEFAULTS.backend, show_default=True),
+    click.option("--card", type=click.Path(exists=True, dir_okay=False),
+                 help="Card for --model FILE.onnx (default: FILE.json beside it)."),
+    click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULTS.backend, show_default=True,
+                 help="torch, or onnx (ONNX Runtime; a registered model is exported once into the cache)."),
     click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True),
 )
 cam_options = options(
-    click.option("--cam", type=click.Choice(sorted(CAM_METHODS)), default=DEFAULTS.cam, show_default=True),
+    click.option("--cam", type=click.Choice(CAM_METHODS), default=DEFAULTS.cam, show_default=True),
 )
 judge_options = options(
     click.option("--vlm", type=click.Path(exists=True, file_okay=False),
@@ -254,6 +258,21 @@ def summary_command(db_path, as_json):
 @cli.group()
 def models():
     """Vision models localjudge knows (model cards under models/)."""
+
+
+@models.command(name="export")
+@click.argument("model")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="State dict for the model.")
+@user_errors
+def models_export(model, out, weights):
+    """Export MODEL to ONNX with its target-layer activations and their gradient (dynamic batch), checked against
+    torch; writes OUT and its card OUT.json (plus the label list)."""
+    from .vision import load_card
+    from .vision.onnx_export import export_onnx
+
+    path = export_onnx(load_card(model), Path(weights) if weights else None, Path(out))
+    click.echo(f"wrote {path} and {path.with_suffix('.json')} (checked against torch)")
 
 
 @models.command(name="list")

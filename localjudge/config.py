@@ -12,7 +12,8 @@ class RunConfig:
     # vision stage
     model: str = "efficientnet-lite0"
     weights: str | None = None
-    backend: str = "torch"
+    card: str | None = None  # a card for --model FILE.onnx (default: FILE.json beside it)
+    backend: str = "torch"  # torch | onnx
     device: str = "auto"
     batch_size: int = 16
     # saliency stage

@@ -19,9 +19,9 @@ from .config import RunConfig
 from .data import ReadFailure, discover, load_rgb, read_image, resolve_label
 from .judge import JudgeRequest, decoding_params, open_judge, parse_answer, vlm_family, vlm_hash
 from .judge.prompts import prompt_hash, prompt_template, render
-from .saliency import judge_image, open_cam
+from .saliency import CamEngine, judge_image
 from .store import Store, content_key, now, pack_array, sha256_file, unpack_array
-from .vision import load_card, model_hash, open_model
+from .vision import backend_of, model_hash, open_model, resolve_card
 from .vision.preprocess import model_view, to_tensor
 
 PACKAGES = ("localjudge", "torch", "torchvision", "transformers", "xgrammar", "grad-cam", "numpy", "pillow",
@@ -48,6 +48,14 @@ def progress(iterable: Iterable, total: int, desc: str, show: bool):
     return tqdm(iterable, total=total, desc=desc, unit="batch", disable=None if show else True, leave=False)
 
 
+def main_class(scores: np.ndarray, task: str) -> int:
+    """A classifier's top class; for segmentation the class with the largest predicted area other than the
+    background (index 0), unless the model sees nothing but background."""
+    if task == "segmentation" and scores[1:].sum() > 0:
+        return int(np.argmax(scores[1:]) + 1)
+    return int(np.argmax(scores))
+
+
 @dataclass
 class Stage:
     """What a stage did: ids it covers, how many it computed now, and whether it had to load a model."""
@@ -67,13 +75,14 @@ class Audit:
         self.config = config
         self.show_progress = show_progress
         self.run_id: str | None = None
-        self._card = load_card(config.model)
+        self._card = resolve_card(config.model, config.card)
+        self._backend = backend_of(self._card, config.backend)
         self._weights = Path(config.weights) if config.weights else None
         self._vision = None
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def vision_hash(self) -> str:
-        return model_hash(self._card, self._weights, self._hash_file)
+        return model_hash(self._card, self._weights, self._hash_file, self._backend)
 
     def judge_hash(self) -> str:
         return vlm_hash(Path(self.config.vlm), self._hash_file)
@@ -152,7 +161,9 @@ class Audit:
     # --- predict ----------------------------------------------------------------------------------------
     def vision_model(self):
         if self._vision is None:
-            self._vision = open_model(self._card, self._weights, self.config.device, self.config.backend)
+            self._vision = open_model(self._card, self._weights, self.config.device, self._backend, self._hash_file)
+            if self.run_id:
+                self.store.set_run_provider(self.run_id, self._vision.execution_provider)
         return self._vision
 
     def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
@@ -177,11 +188,12 @@ class Audit:
             rows = []
             for row, p in zip(batch, probs):
                 top5 = np.argsort(-p)[:5]
-                predicted = int(top5[0])
+                predicted = main_class(p, self._card.task)
                 label_indices = resolve_label(row["label"], labels)
                 rows.append({
                     "id": keys[row["sha256"]], "image_sha256": row["sha256"], "model": self._card.name,
-                    "model_hash": vision_hash, "preprocessing": preprocessing, "predicted_index": predicted,
+                    "model_hash": vision_hash, "backend": self._backend, "preprocessing": preprocessing,
+                    "predicted_index": predicted,
                     "predicted_label": labels.names[predicted], "confidence": float(p[predicted]),
                     "top5": json.dumps([{"index": int(i), "label": labels.names[int(i)], "probability": float(p[i])}
                                         for i in top5]),
@@ -226,7 +238,7 @@ class Audit:
         model = self.vision_model()
         stage.model_loaded = True
         paths = {r["sha256"]: r["path"] for r in self.store.images([p["image_sha256"] for p in missing])}
-        with open_cam(self.config.cam, model) as cam:
+        with CamEngine(self.config.cam, model) as cam:
             for batch in progress(batched(missing, self.config.batch_size),
                                   -(-len(missing) // self.config.batch_size), "explain", self.show_progress):
                 tensor = to_tensor([load_rgb(Path(paths[p["image_sha256"]])) for p in batch], self._card)

@@ -80,6 +80,14 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["judgments"].create_index(["saliency_id"])
 
 
+@migration
+def m002_execution_provider_and_backend(db: sqlite_utils.Database) -> None:
+    # Which engine produced a row: the run's execution provider (e.g. CUDAExecutionProvider) and each
+    # prediction's backend (torch or onnx).
+    db["runs"].add_column("execution_provider", str)
+    db["predictions"].add_column("backend", str)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -139,6 +147,10 @@ class Store:
                 self.db["runs"].insert({**run, "started_at": now(), "status": "running"})
             elif existing["status"] != "running":
                 self.db["runs"].update(run["id"], {"status": "running"})
+
+    def set_run_provider(self, run_id: str, provider: str) -> None:
+        with self.db.conn:
+            self.db["runs"].update(run_id, {"execution_provider": provider})
 
     def finish_run(self, run_id: str, status: str = "finished") -> None:
         with self.db.conn:

@@ -1,7 +1,10 @@
-"""Vision models behind one small protocol, so the ONNX Runtime backend can stand beside the torch one."""
+"""Vision models behind one small protocol, on two backends: torch (the reference) and ONNX Runtime."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -11,33 +14,97 @@ import torch
 from .cards import CardError, ModelCard, list_cards, load_card
 from .torch_backend import TorchVisionModel, WeightsError, embedded_weights_path
 
+BACKENDS = ("torch", "onnx")
+EXPORT_FORMAT = "localjudge-onnx-v1"  # bump when the exported graph's contract changes
+
 
 class VisionModel(Protocol):
     card: ModelCard
     backend: str
+    device: torch.device
+    provides_gradients: bool
+    execution_provider: str
+    source: str
 
     def predict(self, batch: torch.Tensor) -> np.ndarray: ...
 
+    def forward_outputs(self, batch: torch.Tensor) -> torch.Tensor: ...
 
-BACKENDS = {"torch": TorchVisionModel}
+    def output_shape(self, batch: torch.Tensor) -> tuple[int, ...]: ...
+
+    def activations_and_gradients(self, batch: torch.Tensor, cotangent: torch.Tensor | None): ...
 
 
-def open_model(card: ModelCard, weights: Path | None, device: str, backend: str = "torch") -> VisionModel:
+def resolve_card(model: str, card: str | None = None) -> ModelCard:
+    """--model NAME (a registered card), --model CARD.json, or --model FILE.onnx [--card CARD.json]."""
+    if model.endswith(".onnx"):
+        graph = Path(model)
+        if not graph.is_file():
+            raise CardError(f"{graph}: ONNX file not found")
+        card_path = Path(card) if card else graph.with_suffix(".json")
+        if not card_path.is_file():
+            raise CardError(f"{graph}: no card; pass --card CARD.json (task, input size, normalisation, labels, "
+                            "output names)")
+        found = load_card(str(card_path))
+        return dataclasses.replace(found, framework="onnx", onnx_file=str(graph.resolve()))
+    return load_card(card or model)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LOCALJUDGE_HOME", Path.home() / ".cache" / "localjudge")) / "onnx"
+
+
+def exported_card(card: ModelCard, weights: Path | None, source_hash: str) -> ModelCard:
+    """The ONNX export of a registered torch model, made once into the cache (for --backend onnx)."""
+    from .onnx_export import export_onnx
+
+    key = hashlib.sha256(f"{source_hash}:{EXPORT_FORMAT}:{torch.__version__}".encode()).hexdigest()[:16]
+    target = cache_dir() / f"{card.name}-{key}.onnx"
+    if not target.with_suffix(".json").is_file():
+        export_onnx(card, weights, target)
+    return load_card(str(target.with_suffix(".json")))
+
+
+def open_model(card: ModelCard, weights: Path | None, device: str, backend: str = "torch",
+               hash_file: Callable[[Path], str] | None = None) -> VisionModel:
     if backend not in BACKENDS:
         raise CardError(f"unknown vision backend {backend!r}; available: {', '.join(BACKENDS)}")
-    return BACKENDS[backend](card, weights=weights, device=device)
+    if card.framework == "onnx" or backend == "onnx":
+        from .onnx_backend import OnnxVisionModel
+
+        if card.framework != "onnx":
+            card = exported_card(card, weights, model_hash(card, weights, hash_file or _sha256))
+        return OnnxVisionModel(card, device=device)
+    return TorchVisionModel(card, weights=weights, device=device)
 
 
-def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path], str]) -> str:
-    """Identity of the model's parameters without loading it: the weights file's sha256."""
+def backend_of(card: ModelCard, backend: str) -> str:
+    return "onnx" if card.framework == "onnx" else backend
+
+
+def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path], str], backend: str = "torch") -> str:
+    """Identity of the model's parameters without loading it."""
+    if card.framework == "onnx":
+        from .onnx_backend import onnx_path
+
+        return "sha256:" + hash_file(onnx_path(card))
     path = weights or embedded_weights_path(card)
     if path is None:
         # torchvision architectures are built with a fixed seed when no weights are given.
-        return f"random-init:{card.framework}:{card.architecture}:seed0"
-    if not path.is_file():
+        identity = f"random-init:{card.framework}:{card.architecture}:seed0"
+    elif not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
-    return "sha256:" + hash_file(path)
+    else:
+        identity = "sha256:" + hash_file(path)
+    # The same weights on ONNX Runtime are another model for the store: numerics differ slightly.
+    return identity if backend == "torch" else f"{EXPORT_FORMAT}:{identity}"
 
 
-__all__ = ["VisionModel", "ModelCard", "CardError", "WeightsError", "list_cards", "load_card", "open_model",
-           "model_hash", "BACKENDS"]
+def _sha256(path: Path) -> str:
+    from ..store import sha256_file
+
+    return sha256_file(path)
+
+
+__all__ = ["VisionModel", "ModelCard", "CardError", "WeightsError", "list_cards", "load_card", "resolve_card",
+           "open_model", "model_hash", "backend_of", "BACKENDS"]

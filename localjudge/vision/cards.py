@@ -30,6 +30,11 @@ class ModelCard:
     target_layer: str
     description: str = ""
     input_size: int = 224
+    # True when the target layer feeds a global-average-pool + linear classifier: plain CAM is defined then.
+    linear_head: bool = False
+    # ONNX models: the graph file (relative to the card) and its tensor names.
+    onnx_file: str = ""
+    onnx_names: dict | None = None
     card_path: str = ""
 
     def preprocessing(self) -> dict:
@@ -70,6 +75,7 @@ def load_card(name_or_path: str) -> ModelCard:
         fields = json.loads(path.read_text())
         fields["mean"] = tuple(fields["mean"])
         fields["std"] = tuple(fields["std"])
+        fields.pop("card_path", None)
         return ModelCard(**fields, card_path=str(path))
     except (KeyError, TypeError, json.JSONDecodeError) as error:
         raise CardError(f"{path}: not a valid model card ({error})") from error

@@ -37,12 +37,15 @@ def build_module(card: ModelCard, weights: Path | None) -> torch.nn.Module:
         # Seeded so a model without weights is the same model on every run (its predictions are keyed by it).
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            module = torchvision.models.get_model(card.architecture, weights=None)
+            extra = {"weights_backbone": None, "aux_loss": False} if card.task == "segmentation" else {}
+            module = torchvision.models.get_model(card.architecture, weights=None, **extra)
     else:
         raise WeightsError(f"{card.card_path}: unknown framework {card.framework!r}")
     weights = weights or embedded_weights_path(card)
     if weights is not None:
         load_state_dict(module, weights)
+    if card.task == "segmentation":
+        module = SegmentationOutput(module)
     return module.eval()
 
 
@@ -53,6 +56,9 @@ def load_state_dict(module: torch.nn.Module, weights: Path) -> None:
         raise WeightsError(f"{weights}: not a loadable state dict ({error})") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if isinstance(state, dict):
+        # Segmentation checkpoints carry an auxiliary head used only in training.
+        state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -72,18 +78,83 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+class SegmentationOutput(torch.nn.Module):
+    """torchvision segmentation models return {"out": ..., "aux": ...}; the audit needs the main output only."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["out"]
+
+
+class _LeafAtLayer:
+    """Forward hook that makes the target layer's output a fresh leaf of the autograd graph and switches gradient
+    recording on from there: the layers before it run as plain inference, and the backward pass covers only the
+    head after it, instead of pytorch-grad-cam's full forward with autograd on every layer."""
+
+    def __init__(self, layer: torch.nn.Module, track_gradient: bool):
+        self.track_gradient = track_gradient
+        self.activations: torch.Tensor | None = None
+        self.handle = layer.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output):
+        leaf = output.detach()
+        if self.track_gradient:
+            torch.set_grad_enabled(True)
+            leaf.requires_grad_(True)
+        self.activations = leaf
+        return leaf.clone() if self.track_gradient else leaf  # a clone: in-place ops after it must not touch the leaf
+
+
 class TorchVisionModel:
-    """VisionModel on PyTorch. `module` and `target_layer` are what CAM methods hook into."""
+    """VisionModel on PyTorch; `module` and `target_layer` are also what pytorch-grad-cam hooks into."""
 
     backend = "torch"
+    provides_gradients = True
 
     def __init__(self, card: ModelCard, weights: Path | None = None, device: str = "auto"):
         self.card = card
         self.device = resolve_device(device)
         self.module = build_module(card, weights).to(self.device)
         self.target_layer = find_layer(self.module, card.target_layer)
+        self.source = f"the torch model {card.name}"
+        self.execution_provider = f"torch:{self.device.type}"
+        self._output_shape: tuple[int, ...] | None = None
 
     @torch.inference_mode()
+    def forward_outputs(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.module(batch.to(self.device)).float()
+
+    def output_shape(self, batch: torch.Tensor) -> tuple[int, ...]:
+        if self._output_shape is None:
+            self._output_shape = tuple(self.forward_outputs(batch[:1]).shape[1:])
+        return self._output_shape
+
     def predict(self, batch: torch.Tensor) -> np.ndarray:
-        logits = self.module(batch.to(self.device))
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return class_scores(self.forward_outputs(batch), self.card.task)
+
+    def activations_and_gradients(self, batch: torch.Tensor, cotangent: torch.Tensor | None):
+        """Model output, target-layer activations and d<cotangent, output>/d(activations) (None without one)."""
+        hook = _LeafAtLayer(self.target_layer, track_gradient=cotangent is not None)
+        try:
+            with torch.no_grad():
+                outputs = self.module(batch.to(self.device))
+            activations = hook.activations
+            gradients = None
+            if cotangent is not None:
+                (gradients,) = torch.autograd.grad(outputs, activations, grad_outputs=cotangent.to(outputs.dtype))
+        finally:
+            hook.handle.remove()
+        return outputs.detach().float(), activations.detach().float(), gradients
+
+
+def class_scores(outputs: torch.Tensor, task: str) -> np.ndarray:
+    """Per-image class scores: softmax of a classifier's logits; for segmentation, each class's share of the
+    image's pixels by the predicted mask (the main object is the class with the largest non-background share)."""
+    if task == "segmentation":
+        predicted = outputs.argmax(dim=1).flatten(1)
+        counts = torch.nn.functional.one_hot(predicted, outputs.shape[1]).sum(dim=1).float()
+        return (counts / predicted.shape[1]).cpu().numpy()
+    return torch.softmax(outputs.float(), dim=1).cpu().numpy()

@@ -1,0 +1,71 @@
+"""Runs a CAM method on a vision model of either backend, a batch at a time, without leaving the model's device
+until the final maps. The explained score is given to the backend as a cotangent on the model's output: a one-hot
+class for classifiers, the class's predicted region for segmentation (pytorch-grad-cam's
+SemanticSegmentationTarget), so the backend returns dScore/dActivations from one forward pass plus the part of the
+backward pass after the target layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .methods import METHODS, normalise_and_upsample
+
+
+class CamUnavailable(ValueError):
+    pass
+
+
+def cotangent_for(outputs_shape, task: str, targets: list[int], outputs: torch.Tensor | None,
+                  device) -> torch.Tensor:
+    cotangent = torch.zeros(outputs_shape, device=device)
+    index = torch.arange(len(targets), device=device)
+    classes = torch.as_tensor(targets, device=device)
+    if task == "segmentation":
+        region = outputs.argmax(dim=1) == classes[:, None, None]
+        cotangent[index, classes] = region.float()
+    else:
+        cotangent[index, classes] = 1.0
+    return cotangent
+
+
+class CamEngine:
+    def __init__(self, method: str, model):
+        if method not in METHODS:
+            raise CamUnavailable(f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
+        self.method = METHODS[method]()
+        self.model = model
+        card = model.card
+        if self.method.needs_gradients and not model.provides_gradients:
+            usable = ", ".join(name for name, cls in METHODS.items() if not cls.needs_gradients)
+            raise CamUnavailable(
+                f"{method} needs the gradient of the score at the target layer, which {model.source} does not "
+                f"provide (no gradient output in the graph); methods without gradients: {usable}. "
+                "Export the model with `localjudge models export` to get one.")
+        if method == "cam" and not card.linear_head:
+            raise CamUnavailable(f"cam is defined only for a global-average-pool + linear head after the target "
+                                 f"layer; the card of {card.name} does not declare one (linear_head)")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def compute(self, batch: torch.Tensor, targets: list[int]) -> np.ndarray:
+        """Maps in [0, 1] at the model's input resolution, one per image, explaining the target classes."""
+        model = self.model
+        batch = batch.to(model.device)
+        task = model.card.task
+        outputs = model.forward_outputs(batch) if task == "segmentation" else None
+        shape = (batch.shape[0], *model.output_shape(batch))
+        cotangent = cotangent_for(shape, task, targets, outputs, model.device)
+        _, activations, gradients = model.activations_and_gradients(
+            batch, cotangent if self.method.needs_gradients else None)
+        if self.method.needs_forward:
+            weights = self.method.scores(model, batch, activations, cotangent)
+            cams = (weights[:, :, None, None] * activations).sum(dim=1)
+        else:
+            cams = self.method.cam_image(activations, gradients)
+        maps = normalise_and_upsample(cams, tuple(batch.shape[2:]))
+        return np.nan_to_num(maps.detach().cpu().numpy().astype(np.float32))

@@ -1,0 +1,141 @@
+"""CAM methods, one small class each, computed batched on the backend's device from the target layer's activations
+A (B, K, h, w) and, for gradient methods, dS/dA of the explained score S. Formulas follow pytorch-grad-cam's
+`get_cam_weights` family (so maps agree with it) and the original papers where it has none (CAM)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-7
+
+
+class CamMethod:
+    name = ""
+    needs_gradients = True
+    needs_forward = False  # ScoreCAM runs the model again on masked inputs
+
+    def cam_image(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        weights = self.weights(activations, gradients)
+        return (weights[:, :, None, None] * activations).sum(dim=1)
+
+    def weights(self, activations, gradients) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GradCAM(CamMethod):
+    """Selvaraju et al.: channel weight = spatial mean of the gradient."""
+
+    name = "gradcam"
+
+    def weights(self, activations, gradients):
+        return gradients.mean(dim=(2, 3))
+
+
+class CAM(GradCAM):
+    """Zhou et al.: channel weight = the classifier's weight for the class, w_k^c. For a global-average-pool + linear
+    head (the only heads CAM is defined for) dS/dA_k = w_k^c / (h*w) everywhere, so the gradient's spatial mean
+    times h*w is exactly w_k^c; the card says whether a model's head has that form."""
+
+    name = "cam"
+
+    def weights(self, activations, gradients):
+        height, width = activations.shape[2:]
+        return gradients.mean(dim=(2, 3)) * (height * width)
+
+
+class GradCAMPlusPlus(CamMethod):
+    name = "gradcam++"
+
+    def weights(self, activations, gradients):
+        grads_2 = gradients.pow(2)
+        grads_3 = grads_2 * gradients
+        sum_activations = activations.sum(dim=(2, 3))
+        # eps 1e-6 as pytorch-grad-cam: with gradients near 1e-3 the eps decides alpha, so it must match.
+        alpha = grads_2 / (2 * grads_2 + sum_activations[:, :, None, None] * grads_3 + 1e-6)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        return (torch.clamp(gradients, min=0) * alpha).sum(dim=(2, 3))
+
+
+class XGradCAM(CamMethod):
+    name = "xgradcam"
+
+    def weights(self, activations, gradients):
+        sum_activations = activations.sum(dim=(2, 3))
+        return (gradients * activations / (sum_activations[:, :, None, None] + EPS)).sum(dim=(2, 3))
+
+
+class LayerCAM(CamMethod):
+    name = "layercam"
+
+    def cam_image(self, activations, gradients):
+        return (torch.clamp(gradients, min=0) * activations).sum(dim=1)
+
+
+class HiResCAM(CamMethod):
+    name = "hirescam"
+
+    def cam_image(self, activations, gradients):
+        return (gradients * activations).sum(dim=1)
+
+
+class EigenCAM(CamMethod):
+    """Projection of the activations on their first principal component; no gradients, no target.
+
+    numpy's SVD (LAPACK gesdd, as pytorch-grad-cam uses) keeps the sign of the component the same as there."""
+
+    name = "eigencam"
+    needs_gradients = False
+
+    def cam_image(self, activations, gradients):
+        batch, channels = activations.shape[:2]
+        flat = activations.reshape(batch, channels, -1).transpose(1, 2).detach().cpu().numpy().astype(np.float32)
+        flat = np.nan_to_num(flat) - flat.mean(axis=1, keepdims=True)
+        projections = []
+        for matrix in flat:  # the same LAPACK call per matrix as pytorch-grad-cam, so the same sign
+            _, _, vt = np.linalg.svd(matrix, full_matrices=True)
+            projections.append(matrix @ vt[0])
+        projected = torch.from_numpy(np.stack(projections)).to(activations.device)
+        return projected.reshape(batch, *activations.shape[2:])
+
+
+class ScoreCAM(CamMethod):
+    """Wang et al.: each channel, upsampled and min-max normalised, masks the input; the channel's weight is the
+    softmax (over channels) of the explained score on that masked input."""
+
+    name = "scorecam"
+    needs_gradients = False
+    needs_forward = True
+    chunk = 16  # masked inputs per forward pass, as pytorch-grad-cam
+
+    def scores(self, model, batch: torch.Tensor, activations: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
+        # align_corners=True: pytorch-grad-cam upsamples with nn.UpsamplingBilinear2d.
+        upsampled = F.interpolate(activations, size=batch.shape[2:], mode="bilinear", align_corners=True)
+        low = upsampled.amin(dim=(2, 3), keepdim=True)
+        high = upsampled.amax(dim=(2, 3), keepdim=True)
+        masks = (upsampled - low) / (high - low + 1e-8)
+        weights = torch.empty(activations.shape[:2], device=activations.device)
+        for index in range(batch.shape[0]):
+            masked = batch[index:index + 1] * masks[index, :, None]  # (K, 3, H, W)
+            scores = []
+            for start in range(0, masked.shape[0], self.chunk):
+                outputs = model.forward_outputs(masked[start:start + self.chunk])
+                scores.append((outputs * cotangent[index:index + 1]).flatten(1).sum(dim=1))
+            weights[index] = torch.softmax(torch.cat(scores), dim=0)
+        return weights
+
+
+METHODS = {cls.name: cls for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, EigenCAM, ScoreCAM)}
+
+
+def normalise_and_upsample(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """As pytorch-grad-cam: ReLU, min-max per map, bilinear resize to the input, min-max again."""
+
+    def min_max(x):
+        low = x.amin(dim=(1, 2), keepdim=True)
+        return (x - low) / (EPS + (x - low).amax(dim=(1, 2), keepdim=True))
+
+    cams = min_max(torch.clamp(cams.float(), min=0))
+    cams = F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return min_max(torch.clamp(cams, min=0))

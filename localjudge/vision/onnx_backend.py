@@ -1,0 +1,118 @@
+"""The ONNX Runtime backend: CUDAExecutionProvider when onnxruntime-gpu and a GPU are there, the CPU otherwise.
+
+Inputs and outputs go through IO binding to torch tensors on the provider's device, so a batch, its activations and
+its gradients stay on the GPU between ONNX Runtime and the CAM methods; on the CPU the same binding is zero-copy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cards import CardError, ModelCard
+from .torch_backend import class_scores
+
+DEFAULT_NAMES = {"input": "input", "output": "output", "activations": "activations"}
+
+
+def onnx_path(card: ModelCard) -> Path:
+    path = Path(card.onnx_file)
+    if not path.is_absolute():
+        path = Path(card.card_path).parent / path
+    return path
+
+
+class OnnxVisionModel:
+    backend = "onnx"
+
+    def __init__(self, card: ModelCard, device: str = "auto"):
+        import onnxruntime
+
+        self.card = card
+        self.path = onnx_path(card)
+        if not self.path.is_file():
+            raise CardError(f"{self.path}: ONNX file not found (named by the card {card.card_path})")
+        self.names = {**DEFAULT_NAMES, **(card.onnx_names or {})}
+        self.provides_gradients = bool(self.names.get("gradients") and self.names.get("cotangent"))
+        self.source = f"the ONNX graph {self.path.name}"
+        available = onnxruntime.get_available_providers()
+        want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if want_cuda and "CUDAExecutionProvider" not in available:
+            if device.startswith("cuda"):
+                raise CardError("--device cuda with the onnx backend needs onnxruntime-gpu "
+                                "(pip install 'localjudge[onnx-gpu]'); providers here: " + ", ".join(available))
+            want_cuda = False
+        device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        providers = ([("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"] if want_cuda
+                     else ["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = int(os.environ.get("LOCALJUDGE_ORT_THREADS", "0"))
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
+        self.execution_provider = self.session.get_providers()[0]
+        on_gpu = self.execution_provider == "CUDAExecutionProvider"
+        self.device = torch.device("cuda", device_id) if on_gpu else torch.device("cpu")
+        self._outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        for role in ("output", "activations"):
+            if self.names[role] not in self._outputs:
+                raise CardError(f"{card.card_path}: the graph has no output {self.names[role]!r} ({role}); "
+                                f"its outputs: {', '.join(self._outputs)}")
+
+    def _static_shape(self, name: str, batch: int) -> tuple[int, ...] | None:
+        dims = self._outputs[name]
+        rest = dims[1:]
+        return (batch, *rest) if all(isinstance(d, int) for d in rest) else None
+
+    def _run(self, batch: torch.Tensor, cotangent: torch.Tensor | None, wanted: list[str]) -> list[torch.Tensor]:
+        binding = self.session.io_binding()
+        kind, index = self.device.type, self.device.index or 0
+        x = batch.to(self.device, torch.float32).contiguous()
+        binding.bind_input(self.names["input"], kind, index, np.float32, tuple(x.shape), x.data_ptr())
+        keep = [x]  # the bound buffers must outlive the run
+        if self.names.get("cotangent") in self._inputs:
+            if cotangent is None:
+                shape = self._static_shape(self.names["output"], x.shape[0])
+                if shape is None:
+                    raise CardError(f"{self.source}: a cotangent input needs an output of fixed size")
+                cotangent = torch.zeros(shape, device=self.device)
+            c = cotangent.to(self.device, torch.float32).contiguous()
+            binding.bind_input(self.names["cotangent"], kind, index, np.float32, tuple(c.shape), c.data_ptr())
+            keep.append(c)
+        results: list[torch.Tensor | None] = []
+        for name in wanted:
+            shape = self._static_shape(name, x.shape[0])
+            if shape is None:  # a graph with dynamic output dims: let ONNX Runtime allocate, copy afterwards
+                binding.bind_output(name, kind, index)
+                results.append(None)
+            else:
+                buffer = torch.empty(shape, dtype=torch.float32, device=self.device)
+                binding.bind_output(name, kind, index, np.float32, shape, buffer.data_ptr())
+                results.append(buffer)
+        self.session.run_with_iobinding(binding)
+        allocated = binding.get_outputs()
+        return [r if r is not None else torch.from_numpy(allocated[i].numpy()).to(self.device)
+                for i, r in enumerate(results)]
+
+    def output_shape(self, batch: torch.Tensor) -> tuple[int, ...]:
+        shape = self._static_shape(self.names["output"], 1)
+        if shape is None:
+            shape = tuple(self._run(batch[:1], None, [self.names["output"]])[0].shape)
+        return shape[1:]
+
+    def forward_outputs(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._run(batch, None, [self.names["output"]])[0]
+
+    def predict(self, batch: torch.Tensor) -> np.ndarray:
+        return class_scores(self.forward_outputs(batch), self.card.task)
+
+    def activations_and_gradients(self, batch: torch.Tensor, cotangent: torch.Tensor | None):
+        names = [self.names["output"], self.names["activations"]]
+        if cotangent is not None:
+            if not self.provides_gradients:
+                raise CardError(f"{self.source} provides no gradient output")
+            names.append(self.names["gradients"])
+        outputs = self._run(batch, cotangent, names)
+        return outputs[0], outputs[1], outputs[2] if cotangent is not None else None

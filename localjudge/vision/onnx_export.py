@@ -1,0 +1,143 @@
+"""Export a registered torch model to ONNX with everything the CAM family needs and no autograd at run time.
+
+The graph takes the image batch and a cotangent on the model's output, and returns the output, the target layer's
+activations A and d<cotangent, output>/dA. Why this shape rather than a separate head graph: the gradient is traced
+inside the same graph, so ONNX Runtime computes it in the same pass as the forward, from activations it already
+holds, and only the ops after the target layer are differentiated (a few percent of a forward); a split graph would
+copy A between two sessions and needs a head extracted by hand per architecture. The trick that makes autograd
+exportable at all (see shared/docs/architecture.md): trace the function with make_fx into plain aten ops, then
+export that graph with the dynamo exporter; symbolic tracing keeps the batch dimension dynamic."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cards import ModelCard
+from .torch_backend import build_module, find_layer
+
+ONNX_NAMES = {"input": "input", "cotangent": "cotangent", "output": "output", "activations": "activations",
+              "gradients": "gradients"}
+TOLERANCE = 1e-3  # largest |onnx - torch| relative to the largest |torch|, per output
+
+
+class ExportError(Exception):
+    pass
+
+
+class _OutputsWithGradient(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, layer: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.layer = layer
+
+    def forward(self, x, cotangent):
+        captured = {}
+        handle = self.layer.register_forward_hook(lambda module, inputs, output: captured.setdefault("a", output))
+        try:
+            output = self.model(x)
+        finally:
+            handle.remove()
+        activations = captured["a"]
+        (gradients,) = torch.autograd.grad(output, activations, grad_outputs=cotangent)
+        return output, activations, gradients
+
+
+def _contiguous_outputs(module: torch.nn.Module) -> list:
+    # Autograd differentiates a view of a non-contiguous tensor (ConvNeXt's permute -> flatten) with as_strided
+    # ops that have no ONNX form; making every module's output contiguous avoids them and costs nothing for
+    # outputs that already are.
+    return [m.register_forward_hook(lambda _m, _i, out: out.contiguous() if isinstance(out, torch.Tensor) else out)
+            for m in module.modules()]
+
+
+def trace(card: ModelCard, weights: Path | None):
+    """The model and its exportable function (x, cotangent) -> (output, activations, gradients)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    module = build_module(card, weights)
+    wrapper = _OutputsWithGradient(module, find_layer(module, card.target_layer)).eval()
+
+    def outputs_with_gradient(x, cotangent):
+        with torch.enable_grad():
+            return wrapper(x.detach().requires_grad_(False), cotangent)
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, card.crop, card.crop, generator=generator)
+    with torch.no_grad():
+        output_shape = module(x[:1]).shape[1:]
+    cotangent = torch.randn(2, *output_shape, generator=generator)
+    handles = _contiguous_outputs(module)
+    try:
+        graph = make_fx(outputs_with_gradient, decomposition_table=torch._decomp.core_aten_decompositions(),
+                        tracing_mode="symbolic", _allow_non_fake_inputs=True)(x, cotangent)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return graph, outputs_with_gradient, (x, cotangent), tuple(output_shape)
+
+
+def export_onnx(card: ModelCard, weights: Path | None, out: Path) -> Path:
+    """Write OUT (.onnx) and its card OUT.json; refuse (and remove the file) if ONNX Runtime disagrees with torch."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    graph, reference, example, output_shape = trace(card, weights)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    chatter = io.StringIO()  # the exporter prints its progress; keep the CLI's output ours
+    try:
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph, example, dynamo=True, input_names=[ONNX_NAMES["input"], ONNX_NAMES["cotangent"]],
+                output_names=[ONNX_NAMES["output"], ONNX_NAMES["activations"], ONNX_NAMES["gradients"]],
+                dynamic_shapes=({0: batch}, {0: batch}), optimize=True)
+            program.save(str(out))
+    except Exception as error:
+        raise ExportError(f"{card.name}: ONNX export failed ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:300]})") from error
+    try:
+        check_against_torch(out, reference, output_shape, card)
+    except ExportError:
+        out.unlink(missing_ok=True)
+        raise
+    write_card(card, out)
+    return out
+
+
+def check_against_torch(path: Path, reference, output_shape, card: ModelCard) -> None:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, card.crop, card.crop, generator=generator)  # another batch size than the trace's
+    cotangent = torch.randn(3, *output_shape, generator=generator)
+    expected = [t.detach().numpy() for t in reference(x, cotangent)]
+    actual = session.run(None, {ONNX_NAMES["input"]: x.numpy(), ONNX_NAMES["cotangent"]: cotangent.numpy()})
+    for name, got, want in zip(("output", "activations", "gradients"), actual, expected):
+        if got.shape != want.shape:
+            raise ExportError(f"{path}: {name} has shape {got.shape} in ONNX Runtime, {want.shape} in torch")
+        error = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-12))
+        if not error <= TOLERANCE:
+            raise ExportError(f"{path}: {name} differs from torch by {error:.2e} (relative); export refused")
+
+
+def write_card(card: ModelCard, onnx_path: Path) -> Path:
+    """The card beside the graph, with a copy of the label list, so the pair can be moved as one."""
+    labels = onnx_path.with_suffix(".labels.csv")
+    shutil.copyfile(Path(card.card_path).parent / card.labels, labels)
+    fields = {k: v for k, v in card.__dict__.items() if k != "card_path"}
+    fields.update({
+        "framework": "onnx", "weights": "onnx", "onnx_file": onnx_path.name, "onnx_names": dict(ONNX_NAMES),
+        "mean": list(card.mean), "std": list(card.std), "labels": labels.name,
+        "description": f"{card.name} exported to ONNX by localjudge. {card.description}",
+    })
+    card_path = onnx_path.with_suffix(".json")
+    card_path.write_text(json.dumps(fields, indent=2) + "\n")
+    return card_path
