@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-import json
-from pathlib import Path
+import os
+
+# Offline by design: set before anything imports huggingface_hub, which reads it once at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import functools  # noqa: E402
+import json  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import click
 
@@ -14,11 +20,19 @@ from .data import IngestError
 from .judge import JUDGE_BACKENDS, JudgeError
 from .reports import matrices, summary
 from .saliency import CAM_METHODS
-from .store import Store
+from .store import Store, StoreError
 from .vision import BACKENDS, CardError, WeightsError, list_cards
 from .vision.onnx_export import ExportError
 
-USER_ERRORS = (IngestError, CardError, WeightsError, JudgeError, ExportError, ValueError, FileNotFoundError)
+USER_ERRORS = (IngestError, CardError, WeightsError, JudgeError, ExportError, StoreError, ValueError,
+               FileNotFoundError)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
+warnings.formatwarning = _one_line_warning
 
 
 def user_errors(fn):
@@ -143,7 +157,7 @@ def run(images, db_path, as_json, threshold, **given):
                     threshold=threshold, **given)
     if not as_json:
         config = audit.config
-        print_matrices(matrices(audit.store, threshold, model=config.model, cam=config.cam,
+        print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
                                 judge_model=Path(config.vlm).name, image_mode=config.image_mode,
                                 alpha=config.alpha, beta=config.beta))
 
@@ -183,8 +197,10 @@ def predict(images, db_path, as_json, **given):
 @user_errors
 def explain(db_path, as_json, **given):
     """Compute a saliency map for every stored prediction of the model."""
-    perform("explain", None, ["explain"], lambda a: {"explain": a.explain(a.stored_predictions())}, db_path,
-            as_json, **given)
+    audit = perform("explain", None, ["explain"], lambda a: {"explain": a.explain(a.stored_predictions())},
+                    db_path, as_json, **given)
+    if not audit.stored_predictions():
+        click.echo(f"No predictions of {audit.card.name} in {db_path} yet: run `localjudge predict` first.", err=True)
 
 
 @cli.command()
@@ -198,8 +214,11 @@ def judge(db_path, as_json, **given):
     """Judge every stored saliency map of the model and CAM method with the VLM in --vlm."""
     if not given.get("vlm"):
         raise click.UsageError("--vlm DIR is required (a local Gemma-3 or Qwen2.5-VL directory)")
-    perform("judge", None, ["judge"], lambda a: {"judge": a.judge(a.stored_saliency_maps())}, db_path, as_json,
-            **given)
+    audit = perform("judge", None, ["judge"], lambda a: {"judge": a.judge(a.stored_saliency_maps())}, db_path,
+                    as_json, **given)
+    if not audit.stored_saliency_maps():
+        click.echo(f"No {audit.config.cam} maps of {audit.card.name} in {db_path} yet: run `localjudge explain` "
+                   "first.", err=True)
 
 
 def print_matrices(found: list[dict]) -> None:
@@ -226,9 +245,10 @@ def print_matrices(found: list[dict]) -> None:
 @click.option("--judge-model", help="Only this judge (its directory name).")
 @click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Only this image mode.")
 @json_option
+@user_errors
 def matrix(db_path, threshold, as_json, **filters):
     """The 2x2 matrix: prediction correct/wrong x judge score high/low (CH, CL, WH, WL)."""
-    found = matrices(Store(db_path), threshold, **filters)
+    found = matrices(Store(db_path, create=False), threshold, **filters)
     if as_json:
         click.echo(json.dumps({"matrices": found}, indent=2))
     else:
@@ -238,9 +258,10 @@ def matrix(db_path, threshold, as_json, **filters):
 @cli.command(name="summary")
 @db_option
 @json_option
+@user_errors
 def summary_command(db_path, as_json):
     """What the store holds: images, read errors, predictions and accuracy, CAMs, judgments."""
-    result = summary(Store(db_path))
+    result = summary(Store(db_path, create=False))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -255,6 +276,19 @@ def summary_command(db_path, as_json):
     click.echo(f"judgments         {result['judgments_succeeded']} succeeded, {result['judgments_failed']} failed")
 
 
+@cli.command(name="maps")
+@db_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the .npy files and index.csv.")
+@user_errors
+def maps_command(db_path, out_dir):
+    """Write every stored map as float32 .npy at the model's input resolution, with DIR/index.csv."""
+    from .reports import export_maps
+
+    count = export_maps(Store(db_path, create=False), Path(out_dir))
+    click.echo(f"wrote {count} maps and {Path(out_dir) / 'index.csv'}")
+
+
 @cli.group()
 def models():
     """Vision models localjudge knows (model cards under models/)."""
@@ -264,14 +298,15 @@ def models():
 @click.argument("model")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="State dict for the model.")
+@click.option("--static-batch", type=click.IntRange(1), help="A fixed batch size instead of a dynamic one.")
 @user_errors
-def models_export(model, out, weights):
+def models_export(model, out, weights, static_batch):
     """Export MODEL to ONNX with its target-layer activations and their gradient (dynamic batch), checked against
     torch; writes OUT and its card OUT.json (plus the label list)."""
     from .vision import load_card
     from .vision.onnx_export import export_onnx
 
-    path = export_onnx(load_card(model), Path(weights) if weights else None, Path(out))
+    path = export_onnx(load_card(model), Path(weights) if weights else None, Path(out), static_batch)
     click.echo(f"wrote {path} and {path.with_suffix('.json')} (checked against torch)")
 
 

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import re
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +19,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 class IngestError(Exception):
     """The source itself (folder or manifest) cannot be used; single bad images are stored, not raised."""
+
+
+class IngestWarning(UserWarning):
+    pass
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ def discover(source: str | Path, path_column: str = "path", label_column: str = 
 
 def scan_folder(root: Path) -> list[InputItem]:
     items = []
+    root = root.absolute()  # stored paths must not depend on the directory a command is run from
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()):
         relative = path.relative_to(root)
         # A file inside a sub-folder takes the first-level folder's name as its class label.
@@ -75,6 +81,9 @@ def read_manifest(manifest: Path, path_column: str, label_column: str) -> list[I
             raise IngestError(f"{manifest}: no column {path_column!r} (columns: {', '.join(columns)}); "
                               "choose one with --path-column")
         has_labels = label_column in columns
+        if not has_labels:
+            warnings.warn(f"{manifest}: no column {label_column!r} (columns: {', '.join(columns)}); the images are "
+                          "unlabelled, so no prediction can be called correct or wrong", IngestWarning, stacklevel=2)
         items = []
         for row in reader:
             raw_path = (row.get(path_column) or "").strip()
@@ -82,7 +91,7 @@ def read_manifest(manifest: Path, path_column: str, label_column: str) -> list[I
                 continue
             path = Path(raw_path)
             if not path.is_absolute():
-                path = manifest.parent / path
+                path = manifest.absolute().parent / path
             label = (row.get(label_column) or "").strip() if has_labels else ""
             items.append(InputItem(path=path, label=label or None))
     return items
@@ -110,7 +119,23 @@ def read_image(path: Path) -> ReadImage | ReadFailure:
     return ReadImage(path, digest, size, width, height, mode, image_format)
 
 
-def load_rgb(path: Path) -> Image.Image:
+class ChangedImage(Exception):
+    """A stored image's file is gone or no longer holds the picture that was ingested."""
+
+
+def load_verified(path: Path, sha256: str) -> Image.Image:
+    """The stored image, only if its file still holds the same bytes: a map or a judgment must never be computed
+    from another picture than the one its prediction was made on."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ChangedImage(f"{path}: cannot read the stored image any more ({error.strerror or error})") from error
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ChangedImage(f"{path}: the file has changed since it was ingested; ingest it again")
+    return load_rgb(io.BytesIO(data))
+
+
+def load_rgb(path) -> Image.Image:
     """The pixels a model sees: EXIF orientation applied, greyscale and palette images as RGB."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
@@ -148,7 +173,7 @@ def resolve_label(raw: str | None, labels: "LabelList") -> list[int] | None:
         elif _WNID.match(token) and token in labels.by_wnid:
             indices.append(labels.by_wnid[token])
         elif normalise_class_name(token) in labels.by_name:
-            indices.append(labels.by_name[normalise_class_name(token)])
+            indices.extend(labels.by_name[normalise_class_name(token)])  # ImageNet has two cranes, two maillots
     return sorted(set(indices)) or None
 
 
@@ -162,10 +187,10 @@ class LabelList:
         return {w: i for i, w in enumerate(self.wnids) if w}
 
     @cached_property
-    def by_name(self) -> dict[str, int]:
-        table: dict[str, int] = {}
+    def by_name(self) -> dict[str, list[int]]:
+        table: dict[str, list[int]] = {}
         for index, name in enumerate(self.names):
-            table.setdefault(normalise_class_name(name), index)
+            table.setdefault(normalise_class_name(name), []).append(index)
         return table
 
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -16,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import RunConfig
-from .data import ReadFailure, discover, load_rgb, read_image, resolve_label
+from .data import (IMAGE_SUFFIXES, ChangedImage, IngestError, ReadFailure, discover, load_verified, read_image,
+                   resolve_label)
 from .judge import JudgeRequest, decoding_params, open_judge, parse_answer, vlm_family, vlm_hash
 from .judge.prompts import prompt_hash, prompt_template, render
 from .saliency import CamEngine, judge_image
@@ -43,9 +45,9 @@ def batched(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
-def progress(iterable: Iterable, total: int, desc: str, show: bool):
+def progress(iterable: Iterable, total: int, desc: str, show: bool, unit: str = "batch"):
     # tqdm hides itself when stderr is not a terminal (disable=None), so logs and tests stay clean.
-    return tqdm(iterable, total=total, desc=desc, unit="batch", disable=None if show else True, leave=False)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=None if show else True, leave=False)
 
 
 def main_class(scores: np.ndarray, task: str) -> int:
@@ -75,7 +77,7 @@ class Audit:
         self.config = config
         self.show_progress = show_progress
         self.run_id: str | None = None
-        self._card = resolve_card(config.model, config.card)
+        self.card = self._card = resolve_card(config.model, config.card)
         self._backend = backend_of(self._card, config.backend)
         self._weights = Path(config.weights) if config.weights else None
         self._vision = None
@@ -124,12 +126,14 @@ class Audit:
     # --- ingest -----------------------------------------------------------------------------------------
     def ingest(self, source: str | Path) -> Stage:
         items = discover(source, self.config.path_column, self.config.label_column)
+        if not items:
+            raise IngestError(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         known_errors = self.store.known_error_ids()
         stage = Stage()
         images: list[dict] = []
         errors: list[dict] = []
         seen: set[str] = set()
-        for item in items:
+        for item in progress(items, len(items), "ingest", self.show_progress, unit="image"):
             result = read_image(item.path)
             if isinstance(result, ReadFailure):
                 error_id = content_key("read_error", str(item.path.resolve()), result.sha256, result.reason)
@@ -151,12 +155,33 @@ class Audit:
         stored = {row["sha256"]: row for row in self.store.images(stage.ids)}
         new_images = [row for row in images if row["sha256"] not in stored]
         # A moved file or a corrected label updates the image's row; it is the same picture, not a new one.
-        changed = [{"sha256": row["sha256"], "path": row["path"], "label": row["label"]} for row in images
-                   if row["sha256"] in stored
-                   and (stored[row["sha256"]]["path"], stored[row["sha256"]]["label"]) != (row["path"], row["label"])]
+        # A source without a label for an image (a plain folder) keeps the label it had.
+        changed = []
+        for row in images:
+            before = stored.get(row["sha256"])
+            if before is None:
+                continue
+            update = {"path": row["path"]} if before["path"] != row["path"] else {}
+            if row["label"] is not None and row["label"] != before["label"]:
+                update["label"] = row["label"]
+            if update:
+                changed.append({"sha256": row["sha256"], **update})
         self.store.add_images(new_images, errors, changed)
         stage.computed = len(new_images)
         return stage
+
+    def load_images(self, rows: list[dict], stage: Stage) -> tuple[list, list[dict]]:
+        """The pictures of `rows` (each with image_sha256 or sha256 and path), skipping and reporting any whose file
+        is gone or changed since ingest."""
+        images, kept = [], []
+        for row in rows:
+            try:
+                images.append(load_verified(Path(row["path"]), row.get("image_sha256") or row["sha256"]))
+                kept.append(row)
+            except ChangedImage as error:
+                stage.failed += 1
+                stage.errors.append({"path": row["path"], "reason": str(error)})
+        return images, kept
 
     # --- predict ----------------------------------------------------------------------------------------
     def vision_model(self):
@@ -181,15 +206,21 @@ class Audit:
             return stage
         model = self.vision_model()
         stage.model_loaded = True
+        unmapped: set[str] = set()
         preprocessing = json.dumps(self._card.preprocessing(), sort_keys=True)
         for batch in progress(batched(missing, self.config.batch_size), -(-len(missing) // self.config.batch_size),
                               "predict", self.show_progress):
-            probs = model.predict(to_tensor([load_rgb(Path(row["path"])) for row in batch], self._card))
+            pictures, batch = self.load_images(list(batch), stage)
+            if not batch:
+                continue
+            probs = model.predict(to_tensor(pictures, self._card))
             rows = []
             for row, p in zip(batch, probs):
                 top5 = np.argsort(-p)[:5]
                 predicted = main_class(p, self._card.task)
                 label_indices = resolve_label(row["label"], labels)
+                if row["label"] is not None and label_indices is None:
+                    unmapped.add(row["label"])
                 rows.append({
                     "id": keys[row["sha256"]], "image_sha256": row["sha256"], "model": self._card.name,
                     "model_hash": vision_hash, "backend": self._backend, "preprocessing": preprocessing,
@@ -204,6 +235,11 @@ class Audit:
                 })
             self.store.insert_rows("predictions", rows)
             stage.computed += len(rows)
+        if unmapped:
+            examples = ", ".join(repr(label) for label in sorted(unmapped)[:5])
+            warnings.warn(f"{len(unmapped)} label(s) match no class of {self._card.name} ({examples}); those images "
+                          "count as unlabelled. Use class indices, WordNet ids or the model's class names.",
+                          stacklevel=2)
         return stage
 
     def refresh_correctness(self, prediction_ids: list[str], labels) -> None:
@@ -241,8 +277,10 @@ class Audit:
         with CamEngine(self.config.cam, model) as cam:
             for batch in progress(batched(missing, self.config.batch_size),
                                   -(-len(missing) // self.config.batch_size), "explain", self.show_progress):
-                tensor = to_tensor([load_rgb(Path(paths[p["image_sha256"]])) for p in batch], self._card)
-                maps = cam.compute(tensor, [p["predicted_index"] for p in batch])
+                pictures, batch = self.load_images([{**p, "path": paths[p["image_sha256"]]} for p in batch], stage)
+                if not batch:
+                    continue
+                maps = cam.compute(to_tensor(pictures, self._card), [p["predicted_index"] for p in batch])
                 rows = [{
                     "id": keys[p["id"]], "prediction_id": p["id"], "image_sha256": p["image_sha256"],
                     "method": self.config.cam, "target_layer": self._card.target_layer,
@@ -270,7 +308,7 @@ class Audit:
         judge_hash = self.judge_hash()
         decoding = decoding_params(config.judge, config.max_new_tokens, config.temperature)
         keys = {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, judge_hash,
-                                 template_hash, decoding) for sid in saliency_ids}
+                                 template_hash, decoding, config.judge_image_size) for sid in saliency_ids}
         existing = self.store.existing_ids("judgments", keys.values())
         retry = self.store.retryable_judgments(keys.values())
         stage = Stage(ids=[keys[s] for s in saliency_ids])
@@ -282,23 +320,26 @@ class Audit:
         self.store.add_prompt(template_hash, config.image_mode, template)
         for batch in progress(batched(missing, config.judge_batch_size),
                               -(-len(missing) // config.judge_batch_size), "judge", self.show_progress):
-            rows = self._judge_batch(judge, batch, keys, template, template_hash, judge_hash, decoding)
+            rows = self._judge_batch(judge, batch, keys, template, template_hash, judge_hash, decoding, stage)
             self.store.upsert_judgments(rows)
             stage.computed += len(rows)
             stage.failed += sum(r["status"] == "failed" for r in rows)
         return stage
 
-    def _judge_batch(self, judge, saliency_ids, keys, template, template_hash, judge_hash, decoding) -> list[dict]:
+    def _judge_batch(self, judge, saliency_ids, keys, template, template_hash, judge_hash, decoding,
+                     stage: Stage) -> list[dict]:
         config = self.config
         maps = self.store.saliency_maps(saliency_ids)
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
         paths = {r["sha256"]: r["path"] for r in self.store.images([m["image_sha256"] for m in maps])}
+        pictures, maps = self.load_images([{**m, "path": paths[m["image_sha256"]]} for m in maps], stage)
+        if not maps:
+            return []
         requests = []
-        for m in maps:
+        for m, picture in zip(maps, pictures):
             prediction = predictions[m["prediction_id"]]
             saliency = unpack_array(m["map"], (m["height"], m["width"]))
-            view = model_view(load_rgb(Path(paths[m["image_sha256"]])), json.loads(prediction["preprocessing"]),
-                              config.judge_image_size)
+            view = model_view(picture, json.loads(prediction["preprocessing"]), config.judge_image_size)
             image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta)
             requests.append(JudgeRequest(image=image, label=prediction["predicted_label"],
                                          prompt=render(template, prediction["predicted_label"])))
@@ -314,7 +355,8 @@ class Audit:
             row = {
                 "id": keys[m["id"]], "saliency_id": m["id"], "prediction_id": m["prediction_id"],
                 "image_sha256": m["image_sha256"], "alpha": config.alpha, "beta": config.beta,
-                "image_mode": config.image_mode, "judge_backend": config.judge,
+                "image_mode": config.image_mode, "judge_image_size": config.judge_image_size,
+                "judge_backend": config.judge,
                 "judge_model": Path(config.vlm).name, "judge_model_hash": judge_hash, "prompt_hash": template_hash,
                 "decoding": json.dumps(decoding, sort_keys=True), "batch_size": len(maps),
                 "batch_seconds": seconds, "run_id": self.run_id, "created_at": now(),

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+
 import numpy as np
 
 from .analysis import attention_matrix
-from .store import Store
+from .store import Store, unpack_array
 
-GROUP_COLUMNS = ("model", "cam", "judge_model", "image_mode", "alpha", "beta", "prompt_hash")
+# Everything that makes two judgments incomparable; the names are for people, the hashes keep same-named
+# models with other weights apart.
+GROUP_COLUMNS = ("model", "model_hash", "cam", "judge_model", "judge_model_hash", "image_mode", "alpha", "beta",
+                 "judge_image_size", "prompt_hash", "decoding")
 
 
 def matrices(store: Store, threshold: int, **filters) -> list[dict]:
@@ -21,8 +28,9 @@ def matrices(store: Store, threshold: int, **filters) -> list[dict]:
             where.append(f"{column_of[name]} = ?")
             params.append(value)
     rows = list(store.query(
-        "select p.model, s.method as cam, j.judge_model, j.image_mode, j.alpha, j.beta, j.prompt_hash, "
-        "j.score, p.correct from judgments j join predictions p on p.id = j.prediction_id "
+        "select p.model, p.model_hash, s.method as cam, j.judge_model, j.judge_model_hash, j.image_mode, j.alpha, "
+        "j.beta, j.judge_image_size, j.prompt_hash, j.decoding, j.score, p.correct from judgments j "
+        "join predictions p on p.id = j.prediction_id "
         "join saliency_maps s on s.id = j.saliency_id where " + " and ".join(where) +
         " order by p.model, s.method, j.judge_model, j.image_mode", params))
     groups: dict[tuple, list[dict]] = {}
@@ -59,3 +67,29 @@ def summary(store: Store) -> dict:
         "judgments_failed": one("select count(*) as n from judgments where status = 'failed'")["n"],
         "judgments_by_judge": judgments,
     }
+
+
+MAP_INDEX_COLUMNS = ("image_path", "image_sha256", "model", "model_hash", "backend", "method", "target_layer",
+                     "target_class", "target_label", "file")
+
+
+def export_maps(store: Store, out: Path) -> int:
+    """Every stored map as float32 .npy (named by the map's key) plus index.csv, for other tools to check or reuse."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = store.query(
+        "select s.id, s.map, s.height, s.width, s.method, s.target_layer, s.target_index, p.model, p.model_hash, "
+        "p.backend, p.top5, i.path, i.sha256 from saliency_maps s join predictions p on p.id = s.prediction_id "
+        "join images i on i.sha256 = s.image_sha256 order by i.path, p.model, s.method")
+    count = 0
+    with open(out / "index.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MAP_INDEX_COLUMNS)
+        for row in rows:
+            name = f"{row['id']}.npy"
+            np.save(out / name, unpack_array(row["map"], (row["height"], row["width"])).astype(np.float32))
+            labels = {entry["index"]: entry["label"] for entry in json.loads(row["top5"])}
+            writer.writerow([row["path"], row["sha256"], row["model"], row["model_hash"], row["backend"] or "torch",
+                             row["method"], row["target_layer"], row["target_index"],
+                             labels.get(row["target_index"], ""), name])
+            count += 1
+    return count

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import sqlite3
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -88,6 +89,12 @@ def m002_execution_provider_and_backend(db: sqlite_utils.Database) -> None:
     db["predictions"].add_column("backend", str)
 
 
+@migration
+def m003_judge_image_size(db: sqlite_utils.Database) -> None:
+    # The judge's image size decides what it sees, so it is part of a judgment's key and recorded with it.
+    db["judgments"].add_column("judge_image_size", int)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -106,13 +113,22 @@ def unpack_array(blob: bytes, shape: tuple[int, ...], dtype=np.float16) -> np.nd
     return np.frombuffer(zlib.decompress(blob), dtype=dtype).reshape(shape).astype(np.float32)
 
 
+class StoreError(Exception):
+    pass
+
+
 class Store:
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise StoreError(f"{self.path}: no such database (run `localjudge run` or `predict` first)")
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite_utils.Database(str(self.path))
-        self.db.enable_wal()
+        try:
+            self.db.enable_wal()
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path}: not a localjudge database ({error})") from error
         self.db.execute("PRAGMA foreign_keys = ON")
         self.migrate()
 
@@ -125,15 +141,11 @@ class Store:
         for fn in MIGRATIONS:
             if fn.__name__ in done:
                 continue
-            with self.db.conn:
+            with self.db.atomic():
                 fn(self.db)
                 self.db["_migrations"].insert({"name": fn.__name__, "applied_at": now()})
             applied.append(fn.__name__)
         return applied
-
-    def transaction(self):
-        """One transaction per batch: a crash loses at most the batch in flight, never what is stored."""
-        return self.db.conn
 
     def row_counts(self) -> dict[str, int]:
         return {name: self.db[name].count for name in self.db.table_names()}
@@ -141,19 +153,18 @@ class Store:
     # --- runs -------------------------------------------------------------------------------------------
     def record_run(self, run: dict) -> None:
         """A run is keyed by everything it was asked to do, so the same command run twice is one row."""
-        existing = self.db["runs"].get(run["id"]) if self.has("runs", run["id"]) else None
-        with self.db.conn:
-            if existing is None:
-                self.db["runs"].insert({**run, "started_at": now(), "status": "running"})
-            elif existing["status"] != "running":
+        with self.db.atomic():
+            if self.has("runs", run["id"]):
                 self.db["runs"].update(run["id"], {"status": "running"})
+            else:
+                self.db["runs"].insert({**run, "started_at": now(), "status": "running"})
 
     def set_run_provider(self, run_id: str, provider: str) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["runs"].update(run_id, {"execution_provider": provider})
 
     def finish_run(self, run_id: str, status: str = "finished") -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["runs"].update(run_id, {"finished_at": now(), "status": status})
 
     def has(self, table: str, pk) -> bool:
@@ -172,7 +183,7 @@ class Store:
         if rows:
             return rows[0]["sha256"]
         digest = compute(path)
-        with self.db.conn:
+        with self.db.atomic():
             self.db["file_hashes"].insert(
                 {"path": key[0], "size_bytes": key[1], "mtime_ns": key[2], "sha256": digest}, replace=True)
         return digest
@@ -182,13 +193,18 @@ class Store:
         return {r["id"] for r in self.db.query("select id from read_errors")}
 
     def add_images(self, images: list[dict], errors: list[dict], changed: list[dict] = ()) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             if images:
                 self.db["images"].insert_all(images, pk="sha256", ignore=True)
             if errors:
                 self.db["read_errors"].insert_all(errors, pk="id", ignore=True)
             for row in changed:
-                self.db["images"].update(row["sha256"], {"path": row["path"], "label": row["label"]})
+                self.db["images"].update(row["sha256"], {k: v for k, v in row.items() if k != "sha256"})
+            # A file that reads now is no longer an error, whatever it was before.
+            readable = [row["path"] for row in [*images, *changed] if "path" in row]
+            if readable:
+                self.db.execute("delete from read_errors where path in (select value from json_each(?))",
+                                [json.dumps(readable)])
 
     def images(self, sha256s: Iterable[str] | None = None) -> list[dict]:
         if sha256s is None:
@@ -208,22 +224,19 @@ class Store:
         sql = f"select * from [{table}] where [{column}] in (select value from json_each(?)) order by [{order}]"
         return list(self.db.query(sql, [json.dumps(list(values))]))
 
-    def existing_image_shas(self, sha256s: Iterable[str]) -> set[str]:
-        return self.existing_ids("images", sha256s, column="sha256")
-
     def retryable_judgments(self, ids: Iterable[str]) -> set[str]:
         """Judgments whose backend crashed (not those whose answer could not be parsed): worth another try."""
         return self.existing_ids("judgments", ids, where="and failure_kind = 'backend'")
 
     def upsert_judgments(self, rows: list[dict]) -> None:
         # Upsert, so a retried backend failure replaces its row instead of adding one.
-        with self.db.conn:
+        with self.db.atomic():
             self.db["judgments"].upsert_all(rows, pk="id")
 
     def insert_rows(self, table: str, rows: list[dict]) -> None:
         if not rows:
             return
-        with self.db.conn:
+        with self.db.atomic():
             self.db[table].insert_all(rows, pk="id", ignore=True)
 
     def predictions(self, ids: Iterable[str] | None = None) -> list[dict]:
@@ -238,7 +251,7 @@ class Store:
             [json.dumps(list(ids))]))
 
     def update_predictions(self, updates: list[dict]) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             for row in updates:
                 self.db["predictions"].update(row["id"], {k: v for k, v in row.items() if k != "id"})
 
@@ -251,7 +264,7 @@ class Store:
         return sorted(self._rows_where_in(table, "id", ids, order="id"), key=lambda r: order[r["id"]])
 
     def add_prompt(self, prompt_hash: str, image_mode: str, text: str) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["prompts"].insert(
                 {"hash": prompt_hash, "image_mode": image_mode, "text": text, "created_at": now()},
                 pk="hash", ignore=True)
@@ -271,4 +284,4 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["Store", "content_key", "pack_array", "unpack_array", "sha256_file", "now"]
+__all__ = ["Store", "StoreError", "content_key", "pack_array", "unpack_array", "sha256_file", "now"]

@@ -10,11 +10,14 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner
+# Before anything imports huggingface_hub (it reads this once): no test may reach a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
-from localjudge.cli import cli
-from localjudge.judge.tiny import build_tiny_vlms
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from localjudge.cli import cli  # noqa: E402
+from localjudge.judge.tiny import build_tiny_vlms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -22,8 +25,7 @@ DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", REPO.parent / "shared" / "dat
 
 @pytest.fixture(scope="session", autouse=True)
 def offline_environment(tmp_path_factory):
-    # Nothing in a test may reach a hub; the tiny-VLM cache of smoke runs goes to a temporary home.
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    # The tiny-VLM and ONNX caches go to a temporary home.
     os.environ["LOCALJUDGE_HOME"] = str(tmp_path_factory.mktemp("localjudge-home"))
 
 

@@ -164,3 +164,57 @@ def test_a_corrected_label_updates_correctness_without_new_rows(tmp_path, small_
     with sqlite3.connect(db) as conn:
         labels = {label for (label,) in conn.execute("select label from images")}
     assert labels == {"0"}
+
+
+def test_a_changed_file_is_never_explained_as_the_picture_it_replaced(tmp_path, data_dir):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    source = data_dir / "seg-photos" / "images"
+    (folder / "a.jpg").write_bytes((source / "coco_000000000009.jpg").read_bytes())
+    db = tmp_path / "changed.db"
+    invoke("predict", folder, "--db", db)
+    (folder / "a.jpg").write_bytes((source / "coco_000000000073.jpg").read_bytes())  # same path, other picture
+    stages = invoke_json("explain", "--db", db)
+    assert stages["explain"]["computed"] == 0 and stages["explain"]["failed"] == 1
+    assert "changed since it was ingested" in stages["explain"]["errors"][0]["reason"]
+    assert Store(db).row_counts()["saliency_maps"] == 0
+
+
+def test_an_unlabelled_source_keeps_the_labels_and_paths_are_absolute(tmp_path, small_manifest, data_dir,
+                                                                      monkeypatch):
+    db = tmp_path / "keep.db"
+    invoke("predict", small_manifest, "--db", db)
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for row in csv.DictReader(open(small_manifest, newline="")):
+        (folder / row["path"].rsplit("/", 1)[-1]).symlink_to(row["path"])
+    monkeypatch.chdir(tmp_path)
+    invoke("predict", "plain", "--db", db)  # a relative folder, no labels
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select path, label from images").fetchall()
+    assert all(label for _, label in rows)
+    assert all(path.startswith(str(tmp_path / "plain")) for path, _ in rows)
+
+
+def test_judge_image_size_is_part_of_a_judgment(tmp_path, small_manifest, tiny_vlms):
+    db = tmp_path / "size.db"
+    qwen = tiny_vlms["qwen2_5_vl"]
+    invoke("run", small_manifest, "--db", db, "--vlm", qwen)
+    again = invoke_json("judge", "--db", db, "--vlm", qwen, "--judge-image-size", "224")
+    assert again["judge"]["computed"] == 4
+    assert len(invoke_json("matrix", "--db", db)["matrices"]) == 2
+
+
+def test_clear_errors_for_a_missing_database_an_empty_folder_and_a_missing_gpu(tmp_path, small_manifest):
+    result = invoke("summary", "--db", tmp_path / "none.db", expect_ok=False)
+    assert result.exit_code == 1 and "no such database" in result.output
+    assert not (tmp_path / "none.db").exists()
+    not_a_db = tmp_path / "x.db"
+    not_a_db.write_text("hello")
+    assert "not a localjudge database" in invoke("matrix", "--db", not_a_db, expect_ok=False).output
+    (tmp_path / "empty").mkdir()
+    assert "no images found" in invoke("predict", tmp_path / "empty", "--db", tmp_path / "e.db",
+                                       expect_ok=False).output
+    if not torch.cuda.is_available():
+        result = invoke("predict", small_manifest, "--db", tmp_path / "g.db", "--device", "cuda", expect_ok=False)
+        assert "no CUDA GPU" in result.output

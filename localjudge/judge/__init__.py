@@ -33,8 +33,6 @@ class JudgeOutput:
 class Judge(Protocol):
     backend: str
 
-    def decoding(self) -> dict: ...
-
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]: ...
 
 
@@ -63,7 +61,10 @@ def vlm_hash(vlm_dir: Path, hash_file: Callable[[Path], str]) -> str:
     """Identity of a model directory without loading it: every file's sha256 (cached by the store)."""
     vlm_dir = Path(vlm_dir)
     digest = hashlib.sha256()
-    for path in sorted(p for p in vlm_dir.rglob("*") if p.is_file()):
+    # Hidden folders (.cache, .git) and documents (README.md, LICENSE) do not change an answer.
+    relevant = (p for p in vlm_dir.rglob("*") if p.is_file() and p.suffix.lower() not in {".md", ""}
+                and not any(part.startswith(".") for part in p.relative_to(vlm_dir).parts))
+    for path in sorted(relevant):
         digest.update(f"{path.relative_to(vlm_dir).as_posix()}\0{hash_file(path)}\n".encode())
     return "sha256:" + digest.hexdigest()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import JudgeError, JudgeOutput, JudgeRequest, decoding_params, vlm_family
+from . import JudgeError, JudgeOutput, JudgeRequest, vlm_family
 from .parsing import JUDGMENT_SCHEMA
 from ..vision.torch_backend import resolve_device
 
@@ -54,9 +54,6 @@ class TransformersJudge:
         self._grammar = xgrammar.GrammarCompiler(tokenizer_info).compile_json_schema(
             json.dumps(JUDGMENT_SCHEMA), any_whitespace=False)
         self._logits_processor = xgrammar.contrib.hf.LogitsProcessor
-
-    def decoding(self) -> dict:
-        return decoding_params(self.backend, self.max_new_tokens, self.temperature)
 
     @torch.inference_mode()
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:

@@ -33,6 +33,8 @@ class ModelCard:
     # True when the target layer feeds a global-average-pool + linear classifier: plain CAM is defined then.
     linear_head: bool = False
     # ONNX models: the graph file (relative to the card) and its tensor names.
+    # Fixed batch for the ONNX export when a symbolic (dynamic-batch) trace is impractically slow (MaxViT).
+    export_batch: int | None = None
     onnx_file: str = ""
     onnx_names: dict | None = None
     card_path: str = ""

@@ -56,6 +56,9 @@ class OnnxVisionModel:
         self.device = torch.device("cuda", device_id) if on_gpu else torch.device("cpu")
         self._outputs = {o.name: o.shape for o in self.session.get_outputs()}
         self._inputs = {i.name for i in self.session.get_inputs()}
+        input_batch = next(i.shape[0] for i in self.session.get_inputs() if i.name == self.names["input"])
+        # Graphs exported with a fixed batch (often 1) are fed in chunks of that size, the last one padded.
+        self.fixed_batch = input_batch if isinstance(input_batch, int) else None
         for role in ("output", "activations"):
             if self.names[role] not in self._outputs:
                 raise CardError(f"{card.card_path}: the graph has no output {self.names[role]!r} ({role}); "
@@ -67,6 +70,23 @@ class OnnxVisionModel:
         return (batch, *rest) if all(isinstance(d, int) for d in rest) else None
 
     def _run(self, batch: torch.Tensor, cotangent: torch.Tensor | None, wanted: list[str]) -> list[torch.Tensor]:
+        size = self.fixed_batch
+        if size is None or batch.shape[0] == size:
+            return self._run_once(batch, cotangent, wanted)
+        parts = []
+        for start in range(0, batch.shape[0], size):
+            chunk = batch[start:start + size]
+            pad = size - chunk.shape[0]
+            chunk_cotangent = None if cotangent is None else cotangent[start:start + size]
+            if pad:
+                chunk = torch.cat([chunk, chunk.new_zeros((pad, *chunk.shape[1:]))])
+                if chunk_cotangent is not None:
+                    chunk_cotangent = torch.cat(
+                        [chunk_cotangent, chunk_cotangent.new_zeros((pad, *chunk_cotangent.shape[1:]))])
+            parts.append([t[:size - pad] for t in self._run_once(chunk, chunk_cotangent, wanted)])
+        return [torch.cat(tensors) for tensors in zip(*parts)]
+
+    def _run_once(self, batch: torch.Tensor, cotangent: torch.Tensor | None, wanted: list[str]) -> list[torch.Tensor]:
         binding = self.session.io_binding()
         kind, index = self.device.type, self.device.index or 0
         x = batch.to(self.device, torch.float32).contiguous()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,10 @@ from .cards import ModelCard
 
 
 class WeightsError(Exception):
+    pass
+
+
+class RandomWeightsWarning(UserWarning):
     pass
 
 
@@ -44,6 +49,9 @@ def build_module(card: ModelCard, weights: Path | None) -> torch.nn.Module:
     weights = weights or embedded_weights_path(card)
     if weights is not None:
         load_state_dict(module, weights)
+    else:
+        warnings.warn(f"{card.name}: no --weights given, so its weights are random (seeded); its predictions and "
+                      "maps mean nothing. Pass --weights FILE for an audit.", RandomWeightsWarning, stacklevel=2)
     if card.task == "segmentation":
         module = SegmentationOutput(module)
     return module.eval()
@@ -68,14 +76,23 @@ def load_state_dict(module: torch.nn.Module, weights: Path) -> None:
 def find_layer(module: torch.nn.Module, dotted: str) -> torch.nn.Module:
     layer = module
     for part in dotted.split("."):
-        layer = layer[int(part)] if part.isdigit() else getattr(layer, part)
+        try:
+            layer = getattr(layer, part)  # also finds numbered children of Sequential, ModuleList, ModuleDict
+        except AttributeError:
+            raise WeightsError(f"no layer {dotted!r} in {type(module).__name__} (at {part!r})") from None
     return layer
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is available here (use --device cpu or auto)")
+    return chosen
 
 
 class SegmentationOutput(torch.nn.Module):
