@@ -1,14 +1,21 @@
-"""Every registered model builds from its card, predicts, and gives GradCAM maps at its input resolution."""
+"""Every registered model builds from its card, predicts, and gives CAM maps at its input resolution."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from localjudge.data import load_rgb
+from localjudge.pipeline import main_class
 from localjudge.saliency import open_cam
 from localjudge.vision import list_cards, load_card, open_model
 from localjudge.vision.preprocess import model_view, to_tensor
+
+CLASSIFIERS = [c.name for c in list_cards() if c.task == "classification"]
+SEGMENTERS = [c.name for c in list_cards() if c.task == "segmentation"]
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +24,19 @@ def photos(data_dir):
     return [load_rgb(folder / name) for name in ("coco_000000000009.jpg", "voc_2007_000063.jpg")]
 
 
-@pytest.mark.parametrize("name", [card.name for card in list_cards()])
-def test_model_predicts_and_explains(name, photos):
+def small_card(name: str, tmp_path, side: int = 160):
+    """A registered segmentation card at a smaller input size, so CPU tests stay quick."""
+    card = load_card(name)
+    fields = {k: v for k, v in card.__dict__.items() if k != "card_path"}
+    fields.update(resize=side, crop=side, input_size=side,
+                  labels=str((Path(card.card_path).parent / card.labels).resolve()))
+    path = tmp_path / f"{name}-{side}.json"
+    path.write_text(json.dumps(fields))
+    return load_card(str(path))
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_classifier_predicts_and_explains(name, photos):
     card = load_card(name)
     model = open_model(card, None, "cpu")
     batch = to_tensor(photos, card)
@@ -29,6 +47,26 @@ def test_model_predicts_and_explains(name, photos):
         maps = cam.compute(batch, probs.argmax(axis=1).tolist())
     assert maps.shape == (2, card.crop, card.crop) and maps.dtype == np.float32
     assert maps.min() >= 0.0 and maps.max() <= 1.0
+
+
+@pytest.mark.parametrize("name", SEGMENTERS)
+def test_segmenter_predicts_its_main_class_and_explains_it(name, photos, tmp_path):
+    card = small_card(name, tmp_path)
+    model = open_model(card, None, "cpu")
+    batch = to_tensor(photos, card)
+    shares = model.predict(batch)
+    assert shares.shape == (2, 21) and np.allclose(shares.sum(axis=1), 1.0, atol=1e-5)
+    targets = [main_class(s, "segmentation") for s in shares]
+    assert all(t != 0 or s[1:].sum() == 0 for t, s in zip(targets, shares))  # background only if nothing else
+    with open_cam("gradcam", model) as cam:
+        maps = cam.compute(batch, targets)
+    assert maps.shape == (2, 160, 160) and 0.0 <= maps.min() and maps.max() <= 1.0
+
+
+def test_main_class_ignores_background():
+    assert main_class(np.array([0.7, 0.1, 0.2]), "segmentation") == 2
+    assert main_class(np.array([1.0, 0.0, 0.0]), "segmentation") == 0
+    assert main_class(np.array([0.7, 0.1, 0.2]), "classification") == 0
 
 
 def test_embedded_model_attends_somewhere_in_particular(photos):

@@ -1,0 +1,124 @@
+"""The ONNX Runtime engine from the command line: `run --backend onnx`, `models export`, bring-your-own ONNX with a
+card, and `maps`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from localjudge.store import Store, unpack_array
+from localjudge.vision import load_card
+from localjudge.vision.torch_backend import build_module, find_layer
+
+from .conftest import invoke, invoke_json
+
+
+def test_onnx_backend_gives_the_torch_top1_on_all_500_images(tmp_path, imagenet_manifest):
+    db = tmp_path / "backends.db"
+    invoke("predict", imagenet_manifest, "--db", db, "--batch-size", "32")
+    stages = invoke_json("predict", imagenet_manifest, "--db", db, "--batch-size", "32", "--backend", "onnx")
+    assert stages["predict"]["computed"] == 500  # another backend is another model for the store
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select image_sha256, backend, predicted_index from predictions").fetchall()
+        provider = conn.execute("select execution_provider from runs where config like '%\"onnx\"%'").fetchone()[0]
+    by_backend = {"torch": {}, "onnx": {}}
+    for sha, backend, predicted in rows:
+        by_backend[backend][sha] = predicted
+    assert len(by_backend["torch"]) == len(by_backend["onnx"]) == 500
+    assert by_backend["torch"] == by_backend["onnx"]
+    assert provider == "CPUExecutionProvider"
+
+
+def test_models_export_writes_a_checked_graph_and_its_card(tmp_path):
+    out = tmp_path / "lite0.onnx"
+    result = invoke("models", "export", "efficientnet-lite0", "--out", out)
+    assert "checked against torch" in result.output
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["task"] == "classification" and card["crop"] == 224 and card["mean"] == [0.485, 0.456, 0.406]
+    assert card["onnx_names"]["gradients"] == "gradients" and card["onnx_file"] == "lite0.onnx"
+    assert out.with_suffix(".labels.csv").is_file()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.shape[0] for i in session.get_inputs()] == ["batch", "batch"]  # dynamic batch
+
+
+@pytest.fixture(scope="module")
+def foreign_onnx(tmp_path_factory):
+    """A graph exported elsewhere: logits and the activations only, no gradient, with a hand-written card."""
+    folder = tmp_path_factory.mktemp("byo")
+    card = load_card("resnet18")
+    module = build_module(card, None)
+    layer = find_layer(module, card.target_layer)
+
+    class LogitsAndFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = module
+
+        def forward(self, x):
+            captured = {}
+            handle = layer.register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+            logits = self.model(x)
+            handle.remove()
+            return logits, captured["a"]
+
+    path = folder / "classifier.onnx"
+    torch.onnx.export(LogitsAndFeatures().eval(), (torch.randn(1, 3, 224, 224),), str(path), dynamo=False,
+                      input_names=["pixels"], output_names=["scores", "features"],
+                      dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}, "features": {0: "n"}})
+    card_path = folder / "classifier-card.json"
+    fields = {k: v for k, v in card.__dict__.items() if k != "card_path"}
+    fields.update(name="hospital-classifier", framework="onnx", weights="onnx", mean=list(card.mean),
+                  std=list(card.std), labels=str(Path(card.card_path).parent / card.labels),
+                  onnx_names={"input": "pixels", "output": "scores", "activations": "features"})
+    card_path.write_text(json.dumps(fields))
+    return path, card_path
+
+
+def test_bring_your_own_onnx_offers_only_the_methods_its_graph_supports(tmp_path, foreign_onnx, data_dir):
+    graph, card = foreign_onnx
+    manifest = tmp_path / "m.csv"
+    rows = list(csv.DictReader(open(data_dir / "imagenet-sample" / "labels.csv", newline="")))[:3]
+    manifest.write_text("path,label\n" + "".join(f"{data_dir / 'imagenet-sample' / r['file']},{r['imagenet_index']}\n"
+                                                  for r in rows))
+    db = tmp_path / "byo.db"
+    assert invoke_json("predict", manifest, "--db", db, "--model", graph, "--card", card)["predict"]["computed"] == 3
+    assert invoke_json("explain", "--db", db, "--model", graph, "--card", card, "--cam", "eigencam"
+                       )["explain"]["computed"] == 3
+    refused = invoke("explain", "--db", db, "--model", graph, "--card", card, "--cam", "gradcam", expect_ok=False)
+    assert refused.exit_code == 1
+    assert "needs the gradient" in refused.output and "eigencam" in refused.output
+    with sqlite3.connect(db) as conn:
+        assert {m for (m,) in conn.execute("select distinct model from predictions")} == {"hospital-classifier"}
+        assert {b for (b,) in conn.execute("select distinct backend from predictions")} == {"onnx"}
+
+
+def test_maps_writes_every_stored_map_with_an_index(tmp_path, data_dir):
+    rows = list(csv.DictReader(open(data_dir / "imagenet-sample" / "labels.csv", newline="")))[:3]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + "".join(f"{data_dir / 'imagenet-sample' / r['file']},{r['wnid']}\n"
+                                                  for r in rows))
+    db = tmp_path / "maps.db"
+    invoke("predict", manifest, "--db", db)
+    invoke("explain", "--db", db, "--cam", "gradcam")
+    invoke("explain", "--db", db, "--cam", "layercam", "--backend", "torch")
+    out = tmp_path / "maps"
+    assert "wrote 6 maps" in invoke("maps", "--db", db, "--out", out).output
+    index = list(csv.DictReader(open(out / "index.csv", newline="")))
+    assert len(index) == 6
+    assert set(index[0]) >= {"image_path", "image_sha256", "model", "backend", "method", "target_class", "file"}
+    store = Store(db)
+    for entry in index:
+        saved = np.load(out / entry["file"])
+        assert saved.dtype == np.float32 and saved.shape == (224, 224)
+        row = next(store.query("select map, height, width, target_index from saliency_maps where id = ?",
+                               [entry["file"][:-4]]))
+        assert np.array_equal(saved, unpack_array(row["map"], (row["height"], row["width"])))
+        assert int(entry["target_class"]) == row["target_index"] and entry["backend"] == "torch"

@@ -1,0 +1,140 @@
+"""Acceptance of the CAM engine: on 50 real images, our maps on both backends (torch, ONNX Runtime) match
+pytorch-grad-cam's for every method it also has (Pearson >= 0.99 per map); plain CAM matches its definition;
+segmentation maps match SemanticSegmentationTarget on DeepLabv3-ResNet50."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM, ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from localjudge.data import load_rgb
+from localjudge.pipeline import main_class
+from localjudge.saliency import CamEngine, CamUnavailable
+from localjudge.saliency.reference import REFERENCE_CLASSES, PytorchGradCam
+from localjudge.vision import load_card, open_model
+from localjudge.vision.preprocess import to_tensor
+
+from .test_vision import small_card
+
+IMAGES = 50
+CHUNK = 10
+MODELS = ["efficientnet-lite0", "resnet18", "convnext_tiny", "maxvit_t"]
+SHARED_PASS_METHODS = [m for m in REFERENCE_CLASSES if m != "scorecam"]
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.std() == 0 or b.std() == 0:
+        # A flat map (every weight negative, so ReLU leaves nothing: seen with random MaxViT weights) has no
+        # correlation; it matches only another flat map of the same value.
+        return 1.0 if np.allclose(a, b, atol=1e-6) else 0.0
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def assert_maps_match(ours: np.ndarray, reference: np.ndarray, what: str, threshold: float = 0.99):
+    correlations = [pearson(a, b) for a, b in zip(ours, reference)]
+    worst = min(correlations)
+    assert worst >= threshold, f"{what}: worst Pearson {worst:.4f} (image {int(np.argmin(correlations))})"
+
+
+@pytest.fixture(scope="module")
+def pictures(data_dir):
+    with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[::10][:IMAGES]  # 50 classes spread over the label range
+    return [load_rgb(data_dir / "imagenet-sample" / r["file"]) for r in rows]
+
+
+def reference_maps(model, batch, targets) -> dict[str, np.ndarray]:
+    """pytorch-grad-cam's maps for every method that shares one forward/backward pass: its own GradCAM object runs
+    the pass, then each method's own code turns those activations and gradients into maps."""
+    maps = {method: [] for method in SHARED_PASS_METHODS}
+    shared = GradCAM(model=model.module, target_layers=[model.target_layer])
+    try:
+        for start in range(0, len(targets), CHUNK):
+            x = batch[start:start + CHUNK]
+            chunk_targets = [ClassifierOutputTarget(t) for t in targets[start:start + CHUNK]]
+            shared(input_tensor=x, targets=chunk_targets)
+            for method in SHARED_PASS_METHODS:
+                cam = REFERENCE_CLASSES[method](model=model.module, target_layers=[model.target_layer])
+                own = cam.activations_and_grads
+                own.release()
+                cam.activations_and_grads = shared.activations_and_grads
+                maps[method].append(cam.aggregate_multi_layers(cam.compute_cam_per_layer(x, chunk_targets, False)))
+                cam.activations_and_grads = own  # its __del__ clears whatever it holds: not the shared pass
+    finally:
+        shared.activations_and_grads.release()
+    return {method: np.concatenate(parts) for method, parts in maps.items()}
+
+
+def our_maps(model, method, batch, targets) -> np.ndarray:
+    engine = CamEngine(method, model)
+    return np.concatenate([engine.compute(batch[s:s + CHUNK], targets[s:s + CHUNK])
+                           for s in range(0, len(targets), CHUNK)])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parity_with_pytorch_grad_cam_on_both_backends(name, pictures):
+    card = load_card(name)
+    torch_model = open_model(card, None, "cpu", "torch")
+    onnx_model = open_model(card, None, "cpu", "onnx")  # exported once into the test's cache, checked on export
+    batch = to_tensor(pictures, card)
+    targets = torch_model.predict(batch).argmax(axis=1).tolist()
+    reference = reference_maps(torch_model, batch, targets)
+    for method in SHARED_PASS_METHODS:
+        for model in (torch_model, onnx_model):
+            ours = our_maps(model, method, batch, targets)
+            assert ours.shape == reference[method].shape == (IMAGES, card.crop, card.crop)
+            assert_maps_match(ours, reference[method], f"{name} {method} on {model.backend}")
+
+
+def test_scorecam_parity_on_both_backends(pictures):
+    # One image: ScoreCAM runs one forward pass per channel (512 for ResNet18), on every implementation.
+    card = load_card("resnet18")
+    torch_model = open_model(card, None, "cpu", "torch")
+    onnx_model = open_model(card, None, "cpu", "onnx")
+    batch = to_tensor(pictures[:1], card)
+    targets = torch_model.predict(batch).argmax(axis=1).tolist()
+    with ScoreCAM(model=torch_model.module, target_layers=[torch_model.target_layer]) as cam:
+        cam.batch_size = 64
+        reference = cam(input_tensor=batch, targets=[ClassifierOutputTarget(t) for t in targets])
+    for model in (torch_model, onnx_model):
+        assert_maps_match(CamEngine("scorecam", model).compute(batch, targets), reference, f"scorecam {model.backend}")
+
+
+def test_plain_cam_is_its_definition(pictures):
+    card = load_card("resnet18")
+    torch_model = open_model(card, None, "cpu", "torch")
+    batch = to_tensor(pictures[:8], card)
+    targets = torch_model.predict(batch).argmax(axis=1).tolist()
+    _, activations, _ = torch_model.activations_and_gradients(batch, None)
+    class_weights = torch_model.module.fc.weight.detach()[targets]  # w_k^c of Zhou et al.
+    definition = torch.relu(torch.einsum("bk,bkhw->bhw", class_weights, activations))
+    definition = torch.nn.functional.interpolate(definition[:, None], size=(224, 224), mode="bilinear",
+                                                 align_corners=False)[:, 0].numpy()
+    for model in (torch_model, open_model(card, None, "cpu", "onnx")):
+        assert_maps_match(CamEngine("cam", model).compute(batch, targets), definition, f"cam {model.backend}",
+                          threshold=0.999)
+
+
+def test_cam_is_refused_without_a_linear_head():
+    model = open_model(load_card("convnext_tiny"), None, "cpu", "torch")
+    with pytest.raises(CamUnavailable, match="linear head"):
+        CamEngine("cam", model)
+
+
+def test_segmentation_parity_with_semantic_segmentation_target(pictures, tmp_path):
+    card = small_card("deeplabv3_resnet50", tmp_path, side=224)
+    torch_model = open_model(card, None, "cpu", "torch")
+    onnx_model = open_model(card, None, "cpu", "onnx")
+    batch = to_tensor(pictures[:3], card)
+    targets = [main_class(s, "segmentation") for s in torch_model.predict(batch)]
+    for method in ("gradcam", "layercam", "gradcam++"):
+        with PytorchGradCam(method, torch_model) as reference:
+            expected = reference.compute(batch, targets)
+        for model in (torch_model, onnx_model):
+            assert_maps_match(CamEngine(method, model).compute(batch, targets), expected,
+                              f"deeplabv3 {method} on {model.backend}")
