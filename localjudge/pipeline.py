@@ -77,14 +77,14 @@ class Audit:
         self.config = config
         self.show_progress = show_progress
         self.run_id: str | None = None
-        self.card = self._card = resolve_card(config.model, config.card)
-        self._backend = backend_of(self._card, config.backend)
+        self.card = resolve_card(config.model, config.card)
+        self._backend = backend_of(self.card, config.backend)
         self._weights = Path(config.weights) if config.weights else None
         self._vision = None
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def vision_hash(self) -> str:
-        return model_hash(self._card, self._weights, self._hash_file, self._backend)
+        return model_hash(self.card, self._weights, self._hash_file, self._backend)
 
     def judge_hash(self) -> str:
         return vlm_hash(Path(self.config.vlm), self._hash_file)
@@ -186,20 +186,20 @@ class Audit:
     # --- predict ----------------------------------------------------------------------------------------
     def vision_model(self):
         if self._vision is None:
-            self._vision = open_model(self._card, self._weights, self.config.device, self._backend, self._hash_file)
+            self._vision = open_model(self.card, self._weights, self.config.device, self._backend, self._hash_file)
             if self.run_id:
                 self.store.set_run_provider(self.run_id, self._vision.execution_provider)
         return self._vision
 
     def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
-        return content_key("prediction", image_sha256, vision_hash, self._card.preprocessing())
+        return content_key("prediction", image_sha256, vision_hash, self.card.preprocessing())
 
     def predict(self, image_shas: list[str]) -> Stage:
         vision_hash = self.vision_hash()
         keys = {sha: self.prediction_key(sha, vision_hash) for sha in image_shas}
         existing = self.store.existing_ids("predictions", keys.values())
         stage = Stage(ids=[keys[s] for s in image_shas])
-        labels = self._card.label_list()
+        labels = self.card.label_list()
         self.refresh_correctness([keys[s] for s in image_shas if keys[s] in existing], labels)
         missing = [row for row in self.store.images(image_shas) if keys[row["sha256"]] not in existing]
         if not missing:
@@ -207,22 +207,22 @@ class Audit:
         model = self.vision_model()
         stage.model_loaded = True
         unmapped: set[str] = set()
-        preprocessing = json.dumps(self._card.preprocessing(), sort_keys=True)
+        preprocessing = json.dumps(self.card.preprocessing(), sort_keys=True)
         for batch in progress(batched(missing, self.config.batch_size), -(-len(missing) // self.config.batch_size),
                               "predict", self.show_progress):
             pictures, batch = self.load_images(list(batch), stage)
             if not batch:
                 continue
-            probs = model.predict(to_tensor(pictures, self._card))
+            probs = model.predict(to_tensor(pictures, self.card))
             rows = []
             for row, p in zip(batch, probs):
                 top5 = np.argsort(-p)[:5]
-                predicted = main_class(p, self._card.task)
+                predicted = main_class(p, self.card.task)
                 label_indices = resolve_label(row["label"], labels)
                 if row["label"] is not None and label_indices is None:
                     unmapped.add(row["label"])
                 rows.append({
-                    "id": keys[row["sha256"]], "image_sha256": row["sha256"], "model": self._card.name,
+                    "id": keys[row["sha256"]], "image_sha256": row["sha256"], "model": self.card.name,
                     "model_hash": vision_hash, "backend": self._backend, "preprocessing": preprocessing,
                     "predicted_index": predicted,
                     "predicted_label": labels.names[predicted], "confidence": float(p[predicted]),
@@ -237,7 +237,7 @@ class Audit:
             stage.computed += len(rows)
         if unmapped:
             examples = ", ".join(repr(label) for label in sorted(unmapped)[:5])
-            warnings.warn(f"{len(unmapped)} label(s) match no class of {self._card.name} ({examples}); those images "
+            warnings.warn(f"{len(unmapped)} label(s) match no class of {self.card.name} ({examples}); those images "
                           "count as unlabelled. Use class indices, WordNet ids or the model's class names.",
                           stacklevel=2)
         return stage
@@ -259,12 +259,12 @@ class Audit:
         return [r["id"] for r in self.store.query(
             "select p.id from predictions p join images i on i.sha256 = p.image_sha256 "
             "where p.model_hash = ? and p.preprocessing = ? order by i.path",
-            [vision_hash, json.dumps(self._card.preprocessing(), sort_keys=True)])]
+            [vision_hash, json.dumps(self.card.preprocessing(), sort_keys=True)])]
 
     # --- explain ----------------------------------------------------------------------------------------
     def explain(self, prediction_ids: list[str]) -> Stage:
         predictions = self.store.predictions(prediction_ids)
-        keys = {p["id"]: content_key("saliency", p["id"], self.config.cam, self._card.target_layer,
+        keys = {p["id"]: content_key("saliency", p["id"], self.config.cam, self.card.target_layer,
                                      p["predicted_index"]) for p in predictions}
         existing = self.store.existing_ids("saliency_maps", keys.values())
         stage = Stage(ids=[keys[p["id"]] for p in predictions])
@@ -280,10 +280,10 @@ class Audit:
                 pictures, batch = self.load_images([{**p, "path": paths[p["image_sha256"]]} for p in batch], stage)
                 if not batch:
                     continue
-                maps = cam.compute(to_tensor(pictures, self._card), [p["predicted_index"] for p in batch])
+                maps = cam.compute(to_tensor(pictures, self.card), [p["predicted_index"] for p in batch])
                 rows = [{
                     "id": keys[p["id"]], "prediction_id": p["id"], "image_sha256": p["image_sha256"],
-                    "method": self.config.cam, "target_layer": self._card.target_layer,
+                    "method": self.config.cam, "target_layer": self.card.target_layer,
                     "target_index": p["predicted_index"], "height": int(m.shape[0]), "width": int(m.shape[1]),
                     "map": pack_array(m), "run_id": self.run_id, "created_at": now(),
                 } for p, m in zip(batch, maps)]
@@ -296,7 +296,7 @@ class Audit:
         return [r["id"] for r in self.store.query(
             "select id from saliency_maps where method = ? and target_layer = ? and prediction_id in "
             "(select value from json_each(?))",
-            [self.config.cam, self._card.target_layer, json.dumps(prediction_ids)])]
+            [self.config.cam, self.card.target_layer, json.dumps(prediction_ids)])]
 
     # --- judge ------------------------------------------------------------------------------------------
     def judge(self, saliency_ids: list[str]) -> Stage:
