@@ -95,6 +95,12 @@ judge_options = options(
     click.option("--temperature", type=click.FloatRange(0), default=DEFAULTS.temperature, show_default=True),
     click.option("--judge-image-size", type=click.IntRange(32), default=DEFAULTS.judge_image_size,
                  show_default=True, help="Side in pixels of the image given to the judge."),
+    click.option("--max-model-len", type=click.IntRange(256), default=DEFAULTS.max_model_len, show_default=True,
+                 help="vLLM: context length."),
+    click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
+                 default=DEFAULTS.gpu_memory_utilization, show_default=True, help="vLLM: share of GPU memory."),
+    click.option("--max-num-seqs", type=click.IntRange(1), default=DEFAULTS.max_num_seqs, show_default=True,
+                 help="vLLM: requests in flight at once."),
 )
 threshold_option = click.option("--threshold", type=click.IntRange(0, 5), default=DEFAULTS.threshold,
                                 show_default=True, help="A score at or above this is high.")

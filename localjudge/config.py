@@ -31,6 +31,10 @@ class RunConfig:
     # The judge sees the model's view of the image (the centre crop), upscaled to this side so a
     # real VLM gets enough pixels; the tiny test VLMs downscale it anyway.
     judge_image_size: int = 448
+    # vLLM engine (--judge vllm)
+    max_model_len: int = 8192
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 64
     # analysis
     threshold: int = 3  # score >= threshold counts as "high"
     # ingest

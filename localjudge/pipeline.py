@@ -315,7 +315,7 @@ class Audit:
         missing = [sid for sid in saliency_ids if keys[sid] not in existing or keys[sid] in retry]
         if not missing:
             return stage
-        judge = open_judge(config.judge, Path(config.vlm), config.device, config.max_new_tokens, config.temperature)
+        judge = open_judge(config, Path(config.vlm))
         stage.model_loaded = True
         self.store.add_prompt(template_hash, config.image_mode, template)
         for batch in progress(batched(missing, config.judge_batch_size),

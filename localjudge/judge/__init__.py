@@ -76,15 +76,23 @@ def decoding_params(backend: str, max_new_tokens: int, temperature: float) -> di
             "structured_output": "xgrammar-json-schema", "schema": schema_hash}
 
 
-def open_judge(kind: str, vlm_dir: Path, device: str, max_new_tokens: int, temperature: float) -> Judge:
-    if kind == "transformers":
+def open_judge(config, vlm_dir: Path) -> Judge:
+    """The judge backend a run's configuration asks for, loaded."""
+    if config.judge == "transformers":
         from .transformers_backend import TransformersJudge
 
-        return TransformersJudge(vlm_dir, device=device, max_new_tokens=max_new_tokens, temperature=temperature)
-    raise JudgeError(f"unknown judge backend {kind!r}; available: transformers")
+        return TransformersJudge(vlm_dir, device=config.device, max_new_tokens=config.max_new_tokens,
+                                 temperature=config.temperature)
+    if config.judge == "vllm":
+        from .vllm_backend import VllmJudge
+
+        return VllmJudge(vlm_dir, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                         max_model_len=config.max_model_len, gpu_memory_utilization=config.gpu_memory_utilization,
+                         max_num_seqs=config.max_num_seqs)
+    raise JudgeError(f"unknown judge backend {config.judge!r}; available: {', '.join(JUDGE_BACKENDS)}")
 
 
-JUDGE_BACKENDS = ("transformers",)
+JUDGE_BACKENDS = ("transformers", "vllm")
 
 __all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "ParsedAnswer", "parse_answer",
            "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash", "decoding_params", "open_judge", "JUDGE_BACKENDS"]

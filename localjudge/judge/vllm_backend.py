@@ -1,0 +1,74 @@
+"""Judge on an in-process vLLM engine: many conversations per `LLM.chat` call, one image each, output constrained
+to the judgment schema with vLLM's structured outputs (xgrammar, the same engine as the transformers judge).
+
+Kept thin and written against vLLM's documented offline API (LLM, LLM.chat, SamplingParams,
+StructuredOutputsParams since 0.12; the old guided_* fields are gone). vLLM needs CUDA and its own pinned torch, so
+it lives in its own environment (the `vllm` extra, Dockerfile.gpu); where it cannot be imported, tests drive this
+adapter through a stand-in that mirrors those signatures (tests/vllm_standin.py)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from . import JudgeError, JudgeOutput, JudgeRequest, vlm_family
+from .parsing import JUDGMENT_SCHEMA
+
+# Set before vLLM is imported: no hub, no usage statistics.
+OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+
+# Per-family image processing: cap Qwen2.5-VL's image tokens; no Gemma-3 pan-and-scan (one view per image).
+PROCESSOR_SETTINGS = {
+    "qwen2_5_vl": {"min_pixels": 28 * 28, "max_pixels": 1280 * 28 * 28},
+    "gemma3": {"do_pan_and_scan": False},
+}
+
+
+class VllmJudge:
+    backend = "vllm"
+
+    def __init__(self, vlm_dir: Path, max_new_tokens: int = 512, temperature: float = 0.0,
+                 max_model_len: int = 8192, gpu_memory_utilization: float = 0.9, max_num_seqs: int = 64):
+        for name, value in OFFLINE_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
+        try:
+            vllm = importlib.import_module("vllm")
+            structured = importlib.import_module("vllm.sampling_params")
+        except ImportError as error:
+            raise JudgeError("--judge vllm needs vLLM, which runs on CUDA in its own environment: "
+                             "pip install 'localjudge[vllm]' there, or use Dockerfile.gpu") from error
+        self.vlm_dir = Path(vlm_dir).resolve()
+        self.family = vlm_family(self.vlm_dir)
+        self.llm = vllm.LLM(
+            model=str(self.vlm_dir),  # an absolute local directory: nothing is looked up on a hub
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization,
+            limit_mm_per_prompt={"image": 1},
+            mm_processor_kwargs=PROCESSOR_SETTINGS[self.family],
+            enable_prefix_caching=True,  # every request shares the long rubric prompt
+        )
+        self.sampling = vllm.SamplingParams(
+            temperature=temperature,
+            max_tokens=max_new_tokens,
+            structured_outputs=structured.StructuredOutputsParams(json=JUDGMENT_SCHEMA),
+        )
+
+    def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
+        conversations = [
+            [{"role": "user", "content": [{"type": "image_pil", "image_pil": r.image},
+                                          {"type": "text", "text": r.prompt}]}]
+            for r in requests
+        ]
+        results = self.llm.chat(conversations, sampling_params=self.sampling, use_tqdm=False)
+        outputs = []
+        for result in results:
+            completion = result.outputs[0]
+            outputs.append(JudgeOutput(
+                raw_text=completion.text,
+                input_tokens=len(result.prompt_token_ids or []),
+                output_tokens=len(completion.token_ids),
+                finished=completion.finish_reason != "length",
+            ))
+        return outputs
