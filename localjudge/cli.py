@@ -159,8 +159,8 @@ def run(images, db_path, as_json, threshold, **given):
     """Every stage on IMAGES (a folder, class sub-folders or a CSV manifest): ingest, predict, explain, judge."""
     if not given.get("vlm"):
         given["vlm"] = smoke_vlm()
-    audit = perform("run", images, ["predict", "explain", "judge"], lambda a: a.run(images), db_path, as_json,
-                    threshold=threshold, **given)
+    audit, _ = perform("run", images, ["predict", "explain", "judge"], lambda a: a.run(images), db_path, as_json,
+                       threshold=threshold, **given)
     if not as_json:
         config = audit.config
         print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
@@ -169,12 +169,12 @@ def run(images, db_path, as_json, threshold, **given):
 
 
 def perform(command, source, stage_names, work, db_path, as_json, **given):
-    """Open the store, record the run around the work, report what each stage did."""
+    """Open the store, record the run around the work, report what each stage did; the audit and its stages."""
     audit = make_audit(db_path, **given)
     with audit.recorded(command, source, stage_names):
         stages = work(audit)
     report_stages(stages, as_json)
-    return audit
+    return audit, stages
 
 
 def ingest_and_predict(audit, images):
@@ -203,9 +203,9 @@ def predict(images, db_path, as_json, **given):
 @user_errors
 def explain(db_path, as_json, **given):
     """Compute a saliency map for every stored prediction of the model."""
-    audit = perform("explain", None, ["explain"], lambda a: {"explain": a.explain(a.stored_predictions())},
-                    db_path, as_json, **given)
-    if not audit.stored_predictions():
+    audit, stages = perform("explain", None, ["explain"], lambda a: {"explain": a.explain(a.stored_predictions())},
+                            db_path, as_json, **given)
+    if not stages["explain"].ids:
         click.echo(f"No predictions of {audit.card.name} in {db_path} yet: run `localjudge predict` first.", err=True)
 
 
@@ -220,9 +220,9 @@ def judge(db_path, as_json, **given):
     """Judge every stored saliency map of the model and CAM method with the VLM in --vlm."""
     if not given.get("vlm"):
         raise click.UsageError("--vlm DIR is required (a local Gemma-3 or Qwen2.5-VL directory)")
-    audit = perform("judge", None, ["judge"], lambda a: {"judge": a.judge(a.stored_saliency_maps())}, db_path,
-                    as_json, **given)
-    if not audit.stored_saliency_maps():
+    audit, stages = perform("judge", None, ["judge"], lambda a: {"judge": a.judge(a.stored_saliency_maps())},
+                            db_path, as_json, **given)
+    if not stages["judge"].ids:
         click.echo(f"No {audit.config.cam} maps of {audit.card.name} in {db_path} yet: run `localjudge explain` "
                    "first.", err=True)
 

@@ -171,16 +171,18 @@ class Audit:
         return stage
 
     def load_images(self, rows: list[dict], stage: Stage) -> tuple[list, list[dict]]:
-        """The pictures of `rows` (each with image_sha256 or sha256 and path), skipping and reporting any whose file
+        """The pictures of `rows` (image rows, or rows with an image_sha256), skipping and reporting any whose file
         is gone or changed since ingest."""
+        shas = [row.get("image_sha256") or row["sha256"] for row in rows]
+        paths = {image["sha256"]: image["path"] for image in self.store.images(shas)}
         images, kept = [], []
-        for row in rows:
+        for row, sha in zip(rows, shas):
             try:
-                images.append(load_verified(Path(row["path"]), row.get("image_sha256") or row["sha256"]))
+                images.append(load_verified(Path(paths[sha]), sha))
                 kept.append(row)
             except ChangedImage as error:
                 stage.failed += 1
-                stage.errors.append({"path": row["path"], "reason": str(error)})
+                stage.errors.append({"path": paths[sha], "reason": str(error)})
         return images, kept
 
     # --- predict ----------------------------------------------------------------------------------------
@@ -273,11 +275,10 @@ class Audit:
             return stage
         model = self.vision_model()
         stage.model_loaded = True
-        paths = {r["sha256"]: r["path"] for r in self.store.images([p["image_sha256"] for p in missing])}
         with CamEngine(self.config.cam, model) as cam:
             for batch in progress(batched(missing, self.config.batch_size),
                                   -(-len(missing) // self.config.batch_size), "explain", self.show_progress):
-                pictures, batch = self.load_images([{**p, "path": paths[p["image_sha256"]]} for p in batch], stage)
+                pictures, batch = self.load_images(list(batch), stage)
                 if not batch:
                     continue
                 maps = cam.compute(to_tensor(pictures, self.card), [p["predicted_index"] for p in batch])
@@ -331,8 +332,7 @@ class Audit:
         config = self.config
         maps = self.store.saliency_maps(saliency_ids)
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
-        paths = {r["sha256"]: r["path"] for r in self.store.images([m["image_sha256"] for m in maps])}
-        pictures, maps = self.load_images([{**m, "path": paths[m["image_sha256"]]} for m in maps], stage)
+        pictures, maps = self.load_images(maps, stage)
         if not maps:
             return []
         requests = []
