@@ -101,6 +101,18 @@ judge_options = options(
                  default=DEFAULTS.gpu_memory_utilization, show_default=True, help="vLLM: share of GPU memory."),
     click.option("--max-num-seqs", type=click.IntRange(1), default=DEFAULTS.max_num_seqs, show_default=True,
                  help="vLLM: requests in flight at once."),
+    click.option("--base-url", help="--judge openai: the server, e.g. http://127.0.0.1:8000/v1 (loopback only, "
+                                    "unless --allow-host names its host)."),
+    click.option("--api-model", help="--judge openai: the model to ask for (default: the one the server lists)."),
+    click.option("--allow-host", "allow_hosts", multiple=True,
+                 help="--judge openai: a host other than this machine that may receive images (repeatable)."),
+    click.option("--api-concurrency", type=click.IntRange(1), default=DEFAULTS.api_concurrency, show_default=True,
+                 help="--judge openai: requests in flight at once."),
+    click.option("--api-timeout", type=click.FloatRange(0.1), default=DEFAULTS.api_timeout, show_default=True,
+                 help="--judge openai: seconds to wait for one answer."),
+    click.option("--api-retries", type=click.IntRange(0), default=DEFAULTS.api_retries, show_default=True,
+                 help="--judge openai: more tries after a timeout, refused connection, 5xx or 429 "
+                      "(backoff doubles from 1 s)."),
 )
 threshold_option = click.option("--threshold", type=click.IntRange(0, 5), default=DEFAULTS.threshold,
                                 show_default=True, help="A score at or above this is high.")
@@ -110,6 +122,10 @@ def make_audit(db_path: str, show_progress: bool = True, **options_given):
     from .pipeline import Audit  # torch and friends load only for commands that compute
 
     config = DEFAULTS.replace(**options_given)
+    if config.judge == "openai":
+        from .judge.openai_backend import check_endpoint
+
+        check_endpoint(config.base_url, config.allow_hosts)  # refused before the store is even opened
     return Audit(Store(db_path), config, show_progress=show_progress)
 
 
@@ -127,7 +143,9 @@ def smoke_vlm() -> str:
 def report_stages(stages: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({name: {"rows": len(s.ids), "computed": s.computed, "failed": s.failed,
-                                      "model_loaded": s.model_loaded, **({"errors": s.errors} if s.errors else {})}
+                                      "model_loaded": s.model_loaded, **({"errors": s.errors} if s.errors else {}),
+                                      **({"seconds": round(s.seconds, 3), "waited_seconds": round(s.waited_seconds, 3)}
+                                         if s.seconds else {})}
                                for name, s in stages.items()}, indent=2))
         return
     for stage in stages.values():
@@ -157,14 +175,14 @@ def cli():
 @user_errors
 def run(images, db_path, as_json, threshold, **given):
     """Every stage on IMAGES (a folder, class sub-folders or a CSV manifest): ingest, predict, explain, judge."""
-    if not given.get("vlm"):
+    if not given.get("vlm") and given.get("judge") != "openai":
         given["vlm"] = smoke_vlm()
     audit, _ = perform("run", images, ["predict", "explain", "judge"], lambda a: a.run(images), db_path, as_json,
                        threshold=threshold, **given)
     if not as_json:
         config = audit.config
         print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
-                                judge_model=Path(config.vlm).name, image_mode=config.image_mode,
+                                judge_model=audit.judge_name(), image_mode=config.image_mode,
                                 alpha=config.alpha, beta=config.beta))
 
 
@@ -218,8 +236,9 @@ def explain(db_path, as_json, **given):
 @user_errors
 def judge(db_path, as_json, **given):
     """Judge every stored saliency map of the model and CAM method with the VLM in --vlm."""
-    if not given.get("vlm"):
-        raise click.UsageError("--vlm DIR is required (a local Gemma-3 or Qwen2.5-VL directory)")
+    if not given.get("vlm") and given.get("judge") != "openai":
+        raise click.UsageError("--vlm DIR is required (a local Gemma-3 or Qwen2.5-VL directory), "
+                               "or --judge openai --base-url URL for a local server")
     audit, stages = perform("judge", None, ["judge"], lambda a: {"judge": a.judge(a.stored_saliency_maps())},
                             db_path, as_json, **given)
     if not stages["judge"].ids:

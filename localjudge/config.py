@@ -35,6 +35,16 @@ class RunConfig:
     max_model_len: int = 8192
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 64
+    # OpenAI-compatible server (--judge openai): loopback only, unless a host is allowed by name
+    base_url: str | None = None
+    api_model: str | None = None  # default: the one model the server lists
+    allow_hosts: tuple[str, ...] = ()
+    api_concurrency: int = 4  # requests in flight at once
+    api_timeout: float = 300.0  # seconds to wait for one answer
+    api_retries: int = 3  # more tries after a timeout, a refused connection, a 5xx or a 429
+    api_backoff: float = 1.0  # seconds before the first retry; doubled for each next one
+    # overlapped run: how many vision batches of maps may wait for the judge (bounds how far vision runs ahead)
+    queue_batches: int = 4
     # analysis
     threshold: int = 3  # score >= threshold counts as "high"
     # ingest

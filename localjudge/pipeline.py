@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import platform
+import queue
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ from tqdm import tqdm
 from .config import RunConfig
 from .data import (IMAGE_SUFFIXES, ChangedImage, IngestError, ReadFailure, discover, load_verified, read_image,
                    resolve_label)
-from .judge import JudgeRequest, decoding_params, open_judge, parse_answer, vlm_family, vlm_hash
+from .judge import JudgeError, JudgeRequest, JudgeUnavailable, decoding_params, open_judge, parse_answer, vlm_family, vlm_hash
 from .judge.prompts import prompt_hash, prompt_template, render
 from .saliency import CamEngine, judge_image
 from .store import Store, content_key, now, pack_array, sha256_file, unpack_array
@@ -67,6 +69,9 @@ class Stage:
     model_loaded: bool = False
     failed: int = 0
     errors: list[dict] = field(default_factory=list)  # unreadable inputs: path and reason
+    unmapped_labels: set[str] = field(default_factory=set)  # labels that name no class of the model
+    seconds: float = 0.0  # wall time (the judge stage of an overlapped run)
+    waited_seconds: float = 0.0  # of which the judge sat idle waiting for the vision stage
 
 
 class Audit:
@@ -81,13 +86,44 @@ class Audit:
         self._backend = backend_of(self.card, config.backend)
         self._weights = Path(config.weights) if config.weights else None
         self._vision = None
+        self._judge = None
+        self._judge_identity: tuple[str, str] | None = None
+        if config.judge == "openai":
+            from .judge.openai_backend import check_endpoint
+
+            check_endpoint(config.base_url, config.allow_hosts)  # refused before any image is read or sent
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def vision_hash(self) -> str:
         return model_hash(self.card, self._weights, self._hash_file, self._backend)
 
     def judge_hash(self) -> str:
-        return vlm_hash(Path(self.config.vlm), self._hash_file)
+        return self.judge_identity()[1]
+
+    def judge_name(self) -> str:
+        return self.judge_identity()[0]
+
+    def judge_identity(self) -> tuple[str, str]:
+        """The judge's name and hash. A local directory is hashed file by file. A server's weights cannot be
+        seen from here: its judge is the model name it serves (asked once when --api-model is not given), plus the
+        hash of --vlm DIR when the user points at the weights the server loaded. The server's address is not part
+        of it (a restart on another port is the same judge); it is recorded with the run."""
+        if self._judge_identity is None:
+            config = self.config
+            if config.judge == "openai":
+                from .judge.openai_backend import OpenAIClient, check_endpoint, resolve_model
+
+                endpoint = check_endpoint(config.base_url, config.allow_hosts)
+                served = resolve_model(OpenAIClient(endpoint, config.api_timeout), config.api_model)
+                weights = vlm_hash(Path(config.vlm), self._hash_file) if config.vlm else None
+                self._judge_identity = (Path(served).name or served,
+                                        "served:" + content_key("openai", served, weights))
+                self._served_model = served
+            else:
+                if not config.vlm:
+                    raise ValueError("no judge model: pass --vlm DIR")
+                self._judge_identity = (Path(config.vlm).name, vlm_hash(Path(config.vlm), self._hash_file))
+        return self._judge_identity
 
     def _hash_file(self, path: Path) -> str:
         return self.store.cached_file_hash(path, sha256_file)
@@ -95,8 +131,9 @@ class Audit:
     def begin(self, command: str, source: str | None, stages: Iterable[str]) -> str:
         stages = list(stages)
         model_hashes = {"vision": self.vision_hash()}
-        if "judge" in stages and self.config.vlm:
-            vlm_family(Path(self.config.vlm))  # refuse an unsupported judge before any work is done
+        if "judge" in stages and (self.config.vlm or self.config.judge == "openai"):
+            if self.config.judge != "openai":
+                vlm_family(Path(self.config.vlm))  # refuse an unsupported judge before any work is done
             model_hashes["judge"] = self.judge_hash()
         inputs = str(Path(source).resolve()) if source else None
         config = self.config.to_json()
@@ -109,6 +146,8 @@ class Audit:
         return self.run_id
 
     def end(self, status: str = "finished") -> None:
+        if self._judge is not None and hasattr(self._judge, "close"):
+            self._judge.close()
         if self.run_id:
             self.store.finish_run(self.run_id, status)
 
@@ -196,11 +235,14 @@ class Audit:
     def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
         return content_key("prediction", image_sha256, vision_hash, self.card.preprocessing())
 
-    def predict(self, image_shas: list[str]) -> Stage:
+    def predict(self, image_shas: list[str], stage: Stage | None = None) -> Stage:
+        """Predictions for the images; with `stage`, added to it (an overlapped run calls this batch by batch)."""
+        standalone = stage is None
+        stage = Stage() if standalone else stage
         vision_hash = self.vision_hash()
         keys = {sha: self.prediction_key(sha, vision_hash) for sha in image_shas}
         existing = self.store.existing_ids("predictions", keys.values())
-        stage = Stage(ids=[keys[s] for s in image_shas])
+        stage.ids.extend(keys[s] for s in image_shas)
         labels = self.card.label_list()
         self.refresh_correctness([keys[s] for s in image_shas if keys[s] in existing], labels)
         missing = [row for row in self.store.images(image_shas) if keys[row["sha256"]] not in existing]
@@ -208,7 +250,7 @@ class Audit:
             return stage
         model = self.vision_model()
         stage.model_loaded = True
-        unmapped: set[str] = set()
+        unmapped = stage.unmapped_labels
         preprocessing = json.dumps(self.card.preprocessing(), sort_keys=True)
         for batch in progress(batched(missing, self.config.batch_size), -(-len(missing) // self.config.batch_size),
                               "predict", self.show_progress):
@@ -237,12 +279,17 @@ class Audit:
                 })
             self.store.insert_rows("predictions", rows)
             stage.computed += len(rows)
+        if standalone:
+            self.warn_unmapped(stage)
+        return stage
+
+    def warn_unmapped(self, stage: Stage) -> None:
+        unmapped = stage.unmapped_labels
         if unmapped:
             examples = ", ".join(repr(label) for label in sorted(unmapped)[:5])
             warnings.warn(f"{len(unmapped)} label(s) match no class of {self.card.name} ({examples}); those images "
                           "count as unlabelled. Use class indices, WordNet ids or the model's class names.",
-                          stacklevel=2)
-        return stage
+                          stacklevel=3)
 
     def refresh_correctness(self, prediction_ids: list[str], labels) -> None:
         """Correctness follows the image's current label, so a fixed label needs no new prediction."""
@@ -264,12 +311,13 @@ class Audit:
             [vision_hash, json.dumps(self.card.preprocessing(), sort_keys=True)])]
 
     # --- explain ----------------------------------------------------------------------------------------
-    def explain(self, prediction_ids: list[str]) -> Stage:
+    def explain(self, prediction_ids: list[str], stage: Stage | None = None) -> Stage:
+        stage = Stage() if stage is None else stage
         predictions = self.store.predictions(prediction_ids)
         keys = {p["id"]: content_key("saliency", p["id"], self.config.cam, self.card.target_layer,
                                      p["predicted_index"]) for p in predictions}
         existing = self.store.existing_ids("saliency_maps", keys.values())
-        stage = Stage(ids=[keys[p["id"]] for p in predictions])
+        stage.ids.extend(keys[p["id"]] for p in predictions)
         missing = [p for p in predictions if keys[p["id"]] not in existing]
         if not missing:
             return stage
@@ -300,32 +348,61 @@ class Audit:
             [self.config.cam, self.card.target_layer, json.dumps(prediction_ids)])]
 
     # --- judge ------------------------------------------------------------------------------------------
-    def judge(self, saliency_ids: list[str]) -> Stage:
+    def judge(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:
+        stage = Stage() if stage is None else stage
+        missing = self.judgments_missing(saliency_ids, stage)
+        batches = batched(missing, self.config.judge_batch_size)
+        for batch in progress(batches, -(-len(missing) // self.config.judge_batch_size), "judge",
+                              self.show_progress):
+            self.judge_batch(batch, stage)
+        return stage
+
+    def judgment_keys(self, saliency_ids: list[str]) -> dict[str, str]:
         config = self.config
-        if not config.vlm:
-            raise ValueError("no judge model: pass --vlm DIR")
-        template = prompt_template(config.image_mode)
-        template_hash = prompt_hash(template)
-        judge_hash = self.judge_hash()
-        decoding = decoding_params(config.judge, config.max_new_tokens, config.temperature)
-        keys = {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, judge_hash,
+        if not hasattr(self, "_judgment_key_parts"):
+            template = prompt_template(config.image_mode)
+            self._judgment_key_parts = (template, prompt_hash(template),
+                                        decoding_params(config.judge, config.max_new_tokens, config.temperature))
+        _, template_hash, decoding = self._judgment_key_parts
+        return {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, self.judge_hash(),
                                  template_hash, decoding, config.judge_image_size) for sid in saliency_ids}
+
+    def judgments_missing(self, saliency_ids: list[str], stage: Stage) -> list[str]:
+        """The maps still to judge: no judgment yet, or one whose backend failed (worth another try). Adds every
+        judgment key to the stage."""
+        keys = self.judgment_keys(saliency_ids)
         existing = self.store.existing_ids("judgments", keys.values())
         retry = self.store.retryable_judgments(keys.values())
-        stage = Stage(ids=[keys[s] for s in saliency_ids])
-        missing = [sid for sid in saliency_ids if keys[sid] not in existing or keys[sid] in retry]
-        if not missing:
-            return stage
-        judge = open_judge(config, Path(config.vlm))
+        stage.ids.extend(keys[s] for s in saliency_ids)
+        return [sid for sid in saliency_ids if keys[sid] not in existing or keys[sid] in retry]
+
+    def judge_model(self):
+        if self._judge is None:
+            config = self.config
+            self.judge_identity()
+            self._judge = open_judge(config, Path(config.vlm) if config.vlm else None,
+                                     api_model=getattr(self, "_served_model", None))
+            template, template_hash, _ = self._judgment_key_parts
+            self.store.add_prompt(template_hash, config.image_mode, template)
+        return self._judge
+
+    def judge_batch(self, saliency_ids: Sequence[str], stage: Stage) -> None:
+        """Judge one batch and store it in one transaction. A server that stopped answering (or refuses every
+        request) ends the stage after its failures are stored."""
+        if not saliency_ids:
+            return
+        keys = self.judgment_keys(list(saliency_ids))
+        judge = self.judge_model()
         stage.model_loaded = True
-        self.store.add_prompt(template_hash, config.image_mode, template)
-        for batch in progress(batched(missing, config.judge_batch_size),
-                              -(-len(missing) // config.judge_batch_size), "judge", self.show_progress):
-            rows = self._judge_batch(judge, batch, keys, template, template_hash, judge_hash, decoding, stage)
-            self.store.upsert_judgments(rows)
-            stage.computed += len(rows)
-            stage.failed += sum(r["status"] == "failed" for r in rows)
-        return stage
+        template, template_hash, decoding = self._judgment_key_parts
+        rows, stop = self._judge_batch(judge, list(saliency_ids), keys, template, template_hash, self.judge_hash(),
+                                       decoding, stage)
+        self.store.upsert_judgments(rows)
+        stage.computed += len(rows)
+        stage.failed += sum(r["status"] == "failed" for r in rows)
+        if stop is not None:
+            raise JudgeError(f"{stop} ({stage.computed - stage.failed} judged and {stage.failed} stored as failures "
+                             "in this run so far)") from stop
 
     def _judge_batch(self, judge, saliency_ids, keys, template, template_hash, judge_hash, decoding,
                      stage: Stage) -> list[dict]:
@@ -334,7 +411,7 @@ class Audit:
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
         pictures, maps = self.load_images(maps, stage)
         if not maps:
-            return []
+            return [], None
         requests = []
         for m, picture in zip(maps, pictures):
             prediction = predictions[m["prediction_id"]]
@@ -344,9 +421,14 @@ class Audit:
             requests.append(JudgeRequest(image=image, label=prediction["predicted_label"],
                                          prompt=render(template, prediction["predicted_label"])))
         started = time.perf_counter()
+        stop = None
         try:
             outputs = judge.judge(requests)
             backend_error = None
+        except JudgeUnavailable as error:  # each request's failure is stored; then the stage stops
+            outputs, backend_error, stop = error.outputs, None, error
+        except JudgeError as error:  # e.g. a server that refuses every request: a setting to fix
+            outputs, backend_error, stop = None, str(error), error
         except Exception as error:  # a crashed batch is stored as failures and retried on the next run
             outputs, backend_error = None, f"{type(error).__name__}: {error}"
         seconds = time.perf_counter() - started
@@ -357,7 +439,7 @@ class Audit:
                 "image_sha256": m["image_sha256"], "alpha": config.alpha, "beta": config.beta,
                 "image_mode": config.image_mode, "judge_image_size": config.judge_image_size,
                 "judge_backend": config.judge,
-                "judge_model": Path(config.vlm).name, "judge_model_hash": judge_hash, "prompt_hash": template_hash,
+                "judge_model": self.judge_name(), "judge_model_hash": judge_hash, "prompt_hash": template_hash,
                 "decoding": json.dumps(decoding, sort_keys=True), "batch_size": len(maps),
                 "batch_seconds": seconds, "run_id": self.run_id, "created_at": now(),
                 "score": None, "evaluation": None, "justification": None, "raw_text": None, "error": None,
@@ -381,12 +463,74 @@ class Audit:
                 else:
                     row.update(status="failed", failure_kind="parse", error=parsed.error)
             rows.append(row)
-        return rows
+        return rows, stop
 
     # --- all stages -------------------------------------------------------------------------------------
     def run(self, source: str | Path) -> dict[str, Stage]:
-        stages = {"ingest": self.ingest(source)}
-        stages["predict"] = self.predict(stages["ingest"].ids)
-        stages["explain"] = self.explain(stages["predict"].ids)
-        stages["judge"] = self.judge(stages["explain"].ids)
+        """Ingest, then the vision stage (predict + explain) and the judge stage at the same time: the vision
+        stage stores each batch of maps and hands their ids to the judge through a bounded queue, so the judge is
+        busy while CAMs are computed, and the vision stage never runs more than `queue_batches` batches ahead."""
+        stages = {"ingest": self.ingest(source), "predict": Stage(), "explain": Stage(), "judge": Stage()}
+        judge_stage = stages["judge"]
+        handoff: queue.Queue = queue.Queue(maxsize=self.config.queue_batches)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._vision_worker, name="localjudge-vision", daemon=True,
+                                  args=(stages["ingest"].ids, handoff, stop, stages["predict"], stages["explain"]))
+        started = time.perf_counter()
+        bar = tqdm(total=len(stages["ingest"].ids), desc="run", unit="image", leave=False,
+                   disable=None if self.show_progress else True)
+        worker.start()
+        try:
+            pending: list[str] = []
+            while True:
+                waiting = time.perf_counter()
+                item = handoff.get()
+                judge_stage.waited_seconds += time.perf_counter() - waiting
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    break
+                missing = self.judgments_missing(item, judge_stage)
+                bar.update(len(item) - len(missing))
+                pending.extend(missing)
+                while len(pending) >= self.config.judge_batch_size:
+                    batch, pending = pending[:self.config.judge_batch_size], pending[self.config.judge_batch_size:]
+                    self.judge_batch(batch, judge_stage)
+                    bar.update(len(batch))
+            self.judge_batch(pending, judge_stage)
+            bar.update(len(pending))
+        finally:
+            stop.set()
+            worker.join()
+            bar.close()
+        judge_stage.seconds = time.perf_counter() - started
+        self.warn_unmapped(stages["predict"])
         return stages
+
+    def _vision_worker(self, image_ids: list[str], handoff: queue.Queue, stop: threading.Event, predict: Stage,
+                       explain: Stage) -> None:
+        """The vision stage of an overlapped run, on its own thread and its own connection to the store."""
+        def hand_over(item) -> None:
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        store = Store(self.store.path)
+        try:
+            vision = Audit(store, self.config, show_progress=False)
+            vision.run_id = self.run_id
+            for chunk in batched(image_ids, self.config.batch_size):
+                if stop.is_set():
+                    return
+                first_prediction, first_map = len(predict.ids), len(explain.ids)
+                vision.predict(list(chunk), predict)
+                vision.explain(predict.ids[first_prediction:], explain)
+                hand_over(explain.ids[first_map:])
+            hand_over(None)
+        except BaseException as error:  # the judge side raises it, so the run fails with the real reason
+            hand_over(error)
+        finally:
+            store.close()

@@ -7,6 +7,10 @@ import csv
 import json
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,27 +101,33 @@ def invoke_json(*args):
 
 
 @contextmanager
-def no_network():
-    """Record every attempt to open a network connection (or resolve a name) while the block runs."""
+def no_network(allow: set[tuple[str, int]] = frozenset()):
+    """Record every attempt to open a network connection (or resolve a name) while the block runs, except to the
+    (host, port) addresses in `allow` (the loopback server a test pointed the run at)."""
     attempts: list[tuple] = []
+    allowed_hosts = {host for host, _ in allow}
     original_connect = socket.socket.connect
     original_connect_ex = socket.socket.connect_ex
     original_getaddrinfo = socket.getaddrinfo
 
+    def allowed(address) -> bool:
+        return isinstance(address, tuple) and (address[0], address[1]) in allow
+
     def guarded_connect(self, address):
-        if self.family != socket.AF_UNIX:
+        if self.family != socket.AF_UNIX and not allowed(address):
             attempts.append(("connect", address))
             raise OSError("network access attempted during an offline run")
         return original_connect(self, address)
 
     def guarded_connect_ex(self, address):
-        if self.family != socket.AF_UNIX:
+        if self.family != socket.AF_UNIX and not allowed(address):
             attempts.append(("connect_ex", address))
             return 111
         return original_connect_ex(self, address)
 
     def guarded_getaddrinfo(host, *args, **kwargs):
-        attempts.append(("getaddrinfo", host))
+        if host not in allowed_hosts:
+            attempts.append(("getaddrinfo", host))
         return original_getaddrinfo(host, *args, **kwargs)
 
     socket.socket.connect = guarded_connect
@@ -129,3 +139,53 @@ def no_network():
         socket.socket.connect = original_connect
         socket.socket.connect_ex = original_connect_ex
         socket.getaddrinfo = original_getaddrinfo
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class TransformersServer:
+    """A real `transformers serve` (OpenAI-compatible, CPU) for one model directory, on a loopback port."""
+
+    def __init__(self, model_dir: Path, log_dir: Path, port: int | None = None):
+        self.model_dir = model_dir
+        self.port = port or free_port()
+        self.log = log_dir / f"serve-{model_dir.name}-{self.port}.log"
+        executable = Path(sys.executable).parent / "transformers"
+        environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [str(executable), "serve", str(model_dir), "--device", "cpu", "--host", "127.0.0.1",
+                 "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=environment)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"transformers serve did not answer within 120 s: {self.log.read_text()[-2000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def address(self) -> set[tuple[str, int]]:
+        return {("127.0.0.1", self.port)}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -40,6 +40,17 @@ class JudgeError(Exception):
     pass
 
 
+class JudgeUnavailable(JudgeError):
+    """Every request of a batch went unanswered (a server that stopped): the batch's failures are stored with
+    their reasons, and the stage stops rather than send the rest of the dataset into the void; running again
+    completes what is missing."""
+
+    def __init__(self, outputs: list[JudgeOutput], reason: str):
+        super().__init__(f"the judge stopped answering: {reason}. The failed judgments are stored; run the same "
+                         "command again once it answers, to complete them")
+        self.outputs = outputs
+
+
 SUPPORTED_FAMILIES = {"qwen2_5_vl": "Qwen2.5-VL", "gemma3": "Gemma-3"}
 
 
@@ -69,15 +80,22 @@ def vlm_hash(vlm_dir: Path, hash_file: Callable[[Path], str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+# How each backend constrains the answer to the schema. A server is asked through the standard response format;
+# whether it honours it is up to the server (vLLM and llama.cpp do; `transformers serve` ignores it).
+STRUCTURED_OUTPUT = {"transformers": "xgrammar-json-schema", "vllm": "xgrammar-json-schema",
+                     "openai": "response-format-json-schema"}
+
+
 def decoding_params(backend: str, max_new_tokens: int, temperature: float) -> dict:
     """Everything about decoding that changes an answer; part of a judgment's key."""
     schema_hash = hashlib.sha256(json.dumps(JUDGMENT_SCHEMA, sort_keys=True).encode()).hexdigest()[:16]
     return {"backend": backend, "max_new_tokens": max_new_tokens, "temperature": temperature,
-            "structured_output": "xgrammar-json-schema", "schema": schema_hash}
+            "structured_output": STRUCTURED_OUTPUT[backend], "schema": schema_hash}
 
 
-def open_judge(config, vlm_dir: Path) -> Judge:
-    """The judge backend a run's configuration asks for, loaded."""
+def open_judge(config, vlm_dir: Path | None, api_model: str | None = None) -> Judge:
+    """The judge backend a run's configuration asks for, loaded (for a server: its address checked and its model
+    known; `api_model` is the name already resolved)."""
     if config.judge == "transformers":
         from .transformers_backend import TransformersJudge
 
@@ -89,10 +107,17 @@ def open_judge(config, vlm_dir: Path) -> Judge:
         return VllmJudge(vlm_dir, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                          max_model_len=config.max_model_len, gpu_memory_utilization=config.gpu_memory_utilization,
                          max_num_seqs=config.max_num_seqs)
+    if config.judge == "openai":
+        from .openai_backend import OpenAIJudge
+
+        return OpenAIJudge(config.base_url, api_model=api_model or config.api_model, allowed_hosts=config.allow_hosts,
+                           max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                           concurrency=config.api_concurrency, timeout=config.api_timeout,
+                           retries=config.api_retries, backoff=config.api_backoff)
     raise JudgeError(f"unknown judge backend {config.judge!r}; available: {', '.join(JUDGE_BACKENDS)}")
 
 
-JUDGE_BACKENDS = ("transformers", "vllm")
+JUDGE_BACKENDS = ("transformers", "vllm", "openai")
 
-__all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "ParsedAnswer", "parse_answer",
+__all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "JudgeUnavailable", "ParsedAnswer", "parse_answer",
            "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash", "decoding_params", "open_judge", "JUDGE_BACKENDS"]

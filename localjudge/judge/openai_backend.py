@@ -1,0 +1,228 @@
+"""Judge through a local OpenAI-compatible server (`vllm serve`, llama.cpp's server, Ollama, `transformers serve`):
+each image goes as a base64 PNG data URL, the answer is constrained with the standard JSON-schema response format,
+and several requests are in flight at once.
+
+Only loopback may be contacted unless the user names a host with --allow-host: an image sent to the wrong address
+has left the building, so the address is checked before anything else happens, and no name is ever resolved to
+decide it. The client is the standard library's http.client: no redirect is ever followed, nothing else is pulled in.
+
+Servers differ in what they honour: vLLM and llama.cpp enforce `response_format`; `transformers serve` ignores it
+(with a warning in its log), so answers from it are unconstrained and an unreadable one is stored as a parse
+failure, never a low score."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import ipaddress
+import json
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from . import JudgeError, JudgeOutput, JudgeRequest, JudgeUnavailable
+from .parsing import JUDGMENT_SCHEMA
+
+# A key some servers ask for (`vllm serve --api-key`); read from the environment so it never lands in the DB.
+API_KEY_ENVIRONMENT = "LOCALJUDGE_API_KEY"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+    path: str  # the base path, e.g. /v1
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+
+def is_loopback(host: str) -> bool:
+    """localhost or a loopback address literal; decided without resolving any name."""
+    if host.lower() in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(base_url: str | None, allowed_hosts: tuple[str, ...] = ()) -> Endpoint:
+    """The server's address, refused unless it is loopback or a host the user allowed."""
+    if not base_url:
+        raise JudgeError("--judge openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
+    parts = urlsplit(base_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise JudgeError(f"--base-url {base_url}: expected http://HOST:PORT/PATH")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise JudgeError(f"--base-url {base_url}: no credentials, query or fragment (the key goes in "
+                         f"${API_KEY_ENVIRONMENT})")
+    host = parts.hostname
+    allowed = {h.lower().strip("[]") for h in allowed_hosts}
+    if not is_loopback(host) and host.lower() not in allowed:
+        raise JudgeError(f"--base-url {base_url}: {host} is not this machine, and images must not leave it. "
+                         f"If that server is inside your network, allow it explicitly with --allow-host {host}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise JudgeError(f"--base-url {base_url}: {error}") from error
+    return Endpoint(parts.scheme, host, port, parts.path.rstrip("/"))
+
+
+class ServerError(Exception):
+    """An answer or a silence worth retrying (timeout, refused connection, 5xx, 429)."""
+
+
+class RequestRejected(Exception):
+    """A 4xx: the server refuses this request as it is; sending it again changes nothing."""
+
+
+class OpenAIClient:
+    """The few calls localjudge makes, over http.client; one connection per call, so threads share nothing."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        key = os.environ.get(API_KEY_ENVIRONMENT)
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json",
+                        **({"Authorization": f"Bearer {key}"} if key else {})}
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        connection_class = (http.client.HTTPSConnection if self.endpoint.scheme == "https"
+                            else http.client.HTTPConnection)
+        connection = connection_class(self.endpoint.host, self.endpoint.port, timeout=self.timeout)
+        url = f"{self.endpoint.url}{path}"
+        try:
+            connection.request(method, self.endpoint.path + path,
+                               body=None if body is None else json.dumps(body), headers=self.headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except (socket.timeout, TimeoutError) as error:
+            raise ServerError(f"{url}: no answer within {self.timeout:g} s") from error
+        except (ConnectionError, OSError, http.client.HTTPException) as error:
+            raise ServerError(f"{url}: {type(error).__name__}: {error}") from error
+        finally:
+            connection.close()
+        if response.status >= 500 or response.status == 429:
+            raise ServerError(f"{url}: HTTP {response.status}: {_message(payload)}")
+        if response.status >= 400:
+            raise RequestRejected(f"{url}: HTTP {response.status}: {_message(payload)}")
+        try:
+            return json.loads(payload)
+        except json.JSONDecodeError as error:
+            raise ServerError(f"{url}: answer is not JSON ({error})") from error
+
+    def models(self) -> list[str]:
+        try:
+            listing = self.call("GET", "/models")
+        except (ServerError, RequestRejected) as error:
+            raise JudgeError(f"cannot list the server's models ({error}); is it running? "
+                             "Or name the model with --api-model") from error
+        return [m["id"] for m in listing.get("data", []) if isinstance(m, dict) and "id" in m]
+
+
+def _message(payload: bytes) -> str:
+    text = payload.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text)
+        error = parsed.get("error", parsed.get("detail", parsed)) if isinstance(parsed, dict) else parsed
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        return str(error)[:500]
+    except json.JSONDecodeError:
+        return text.strip()[:500] or "(empty answer)"
+
+
+def resolve_model(client: OpenAIClient, api_model: str | None) -> str:
+    """The model to ask for: --api-model, or the one model the server lists."""
+    if api_model:
+        return api_model
+    names = client.models()
+    if len(names) != 1:
+        listed = ", ".join(names) if names else "none"
+        raise JudgeError(f"{client.endpoint.url} serves {len(names)} models ({listed}); choose one with --api-model")
+    return names[0]
+
+
+def data_url(image) -> str:
+    # PNG: lossless, so the server's model sees exactly the pixels the other backends see.
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def chat_body(model: str, request: JudgeRequest, max_new_tokens: int, temperature: float) -> dict:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(request.image)}},
+            {"type": "text", "text": request.prompt},
+        ]}],
+        "max_tokens": max_new_tokens,
+        "temperature": temperature,
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "judgment", "schema": JUDGMENT_SCHEMA, "strict": True}},
+    }
+
+
+class OpenAIJudge:
+    backend = "openai"
+
+    def __init__(self, base_url: str, api_model: str | None = None, allowed_hosts: tuple[str, ...] = (),
+                 max_new_tokens: int = 512, temperature: float = 0.0, concurrency: int = 4,
+                 timeout: float = 300.0, retries: int = 3, backoff: float = 1.0):
+        self.endpoint = check_endpoint(base_url, allowed_hosts)
+        self.client = OpenAIClient(self.endpoint, timeout)
+        self.model = resolve_model(self.client, api_model)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.retries = retries
+        self.backoff = backoff
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="localjudge-openai")
+
+    def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
+        outputs = list(self._pool.map(self._one, requests))
+        rejected = [o for o in outputs if o.error and o.error.startswith("rejected:")]
+        if rejected and len(rejected) == len(outputs):
+            # Every request refused the same way is a setting to fix (model name, parameters), not bad luck:
+            # stop before sending the rest of the dataset.
+            raise JudgeError(f"the server refused every request: {rejected[0].error.removeprefix('rejected: ')}")
+        unreachable = [o for o in outputs if o.error and not o.error.startswith("rejected:")]
+        if unreachable and len(unreachable) == len(outputs):
+            raise JudgeUnavailable(outputs, unreachable[0].error)
+        return outputs
+
+    def _one(self, request: JudgeRequest) -> JudgeOutput:
+        body = chat_body(self.model, request, self.max_new_tokens, self.temperature)
+        for attempt in range(self.retries + 1):
+            try:
+                answer = self.client.call("POST", "/chat/completions", body)
+                break
+            except RequestRejected as error:
+                return JudgeOutput(raw_text="", input_tokens=None, output_tokens=None, error=f"rejected: {error}")
+            except ServerError as error:
+                if attempt == self.retries:
+                    return JudgeOutput(raw_text="", input_tokens=None, output_tokens=None,
+                                       error=f"{error} (after {self.retries + 1} tries)")
+                time.sleep(self.backoff * 2 ** attempt)
+        try:
+            choice = answer["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return JudgeOutput(raw_text=json.dumps(answer)[:2000], input_tokens=None, output_tokens=None,
+                               error="the server's answer has no choices[0].message")
+        usage = answer.get("usage") or {}
+        return JudgeOutput(raw_text=text, input_tokens=usage.get("prompt_tokens"),
+                           output_tokens=usage.get("completion_tokens"),
+                           finished=choice.get("finish_reason") != "length")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+

@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Judge throughput in one run: judgments/s, output tokens/s, and the share of time the judge waited on the vision
+stage, for one backend and model, one-at-a-time versus batched.
+
+1. Judge only: the vision stage is computed once into a template store; each setting judges a copy of it, so the
+   judge is timed alone. judgments/s = judgments / the judge's busy seconds (the sum of its batch times).
+   Anchor: one judgment at a time (the paper's code judges one image per call, and sleeps 7 s before each,
+   <= 0.14 judgments/s; its sleep is left out here). Target on CPU with the tiny models: batched >= 3x.
+2. Whole run: `Audit.run` from an empty store (vision and judge overlapped through a bounded queue) against the
+   stages one after another, with the share of the judge stage spent waiting for maps.
+
+    python scripts/bench_judge.py                                    # tiny Qwen2.5-VL and Gemma3, transformers
+    python scripts/bench_judge.py --vlm DIR --device cuda --images 200
+    python scripts/bench_judge.py --backend openai --base-url http://127.0.0.1:8000/v1 --vlm DIR
+      (openai: one request at a time versus --batch requests in flight)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from localjudge.config import DEFAULTS  # noqa: E402
+from localjudge.pipeline import Audit  # noqa: E402
+from localjudge.store import Store  # noqa: E402
+
+DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def manifest(folder: Path, count: int) -> Path:
+    with open(DATA / "imagenet-sample" / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:count]
+    path = folder / "images.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows([str(DATA / "imagenet-sample" / r["file"]), r["imagenet_index"]] for r in rows)
+    return path
+
+
+def judge_stats(db: Path, backend: str) -> dict:
+    with sqlite3.connect(db) as conn:
+        n, busy, tokens, failed = conn.execute(
+            "select count(*), sum(batch_seconds * 1.0 / batch_size), sum(coalesce(output_tokens, 0)), "
+            "sum(status = 'failed') from judgments where judge_backend = ?", [backend]).fetchone()
+    return {"judgments": n, "busy": busy or 0.0, "tokens": tokens or 0, "failed": failed or 0}
+
+
+def judge_only(template: Path, folder: Path, config, label: str) -> dict:
+    db = folder / f"{label}.db"
+    shutil.copy(template, db)
+    audit = Audit(Store(db), config, show_progress=False)
+    with audit.recorded("judge", None, ["judge"]):
+        audit.judge(audit.stored_saliency_maps())
+    stats = judge_stats(db, config.judge)
+    stats["per_s"] = stats["judgments"] / stats["busy"]
+    stats["tokens_per_s"] = stats["tokens"] / stats["busy"]
+    return stats
+
+
+def whole_run(source: Path, folder: Path, config, overlapped: bool) -> dict:
+    db = folder / f"whole-{'overlapped' if overlapped else 'sequential'}.db"
+    audit = Audit(Store(db), config, show_progress=False)
+    started = time.perf_counter()
+    with audit.recorded("run", str(source), ["predict", "explain", "judge"]):
+        if overlapped:
+            stages = audit.run(source)
+        else:
+            stages = {"ingest": audit.ingest(source)}
+            stages["predict"] = audit.predict(stages["ingest"].ids)
+            stages["explain"] = audit.explain(stages["predict"].ids)
+            stages["judge"] = audit.judge(stages["explain"].ids)
+    seconds = time.perf_counter() - started
+    judge = stages["judge"]
+    waited = judge.waited_seconds / judge.seconds if overlapped and judge.seconds else None
+    return {"seconds": seconds, "images_per_s": len(stages["ingest"].ids) / seconds, "waited": waited,
+            "judgments": judge_stats(db, config.judge)["judgments"]}
+
+
+def bench(vlm: str | None, args, folder: Path) -> float:
+    base = DEFAULTS.replace(judge=args.backend, vlm=vlm, device=args.device, base_url=args.base_url,
+                            api_model=args.api_model, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.vision_batch)
+    name = Path(vlm).name if vlm else args.api_model or args.base_url
+    source = manifest(folder, args.images)
+    template = folder / "vision.db"
+    vision = Audit(Store(template), base, show_progress=False)
+    with vision.recorded("predict", str(source), ["predict", "explain"]):
+        vision.explain(vision.predict(vision.ingest(source).ids).ids)
+    vision.store.close()  # the last connection checkpoints the WAL, so a plain copy holds everything
+
+    if args.backend == "openai":
+        one = base.replace(judge_batch_size=1, api_concurrency=1)
+        many = base.replace(judge_batch_size=args.batch, api_concurrency=args.batch)
+    else:
+        one, many = base.replace(judge_batch_size=1), base.replace(judge_batch_size=args.batch)
+    single = judge_only(template, folder, one, "one")
+    batched = judge_only(template, folder, many, "batched")
+    ratio = batched["per_s"] / single["per_s"]
+    print(f"\n{name} on {args.backend} ({args.device}), {args.images} images, --max-new-tokens {args.max_new_tokens}")
+    print(f"  {'setting':34}{'judgments/s':>12}{'tokens/s':>10}{'failed':>8}")
+    for label, stats in ((f"one at a time (anchor)", single), (f"batched ({args.batch} at a time)", batched)):
+        print(f"  {label:34}{stats['per_s']:>12.2f}{stats['tokens_per_s']:>10.1f}{stats['failed']:>8}")
+    print(f"  batched / one-at-a-time: {ratio:.2f}x judgments/s (target >= 3)")
+
+    run_config = many
+    sequential = whole_run(source, folder, run_config, overlapped=False)
+    overlapped = whole_run(source, folder, run_config, overlapped=True)
+    print(f"  whole run, stages one after another: {sequential['seconds']:.1f} s ({sequential['images_per_s']:.2f} img/s)")
+    print(f"  whole run, vision and judge overlapped: {overlapped['seconds']:.1f} s "
+          f"({overlapped['images_per_s']:.2f} img/s, {sequential['seconds'] / overlapped['seconds']:.2f}x); "
+          f"the judge waited on the vision stage {overlapped['waited']:.0%} of its time")
+    return ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["transformers", "openai"], default="transformers")
+    parser.add_argument("--vlm", action="append", help="Model directory (repeatable; default: both tiny VLMs).")
+    parser.add_argument("--base-url")
+    parser.add_argument("--api-model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16, help="Judge batch (or requests in flight).")
+    parser.add_argument("--vision-batch", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
+    args = parser.parse_args()
+    if args.backend == "openai" and not args.base_url:
+        parser.error("--backend openai needs --base-url")
+    folder = Path(tempfile.mkdtemp(prefix="bench-judge-"))
+    vlms = args.vlm
+    if not vlms and args.backend == "transformers":
+        from localjudge.judge.tiny import build_tiny_vlms
+
+        vlms = [str(p) for p in build_tiny_vlms(folder / "tiny-vlms").values()]
+    ratios = {}
+    for index, vlm in enumerate(vlms or [None]):
+        sub = folder / str(index)
+        sub.mkdir()
+        ratios[Path(vlm).name if vlm else args.base_url] = bench(vlm, args, sub)
+    print("\nbatched / one-at-a-time judgments/s: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

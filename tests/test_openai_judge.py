@@ -1,0 +1,220 @@
+"""The OpenAI-compatible judge against a real `transformers serve` on loopback, for each tiny model: the same
+judgment rows as the in-process transformers judge, a server stopped mid-run, and hosts that must never be
+contacted.
+
+`transformers serve` ignores the response format (it lists it among the fields it does not support), so the tiny
+models answer it unconstrained and their gibberish is stored as parse failures: the rows, keys and prompt token
+counts are what must agree with the transformers backend, not the text."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from localjudge.judge import JudgeRequest
+from localjudge.judge.openai_backend import OpenAIJudge, chat_body
+
+from .conftest import TransformersServer, invoke, invoke_json, no_network
+
+FAMILIES = ("qwen2_5_vl", "gemma3")
+READABLE = 70
+TOKENS = ["--max-new-tokens", "48"]  # unconstrained gibberish runs to the cap: keep it short
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def server(request, tiny_vlms, tmp_path_factory):
+    served = TransformersServer(tiny_vlms[request.param], tmp_path_factory.mktemp("serve"))
+    yield served
+    served.stop()
+
+
+def judgment_rows(db, backend):
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return {r["saliency_id"]: dict(r) for r in conn.execute(
+            "select * from judgments where judge_backend = ?", [backend])}
+
+
+def test_run_through_the_server_gives_the_rows_of_the_transformers_backend(server, seg_manifest, tmp_path):
+    db = tmp_path / "openai.db"
+    with no_network(allow=server.address) as attempts:
+        through_server = invoke_json("run", seg_manifest, "--db", db, "--judge", "openai", "--base-url", server.url,
+                                     *TOKENS)
+    assert attempts == []  # no connection but to the loopback server it was pointed at
+    assert through_server["ingest"]["failed"] == 3  # the bad files are reported, and the run went on
+    assert through_server["judge"]["rows"] == through_server["judge"]["computed"] == READABLE
+    in_process = invoke_json("run", seg_manifest, "--db", db, "--vlm", server.model_dir, *TOKENS)
+    assert in_process["judge"]["computed"] == READABLE
+
+    served, local = judgment_rows(db, "openai"), judgment_rows(db, "transformers")
+    assert set(served) == set(local) and len(served) == READABLE  # one judgment per readable image, same maps
+    same = ("prediction_id", "image_sha256", "alpha", "beta", "image_mode", "judge_image_size", "prompt_hash",
+            "judge_model", "input_tokens")
+    for saliency_id, row in served.items():
+        # The same prompt token count on both sides: the server got the same picture and the same prompt.
+        assert {k: row[k] for k in same} == {k: local[saliency_id][k] for k in same}
+        assert row["status"] in {"ok", "failed"} and row["failure_kind"] in {None, "parse"}
+        assert row["output_tokens"] is not None and row["batch_seconds"] > 0
+        assert json.loads(row["decoding"])["structured_output"] == "response-format-json-schema"
+        if row["status"] == "failed":
+            assert row["raw_text"] is not None and row["error"]
+    # decoding is part of a judgment's key: the two backends' judgments are different rows
+    assert {r["id"] for r in served.values()}.isdisjoint({r["id"] for r in local.values()})
+
+    again = invoke_json("run", seg_manifest, "--db", db, "--judge", "openai", "--base-url", server.url, *TOKENS)
+    assert again["judge"]["computed"] == 0  # nothing missing, nothing asked
+
+
+def test_a_server_that_refuses_the_request_is_a_clear_error(server, seg_manifest, tmp_path):
+    db = tmp_path / "refused.db"
+    result = invoke("run", seg_manifest, "--db", db, "--judge", "openai", "--base-url", server.url,
+                    "--api-model", "no-such-model", *TOKENS, expect_ok=False)
+    assert result.exit_code == 1
+    assert "refused every request" in result.output and "HTTP 4" in result.output
+    with sqlite3.connect(db) as conn:  # the batch is stored as failures to retry, and the run is marked failed
+        statuses = conn.execute("select distinct status, failure_kind from judgments").fetchall()
+        run_status = conn.execute("select status from runs where command = 'run'").fetchone()[0]
+    assert statuses == [("failed", "backend")] and run_status == "failed"
+
+
+def test_stopping_the_server_mid_run_stores_failures_and_a_rerun_completes_them(tiny_vlms, seg_manifest, tmp_path):
+    model = tiny_vlms["qwen2_5_vl"]
+    db = tmp_path / "interrupted.db"
+    args = ["run", seg_manifest, "--db", db, "--judge", "openai", "--judge-batch-size", "2",
+            "--api-concurrency", "2", "--api-retries", "1", *TOKENS]
+    server = TransformersServer(model, tmp_path)
+
+    def stop_after_some_judgments():
+        while server.process.poll() is None:
+            try:
+                with sqlite3.connect(db, timeout=5) as conn:
+                    if conn.execute("select count(*) from judgments").fetchone()[0] >= 10:
+                        server.stop()
+                        return
+            except sqlite3.OperationalError:
+                pass  # the store is not created yet
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=stop_after_some_judgments)
+    watcher.start()
+    first = invoke(*args, "--base-url", server.url, expect_ok=False)
+    watcher.join()
+    assert first.exit_code == 1
+    assert "stopped answering" in first.output and "stored as failures" in first.output
+    before = judgment_rows(db, "openai")
+    backend_failures = {s for s, r in before.items() if r["failure_kind"] == "backend"}
+    assert backend_failures  # the requests in flight when it stopped
+    for saliency_id in backend_failures:
+        assert before[saliency_id]["raw_text"] == "" and "127.0.0.1" in before[saliency_id]["error"]
+        assert before[saliency_id]["score"] is None
+    answered = {s: r for s, r in before.items() if r["failure_kind"] != "backend"}
+    assert len(answered) >= 10 and len(before) < READABLE
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select status from runs").fetchone()[0] == "failed"
+        # every map handed to the judge belongs to a stored prediction; no half-written rows
+        assert conn.execute("select count(*) from saliency_maps m left join predictions p on p.id = m.prediction_id "
+                            "where p.id is null").fetchone()[0] == 0
+
+    restarted = TransformersServer(model, tmp_path)  # a new port: the same judge (the model name is its identity)
+    try:
+        second = invoke_json(*args, "--base-url", restarted.url)
+    finally:
+        restarted.stop()
+    assert second["judge"]["computed"] == READABLE - len(answered)  # exactly the missing and the failed ones
+    after = judgment_rows(db, "openai")
+    assert len(after) == READABLE and not any(r["failure_kind"] == "backend" for r in after.values())
+    for saliency_id, row in answered.items():
+        assert after[saliency_id] == row  # what was answered before is untouched
+
+
+@pytest.mark.parametrize("url", ["http://10.20.30.40:8000/v1", "http://judge.example.org/v1",
+                                 "http://[2001:db8::1]:8000/v1", "https://0.0.0.0:8000/v1"])
+def test_a_host_other_than_loopback_is_refused_before_anything_is_sent(url, seg_manifest, tmp_path):
+    db = tmp_path / "refused.db"
+    with no_network() as attempts:
+        result = invoke("run", seg_manifest, "--db", db, "--judge", "openai", "--base-url", url, expect_ok=False)
+    assert result.exit_code == 1 and "--allow-host" in result.output and "not this machine" in result.output
+    assert attempts == []  # not even a name lookup
+    assert not db.exists()  # refused before the store was opened or any image read
+
+
+def test_an_allowed_host_is_contacted_and_nothing_else(seg_manifest, tmp_path):
+    db = tmp_path / "allowed.db"
+    with no_network() as attempts:
+        result = invoke("run", seg_manifest, "--db", db, "--judge", "openai", "--base-url",
+                        "http://10.20.30.40:8000/v1", "--allow-host", "10.20.30.40", expect_ok=False)
+    assert result.exit_code == 1 and "cannot list the server's models" in result.output
+    assert {a[1][0] if a[0] != "getaddrinfo" else a[1] for a in attempts} == {"10.20.30.40"}
+
+
+def test_the_request_body_is_a_valid_openai_chat_completion_request(tiny_image):
+    from openai.types.chat import completion_create_params
+    from pydantic import TypeAdapter
+
+    body = chat_body("judge", JudgeRequest(image=tiny_image, label="dog", prompt="Is it a dog?"), 64, 0.0)
+    TypeAdapter(completion_create_params.CompletionCreateParamsNonStreaming).validate_python(body)
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["schema"]["required"] == ["evaluation", "justification", "score"]
+    assert body["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+@pytest.fixture
+def tiny_image():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), (200, 10, 10))
+
+
+class FlakyServer(http.server.ThreadingHTTPServer):
+    """A real HTTP server on loopback that answers 503 a given number of times, then a valid completion."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.posts = 0
+        super().__init__(("127.0.0.1", 0), FlakyHandler)
+
+
+class FlakyHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts += 1
+        if self.server.posts <= self.server.failures:
+            status, body = 503, {"error": {"message": "warming up"}}
+        else:
+            status, body = 200, {"choices": [{"finish_reason": "stop", "message": {
+                "content": '{"evaluation": "a dog", "justification": "ears", "score": 4}'}}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 12}}
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("failures, retries, ok", [(2, 2, True), (3, 2, False)])
+def test_5xx_answers_are_retried_with_backoff(failures, retries, ok, tiny_image):
+    server = FlakyServer(failures)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        judge = OpenAIJudge(f"http://127.0.0.1:{server.server_address[1]}/v1", api_model="m", retries=retries,
+                            backoff=0.01, concurrency=1)
+        request = JudgeRequest(image=tiny_image, label="dog", prompt="Is it a dog?")
+        if ok:
+            (output,) = judge.judge([request])
+            assert output.error is None and output.input_tokens == 30 and '"score": 4' in output.raw_text
+        else:
+            with pytest.raises(Exception, match="HTTP 503: warming up"):
+                judge.judge([request])
+        assert server.posts == min(failures + 1, retries + 1)
+    finally:
+        server.shutdown()
