@@ -88,6 +88,8 @@ class Audit:
         self._vision = None
         self._judge = None
         self._judge_identity: tuple[str, str] | None = None
+        self._served_model: str | None = None  # --judge openai: the model name the server answers to
+        self._judgment_key_parts: tuple[str, str, dict] | None = None  # prompt template, its hash, decoding
         if config.judge == "openai":
             from .judge.openai_backend import check_endpoint
 
@@ -359,7 +361,7 @@ class Audit:
 
     def judgment_keys(self, saliency_ids: list[str]) -> dict[str, str]:
         config = self.config
-        if not hasattr(self, "_judgment_key_parts"):
+        if self._judgment_key_parts is None:
             template = prompt_template(config.image_mode)
             self._judgment_key_parts = (template, prompt_hash(template),
                                         decoding_params(config.judge, config.max_new_tokens, config.temperature))
@@ -380,8 +382,8 @@ class Audit:
         if self._judge is None:
             config = self.config
             self.judge_identity()
-            self._judge = open_judge(config, Path(config.vlm) if config.vlm else None,
-                                     api_model=getattr(self, "_served_model", None))
+            self._judge = open_judge(config, Path(config.vlm) if config.vlm else None, api_model=self._served_model)
+            self.judgment_keys([])
             template, template_hash, _ = self._judgment_key_parts
             self.store.add_prompt(template_hash, config.image_mode, template)
         return self._judge
