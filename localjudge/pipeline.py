@@ -21,7 +21,8 @@ from tqdm import tqdm
 from .config import RunConfig
 from .data import (IMAGE_SUFFIXES, ChangedImage, IngestError, ReadFailure, discover, load_verified, read_image,
                    resolve_label)
-from .judge import JudgeError, JudgeRequest, JudgeUnavailable, decoding_params, open_judge, parse_answer, vlm_family, vlm_hash
+from .judge import (JudgeError, JudgeRequest, JudgeStopped, decoding_params, open_judge, parse_answer, vlm_family,
+                    vlm_hash)
 from .judge.prompts import prompt_hash, prompt_template, render
 from .saliency import CamEngine, judge_image
 from .store import Store, content_key, now, pack_array, sha256_file, unpack_array
@@ -90,6 +91,7 @@ class Audit:
         self._judge_identity: tuple[str, str] | None = None
         self._served_model: str | None = None  # --judge openai: the model name the server answers to
         self._judgment_key_parts: tuple[str, str, dict] | None = None  # prompt template, its hash, decoding
+        self._judgments_failed = 0  # failed judgments stored by this audit (a stage's `failed` also counts inputs)
         if config.judge == "openai":
             from .judge.openai_backend import check_endpoint
 
@@ -149,7 +151,7 @@ class Audit:
 
     def end(self, status: str = "finished") -> None:
         if self._judge is not None and hasattr(self._judge, "close"):
-            self._judge.close()
+            self._judge.close(cancel=status != "finished")  # a failed or interrupted run sends nothing more
         if self.run_id:
             self.store.finish_run(self.run_id, status)
 
@@ -400,11 +402,13 @@ class Audit:
         rows, stop = self._judge_batch(judge, list(saliency_ids), keys, template, template_hash, self.judge_hash(),
                                        decoding, stage)
         self.store.upsert_judgments(rows)
+        failed = sum(r["status"] == "failed" for r in rows)
         stage.computed += len(rows)
-        stage.failed += sum(r["status"] == "failed" for r in rows)
+        stage.failed += failed
+        self._judgments_failed += failed
         if stop is not None:
-            raise JudgeError(f"{stop} ({stage.computed - stage.failed} judged and {stage.failed} stored as failures "
-                             "in this run so far)") from stop
+            raise JudgeError(f"{stop} ({stage.computed - self._judgments_failed} judged and {self._judgments_failed} "
+                             "stored as failures in this run so far)") from stop
 
     def _judge_batch(self, judge, saliency_ids, keys, template, template_hash, judge_hash, decoding,
                      stage: Stage) -> list[dict]:
@@ -427,10 +431,8 @@ class Audit:
         try:
             outputs = judge.judge(requests)
             backend_error = None
-        except JudgeUnavailable as error:  # each request's failure is stored; then the stage stops
+        except JudgeStopped as error:  # each request's failure is stored; then the stage stops
             outputs, backend_error, stop = error.outputs, None, error
-        except JudgeError as error:  # e.g. a server that refuses every request: a setting to fix
-            outputs, backend_error, stop = None, str(error), error
         except Exception as error:  # a crashed batch is stored as failures and retried on the next run
             outputs, backend_error = None, f"{type(error).__name__}: {error}"
         seconds = time.perf_counter() - started
@@ -455,7 +457,8 @@ class Audit:
                 row.update(raw_text=output.raw_text, input_tokens=output.input_tokens,
                            output_tokens=output.output_tokens)
                 if output.error:
-                    row.update(status="failed", failure_kind="backend", error=output.error)
+                    row.update(status="failed", failure_kind="rejected" if output.rejected else "backend",
+                               error=output.error)
                 elif parsed.ok:
                     row.update(status="ok", score=parsed.score, evaluation=parsed.evaluation,
                                justification=parsed.justification)
@@ -486,7 +489,7 @@ class Audit:
             pending: list[str] = []
             while True:
                 waiting = time.perf_counter()
-                item = handoff.get()
+                item = self._next_from(handoff, worker)
                 judge_stage.waited_seconds += time.perf_counter() - waiting
                 if isinstance(item, BaseException):
                     raise item
@@ -509,6 +512,15 @@ class Audit:
         self.warn_unmapped(stages["predict"])
         return stages
 
+    @staticmethod
+    def _next_from(handoff: queue.Queue, worker: threading.Thread):
+        while True:
+            try:
+                return handoff.get(timeout=1.0)
+            except queue.Empty:
+                if not worker.is_alive() and handoff.empty():
+                    raise RuntimeError("the vision stage ended without a word")  # never expected; never hang
+
     def _vision_worker(self, image_ids: list[str], handoff: queue.Queue, stop: threading.Event, predict: Stage,
                        explain: Stage) -> None:
         """The vision stage of an overlapped run, on its own thread and its own connection to the store."""
@@ -520,8 +532,9 @@ class Audit:
                 except queue.Full:
                     continue
 
-        store = Store(self.store.path)
+        store = None
         try:
+            store = Store(self.store.path)
             vision = Audit(store, self.config, show_progress=False)
             vision.run_id = self.run_id
             for chunk in batched(image_ids, self.config.batch_size):
@@ -535,4 +548,5 @@ class Audit:
         except BaseException as error:  # the judge side raises it, so the run fails with the real reason
             hand_over(error)
         finally:
-            store.close()
+            if store is not None:
+                store.close()

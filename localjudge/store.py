@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -16,6 +17,7 @@ import numpy as np
 import sqlite_utils
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+BUSY_TIMEOUT_MS = 60_000
 
 
 def migration(fn: Callable[[sqlite_utils.Database], None]):
@@ -125,12 +127,34 @@ class Store:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite_utils.Database(str(self.path))
+        # Another connection may be writing (the vision thread of an overlapped run, a second run on the same
+        # file): wait for its transaction to end rather than fail.
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:
             self.db.enable_wal()
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{self.path}: not a localjudge database ({error})") from error
         self.db.execute("PRAGMA foreign_keys = ON")
         self.migrate()
+
+    @contextmanager
+    def transaction(self):
+        """One write transaction. It takes the write lock up front (BEGIN IMMEDIATE): a deferred transaction that
+        reads before it writes, as sqlite-utils' inserts do, cannot wait for another writer when it upgrades, and
+        fails with 'database is locked' at once; an immediate one waits up to the busy timeout."""
+        connection = self.db.conn
+        if connection.in_transaction:
+            with self.db.atomic():  # nested: a savepoint
+                yield
+            return
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
 
     # --- schema -----------------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -141,7 +165,7 @@ class Store:
         for fn in MIGRATIONS:
             if fn.__name__ in done:
                 continue
-            with self.db.atomic():
+            with self.transaction():
                 fn(self.db)
                 self.db["_migrations"].insert({"name": fn.__name__, "applied_at": now()})
             applied.append(fn.__name__)
@@ -153,18 +177,18 @@ class Store:
     # --- runs -------------------------------------------------------------------------------------------
     def record_run(self, run: dict) -> None:
         """A run is keyed by everything it was asked to do, so the same command run twice is one row."""
-        with self.db.atomic():
+        with self.transaction():
             if self.has("runs", run["id"]):
                 self.db["runs"].update(run["id"], {"status": "running"})
             else:
                 self.db["runs"].insert({**run, "started_at": now(), "status": "running"})
 
     def set_run_provider(self, run_id: str, provider: str) -> None:
-        with self.db.atomic():
+        with self.transaction():
             self.db["runs"].update(run_id, {"execution_provider": provider})
 
     def finish_run(self, run_id: str, status: str = "finished") -> None:
-        with self.db.atomic():
+        with self.transaction():
             self.db["runs"].update(run_id, {"finished_at": now(), "status": status})
 
     def has(self, table: str, pk) -> bool:
@@ -183,7 +207,7 @@ class Store:
         if rows:
             return rows[0]["sha256"]
         digest = compute(path)
-        with self.db.atomic():
+        with self.transaction():
             self.db["file_hashes"].insert(
                 {"path": key[0], "size_bytes": key[1], "mtime_ns": key[2], "sha256": digest}, replace=True)
         return digest
@@ -193,7 +217,7 @@ class Store:
         return {r["id"] for r in self.db.query("select id from read_errors")}
 
     def add_images(self, images: list[dict], errors: list[dict], changed: list[dict] = ()) -> None:
-        with self.db.atomic():
+        with self.transaction():
             if images:
                 self.db["images"].insert_all(images, pk="sha256", ignore=True)
             if errors:
@@ -225,18 +249,19 @@ class Store:
         return list(self.db.query(sql, [json.dumps(list(values))]))
 
     def retryable_judgments(self, ids: Iterable[str]) -> set[str]:
-        """Judgments whose backend crashed (not those whose answer could not be parsed): worth another try."""
-        return self.existing_ids("judgments", ids, where="and failure_kind = 'backend'")
+        """Judgments whose backend crashed or whose server refused the request (its settings may have changed
+        since), not those whose answer could not be parsed: worth another try."""
+        return self.existing_ids("judgments", ids, where="and failure_kind in ('backend', 'rejected')")
 
     def upsert_judgments(self, rows: list[dict]) -> None:
         # Upsert, so a retried backend failure replaces its row instead of adding one.
-        with self.db.atomic():
+        with self.transaction():
             self.db["judgments"].upsert_all(rows, pk="id")
 
     def insert_rows(self, table: str, rows: list[dict]) -> None:
         if not rows:
             return
-        with self.db.atomic():
+        with self.transaction():
             self.db[table].insert_all(rows, pk="id", ignore=True)
 
     def predictions(self, ids: Iterable[str] | None = None) -> list[dict]:
@@ -251,7 +276,7 @@ class Store:
             [json.dumps(list(ids))]))
 
     def update_predictions(self, updates: list[dict]) -> None:
-        with self.db.atomic():
+        with self.transaction():
             for row in updates:
                 self.db["predictions"].update(row["id"], {k: v for k, v in row.items() if k != "id"})
 
@@ -264,7 +289,7 @@ class Store:
         return sorted(self._rows_where_in(table, "id", ids, order="id"), key=lambda r: order[r["id"]])
 
     def add_prompt(self, prompt_hash: str, image_mode: str, text: str) -> None:
-        with self.db.atomic():
+        with self.transaction():
             self.db["prompts"].insert(
                 {"hash": prompt_hash, "image_mode": image_mode, "text": text, "created_at": now()},
                 pk="hash", ignore=True)

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from localjudge.judge import JudgeRequest
-from localjudge.judge.openai_backend import OpenAIJudge, chat_body
+from localjudge.judge import JudgeError, JudgeRequest, JudgeUnavailable
+from localjudge.judge.openai_backend import OpenAIJudge, chat_body, check_endpoint
 
 from .conftest import TransformersServer, invoke, invoke_json, no_network
 
@@ -76,10 +76,10 @@ def test_a_server_that_refuses_the_request_is_a_clear_error(server, seg_manifest
                     "--api-model", "no-such-model", *TOKENS, expect_ok=False)
     assert result.exit_code == 1
     assert "refused every request" in result.output and "HTTP 4" in result.output
-    with sqlite3.connect(db) as conn:  # the batch is stored as failures to retry, and the run is marked failed
+    with sqlite3.connect(db) as conn:  # the batch is stored as refused (retried next time), the run as failed
         statuses = conn.execute("select distinct status, failure_kind from judgments").fetchall()
         run_status = conn.execute("select status from runs where command = 'run'").fetchone()[0]
-    assert statuses == [("failed", "backend")] and run_status == "failed"
+    assert statuses == [("failed", "rejected")] and run_status == "failed"
 
 
 def test_stopping_the_server_mid_run_stores_failures_and_a_rerun_completes_them(tiny_vlms, seg_manifest, tmp_path):
@@ -88,9 +88,10 @@ def test_stopping_the_server_mid_run_stores_failures_and_a_rerun_completes_them(
     args = ["run", seg_manifest, "--db", db, "--judge", "openai", "--judge-batch-size", "2",
             "--api-concurrency", "2", "--api-retries", "1", *TOKENS]
     server = TransformersServer(model, tmp_path)
+    run_ended = threading.Event()
 
     def stop_after_some_judgments():
-        while server.process.poll() is None:
+        while not run_ended.is_set():
             try:
                 with sqlite3.connect(db, timeout=5) as conn:
                     if conn.execute("select count(*) from judgments").fetchone()[0] >= 10:
@@ -102,8 +103,12 @@ def test_stopping_the_server_mid_run_stores_failures_and_a_rerun_completes_them(
 
     watcher = threading.Thread(target=stop_after_some_judgments)
     watcher.start()
-    first = invoke(*args, "--base-url", server.url, expect_ok=False)
-    watcher.join()
+    try:
+        first = invoke(*args, "--base-url", server.url, expect_ok=False)
+    finally:
+        run_ended.set()
+        watcher.join()
+        server.stop()
     assert first.exit_code == 1
     assert "stopped answering" in first.output and "stored as failures" in first.output
     before = judgment_rows(db, "openai")
@@ -143,6 +148,21 @@ def test_a_host_other_than_loopback_is_refused_before_anything_is_sent(url, seg_
     assert not db.exists()  # refused before the store was opened or any image read
 
 
+@pytest.mark.parametrize("url, address", [("http://localhost:8000/v1", "127.0.0.1"),
+                                          ("http://LOCALHOST.:8000/v1", "127.0.0.1"),
+                                          ("http://127.0.0.2:8000/v1", "127.0.0.2"),
+                                          ("http://[::1]:8000/v1", "::1")])
+def test_loopback_is_reached_by_number_so_no_name_is_ever_resolved(url, address):
+    assert check_endpoint(url).host == address
+
+
+@pytest.mark.parametrize("url", ["http://[::1%25eth0]:8000/v1", "http://127.0.0.1.example.org/v1",
+                                 "http://0x7f.1/v1", "http://[::ffff:10.0.0.1]/v1"])
+def test_lookalikes_of_loopback_are_refused(url):
+    with pytest.raises(JudgeError, match="--allow-host"):
+        check_endpoint(url)
+
+
 def test_an_allowed_host_is_contacted_and_nothing_else(seg_manifest, tmp_path):
     db = tmp_path / "allowed.db"
     with no_network() as attempts:
@@ -170,25 +190,39 @@ def tiny_image():
     return Image.new("RGB", (32, 32), (200, 10, 10))
 
 
-class FlakyServer(http.server.ThreadingHTTPServer):
-    """A real HTTP server on loopback that answers 503 a given number of times, then a valid completion."""
+class ScriptedServer(http.server.ThreadingHTTPServer):
+    """A real HTTP server on loopback standing for a model server: its chat completions answer `status` for the
+    first `failures` requests, then a valid completion; its model list answers when `lists_models`."""
 
-    def __init__(self, failures: int):
-        self.failures = failures
+    def __init__(self, failures: int, status: int = 503, lists_models: bool = False):
+        self.failures, self.status, self.lists_models = failures, status, lists_models
         self.posts = 0
-        super().__init__(("127.0.0.1", 0), FlakyHandler)
+        super().__init__(("127.0.0.1", 0), ScriptedHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
-class FlakyHandler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+class ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.server.lists_models:
+            self.answer(200, {"object": "list", "data": [{"id": "m", "object": "model"}]})
+        else:
+            self.answer(503, {"error": {"message": "down"}})
+
+    def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
         self.server.posts += 1
         if self.server.posts <= self.server.failures:
-            status, body = 503, {"error": {"message": "warming up"}}
+            self.answer(self.server.status, {"error": {"message": f"scripted {self.server.status}"}})
         else:
-            status, body = 200, {"choices": [{"finish_reason": "stop", "message": {
+            self.answer(200, {"choices": [{"finish_reason": "stop", "message": {
                 "content": '{"evaluation": "a dog", "justification": "ears", "score": 4}'}}],
-                "usage": {"prompt_tokens": 30, "completion_tokens": 12}}
+                "usage": {"prompt_tokens": 30, "completion_tokens": 12}})
+
+    def answer(self, status: int, body: dict) -> None:
         payload = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -200,21 +234,54 @@ class FlakyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("failures, retries, ok", [(2, 2, True), (3, 2, False)])
-def test_5xx_answers_are_retried_with_backoff(failures, retries, ok, tiny_image):
-    server = FlakyServer(failures)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+@pytest.fixture
+def request_(tiny_image):
+    return JudgeRequest(image=tiny_image, label="dog", prompt="Is it a dog?")
+
+
+def judge_for(server: ScriptedServer, **options) -> OpenAIJudge:
+    return OpenAIJudge(server.url, api_model="m", backoff=0.01, concurrency=1, **options)
+
+
+def test_5xx_answers_are_retried_with_backoff(request_):
+    server = ScriptedServer(failures=2)
     try:
-        judge = OpenAIJudge(f"http://127.0.0.1:{server.server_address[1]}/v1", api_model="m", retries=retries,
-                            backoff=0.01, concurrency=1)
-        request = JudgeRequest(image=tiny_image, label="dog", prompt="Is it a dog?")
-        if ok:
-            (output,) = judge.judge([request])
-            assert output.error is None and output.input_tokens == 30 and '"score": 4' in output.raw_text
-        else:
-            with pytest.raises(Exception, match="HTTP 503: warming up"):
-                judge.judge([request])
-        assert server.posts == min(failures + 1, retries + 1)
+        (output,) = judge_for(server, retries=2).judge([request_])
+        assert output.error is None and output.input_tokens == 30 and '"score": 4' in output.raw_text
+        assert server.posts == 3
+    finally:
+        server.shutdown()
+
+
+def test_a_server_that_stays_down_stops_the_stage(request_):
+    server = ScriptedServer(failures=10)
+    try:
+        with pytest.raises(JudgeUnavailable, match="scripted 503") as stopped:
+            judge_for(server, retries=2).judge([request_, request_])
+        assert [o.error for o in stopped.value.outputs] == [stopped.value.outputs[0].error] * 2
+        assert server.posts == 6  # three tries each, then no more
+    finally:
+        server.shutdown()
+
+
+def test_one_request_the_server_cannot_serve_is_a_failure_not_a_stop(request_):
+    # The server answers its model list, so it is up: the lone failure is stored and the run goes on.
+    server = ScriptedServer(failures=10, lists_models=True)
+    try:
+        (output,) = judge_for(server, retries=1).judge([request_])
+        assert "scripted 503" in output.error and not output.rejected
+    finally:
+        server.shutdown()
+
+
+def test_4xx_is_not_retried_and_a_whole_refused_batch_stops(request_):
+    server = ScriptedServer(failures=10, status=400)
+    try:
+        judge = judge_for(server, retries=3)
+        (output,) = judge.judge([request_])  # one refused request: stored as refused, the run goes on
+        assert output.rejected and "HTTP 400: scripted 400" in output.error and server.posts == 1
+        with pytest.raises(JudgeError, match="refused every request: .*HTTP 400"):
+            judge.judge([request_, request_])
+        assert server.posts == 3
     finally:
         server.shutdown()

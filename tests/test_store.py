@@ -44,3 +44,39 @@ def test_file_hash_cache_reuses_the_hash_until_the_file_changes(tmp_path):
     target.write_bytes(b"three")  # new size (and mtime): hashed again
     assert store.cached_file_hash(target, compute) == "hash-three"
     assert len(calls) == 2
+
+
+def test_a_writer_waits_for_another_connections_transaction(tmp_path):
+    """The vision thread of an overlapped run writes through its own connection while the judge writes: a write
+    that starts while the other holds the lock waits for it (it used to fail at once with 'database is locked',
+    because a deferred transaction that reads first cannot wait when it upgrades to a write)."""
+    import threading
+    import time
+
+    second = Store(tmp_path / "a.db")
+    holding = threading.Event()
+    errors: list[Exception] = []
+
+    def hold_the_lock():  # its own connection, on its own thread, as the vision stage does
+        first = Store(tmp_path / "a.db")
+        try:
+            with first.transaction():
+                first.add_prompt("held", "masked", "written first")
+                holding.set()
+                time.sleep(0.5)
+        finally:
+            holding.set()
+            first.close()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    assert holding.wait(timeout=30)
+    started = time.perf_counter()
+    try:
+        second.add_prompt("waited", "masked", "written second")
+    except sqlite3.OperationalError as error:
+        errors.append(error)
+    holder.join()
+    assert errors == []
+    assert time.perf_counter() - started > 0.2  # it waited for the first transaction to commit
+    assert {row["hash"] for row in second.db["prompts"].rows} == {"held", "waited"}

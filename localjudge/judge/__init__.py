@@ -28,6 +28,7 @@ class JudgeOutput:
     output_tokens: int | None
     finished: bool = True  # False when generation stopped at max_new_tokens before the end of the answer
     error: str | None = None  # the backend failed for this request (not a parse failure)
+    rejected: bool = False  # the failure is a server refusing this request (4xx), not a server gone quiet
 
 
 class Judge(Protocol):
@@ -40,15 +41,21 @@ class JudgeError(Exception):
     pass
 
 
-class JudgeUnavailable(JudgeError):
-    """Every request of a batch went unanswered (a server that stopped): the batch's failures are stored with
-    their reasons, and the stage stops rather than send the rest of the dataset into the void; running again
-    completes what is missing."""
+class JudgeStopped(JudgeError):
+    """A batch whose every request failed in a way the next batch would repeat: its failures (`outputs`) are
+    stored with their reasons, then the stage stops rather than send the rest of the dataset the same way."""
+
+    def __init__(self, message: str, outputs: list[JudgeOutput]):
+        super().__init__(message)
+        self.outputs = outputs
+
+
+class JudgeUnavailable(JudgeStopped):
+    """Every request of a batch went unanswered and the server does not answer at all (it stopped)."""
 
     def __init__(self, outputs: list[JudgeOutput], reason: str):
         super().__init__(f"the judge stopped answering: {reason}. The failed judgments are stored; run the same "
-                         "command again once it answers, to complete them")
-        self.outputs = outputs
+                         "command again once it answers, to complete them", outputs)
 
 
 SUPPORTED_FAMILIES = {"qwen2_5_vl": "Qwen2.5-VL", "gemma3": "Gemma-3"}
@@ -89,8 +96,11 @@ STRUCTURED_OUTPUT = {"transformers": "xgrammar-json-schema", "vllm": "xgrammar-j
 def decoding_params(backend: str, max_new_tokens: int, temperature: float) -> dict:
     """Everything about decoding that changes an answer; part of a judgment's key."""
     schema_hash = hashlib.sha256(json.dumps(JUDGMENT_SCHEMA, sort_keys=True).encode()).hexdigest()[:16]
-    return {"backend": backend, "max_new_tokens": max_new_tokens, "temperature": temperature,
-            "structured_output": STRUCTURED_OUTPUT[backend], "schema": schema_hash}
+    params = {"backend": backend, "max_new_tokens": max_new_tokens, "temperature": temperature,
+              "structured_output": STRUCTURED_OUTPUT[backend], "schema": schema_hash}
+    if backend == "transformers":
+        params["image_placeholders"] = "suppressed"  # never written into an answer (see transformers_backend)
+    return params
 
 
 def open_judge(config, vlm_dir: Path | None, api_model: str | None = None) -> Judge:
@@ -119,5 +129,5 @@ def open_judge(config, vlm_dir: Path | None, api_model: str | None = None) -> Ju
 
 JUDGE_BACKENDS = ("transformers", "vllm", "openai")
 
-__all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "JudgeUnavailable", "ParsedAnswer", "parse_answer",
-           "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash", "decoding_params", "open_judge", "JUDGE_BACKENDS"]
+__all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "JudgeStopped", "JudgeUnavailable", "ParsedAnswer",
+           "parse_answer", "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash", "decoding_params", "open_judge", "JUDGE_BACKENDS"]

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from . import JudgeError, JudgeOutput, JudgeRequest, JudgeUnavailable
+from . import JudgeError, JudgeOutput, JudgeRequest, JudgeStopped, JudgeUnavailable
 from .parsing import JUDGMENT_SCHEMA
 
 # A key some servers ask for (`vllm serve --api-key`); read from the environment so it never lands in the DB.
@@ -44,18 +44,27 @@ class Endpoint:
         return f"{self.scheme}://{host}:{self.port}{self.path}"
 
 
-def is_loopback(host: str) -> bool:
-    """localhost or a loopback address literal; decided without resolving any name."""
-    if host.lower() in {"localhost", "localhost."}:
-        return True
+LOCALHOST_NAMES = {"localhost", "localhost."}
+
+
+def loopback_address(host: str) -> str | None:
+    """The numeric loopback address to connect to for `host`, decided without resolving any name: localhost is
+    127.0.0.1 (so no resolver, hosts file or search domain is ever asked), a loopback literal is itself. None for
+    anything else, a scoped IPv6 address included."""
+    if host.lower() in LOCALHOST_NAMES:
+        return "127.0.0.1"
+    if "%" in host:
+        return None
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        return None
+    return str(address) if address.is_loopback else None
 
 
 def check_endpoint(base_url: str | None, allowed_hosts: tuple[str, ...] = ()) -> Endpoint:
-    """The server's address, refused unless it is loopback or a host the user allowed."""
+    """The server's address, refused unless it is loopback or a host the user allowed. A loopback endpoint holds
+    the numeric address, so connecting to it resolves nothing."""
     if not base_url:
         raise JudgeError("--judge openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
     parts = urlsplit(base_url)
@@ -66,14 +75,15 @@ def check_endpoint(base_url: str | None, allowed_hosts: tuple[str, ...] = ()) ->
                          f"${API_KEY_ENVIRONMENT})")
     host = parts.hostname
     allowed = {h.lower().strip("[]") for h in allowed_hosts}
-    if not is_loopback(host) and host.lower() not in allowed:
+    address = loopback_address(host)
+    if address is None and host.lower() not in allowed:
         raise JudgeError(f"--base-url {base_url}: {host} is not this machine, and images must not leave it. "
                          f"If that server is inside your network, allow it explicitly with --allow-host {host}")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as error:
         raise JudgeError(f"--base-url {base_url}: {error}") from error
-    return Endpoint(parts.scheme, host, port, parts.path.rstrip("/"))
+    return Endpoint(parts.scheme, address or host, port, parts.path.rstrip("/"))
 
 
 class ServerError(Exception):
@@ -125,7 +135,19 @@ class OpenAIClient:
         except (ServerError, RequestRejected) as error:
             raise JudgeError(f"cannot list the server's models ({error}); is it running? "
                              "Or name the model with --api-model") from error
-        return [m["id"] for m in listing.get("data", []) if isinstance(m, dict) and "id" in m]
+        entries = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(entries, list):
+            raise JudgeError(f"{self.endpoint.url}/models: not an OpenAI model list; name the model with --api-model")
+        return [m["id"] for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+    def answers(self) -> bool:
+        """Whether the server answers at all (its model list), to tell a server that is down from one request
+        it cannot serve."""
+        try:
+            self.call("GET", "/models")
+            return True
+        except (ServerError, RequestRejected):
+            return False
 
 
 def _message(payload: bytes) -> str:
@@ -186,27 +208,31 @@ class OpenAIJudge:
         self.retries = retries
         self.backoff = backoff
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="localjudge-openai")
+        self._closing = False
 
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
         outputs = list(self._pool.map(self._one, requests))
-        rejected = [o for o in outputs if o.error and o.error.startswith("rejected:")]
-        if rejected and len(rejected) == len(outputs):
-            # Every request refused the same way is a setting to fix (model name, parameters), not bad luck:
-            # stop before sending the rest of the dataset.
-            raise JudgeError(f"the server refused every request: {rejected[0].error.removeprefix('rejected: ')}")
-        unreachable = [o for o in outputs if o.error and not o.error.startswith("rejected:")]
-        if unreachable and len(unreachable) == len(outputs):
-            raise JudgeUnavailable(outputs, unreachable[0].error)
+        rejected = [o for o in outputs if o.rejected]
+        if len(rejected) == len(outputs) > 1:
+            # Every request refused is a setting to fix (model name, parameters), not one odd image: stop
+            # before sending the rest of the dataset.
+            raise JudgeStopped(f"the server refused every request: {rejected[0].error}", outputs)
+        unanswered = [o for o in outputs if o.error and not o.rejected]
+        if len(unanswered) == len(outputs) and not self.client.answers():
+            raise JudgeUnavailable(outputs, unanswered[0].error)
         return outputs
 
     def _one(self, request: JudgeRequest) -> JudgeOutput:
         body = chat_body(self.model, request, self.max_new_tokens, self.temperature)
         for attempt in range(self.retries + 1):
+            if self._closing:
+                return JudgeOutput(raw_text="", input_tokens=None, output_tokens=None, error="not sent: run stopped")
             try:
                 answer = self.client.call("POST", "/chat/completions", body)
                 break
             except RequestRejected as error:
-                return JudgeOutput(raw_text="", input_tokens=None, output_tokens=None, error=f"rejected: {error}")
+                return JudgeOutput(raw_text="", input_tokens=None, output_tokens=None, error=str(error),
+                                   rejected=True)
             except ServerError as error:
                 if attempt == self.retries:
                     return JudgeOutput(raw_text="", input_tokens=None, output_tokens=None,
@@ -215,14 +241,19 @@ class OpenAIJudge:
         try:
             choice = answer["choices"][0]
             text = choice["message"].get("content") or ""
+            usage = answer.get("usage") or {}
+            input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            finished = choice.get("finish_reason") != "length"
         except (KeyError, IndexError, TypeError, AttributeError):
             return JudgeOutput(raw_text=json.dumps(answer)[:2000], input_tokens=None, output_tokens=None,
-                               error="the server's answer has no choices[0].message")
-        usage = answer.get("usage") or {}
-        return JudgeOutput(raw_text=text, input_tokens=usage.get("prompt_tokens"),
-                           output_tokens=usage.get("completion_tokens"),
-                           finished=choice.get("finish_reason") != "length")
+                               error="the server's answer is not a chat completion (no choices[0].message)")
+        return JudgeOutput(raw_text=text if isinstance(text, str) else json.dumps(text),
+                           input_tokens=input_tokens if isinstance(input_tokens, int) else None,
+                           output_tokens=output_tokens if isinstance(output_tokens, int) else None,
+                           finished=finished)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
+    def close(self, cancel: bool = False) -> None:
+        """Wait for requests in flight, or (cancel) send nothing more: queued requests are dropped and running
+        ones stop retrying."""
+        self._closing = cancel
+        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)

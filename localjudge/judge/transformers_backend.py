@@ -55,6 +55,7 @@ class TransformersJudge:
         self._grammar = xgrammar.GrammarCompiler(tokenizer_info).compile_json_schema(
             json.dumps(JUDGMENT_SCHEMA), any_whitespace=False)
         self._vocab_size = tokenizer_info.vocab_size
+        self._placeholders = sorted(placeholder_token_ids(self.model.config) - self._eos_ids)
 
     @torch.inference_mode()
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
@@ -122,6 +123,9 @@ class TransformersJudge:
             # A new processor per call: it holds per-row matcher state, advanced over what each row wrote.
             logits_processor=[GrammarConstraint(self._grammar, self._vocab_size, written)],
             stopping_criteria=stop,
+            # An answer is text: an image placeholder in it would be read as an image slot when the answer is
+            # continued (and a real model never writes one).
+            suppress_tokens=self._placeholders or None,
             **sampling,
         )
         return generated[:, prompt_length:]
@@ -131,6 +135,17 @@ class TransformersJudge:
             if token in self._eos_ids:
                 return tokens[: position + 1], True
         return tokens, False
+
+
+PLACEHOLDER_TOKEN_NAMES = ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id",
+                           "vision_end_token_id", "boi_token_index", "eoi_token_index")
+
+
+def placeholder_token_ids(config) -> set[int]:
+    """The ids that mark where an image goes in a prompt (Qwen2.5-VL's vision start/end and image pad, Gemma-3's
+    begin/end-of-image and image soft token)."""
+    ids = {getattr(config, name, None) for name in PLACEHOLDER_TOKEN_NAMES}
+    return {i for i in ids if isinstance(i, int)}
 
 
 class GrammarConstraint(LogitsProcessor):
@@ -154,8 +169,8 @@ class GrammarConstraint(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if not self.first_step:
             for row, matcher in enumerate(self.matchers):
-                if not matcher.is_terminated():
-                    matcher.accept_token(int(input_ids[row, -1]))
+                if not matcher.is_terminated() and not matcher.accept_token(int(input_ids[row, -1])):
+                    raise RuntimeError("generation chose a token the grammar had masked")
         self.first_step = False
         for row, matcher in enumerate(self.matchers):
             if not matcher.is_terminated():
