@@ -92,10 +92,11 @@ class Audit:
         self._served_model: str | None = None  # --judge openai: the model name the server answers to
         self._judgment_key_parts: tuple[str, str, dict] | None = None  # prompt template, its hash, decoding
         self._judgments_failed = 0  # failed judgments stored by this audit (a stage's `failed` also counts inputs)
+        self._endpoint = None
         if config.judge == "openai":
             from .judge.openai_backend import check_endpoint
 
-            check_endpoint(config.base_url, config.allow_hosts)  # refused before any image is read or sent
+            self._endpoint = check_endpoint(config.base_url, config.allow_hosts)  # before any image is read or sent
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def vision_hash(self) -> str:
@@ -115,10 +116,9 @@ class Audit:
         if self._judge_identity is None:
             config = self.config
             if config.judge == "openai":
-                from .judge.openai_backend import OpenAIClient, check_endpoint, resolve_model
+                from .judge.openai_backend import OpenAIClient, resolve_model
 
-                endpoint = check_endpoint(config.base_url, config.allow_hosts)
-                served = resolve_model(OpenAIClient(endpoint, config.api_timeout), config.api_model)
+                served = resolve_model(OpenAIClient(self._endpoint, config.api_timeout), config.api_model)
                 weights = vlm_hash(Path(config.vlm), self._hash_file) if config.vlm else None
                 self._judge_identity = (Path(served).name or served,
                                         "served:" + content_key("openai", served, weights))
@@ -361,13 +361,18 @@ class Audit:
             self.judge_batch(batch, stage)
         return stage
 
-    def judgment_keys(self, saliency_ids: list[str]) -> dict[str, str]:
-        config = self.config
+    def judgment_key_parts(self) -> tuple[str, str, dict]:
+        """The prompt template, its hash and the decoding parameters: what every judgment of this audit shares."""
         if self._judgment_key_parts is None:
+            config = self.config
             template = prompt_template(config.image_mode)
             self._judgment_key_parts = (template, prompt_hash(template),
                                         decoding_params(config.judge, config.max_new_tokens, config.temperature))
-        _, template_hash, decoding = self._judgment_key_parts
+        return self._judgment_key_parts
+
+    def judgment_keys(self, saliency_ids: list[str]) -> dict[str, str]:
+        config = self.config
+        _, template_hash, decoding = self.judgment_key_parts()
         return {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, self.judge_hash(),
                                  template_hash, decoding, config.judge_image_size) for sid in saliency_ids}
 
@@ -385,8 +390,7 @@ class Audit:
             config = self.config
             self.judge_identity()
             self._judge = open_judge(config, Path(config.vlm) if config.vlm else None, api_model=self._served_model)
-            self.judgment_keys([])
-            template, template_hash, _ = self._judgment_key_parts
+            template, template_hash, _ = self.judgment_key_parts()
             self.store.add_prompt(template_hash, config.image_mode, template)
         return self._judge
 
@@ -395,12 +399,9 @@ class Audit:
         request) ends the stage after its failures are stored."""
         if not saliency_ids:
             return
-        keys = self.judgment_keys(list(saliency_ids))
         judge = self.judge_model()
         stage.model_loaded = True
-        template, template_hash, decoding = self._judgment_key_parts
-        rows, stop = self._judge_batch(judge, list(saliency_ids), keys, template, template_hash, self.judge_hash(),
-                                       decoding, stage)
+        rows, stop = self._judge_batch(judge, list(saliency_ids), stage)
         self.store.upsert_judgments(rows)
         failed = sum(r["status"] == "failed" for r in rows)
         stage.computed += len(rows)
@@ -410,9 +411,11 @@ class Audit:
             raise JudgeError(f"{stop} ({stage.computed - self._judgments_failed} judged and {self._judgments_failed} "
                              "stored as failures in this run so far)") from stop
 
-    def _judge_batch(self, judge, saliency_ids, keys, template, template_hash, judge_hash, decoding,
-                     stage: Stage) -> list[dict]:
+    def _judge_batch(self, judge, saliency_ids: list[str], stage: Stage) -> tuple[list[dict], JudgeStopped | None]:
+        """The rows of one batch's judgments, and the reason to stop the stage if the judge gave one."""
         config = self.config
+        keys = self.judgment_keys(saliency_ids)
+        template, template_hash, decoding = self.judgment_key_parts()
         maps = self.store.saliency_maps(saliency_ids)
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
         pictures, maps = self.load_images(maps, stage)
@@ -443,7 +446,7 @@ class Audit:
                 "image_sha256": m["image_sha256"], "alpha": config.alpha, "beta": config.beta,
                 "image_mode": config.image_mode, "judge_image_size": config.judge_image_size,
                 "judge_backend": config.judge,
-                "judge_model": self.judge_name(), "judge_model_hash": judge_hash, "prompt_hash": template_hash,
+                "judge_model": self.judge_name(), "judge_model_hash": self.judge_hash(), "prompt_hash": template_hash,
                 "decoding": json.dumps(decoding, sort_keys=True), "batch_size": len(maps),
                 "batch_seconds": seconds, "run_id": self.run_id, "created_at": now(),
                 "score": None, "evaluation": None, "justification": None, "raw_text": None, "error": None,

@@ -63,8 +63,6 @@ def warm_up(audit: Audit) -> None:
     from localjudge.judge import JudgeRequest
     from localjudge.judge.prompts import prompt_template, render
 
-    audit.judge_identity()
-    audit.judgment_keys([])
     image = Image.new("RGB", (audit.config.judge_image_size,) * 2, (128, 128, 128))
     audit.judge_model().judge([JudgeRequest(image=image, label="dog",
                                             prompt=render(prompt_template(audit.config.image_mode), "dog"))])
