@@ -25,7 +25,7 @@ class RunConfig:
     # judge stage
     judge: str = "transformers"
     vlm: str | None = None
-    judge_batch_size: int = 8
+    judge_batch_size: int = 32  # rows decoded together (transformers), requests per call and per stored batch
     max_new_tokens: int = 512
     temperature: float = 0.0
     # The judge sees the model's view of the image (the centre crop), upscaled to this side so a

@@ -6,8 +6,8 @@ stage, for one backend and model, one-at-a-time versus batched.
    judge is timed alone. judgments/s = judgments / the judge's busy seconds (the sum of its batch times).
    Anchor: one judgment at a time (the paper's code judges one image per call, and sleeps 7 s before each,
    <= 0.14 judgments/s; its sleep is left out here). Target on CPU with the tiny models: batched >= 3x.
-   On the transformers backend a batch stops its last few long answers and continues them as a smaller batch
-   (recompute preemption), so a long answer does not hold the finished rows of its batch.
+   On the transformers backend a row whose answer has ended leaves the batch, so long answers do not keep finished
+   rows busy.
 2. Whole run: `Audit.run` from an empty store (vision and judge overlapped through a bounded queue) against the
    stages one after another, with the share of the judge stage spent waiting for maps.
 

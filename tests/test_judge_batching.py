@@ -1,17 +1,16 @@
-"""Batched judging on the transformers backend: rows still writing when most of the batch has finished are stopped
-and continued from what they wrote (recompute preemption). Answers must be those of judging one at a time."""
+"""Batched judging on the transformers backend: our own decoding loop, in which a row whose answer has ended leaves
+the batch. Its answers must be those of judging one at a time, and those of transformers' own generate()."""
 
 from __future__ import annotations
 
 import csv
 
 import pytest
-import torch
 from PIL import Image
 
 from localjudge.judge import JudgeRequest
 from localjudge.judge.prompts import prompt_template, render
-from localjudge.judge.transformers_backend import StopForStragglers, TransformersJudge
+from localjudge.judge.transformers_backend import TransformersJudge
 
 
 @pytest.fixture(scope="module")
@@ -26,35 +25,48 @@ def requests_(data_dir):
     return requests
 
 
+def batch_sizes_seen(judge: TransformersJudge) -> tuple[list[int], object]:
+    """The batch size of every forward pass of the model (observed through a forward hook, nothing replaced)."""
+    sizes: list[int] = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        sizes.append(ids.shape[0])
+
+    return sizes, judge.model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
 def test_batched_answers_equal_one_at_a_time_answers(family, tiny_vlms, requests_):
     judge = TransformersJudge(tiny_vlms[family], device="cpu", max_new_tokens=256)
-    rounds = []
-    generate = judge._generate
-
-    def recorded(inputs, written, budget):  # observe the rounds; the generation itself is untouched
-        rounds.append((len(written), len(written[0])))
-        return generate(inputs, written, budget)
-
-    judge._generate = recorded
+    sizes, handle = batch_sizes_seen(judge)
     batched = judge.judge(requests_)
-    assert rounds[0] == (16, 0)
+    handle.remove()
+    assert sizes[0] == 16 and sizes == sorted(sizes, reverse=True)
     if family == "qwen2_5_vl":  # its answers end at different lengths (most of tiny Gemma's run to the cap)
-        assert len(rounds) > 1 and rounds[1][1] > 0  # the stragglers were continued from what they wrote
+        assert sizes[-1] < 16 and any(o.finished for o in batched)  # rows whose answer ended left the batch
+    assert len(sizes) == max(o.output_tokens for o in batched)  # one prefill, then one pass per further token
     one_by_one = [judge.judge([r])[0] for r in requests_]
     assert [o.raw_text for o in batched] == [o.raw_text for o in one_by_one]
     assert [o.output_tokens for o in batched] == [o.output_tokens for o in one_by_one]
     assert [o.finished for o in batched] == [o.finished for o in one_by_one]
-    assert [o.input_tokens for o in batched] == [o.input_tokens for o in one_by_one]  # the prompt, not the prefix
+    assert [o.input_tokens for o in batched] == [o.input_tokens for o in one_by_one]
 
 
-def test_stop_for_stragglers_stops_the_batch_only_when_few_rows_still_write():
-    eos = {7}
-    stop = StopForStragglers(prompt_length=2, eos_ids=eos, keep=1)
-    prompt = [[1, 1]] * 4
-    two_writing = torch.tensor([p + w for p, w in zip(prompt, [[3, 7], [3, 4], [7, 0], [3, 4]])])
-    one_writing = torch.tensor([p + w for p, w in zip(prompt, [[3, 7], [3, 7], [7, 0], [3, 4]])])
-    none_writing = torch.tensor([p + w for p, w in zip(prompt, [[3, 7], [3, 7], [7, 0], [7, 0]])])
-    assert not stop(two_writing, None).any()
-    assert stop(one_writing, None).all()
-    assert not stop(none_writing, None).any()  # all finished: generate's own end-of-sequence check stops it
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
+def test_decoding_loop_writes_what_generate_writes(family, tiny_vlms, requests_):
+    """The reference: transformers' generate() with xgrammar's own logits processor, on the same prompts."""
+    from xgrammar.contrib.hf import LogitsProcessor
+
+    judge = TransformersJudge(tiny_vlms[family], device="cpu", max_new_tokens=128)
+    ours = judge.judge(requests_[:3])
+    for request, output in zip(requests_[:3], ours):
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]}]
+        text = judge.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        inputs = judge.processor(text=[text], images=[[request.image]], return_tensors="pt")
+        generated = judge.model.generate(**inputs, max_new_tokens=128, do_sample=False,
+                                         logits_processor=[LogitsProcessor(judge._grammar)],
+                                         suppress_tokens=judge._placeholders or None)
+        tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
+        assert len(tokens) == output.output_tokens
+        assert judge.processor.tokenizer.decode(tokens, skip_special_tokens=True) == output.raw_text

@@ -100,6 +100,8 @@ def decoding_params(backend: str, max_new_tokens: int, temperature: float) -> di
               "structured_output": STRUCTURED_OUTPUT[backend], "schema": schema_hash}
     if backend == "transformers":
         params["image_placeholders"] = "suppressed"  # never written into an answer (see transformers_backend)
+        if temperature > 0:  # our decoding loop samples from the temperature-scaled distribution only
+            params["sampling"] = "temperature, no top-k/top-p"
     return params
 
 

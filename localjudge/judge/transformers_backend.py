@@ -1,5 +1,9 @@
-"""Judge on Hugging Face transformers (CPU or GPU): a local Gemma-3 or Qwen2.5-VL directory, batched generation,
+"""Judge on Hugging Face transformers (CPU or GPU): a local Gemma-3 or Qwen2.5-VL directory, batched decoding,
 output constrained to the judgment JSON schema by xgrammar.
+
+The decoding loop is our own, over the model's forward pass and its KV cache, rather than generate(): a row whose
+answer has ended leaves the batch (its cache rows are dropped), which generate() cannot do. Judge answers differ in
+length by an order of magnitude, so this is most of what batching gains.
 
 Why xgrammar: it is maintained, compiles a JSON schema once into a token mask that costs microseconds per step, ships
 a transformers LogitsProcessor, and is vLLM's default structured-output backend, so the vLLM judge constrains the
@@ -8,11 +12,11 @@ same schema with the same engine."""
 from __future__ import annotations
 
 import json
+import inspect
 import os
 from pathlib import Path
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 
 from . import JudgeError, JudgeOutput, JudgeRequest, vlm_family
 from .parsing import JUDGMENT_SCHEMA
@@ -42,13 +46,19 @@ class TransformersJudge:
                 self.vlm_dir, local_files_only=True, dtype=dtype).to(self.device).eval()
         except (OSError, ValueError, KeyError) as error:
             raise JudgeError(f"{self.vlm_dir}: cannot load the judge model ({error})") from error
-        # Batched generation appends new tokens on the right, so prompts are padded on the left.
+        if not hasattr(self.model, "_prepare_position_ids_for_generation"):
+            import transformers
+
+            raise JudgeError(f"the transformers judge needs transformers >= 5.10 (installed: {transformers.__version__})")
+        # The argument that carries the KV cache was renamed from past_key_values to cache in transformers 5.x.
+        self._cache_argument = "cache" if "cache" in inspect.signature(self.model.forward).parameters else (
+            "past_key_values")
+        # New tokens are appended on the right of every row, so prompts are padded on the left.
         self.processor.tokenizer.padding_side = "left"
         eos = self.model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         # Every id that ends generation must be a stop token for the grammar too: xgrammar only knows the
-        # tokenizer's eos by default, and would otherwise accept Gemma's <end_of_turn> as text inside a string,
-        # after which generate() stops that row and the grammar rejects the padding that follows.
+        # tokenizer's eos by default, and would otherwise accept Gemma's <end_of_turn> as text inside a string.
         tokenizer_info = xgrammar.TokenizerInfo.from_huggingface(
             self.processor.tokenizer, vocab_size=self.model.config.get_text_config().vocab_size,
             stop_token_ids=sorted(self._eos_ids))
@@ -59,76 +69,72 @@ class TransformersJudge:
 
     @torch.inference_mode()
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
-        """Generate for the whole batch; when only a quarter of its rows are still writing, stop and continue those
-        rows as a smaller batch from what they wrote so far (their prompt and tokens are computed again, a cheap
-        prefill), so a few long answers do not keep every finished row in the batch for hundreds of steps.
-        This is how vLLM preempts by recomputation; greedy answers are unchanged up to numerics."""
         conversations = [
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r.prompt}]}] for r in requests
         ]
         texts = [self.processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
                  for c in conversations]
-        written: dict[int, list[int]] = {i: [] for i in range(len(requests))}
-        input_counts: dict[int, int] = {}
-        done: dict[int, bool] = {}
-        active = list(range(len(requests)))
-        while active:
-            prefix = len(written[active[0]])  # rows continued together have written the same number of tokens
-            inputs = self._inputs([texts[i] for i in active], [requests[i].image for i in active],
-                                  [written[i] for i in active])
-            if prefix == 0:
-                input_counts.update(zip(active, inputs["attention_mask"].sum(dim=1).tolist()))
-            new_tokens = self._generate(inputs, [written[i] for i in active], self.max_new_tokens - prefix)
-            still = []
-            for i, row in zip(active, new_tokens.tolist()):
-                used, finished = self._until_eos(row)
-                written[i] = written[i] + used
-                if finished or len(written[i]) >= self.max_new_tokens:
-                    done[i] = finished
-                else:
-                    still.append(i)  # stopped with the stragglers: continue it
-            active = still
+        inputs = self.processor(text=texts, images=[[r.image] for r in requests], return_tensors="pt",
+                                padding=True).to(self.device)
+        input_counts = inputs["attention_mask"].sum(dim=1).tolist()
+        answers = self._decode(inputs)
         outputs = []
-        for i in range(len(requests)):
-            text = self.processor.tokenizer.decode(written[i], skip_special_tokens=True)
-            outputs.append(JudgeOutput(raw_text=text, input_tokens=int(input_counts[i]), output_tokens=len(written[i]),
-                                       finished=done[i]))
+        for (tokens, finished), count in zip(answers, input_counts):
+            outputs.append(JudgeOutput(raw_text=self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
+                                       input_tokens=int(count), output_tokens=len(tokens), finished=finished))
         return outputs
 
-    def _inputs(self, texts: list[str], images: list, written: list[list[int]]):
-        inputs = self.processor(text=texts, images=[[image] for image in images], return_tensors="pt", padding=True)
-        if written[0]:
-            # Prompts are padded on the left, so the tokens already written go on the right of every row. Per-token
-            # tensors (attention mask, token types) grow with them: attended, and text, not image.
-            tokens = torch.tensor(written, dtype=inputs["input_ids"].dtype)
-            shape = inputs["input_ids"].shape
-            for key, value in inputs.items():
-                if key == "input_ids":
-                    inputs[key] = torch.cat([value, tokens], dim=1)
-                elif torch.is_tensor(value) and value.shape == shape:
-                    fill = torch.ones_like(tokens) if key == "attention_mask" else torch.zeros_like(tokens)
-                    inputs[key] = torch.cat([value, fill.to(value.dtype)], dim=1)
-        return inputs.to(self.device)
+    def _decode(self, inputs) -> list[tuple[list[int], bool]]:
+        """Greedy (or temperature) decoding of a left-padded batch, one token per row and step, every token allowed
+        by the row's grammar matcher. A row that ends (end token or max_new_tokens) leaves the batch at once: its
+        cache rows are dropped, so the steps that follow cost only the rows still writing. (generate() computes
+        every row until the last one ends; with answers of very different lengths most of that work is wasted.)
+        Positions are those generate() gives the same batch, so answers are generate()'s, token for token."""
+        model = self.model
+        count = inputs["input_ids"].shape[0]
+        positions = model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
+        output = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache = output[self._cache_argument]  # the output names it as the forward pass does
+        attention = inputs["attention_mask"]
+        position = positions[..., -1:]  # (rows, 1), or (axes, rows, 1) for multi-axis RoPE (Qwen2.5-VL)
+        grammar = BatchGrammar(self._grammar, count, self._vocab_size)
+        rows = list(range(count))
+        written: list[list[int]] = [[] for _ in range(count)]
+        finished = [False] * count
+        logits = output.logits[:, -1]
+        while True:
+            tokens = self._choose(grammar.mask(logits, rows))
+            grammar.accept(rows, tokens)
+            keep = []
+            for index, (row, token) in enumerate(zip(rows, tokens)):
+                written[row].append(token)
+                if token in self._eos_ids:
+                    finished[row] = True
+                elif len(written[row]) < self.max_new_tokens:
+                    keep.append(index)
+            if not keep:
+                return list(zip(written, finished))
+            if len(keep) < len(rows):
+                kept = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(kept)
+                attention = attention.index_select(0, kept)
+                position = position.index_select(position.dim() - 2, kept)
+                rows = [rows[i] for i in keep]
+                tokens = [tokens[i] for i in keep]
+            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+            position = position + 1
+            output = model(input_ids=torch.tensor(tokens, device=self.device)[:, None], attention_mask=attention,
+                           position_ids=position, use_cache=True, logits_to_keep=1, **{self._cache_argument: cache})
+            logits = output.logits[:, -1]
 
-    def _generate(self, inputs, written: list[list[int]], budget: int) -> torch.Tensor:
-        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {
-            "do_sample": False}
-        prompt_length = inputs["input_ids"].shape[1]
-        stop = StoppingCriteriaList()
-        if len(written) >= 4:  # below that, nothing is gained by splitting
-            stop.append(StopForStragglers(prompt_length, self._eos_ids, keep=len(written) // 4))
-        generated = self.model.generate(
-            **inputs,
-            max_new_tokens=budget,
-            # A new processor per call: it holds per-row matcher state, advanced over what each row wrote.
-            logits_processor=[GrammarConstraint(self._grammar, self._vocab_size, written)],
-            stopping_criteria=stop,
-            # An answer is text: an image placeholder in it would be read as an image slot when the answer is
-            # continued (and a real model never writes one).
-            suppress_tokens=self._placeholders or None,
-            **sampling,
-        )
-        return generated[:, prompt_length:]
+    def _choose(self, logits: torch.Tensor) -> list[int]:
+        if self._placeholders:
+            # An answer is text: a real model never writes an image placeholder, and a random one must not either.
+            logits[:, self._placeholders] = float("-inf")
+        if self.temperature > 0:
+            probabilities = torch.softmax(logits / self.temperature, dim=-1)
+            return torch.multinomial(probabilities, 1)[:, 0].tolist()
+        return logits.argmax(dim=-1).tolist()
 
     def _until_eos(self, tokens: list[int]) -> tuple[list[int], bool]:
         for position, token in enumerate(tokens):
@@ -148,49 +154,28 @@ def placeholder_token_ids(config) -> set[int]:
     return {i for i in ids if isinstance(i, int)}
 
 
-class GrammarConstraint(LogitsProcessor):
-    """xgrammar's mask for each row, its matcher first advanced over the tokens that row already wrote (xgrammar's
-    own transformers processor always starts from the beginning of the answer)."""
+class BatchGrammar:
+    """One xgrammar matcher per row of a batch; the masks of all rows still writing are filled by one call, on
+    several threads."""
 
-    def __init__(self, grammar, vocab_size: int, written: list[list[int]]):
+    def __init__(self, grammar, rows: int, vocab_size: int):
         import xgrammar
 
         self._xgrammar = xgrammar
-        self.matchers = []
-        for tokens in written:
-            matcher = xgrammar.GrammarMatcher(grammar)
-            for token in tokens:
-                if not matcher.accept_token(token):
-                    raise RuntimeError("a continued answer does not follow the grammar")
-            self.matchers.append(matcher)
-        self.bitmask = xgrammar.allocate_token_bitmask(len(written), vocab_size)
-        self.first_step = True
+        self.matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(rows)]
+        self.bitmask = xgrammar.allocate_token_bitmask(rows, vocab_size)
+        self.batch = xgrammar.BatchGrammarMatcher()
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if not self.first_step:
-            for row, matcher in enumerate(self.matchers):
-                if not matcher.is_terminated() and not matcher.accept_token(int(input_ids[row, -1])):
-                    raise RuntimeError("generation chose a token the grammar had masked")
-        self.first_step = False
-        for row, matcher in enumerate(self.matchers):
-            if not matcher.is_terminated():
-                matcher.fill_next_token_bitmask(self.bitmask, row)
-        device = scores.device
-        scores = scores if device.type == "cuda" else scores.to("cpu")  # xgrammar masks on CUDA or CPU
-        self._xgrammar.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
-        return scores.to(device)
+    def mask(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """`logits` holds the rows still writing, in the order of `rows`; masked in place (on CPU or CUDA)."""
+        bitmask = self.bitmask[: len(rows)]
+        self.batch.batch_fill_next_token_bitmask([self.matchers[row] for row in rows], bitmask)
+        logits = logits.float()
+        on_cpu = logits.device.type == "cpu"
+        self._xgrammar.apply_token_bitmask_inplace(logits, bitmask if on_cpu else bitmask.to(logits.device))
+        return logits
 
-
-class StopForStragglers(StoppingCriteria):
-    """Stops the whole batch once at most `keep` rows are still writing (and at least one is)."""
-
-    def __init__(self, prompt_length: int, eos_ids: set[int], keep: int):
-        self.prompt_length = prompt_length
-        self.eos = torch.tensor(sorted(eos_ids))
-        self.keep = keep
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        written = input_ids[:, self.prompt_length:]
-        writing = int((~torch.isin(written, self.eos.to(written.device)).any(dim=1)).sum())
-        stop = 0 < writing <= self.keep
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+    def accept(self, rows: list[int], tokens: list[int]) -> None:
+        accepted = self._xgrammar.BatchGrammarMatcher.batch_accept_token([self.matchers[row] for row in rows], tokens)
+        if not all(accepted):
+            raise RuntimeError("generation chose a token the grammar had masked")
