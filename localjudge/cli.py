@@ -17,14 +17,15 @@ import click
 from . import __version__
 from .config import DEFAULTS, IMAGE_MODES, RunConfig
 from .data import IngestError
+from .ground_truth import GroundTruthError
 from .judge import JUDGE_BACKENDS, JudgeError
-from .reports import matrices, summary
+from .reports import matrices, region_means, summary
 from .saliency import CAM_METHODS
 from .store import Store, StoreError
 from .vision import BACKENDS, CardError, WeightsError, list_cards
 from .vision.onnx_export import ExportError
 
-USER_ERRORS = (IngestError, CardError, WeightsError, JudgeError, ExportError, StoreError, ValueError,
+USER_ERRORS = (IngestError, GroundTruthError, CardError, WeightsError, JudgeError, ExportError, StoreError, ValueError,
                FileNotFoundError)
 
 
@@ -114,6 +115,13 @@ judge_options = options(
                  help="--judge openai: more tries after a timeout, refused connection, 5xx or 429 "
                       "(backoff doubles from 1 s)."),
 )
+ground_truth_options = options(
+    click.option("--masks", type=click.Path(exists=True, file_okay=False),
+                 help="Folder of ground-truth masks named by the images' stems (any non-zero pixel is the object)."),
+    click.option("--mask-column", help="Manifest column with each image's ground-truth mask path."),
+    click.option("--boxes", type=click.Path(exists=True, dir_okay=False),
+                 help="COCO-style JSON of ground-truth boxes (images[].file_name, annotations[].bbox)."),
+)
 threshold_option = click.option("--threshold", type=click.IntRange(0, 5), default=DEFAULTS.threshold,
                                 show_default=True, help="A score at or above this is high.")
 
@@ -171,13 +179,22 @@ def cli():
 @judge_options
 @threshold_option
 @ingest_options
+@ground_truth_options
 @json_option
 @user_errors
 def run(images, db_path, as_json, threshold, **given):
-    """Every stage on IMAGES (a folder, class sub-folders or a CSV manifest): ingest, predict, explain, judge."""
+    """Every stage on IMAGES (a folder, class sub-folders or a CSV manifest): ingest, predict, explain, judge; with
+    ground-truth regions given, also how each attention mask agrees with its image's region."""
     if not given.get("vlm") and given.get("judge") != "openai":
         given["vlm"] = smoke_vlm()
-    audit, _ = perform("run", images, ["predict", "explain", "judge"], lambda a: a.run(images), db_path, as_json,
+
+    def work(audit):
+        stages = audit.run(images)
+        if audit.has_ground_truth_source():
+            stages.update(audit.evaluate_regions(stages["ingest"].ids, stages["explain"].ids, manifest=images))
+        return stages
+
+    audit, _ = perform("run", images, ["predict", "explain", "judge"], work, db_path, as_json,
                        threshold=threshold, **given)
     if not as_json:
         config = audit.config
@@ -312,6 +329,46 @@ def maps_command(db_path, out_dir):
 
     count = export_maps(Store(db_path, create=False), Path(out_dir))
     click.echo(f"wrote {count} maps and {Path(out_dir) / 'index.csv'}")
+
+
+@cli.group(name="eval")
+def evaluate():
+    """Evaluate saliency and judgments against ground truth and baselines."""
+
+
+@evaluate.command(name="regions")
+@db_option
+@vision_options
+@cam_options
+@ground_truth_options
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False),
+              help="The CSV manifest the images came from (for --mask-column).")
+@click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True,
+              help="Attention mask threshold: map >= beta is attended.")
+@json_option
+@user_errors
+def eval_regions(db_path, manifest, as_json, **given):
+    """IoU, Dice, pixel accuracy and F1 of each stored map's attention mask (map >= beta) against its image's
+    ground-truth region, stored; prints their means."""
+    audit = make_audit(db_path, show_progress=not as_json, **given)
+    if not audit.has_ground_truth_source():
+        raise click.UsageError("give the regions: --masks DIR, --mask-column NAME --manifest CSV, or --boxes FILE")
+    with audit.recorded("eval regions", manifest, ["regions"]):
+        images = [row["sha256"] for row in audit.store.images()]
+        stages = audit.evaluate_regions(images, audit.stored_saliency_maps(), manifest=manifest)
+    means = region_means(audit.store, stages["regions"].ids)
+    if as_json:
+        click.echo(json.dumps({"stages": {name: {"rows": len(s.ids), "computed": s.computed, "failed": s.failed,
+                                                 **({"errors": s.errors} if s.errors else {})}
+                                          for name, s in stages.items()}, "means": means}, indent=2))
+        return
+    for stage in stages.values():
+        for error in stage.errors:
+            click.echo(f"ground truth error: {error['path']}: {error['reason']}", err=True)
+    click.echo(f"{len(stages['truth'].ids)} ground-truth regions, {means['maps']} maps scored at beta={given['beta']}")
+    for metric in ("iou", "dice", "pixel_accuracy", "f1"):
+        value = means[metric]
+        click.echo(f"  mean {metric:15} {'n/a' if value is None else f'{value:.4f}'}")
 
 
 @cli.group()

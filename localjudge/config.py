@@ -50,6 +50,11 @@ class RunConfig:
     # ingest
     path_column: str = "path"
     label_column: str = "label"
+    # ground-truth object regions (evaluation): mask files named by image stem, a manifest column of mask paths,
+    # or COCO-style boxes
+    masks: str | None = None
+    mask_column: str | None = None
+    boxes: str | None = None
 
     def replace(self, **changes) -> "RunConfig":
         known = {f.name for f in dataclasses.fields(self)}

@@ -3,6 +3,7 @@ loads its model only when some of those rows are missing; each batch is written 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import queue
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from .config import RunConfig
@@ -27,7 +29,7 @@ from .judge.prompts import prompt_hash, prompt_template, render
 from .saliency import CamEngine, judge_image
 from .store import Store, content_key, now, pack_array, sha256_file, unpack_array
 from .vision import backend_of, model_hash, open_model, resolve_card
-from .vision.preprocess import model_view, to_tensor
+from .vision.preprocess import mask_view, model_view, to_tensor
 
 PACKAGES = ("localjudge", "torch", "torchvision", "transformers", "xgrammar", "grad-cam", "numpy", "pillow",
             "sqlite-utils", "click")
@@ -350,6 +352,86 @@ class Audit:
             "select id from saliency_maps where method = ? and target_layer = ? and prediction_id in "
             "(select value from json_each(?))",
             [self.config.cam, self.card.target_layer, json.dumps(prediction_ids)])]
+
+    # --- ground truth and region agreement ----------------------------------------------------------------
+    def has_ground_truth_source(self) -> bool:
+        return any((self.config.masks, self.config.mask_column, self.config.boxes))
+
+    def add_ground_truth(self, image_ids: list[str], manifest: str | Path | None = None) -> Stage:
+        """Read the configured ground-truth regions of `image_ids` (stored images) and store them. A mask that cannot
+        be read is reported with its file and reason; the other images go on."""
+        from .ground_truth import (GroundTruthError, RegionFailure, from_coco_boxes, from_manifest_column,
+                                   from_mask_folder)
+
+        config = self.config
+        stage = Stage()
+        images = self.store.images(image_ids)
+        found: dict = {}
+        if config.masks:
+            found.update(from_mask_folder(Path(config.masks), images))
+        if config.mask_column:
+            if manifest is None or not Path(manifest).is_file():
+                raise GroundTruthError("--mask-column needs the CSV manifest the images came from")
+            found.update(from_manifest_column(Path(manifest), config.mask_column, config.path_column, images))
+        if config.boxes:
+            found.update(from_coco_boxes(Path(config.boxes), images))
+        rows = []
+        for sha, region in found.items():
+            if isinstance(region, RegionFailure):
+                stage.failed += 1
+                stage.errors.append({"path": region.reference, "reason": region.reason})
+                continue
+            packed = np.packbits(region.mask)
+            rows.append({"image_sha256": sha, "source": region.source, "reference": region.reference,
+                         "height": region.mask.shape[0], "width": region.mask.shape[1],
+                         "mask": pack_array(region.mask, dtype=np.uint8),
+                         "mask_sha256": hashlib.sha256(packed.tobytes()).hexdigest(),
+                         "area_fraction": float(region.mask.mean()), "run_id": self.run_id, "created_at": now()})
+            stage.ids.append(sha)
+        stored = {row["image_sha256"]: row["mask_sha256"] for row in self.store.ground_truth(stage.ids)}
+        new = [row for row in rows if stored.get(row["image_sha256"]) != row["mask_sha256"]]
+        self.store.set_ground_truth(new)
+        stage.computed = len(new)
+        return stage
+
+    def evaluate_regions(self, image_ids: list[str], saliency_ids: list[str],
+                         manifest: str | Path | None = None) -> dict[str, Stage]:
+        truth = self.add_ground_truth(image_ids, manifest if manifest and str(manifest).endswith(".csv") else None)
+        return {"truth": truth, "regions": self.score_regions(saliency_ids)}
+
+    def score_regions(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:
+        """IoU, Dice, pixel accuracy, F1 (and precision, recall) of each map's attention mask (map >= beta) against
+        its image's ground-truth region, compared in the model's view (the region resized and centre-cropped as the
+        image was, nearest neighbour). Maps whose image has no region are skipped."""
+        from .analysis.regions import attention_mask, region_scores
+
+        stage = Stage() if stage is None else stage
+        maps = self.store.saliency_maps(saliency_ids)
+        truths = {t["image_sha256"]: t for t in self.store.ground_truth({m["image_sha256"] for m in maps})}
+        maps = [m for m in maps if m["image_sha256"] in truths]
+        beta = self.config.beta
+        keys = {m["id"]: content_key("regions", m["id"], truths[m["image_sha256"]]["mask_sha256"], beta)
+                for m in maps}
+        stage.ids.extend(keys.values())
+        existing = self.store.existing_ids("region_scores", keys.values())
+        missing = [m for m in maps if keys[m["id"]] not in existing]
+        geometry = {p["id"]: json.loads(p["preprocessing"])
+                    for p in self.store.predictions({m["prediction_id"] for m in missing})}
+        rows = []
+        for m in missing:
+            truth = truths[m["image_sha256"]]
+            region = unpack_array(truth["mask"], (truth["height"], truth["width"]), dtype=np.uint8) > 0.5
+            saliency = unpack_array(m["map"], (m["height"], m["width"]))
+            truth_view = mask_view(region, geometry[m["prediction_id"]], m["width"])
+            if truth_view.shape != saliency.shape:  # a non-square map: compare at the map's own size
+                truth_view = np.asarray(Image.fromarray(truth_view).resize((m["width"], m["height"]), Image.NEAREST))
+            attended = attention_mask(saliency, beta)
+            rows.append({"id": keys[m["id"]], "saliency_id": m["id"], "image_sha256": m["image_sha256"],
+                         "mask_sha256": truth["mask_sha256"], "beta": beta, **region_scores(attended, truth_view),
+                         "attended_fraction": float(attended.mean()), "run_id": self.run_id, "created_at": now()})
+        self.store.insert_rows("region_scores", rows)
+        stage.computed += len(rows)
+        return stage
 
     # --- judge ------------------------------------------------------------------------------------------
     def judge(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:

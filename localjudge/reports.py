@@ -93,3 +93,14 @@ def export_maps(store: Store, out: Path) -> int:
                              labels.get(row["target_index"], ""), name])
             count += 1
     return count
+
+
+def region_means(store: Store, score_ids: list[str]) -> dict:
+    """Mean IoU, Dice, pixel accuracy and F1 over the given region scores."""
+    from .analysis.regions import REGION_METRICS
+
+    rows = store.query("select * from region_scores where id in (select value from json_each(?))",
+                       [json.dumps(list(score_ids))])
+    rows = list(rows)
+    means = {metric: (sum(r[metric] for r in rows) / len(rows) if rows else None) for metric in REGION_METRICS}
+    return {"maps": len(rows), **means}

@@ -97,6 +97,26 @@ def m003_judge_image_size(db: sqlite_utils.Database) -> None:
     db["judgments"].add_column("judge_image_size", int)
 
 
+@migration
+def m004_ground_truth_and_region_scores(db: sqlite_utils.Database) -> None:
+    # An image's object region (one per image; a new source replaces it) and, per saliency map, how the binarised
+    # attention mask agrees with it. A score is keyed by the map, the region's hash and beta.
+    db["ground_truth"].create(
+        {"image_sha256": str, "source": str, "reference": str, "height": int, "width": int, "mask": bytes,
+         "mask_sha256": str, "area_fraction": float, "run_id": str, "created_at": str},
+        pk="image_sha256",
+        foreign_keys=[("image_sha256", "images", "sha256")],
+    )
+    db["region_scores"].create(
+        {"id": str, "saliency_id": str, "image_sha256": str, "mask_sha256": str, "beta": float, "iou": float,
+         "dice": float, "pixel_accuracy": float, "f1": float, "precision": float, "recall": float,
+         "attended_fraction": float, "run_id": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id")],
+    )
+    db["region_scores"].create_index(["saliency_id"])
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -279,6 +299,13 @@ class Store:
         with self.transaction():
             for row in updates:
                 self.db["predictions"].update(row["id"], {k: v for k, v in row.items() if k != "id"})
+
+    def set_ground_truth(self, rows: list[dict]) -> None:
+        with self.transaction():
+            self.db["ground_truth"].upsert_all(rows, pk="image_sha256")
+
+    def ground_truth(self, sha256s: Iterable[str]) -> list[dict]:
+        return self._rows_where_in("ground_truth", "image_sha256", sha256s, "image_sha256")
 
     def saliency_maps(self, ids: Iterable[str]) -> list[dict]:
         return self._rows_by_id("saliency_maps", ids)

@@ -47,7 +47,7 @@ def tiny_vlms(tmp_path_factory) -> dict[str, Path]:
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label"])
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["path", "label"])
         writer.writeheader()
         writer.writerows(rows)
     return path

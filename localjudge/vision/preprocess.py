@@ -28,6 +28,12 @@ def model_view(image: Image.Image, geometry: dict, side: int | None = None) -> I
     return resized.crop((left, top, left + side, top + side))
 
 
+def mask_view(mask: np.ndarray, geometry: dict, side: int | None = None) -> np.ndarray:
+    """A boolean mask of the original image, cut and resized as the model's view of it (nearest neighbour)."""
+    image = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
+    return np.asarray(model_view(image, {**geometry, "interpolation": "nearest"}, side)) > 127
+
+
 def to_tensor(images: list[Image.Image], card: ModelCard) -> torch.Tensor:
     """Batch of model inputs, normalised as the card says."""
     arrays = np.stack([np.asarray(model_view(img, card.preprocessing()), dtype=np.float32) / 255.0 for img in images])

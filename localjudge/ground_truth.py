@@ -1,0 +1,131 @@
+"""Ground-truth object regions for ingested images: mask files in a folder (named by the image's stem), mask paths in
+a manifest column, or COCO-style boxes. Each source yields, per image path, either a boolean mask of the image's
+size or the reason it could not be read (the run goes on without it)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .analysis.regions import boxes_mask
+from .data import IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Region:
+    mask: np.ndarray  # bool, (height, width) of the image
+    source: str  # "masks", "mask-column" or "boxes"
+    reference: str  # the mask file, or the boxes file and image entry
+
+
+@dataclass(frozen=True)
+class RegionFailure:
+    reference: str
+    reason: str
+
+
+class GroundTruthError(Exception):
+    pass
+
+
+def read_mask_file(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Any non-zero pixel is the object (0/255 masks, palette class masks, 0/1 masks all work)."""
+    with Image.open(path) as image:
+        image.load()
+        if image.size != size:
+            raise ValueError(f"mask is {image.size[0]}x{image.size[1]}, the image {size[0]}x{size[1]}")
+        return np.asarray(image.convert("L")) > 0
+
+
+def from_mask_folder(folder: Path, images: list[dict]) -> dict[str, Region | RegionFailure]:
+    """`images` are stored image rows (sha256, path, width, height); a mask is FOLDER/<image stem>.<image suffix>."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GroundTruthError(f"{folder}: not a folder of masks")
+    by_stem: dict[str, Path] = {}
+    for path in sorted(folder.iterdir(), key=lambda p: (p.suffix.lower() != ".png", p.name)):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(path.stem, path)  # a .png first when a stem has several files
+    found = {}
+    for image in images:
+        path = by_stem.get(Path(image["path"]).stem)
+        if path is not None:
+            found[image["sha256"]] = _read(path, image, "masks")
+    return found
+
+
+def from_manifest_column(manifest: Path, column: str, path_column: str,
+                         images: list[dict]) -> dict[str, Region | RegionFailure]:
+    """Mask paths in `column` of the manifest the images came from; relative paths are read from its folder."""
+    manifest = Path(manifest)
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        for needed in (column, path_column):
+            if needed not in columns:
+                raise GroundTruthError(f"{manifest}: no column {needed!r} (columns: {', '.join(columns)})")
+        masks = {}
+        for row in reader:
+            image_path, mask_path = (row.get(path_column) or "").strip(), (row.get(column) or "").strip()
+            if image_path and mask_path:
+                masks[_resolved(manifest, image_path)] = _resolved(manifest, mask_path)
+    found = {}
+    for image in images:
+        mask = masks.get(str(Path(image["path"]).resolve()))
+        if mask is not None:
+            found[image["sha256"]] = _read(Path(mask), image, "mask-column")
+    return found
+
+
+def from_coco_boxes(boxes_file: Path, images: list[dict]) -> dict[str, Region | RegionFailure]:
+    """COCO-style JSON: `images` (id, file_name) and `annotations` (image_id, bbox as x, y, width, height). An image
+    matches an entry whose file_name its path ends with; the union of its boxes is its region. An entry without
+    annotations is an image with no object: an empty region. When no file_name is a suffix of the path, a file
+    name that is unique in the boxes file matches by its base name (boxes files name images by their own folders)."""
+    boxes_file = Path(boxes_file)
+    try:
+        document = json.loads(boxes_file.read_text())
+        entries = {entry["id"]: entry for entry in document["images"]}
+        boxes: dict[int, list] = {image_id: [] for image_id in entries}
+        for annotation in document.get("annotations", []):
+            boxes.setdefault(annotation["image_id"], []).append(tuple(annotation["bbox"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise GroundTruthError(f"{boxes_file}: not a COCO-style boxes file ({type(error).__name__}: {error})") from error
+    by_name = {Path(entry["file_name"]).as_posix(): image_id for image_id, entry in entries.items()}
+    by_base: dict[str, list[int]] = {}
+    for name, image_id in by_name.items():
+        by_base.setdefault(Path(name).name, []).append(image_id)
+    found = {}
+    for image in images:
+        posix = Path(image["path"]).as_posix()
+        image_id = next((i for name, i in by_name.items() if posix == name or posix.endswith("/" + name)), None)
+        if image_id is None and len(by_base.get(Path(posix).name, [])) == 1:
+            image_id = by_base[Path(posix).name][0]
+        if image_id is None:
+            continue
+        reference = f"{boxes_file}#{entries[image_id]['file_name']}"
+        entry = entries[image_id]
+        size = (int(entry.get("width") or image["width"]), int(entry.get("height") or image["height"]))
+        if size != (image["width"], image["height"]):
+            found[image["sha256"]] = RegionFailure(reference, f"boxes are for a {size[0]}x{size[1]} image, the "
+                                                              f"image is {image['width']}x{image['height']}")
+            continue
+        found[image["sha256"]] = Region(boxes_mask(boxes[image_id], *size), "boxes", reference)
+    return found
+
+
+def _read(path: Path, image: dict, source: str) -> Region | RegionFailure:
+    try:
+        return Region(read_mask_file(path, (image["width"], image["height"])), source, str(path))
+    except (OSError, ValueError) as error:
+        return RegionFailure(str(path), f"{type(error).__name__}: {error}" if isinstance(error, OSError) else str(error))
+
+
+def _resolved(manifest: Path, value: str) -> str:
+    path = Path(value)
+    return str((path if path.is_absolute() else manifest.absolute().parent / path).resolve())
