@@ -91,7 +91,7 @@ judge_options = options(
     click.option("--alpha", type=float, default=DEFAULTS.alpha, show_default=True, help="Mask steepness."),
     click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True, help="Mask threshold."),
     click.option("--judge-batch-size", type=click.IntRange(1), default=DEFAULTS.judge_batch_size,
-                 show_default=True),
+                 show_default=True, help="Requests handed to the judge at once (and stored together)."),
     click.option("--max-new-tokens", type=click.IntRange(1), default=DEFAULTS.max_new_tokens, show_default=True),
     click.option("--temperature", type=click.FloatRange(0), default=DEFAULTS.temperature, show_default=True),
     click.option("--judge-image-size", type=click.IntRange(32), default=DEFAULTS.judge_image_size,
@@ -101,7 +101,7 @@ judge_options = options(
     click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
                  default=DEFAULTS.gpu_memory_utilization, show_default=True, help="vLLM: share of GPU memory."),
     click.option("--max-num-seqs", type=click.IntRange(1), default=DEFAULTS.max_num_seqs, show_default=True,
-                 help="vLLM: requests in flight at once."),
+                 help="Answers written at once (vLLM engine, transformers judge); new requests join as others end."),
     click.option("--base-url", help="--judge openai: the server, e.g. http://127.0.0.1:8000/v1 (loopback only, "
                                     "unless --allow-host names its host)."),
     click.option("--api-model", help="--judge openai: the model to ask for (default: the one the server lists)."),

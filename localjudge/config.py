@@ -25,16 +25,16 @@ class RunConfig:
     # judge stage
     judge: str = "transformers"
     vlm: str | None = None
-    judge_batch_size: int = 32  # rows decoded together (transformers), requests per call and per stored batch
+    judge_batch_size: int = 64  # requests handed to the judge at once, and stored together
     max_new_tokens: int = 512
     temperature: float = 0.0
     # The judge sees the model's view of the image (the centre crop), upscaled to this side so a
     # real VLM gets enough pixels; the tiny test VLMs downscale it anyway.
     judge_image_size: int = 448
-    # vLLM engine (--judge vllm)
+    # vLLM engine (--judge vllm); max_num_seqs applies to the transformers judge as well
     max_model_len: int = 8192
     gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 64
+    max_num_seqs: int = 32  # answers written at once (vLLM engine; the transformers judge too)
     # OpenAI-compatible server (--judge openai): loopback only, unless a host is allowed by name
     base_url: str | None = None
     api_model: str | None = None  # default: the one model the server lists

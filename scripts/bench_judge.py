@@ -6,8 +6,9 @@ stage, for one backend and model, one-at-a-time versus batched.
    judge is timed alone. judgments/s = judgments / the judge's busy seconds (the sum of its batch times).
    Anchor: one judgment at a time (the paper's code judges one image per call, and sleeps 7 s before each,
    <= 0.14 judgments/s; its sleep is left out here). Target on CPU with the tiny models: batched >= 3x.
-   On the transformers backend a row whose answer has ended leaves the batch, so long answers do not keep finished
-   rows busy.
+   On the transformers backend "N at a time" is --max-num-seqs N: a row whose answer has ended leaves the batch and
+   a waiting request of the same call takes its place (continuous batching), so long answers do not keep finished
+   rows busy and the batch stays full.
 2. Whole run: `Audit.run` from an empty store (vision and judge overlapped through a bounded queue) against the
    stages one after another, with the share of the judge stage spent waiting for maps.
 
@@ -115,7 +116,9 @@ def bench(vlm: str | None, args, folder: Path) -> float:
     def setting(size: int):
         if args.backend == "openai":  # a server batches the requests it has in flight
             return base.replace(judge_batch_size=size, api_concurrency=size)
-        return base.replace(judge_batch_size=size)
+        # `size` answers written at once; the judge is handed --judge-batch requests per call (one at a
+        # time: one request per call).
+        return base.replace(max_num_seqs=size, judge_batch_size=1 if size == 1 else args.judge_batch)
 
     single = judge_only(template, folder, setting(1), "one")
     results = {size: judge_only(template, folder, setting(size), f"batch{size}") for size in args.batch}
@@ -149,9 +152,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch", type=lambda text: [int(v) for v in text.split(",")], default=[8, 16, 32],
-                        help="Judge batch sizes to compare with one at a time (or requests in flight), "
-                             "comma-separated; the whole-run comparison uses the last.")
+                        help="Answers written at once (transformers) or requests in flight (openai) to compare "
+                             "with one at a time, comma-separated; the whole-run comparison uses the last.")
     parser.add_argument("--vision-batch", type=int, default=16)
+    parser.add_argument("--judge-batch", type=int, default=DEFAULTS.judge_batch_size,
+                        help="Requests per judge call in the batched settings (transformers).")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     args = parser.parse_args()
     if args.backend == "openai" and not args.base_url:

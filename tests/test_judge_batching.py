@@ -38,7 +38,7 @@ def batch_sizes_seen(judge: TransformersJudge) -> tuple[list[int], object]:
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
 def test_batched_answers_equal_one_at_a_time_answers(family, tiny_vlms, requests_):
-    judge = TransformersJudge(tiny_vlms[family], device="cpu", max_new_tokens=256)
+    judge = TransformersJudge(tiny_vlms[family], device="cpu", max_new_tokens=256, max_rows=16)
     sizes, handle = batch_sizes_seen(judge)
     batched = judge.judge(requests_)
     handle.remove()
@@ -46,11 +46,41 @@ def test_batched_answers_equal_one_at_a_time_answers(family, tiny_vlms, requests
     if family == "qwen2_5_vl":  # its answers end at different lengths (most of tiny Gemma's run to the cap)
         assert sizes[-1] < 16 and any(o.finished for o in batched)  # rows whose answer ended left the batch
     assert len(sizes) == max(o.output_tokens for o in batched)  # one prefill, then one pass per further token
+    judge.max_rows = 1
     one_by_one = [judge.judge([r])[0] for r in requests_]
     assert [o.raw_text for o in batched] == [o.raw_text for o in one_by_one]
     assert [o.output_tokens for o in batched] == [o.output_tokens for o in one_by_one]
     assert [o.finished for o in batched] == [o.finished for o in one_by_one]
     assert [o.input_tokens for o in batched] == [o.input_tokens for o in one_by_one]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
+def test_waiting_requests_join_as_answers_end(family, tiny_vlms, requests_):
+    """16 requests, at most 5 written at once. Qwen2.5-VL's cache holds whole sequences, so new requests are
+    prefilled and join the running batch once a quarter of its places are free; Gemma-3's sliding-window layers keep
+    per-row windows, so its requests start in groups once the batch has emptied. Either way the answers are those
+    of one at a time."""
+    judge = TransformersJudge(tiny_vlms[family], device="cpu", max_new_tokens=192, max_rows=5)
+    calls: list[tuple[int, int]] = []  # (batch size, tokens per row) of every forward pass
+
+    def hook(module, args, kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+
+    handle = judge.model.register_forward_pre_hook(hook, with_kwargs=True)
+    together = judge.judge(requests_)
+    handle.remove()
+    assert max(size for size, _ in calls) <= 5
+    prefills = [size for size, length in calls if length > 1]
+    assert sum(prefills) == 16
+    if family == "qwen2_5_vl":
+        assert len(prefills) > 16 // 5 + 1  # requests joined a running batch, in small groups
+    else:
+        assert prefills == [5, 5, 5, 1]
+    judge.max_rows = 1
+    alone = [judge.judge([r])[0] for r in requests_]
+    assert [o.raw_text for o in together] == [o.raw_text for o in alone]
+    assert [(o.output_tokens, o.finished, o.input_tokens) for o in together] == [
+        (o.output_tokens, o.finished, o.input_tokens) for o in alone]
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])

@@ -112,7 +112,7 @@ def open_judge(config, vlm_dir: Path | None, api_model: str | None = None) -> Ju
         from .transformers_backend import TransformersJudge
 
         return TransformersJudge(vlm_dir, device=config.device, max_new_tokens=config.max_new_tokens,
-                                 temperature=config.temperature)
+                                 temperature=config.temperature, max_rows=config.max_num_seqs)
     if config.judge == "vllm":
         from .vllm_backend import VllmJudge
 

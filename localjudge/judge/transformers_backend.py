@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import inspect
 import os
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +28,8 @@ from ..vision.torch_backend import resolve_device
 class TransformersJudge:
     backend = "transformers"
 
-    def __init__(self, vlm_dir: Path, device: str = "auto", max_new_tokens: int = 512, temperature: float = 0.0):
+    def __init__(self, vlm_dir: Path, device: str = "auto", max_new_tokens: int = 512, temperature: float = 0.0,
+                 max_rows: int = 32):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory only; never the hub
         import xgrammar
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -39,6 +42,7 @@ class TransformersJudge:
         self.device = resolve_device(device)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.max_rows = max_rows  # answers written together
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         try:
             self.processor = AutoProcessor.from_pretrained(self.vlm_dir, local_files_only=True)
@@ -69,6 +73,50 @@ class TransformersJudge:
 
     @torch.inference_mode()
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
+        answers = self._decode(requests)
+        return [JudgeOutput(raw_text=self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
+                            input_tokens=count, output_tokens=len(tokens), finished=finished)
+                for tokens, finished, count in answers]
+
+    def _decode(self, requests: list[JudgeRequest]) -> list[tuple[list[int], bool, int]]:
+        """Continuous batching over the model's forward pass and KV cache: at most `max_rows` answers are written
+        together, one token per row and step, each allowed by its row's grammar matcher. A row whose answer ends
+        (end token or max_new_tokens) leaves the batch at once (its cache rows are dropped), and once a quarter of
+        the places are free, waiting requests are prefilled and join (their cache rows padded on the left to the
+        batch's length), so no step is spent on a finished answer and the batch stays full. generate() computes
+        every row until the longest ends. Positions are those generate() gives each prompt, so answers are
+        generate()'s, token for token. Returns (tokens, ended with an end token, prompt tokens) per request."""
+        waiting = deque(range(len(requests)))
+        written: list[list[int]] = [[] for _ in requests]
+        finished = [False] * len(requests)
+        prompt_tokens = [0] * len(requests)
+        grammar = BatchGrammar(self._grammar, len(requests), min(len(requests), self.max_rows), self._vocab_size)
+        batch: DecodingBatch | None = None
+        while waiting or batch is not None:
+            free = self.max_rows - (len(batch.rows) if batch else 0)
+            if waiting and (batch is None or (batch.can_join and free >= max(1, self.max_rows // 4))):
+                joining = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+                new = self._prefill(joining, [requests[i] for i in joining])
+                for row, count in zip(joining, new.attention.sum(dim=1).tolist()):
+                    prompt_tokens[row] = int(count)
+                batch = new if batch is None else batch.joined(new)
+            tokens = self._choose(grammar.mask(batch.logits, batch.rows))
+            grammar.accept(batch.rows, tokens)
+            keep = []
+            for index, (row, token) in enumerate(zip(batch.rows, tokens)):
+                written[row].append(token)
+                if token in self._eos_ids:
+                    finished[row] = True
+                elif len(written[row]) < self.max_new_tokens:
+                    keep.append(index)
+            if not keep:
+                batch = None
+                continue
+            batch.keep(keep)
+            batch.step(self.model, [tokens[i] for i in keep], self._cache_argument)
+        return list(zip(written, finished, prompt_tokens))
+
+    def _prefill(self, rows: list[int], requests: list[JudgeRequest]) -> "DecodingBatch":
         conversations = [
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r.prompt}]}] for r in requests
         ]
@@ -76,56 +124,10 @@ class TransformersJudge:
                  for c in conversations]
         inputs = self.processor(text=texts, images=[[r.image] for r in requests], return_tensors="pt",
                                 padding=True).to(self.device)
-        input_counts = inputs["attention_mask"].sum(dim=1).tolist()
-        answers = self._decode(inputs)
-        outputs = []
-        for (tokens, finished), count in zip(answers, input_counts):
-            outputs.append(JudgeOutput(raw_text=self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
-                                       input_tokens=int(count), output_tokens=len(tokens), finished=finished))
-        return outputs
-
-    def _decode(self, inputs) -> list[tuple[list[int], bool]]:
-        """Greedy (or temperature) decoding of a left-padded batch, one token per row and step, every token allowed
-        by the row's grammar matcher. A row that ends (end token or max_new_tokens) leaves the batch at once: its
-        cache rows are dropped, so the steps that follow cost only the rows still writing. (generate() computes
-        every row until the last one ends; with answers of very different lengths most of that work is wasted.)
-        Positions are those generate() gives the same batch, so answers are generate()'s, token for token."""
-        model = self.model
-        count = inputs["input_ids"].shape[0]
-        positions = model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
-        output = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache = output[self._cache_argument]  # the output names it as the forward pass does
-        attention = inputs["attention_mask"]
-        position = positions[..., -1:]  # (rows, 1), or (axes, rows, 1) for multi-axis RoPE (Qwen2.5-VL)
-        grammar = BatchGrammar(self._grammar, count, self._vocab_size)
-        rows = list(range(count))
-        written: list[list[int]] = [[] for _ in range(count)]
-        finished = [False] * count
-        logits = output.logits[:, -1]
-        while True:
-            tokens = self._choose(grammar.mask(logits, rows))
-            grammar.accept(rows, tokens)
-            keep = []
-            for index, (row, token) in enumerate(zip(rows, tokens)):
-                written[row].append(token)
-                if token in self._eos_ids:
-                    finished[row] = True
-                elif len(written[row]) < self.max_new_tokens:
-                    keep.append(index)
-            if not keep:
-                return list(zip(written, finished))
-            if len(keep) < len(rows):
-                kept = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(kept)
-                attention = attention.index_select(0, kept)
-                position = position.index_select(position.dim() - 2, kept)
-                rows = [rows[i] for i in keep]
-                tokens = [tokens[i] for i in keep]
-            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
-            position = position + 1
-            output = model(input_ids=torch.tensor(tokens, device=self.device)[:, None], attention_mask=attention,
-                           position_ids=position, use_cache=True, logits_to_keep=1, **{self._cache_argument: cache})
-            logits = output.logits[:, -1]
+        positions = self.model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
+        output = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+        return DecodingBatch(rows=list(rows), cache=output[self._cache_argument], attention=inputs["attention_mask"],
+                             position=positions[..., -1:], logits=output.logits[:, -1])
 
     def _choose(self, logits: torch.Tensor) -> list[int]:
         if self._placeholders:
@@ -154,15 +156,71 @@ def placeholder_token_ids(config) -> set[int]:
     return {i for i in ids if isinstance(i, int)}
 
 
-class BatchGrammar:
-    """One xgrammar matcher per row of a batch; the masks of all rows still writing are filled by one call, on
-    several threads."""
+@dataclass
+class DecodingBatch:
+    """The rows being written together: their request indices, KV cache, attention mask (left-padded), the position
+    of each row's last token ((rows, 1), or (axes, rows, 1) for multi-axis RoPE) and the logits of its next token."""
 
-    def __init__(self, grammar, rows: int, vocab_size: int):
+    rows: list[int]
+    cache: object
+    attention: torch.Tensor
+    position: torch.Tensor
+    logits: torch.Tensor
+
+    @property
+    def can_join(self) -> bool:
+        """Rows can join only where every cache layer holds the whole sequence: a sliding-window layer (Gemma-3's
+        local attention) keeps the last tokens of each row relative to its own length, which padding would shift."""
+        return all(not getattr(layer, "is_sliding", False) and hasattr(layer, "keys")
+                   for layer in getattr(self.cache, "layers", [None]))
+
+    def keep(self, indices: list[int]) -> None:
+        if len(indices) == len(self.rows):
+            return
+        kept = torch.tensor(indices, device=self.attention.device)
+        self.cache.batch_select_indices(kept)
+        self.attention = self.attention.index_select(0, kept)
+        self.position = self.position.index_select(self.position.dim() - 2, kept)
+        self.logits = self.logits.index_select(0, kept)
+        self.rows = [self.rows[i] for i in indices]
+
+    def joined(self, other: "DecodingBatch") -> "DecodingBatch":
+        """This batch and `other` as one, both padded on the left to the longer one's length (padding is masked)."""
+        length = max(self.attention.shape[1], other.attention.shape[1])
+
+        def padded(tensor: torch.Tensor, dim_from_end: int, own: int) -> torch.Tensor:
+            pad = [0, 0] * (dim_from_end - 1) + [length - own, 0]
+            return torch.nn.functional.pad(tensor, pad) if length > own else tensor
+
+        mine, theirs = self.attention.shape[1], other.attention.shape[1]
+        for layer, joining in zip(self.cache.layers, other.cache.layers):
+            layer.keys = torch.cat([padded(layer.keys, 2, mine), padded(joining.keys, 2, theirs)])
+            layer.values = torch.cat([padded(layer.values, 2, mine), padded(joining.values, 2, theirs)])
+        return DecodingBatch(
+            rows=self.rows + other.rows, cache=self.cache,
+            attention=torch.cat([padded(self.attention, 1, mine), padded(other.attention, 1, theirs)]),
+            position=torch.cat([self.position, other.position], dim=self.position.dim() - 2),
+            logits=torch.cat([self.logits, other.logits]))
+
+    def step(self, model, tokens: list[int], cache_argument: str) -> None:
+        """Feed each row its chosen token; the logits of the next one come back."""
+        self.attention = torch.cat([self.attention, self.attention.new_ones((len(self.rows), 1))], dim=1)
+        self.position = self.position + 1
+        output = model(input_ids=torch.tensor(tokens, device=self.attention.device)[:, None],
+                       attention_mask=self.attention, position_ids=self.position, use_cache=True, logits_to_keep=1,
+                       **{cache_argument: self.cache})
+        self.logits = output.logits[:, -1]
+
+
+class BatchGrammar:
+    """One xgrammar matcher per request; the masks of the rows being written are filled by one call, on several
+    threads."""
+
+    def __init__(self, grammar, requests: int, rows: int, vocab_size: int):
         import xgrammar
 
         self._xgrammar = xgrammar
-        self.matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(rows)]
+        self.matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(requests)]
         self.bitmask = xgrammar.allocate_token_bitmask(rows, vocab_size)
         self.batch = xgrammar.BatchGrammarMatcher()
 
