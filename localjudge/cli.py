@@ -15,11 +15,11 @@ from pathlib import Path  # noqa: E402
 import click
 
 from . import __version__
-from .config import DEFAULTS, IMAGE_MODES, RunConfig
+from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES, RunConfig
 from .data import IngestError
 from .ground_truth import GroundTruthError
 from .judge import JUDGE_BACKENDS, JudgeError
-from .reports import matrices, region_means, summary
+from .reports import faithfulness_means, matrices, region_means, summary
 from .saliency import CAM_METHODS
 from .store import Store, StoreError
 from .vision import BACKENDS, CardError, WeightsError, list_cards
@@ -369,6 +369,35 @@ def eval_regions(db_path, manifest, as_json, **given):
     for metric in ("iou", "dice", "pixel_accuracy", "f1"):
         value = means[metric]
         click.echo(f"  mean {metric:15} {'n/a' if value is None else f'{value:.4f}'}")
+
+
+@evaluate.command(name="faithfulness")
+@db_option
+@vision_options
+@cam_options
+@click.option("--steps", "faithfulness_steps", type=click.IntRange(1), default=DEFAULTS.faithfulness_steps,
+              show_default=True, help="Points of the deletion and insertion curves (as torchcam's steps).")
+@click.option("--baseline", "faithfulness_baseline", type=click.Choice(FAITHFULNESS_BASELINES),
+              default=DEFAULTS.faithfulness_baseline, show_default=True,
+              help="What removed positions become: zeros of the normalised input (the mean colour) or black.")
+@json_option
+@user_errors
+def eval_faithfulness(db_path, as_json, **given):
+    """Deletion and insertion AUC, AOPC (most relevant first), Average Drop and Increase in Confidence of every
+    stored map of the model and CAM method, on the vision backend; stored, means printed."""
+    audit = make_audit(db_path, show_progress=not as_json, **given)
+    with audit.recorded("eval faithfulness", None, ["faithfulness"]):
+        stage = audit.faithfulness(audit.stored_saliency_maps())
+    means = faithfulness_means(audit.store, stage.ids)
+    if as_json:
+        click.echo(json.dumps({"faithfulness": {"rows": len(stage.ids), "computed": stage.computed,
+                                                "failed": stage.failed, "model_loaded": stage.model_loaded},
+                               "means": means}, indent=2))
+        return
+    click.echo(f"{means['maps']} maps, {given['faithfulness_steps']} steps, {given['faithfulness_baseline']} baseline")
+    for metric, value in means.items():
+        if metric != "maps":
+            click.echo(f"  mean {metric:24} {'n/a' if value is None else f'{value:.4f}'}")
 
 
 @cli.group()

@@ -45,6 +45,10 @@ class RunConfig:
     api_backoff: float = 1.0  # seconds before the first retry; doubled for each next one
     # overlapped run: how many vision batches of maps may wait for the judge (bounds how far vision runs ahead)
     queue_batches: int = 4
+    # faithfulness (eval faithfulness): curve points as torchcam's DeletionInsertionMetric, and the fill of removed
+    # positions: zeros of the normalised input (the dataset mean colour; torchcam's default) or black
+    faithfulness_steps: int = 20
+    faithfulness_baseline: str = "zeros"
     # analysis
     threshold: int = 3  # score >= threshold counts as "high"
     # ingest
@@ -70,3 +74,4 @@ class RunConfig:
 DEFAULTS = RunConfig()
 
 IMAGE_MODES = ("masked", "heatmap")
+FAITHFULNESS_BASELINES = ("zeros", "black")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -432,6 +433,79 @@ class Audit:
         self.store.insert_rows("region_scores", rows)
         stage.computed += len(rows)
         return stage
+
+    # --- faithfulness -------------------------------------------------------------------------------------
+    def faithfulness(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:
+        """Deletion and insertion AUC, AOPC (most relevant first), Average Drop and Increase in Confidence of each
+        map (see analysis.faithfulness), on the vision backend, many perturbed inputs per forward pass."""
+        from .analysis.faithfulness import (area, aopc, confidence_change, curves, perturbed_inputs,
+                                            relevance_ranks, step_counts)
+
+        stage = Stage() if stage is None else stage
+        config = self.config
+        if self.card.task != "classification":
+            raise ValueError(f"{self.card.name}: faithfulness metrics are for classifiers (its task is "
+                             f"{self.card.task})")
+        steps, fill = config.faithfulness_steps, config.faithfulness_baseline
+        maps = self.store.saliency_maps(saliency_ids)
+        keys = {m["id"]: content_key("faithfulness", m["id"], steps, fill) for m in maps}
+        stage.ids.extend(keys.values())
+        existing = self.store.existing_ids("faithfulness", keys.values())
+        missing = [m for m in maps if keys[m["id"]] not in existing]
+        if not missing:
+            return stage
+        model = self.vision_model()
+        stage.model_loaded = True
+        mean = torch.tensor(self.card.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.card.std, dtype=torch.float32).view(3, 1, 1)
+        chunk = max(1, config.batch_size) * 4  # perturbed inputs per forward pass
+        group = max(1, 2 * chunk // (2 * steps + 3))  # images whose inputs fill about two forward passes
+        for batch in progress(batched(missing, group), -(-len(missing) // group), "faithfulness",
+                              self.show_progress):
+            pictures, batch = self.load_images(list(batch), stage)
+            if not batch:
+                continue
+            images = to_tensor(pictures, self.card)
+            saliency = torch.stack([torch.from_numpy(unpack_array(m["map"], (m["height"], m["width"])))
+                                    for m in batch])
+            if saliency.shape[1:] != images.shape[2:]:  # as torchcam: bilinear onto the input's positions
+                saliency = torch.nn.functional.interpolate(saliency.unsqueeze(1), images.shape[2:], mode="bilinear",
+                                                           align_corners=False).squeeze(1)
+            ranks = relevance_ranks(saliency)
+            counts = step_counts(int(ranks.shape[1]), steps)
+            baseline = torch.zeros_like(images[0]) if fill == "zeros" else ((0 - mean) / std).expand_as(images[0])
+            inputs, targets = [], []
+            for index, m in enumerate(batch):
+                inputs += [images[index:index + 1], (images[index] * saliency[index]).unsqueeze(0),
+                           perturbed_inputs(images[index], baseline, ranks[index], counts)]
+                targets += [m["target_index"]] * (2 + 2 * (len(counts) - 2) + 1)
+            scores = self._target_scores(model, torch.cat(inputs), np.asarray(targets), chunk)
+            per_image = 2 + 2 * (len(counts) - 2) + 1
+            rows = []
+            for index, m in enumerate(batch):
+                own = scores[index * per_image:(index + 1) * per_image]
+                original, explained = float(own[0]), float(own[1])
+                deletion, insertion = curves(original, own[2:], len(counts))
+                drop, increase = confidence_change(original, explained)
+                rows.append({"id": keys[m["id"]], "saliency_id": m["id"], "image_sha256": m["image_sha256"],
+                             "target_index": m["target_index"], "steps": steps, "baseline": fill,
+                             "backend": self._backend, "original_score": original, "explanation_score": explained,
+                             "deletion_auc": area(deletion, counts), "insertion_auc": area(insertion, counts),
+                             "aopc": aopc(deletion), "average_drop": drop, "increase_in_confidence": increase,
+                             "deletion_curve": json.dumps([round(float(v), 7) for v in deletion]),
+                             "insertion_curve": json.dumps([round(float(v), 7) for v in insertion]),
+                             "run_id": self.run_id, "created_at": now()})
+            self.store.insert_rows("faithfulness", rows)
+            stage.computed += len(rows)
+        return stage
+
+    @staticmethod
+    def _target_scores(model, inputs: torch.Tensor, targets: np.ndarray, chunk: int) -> np.ndarray:
+        scores = []
+        for start in range(0, len(inputs), chunk):
+            probs = model.predict(inputs[start:start + chunk])
+            scores.append(probs[np.arange(len(probs)), targets[start:start + chunk]])
+        return np.concatenate(scores)
 
     # --- judge ------------------------------------------------------------------------------------------
     def judge(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:

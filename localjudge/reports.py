@@ -99,8 +99,22 @@ def region_means(store: Store, score_ids: list[str]) -> dict:
     """Mean IoU, Dice, pixel accuracy and F1 over the given region scores."""
     from .analysis.regions import REGION_METRICS
 
-    rows = store.query("select * from region_scores where id in (select value from json_each(?))",
-                       [json.dumps(list(score_ids))])
-    rows = list(rows)
-    means = {metric: (sum(r[metric] for r in rows) / len(rows) if rows else None) for metric in REGION_METRICS}
-    return {"maps": len(rows), **means}
+    return _means(store, "region_scores", score_ids, REGION_METRICS)
+
+
+def faithfulness_means(store: Store, ids: list[str]) -> dict:
+    """Mean deletion/insertion AUC and AOPC; Average Drop and Increase in Confidence as the papers report them
+    (means over images, in %)."""
+    from .analysis.faithfulness import FAITHFULNESS_METRICS
+
+    means = _means(store, "faithfulness", ids, FAITHFULNESS_METRICS)
+    for metric in ("average_drop", "increase_in_confidence"):
+        if means[metric] is not None:
+            means[metric] *= 100
+    return means
+
+
+def _means(store: Store, table: str, ids: list[str], metrics) -> dict:
+    rows = list(store.query(f"select * from [{table}] where id in (select value from json_each(?))",
+                            [json.dumps(list(ids))]))
+    return {"maps": len(rows), **{m: (sum(r[m] for r in rows) / len(rows) if rows else None) for m in metrics}}

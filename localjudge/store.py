@@ -117,6 +117,21 @@ def m004_ground_truth_and_region_scores(db: sqlite_utils.Database) -> None:
     db["region_scores"].create_index(["saliency_id"])
 
 
+@migration
+def m005_faithfulness(db: sqlite_utils.Database) -> None:
+    # Perturbation metrics of a saliency map, keyed by the map, the step count and the baseline fill; the curves are
+    # kept (JSON lists) so other summaries can be computed later without the model.
+    db["faithfulness"].create(
+        {"id": str, "saliency_id": str, "image_sha256": str, "target_index": int, "steps": int, "baseline": str,
+         "backend": str, "original_score": float, "explanation_score": float, "deletion_auc": float,
+         "insertion_auc": float, "aopc": float, "average_drop": float, "increase_in_confidence": float,
+         "deletion_curve": str, "insertion_curve": str, "run_id": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id")],
+    )
+    db["faithfulness"].create_index(["saliency_id"])
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
