@@ -16,10 +16,11 @@ import click
 
 from . import __version__
 from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES, RunConfig
+from .judge.prompts import PROMPT_STYLES
 from .data import IngestError
 from .ground_truth import GroundTruthError
 from .judge import JUDGE_BACKENDS, JudgeError
-from .reports import faithfulness_means, matrices, region_means, summary
+from .reports import faithfulness_means, label_issue_table, map_signals, matrices, region_means, summary
 from .saliency import CAM_METHODS
 from .store import Store, StoreError
 from .vision import BACKENDS, CardError, WeightsError, list_cards
@@ -82,14 +83,21 @@ vision_options = options(
 cam_options = options(
     click.option("--cam", type=click.Choice(CAM_METHODS), default=DEFAULTS.cam, show_default=True),
 )
-judge_options = options(
-    click.option("--vlm", type=click.Path(exists=True, file_okay=False),
-                 help="Local Gemma-3 or Qwen2.5-VL model directory."),
-    click.option("--judge", type=click.Choice(JUDGE_BACKENDS), default=DEFAULTS.judge, show_default=True),
-    click.option("--image-mode", type=click.Choice(IMAGE_MODES), default=DEFAULTS.image_mode, show_default=True,
-                 help="What the judge sees: the masked image (paper Eq. 1-2) or a heatmap overlay."),
+setting_options = options(
     click.option("--alpha", type=float, default=DEFAULTS.alpha, show_default=True, help="Mask steepness."),
     click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True, help="Mask threshold."),
+    click.option("--prompt-style", type=click.Choice(PROMPT_STYLES), default=DEFAULTS.prompt_style,
+                 show_default=True, help="The judge's prompt: the original, a concise one, or an extended one "
+                                         "(step by step); same rubric and answer format."),
+)
+judge_backend_options = options(
+    click.option("--vlm", type=click.Path(exists=True, file_okay=False),
+                 help="Local Gemma-3 or Qwen2.5-VL model directory."),
+    click.option("--judge", type=click.Choice(JUDGE_BACKENDS), default=DEFAULTS.judge, show_default=True,
+                 help="auto: transformers with --vlm DIR, else the recognizer (EfficientNet-Lite2 on the masked "
+                      "image); vllm; openai (a local server)."),
+    click.option("--image-mode", type=click.Choice(IMAGE_MODES), default=DEFAULTS.image_mode, show_default=True,
+                 help="What the judge sees: the masked image (paper Eq. 1-2) or a heatmap overlay."),
     click.option("--judge-batch-size", type=click.IntRange(1), default=DEFAULTS.judge_batch_size,
                  show_default=True, help="Requests handed to the judge at once (and stored together)."),
     click.option("--max-new-tokens", type=click.IntRange(1), default=DEFAULTS.max_new_tokens, show_default=True),
@@ -115,6 +123,7 @@ judge_options = options(
                  help="--judge openai: more tries after a timeout, refused connection, 5xx or 429 "
                       "(backoff doubles from 1 s)."),
 )
+judge_options = options(setting_options, judge_backend_options)
 ground_truth_options = options(
     click.option("--masks", type=click.Path(exists=True, file_okay=False),
                  help="Folder of ground-truth masks named by the images' stems (any non-zero pixel is the object)."),
@@ -137,15 +146,10 @@ def make_audit(db_path: str, show_progress: bool = True, **options_given):
     return Audit(Store(db_path), config, show_progress=show_progress)
 
 
-def smoke_vlm() -> str:
-    from .judge.tiny import ensure_tiny_vlm
-
-    path = ensure_tiny_vlm("qwen2_5_vl")
-    click.echo(
-        "No --vlm given: judging with a tiny, randomly initialised Qwen2.5-VL built offline at "
-        f"{path}. This is a smoke run of the pipeline; its scores mean nothing. "
-        "Pass --vlm DIR with real Gemma-3 or Qwen2.5-VL weights for a real audit.", err=True)
-    return str(path)
+def require_vlm(given: dict) -> None:
+    if given.get("judge") in ("transformers", "vllm") and not given.get("vlm"):
+        raise click.UsageError(f"--judge {given['judge']} needs --vlm DIR (a local Gemma-3 or Qwen2.5-VL directory); "
+                               "without one, the recognizer judges (--judge auto or recognizer)")
 
 
 def report_stages(stages: dict, as_json: bool) -> None:
@@ -185,8 +189,9 @@ def cli():
 def run(images, db_path, as_json, threshold, **given):
     """Every stage on IMAGES (a folder, class sub-folders or a CSV manifest): ingest, predict, explain, judge; with
     ground-truth regions given, also how each attention mask agrees with its image's region."""
-    if not given.get("vlm") and given.get("judge") != "openai":
-        given["vlm"] = smoke_vlm()
+    require_vlm(given)
+    if given.get("mask_column") and not (Path(images).is_file() and Path(images).suffix.lower() == ".csv"):
+        raise click.UsageError("--mask-column reads the CSV manifest the images come from; IMAGES is not one")
 
     def work(audit):
         stages = audit.run(images)
@@ -252,10 +257,9 @@ def explain(db_path, as_json, **given):
 @json_option
 @user_errors
 def judge(db_path, as_json, **given):
-    """Judge every stored saliency map of the model and CAM method with the VLM in --vlm."""
-    if not given.get("vlm") and given.get("judge") != "openai":
-        raise click.UsageError("--vlm DIR is required (a local Gemma-3 or Qwen2.5-VL directory), "
-                               "or --judge openai --base-url URL for a local server")
+    """Judge every stored saliency map of the model and CAM method: with the VLM in --vlm, a local server
+    (--judge openai), or without either, the recognizer (EfficientNet-Lite2)."""
+    require_vlm(given)
     audit, stages = perform("judge", None, ["judge"], lambda a: {"judge": a.judge(a.stored_saliency_maps())},
                             db_path, as_json, **given)
     if not stages["judge"].ids:
@@ -295,6 +299,35 @@ def matrix(db_path, threshold, as_json, **filters):
         click.echo(json.dumps({"matrices": found}, indent=2))
     else:
         print_matrices(found)
+
+
+@cli.command()
+@db_option
+@threshold_option
+@json_option
+@user_errors
+def compare(db_path, threshold, as_json):
+    """Every model x CAM x judge setting in the store side by side: CH/CL/WH/WL % and the average score (the shape of
+    the paper's Table 4)."""
+    found = matrices(Store(db_path, create=False), threshold)
+    rows = [{"model": m["model"], "cam": m["cam"], "judge_model": m["judge_model"], "image_mode": m["image_mode"],
+             "alpha": m["alpha"], "beta": m["beta"], "prompt_hash": m["prompt_hash"],
+             "judge_image_size": m["judge_image_size"], "judgments": m["judgments"], **m["percent"],
+             "average_score": m["average_score"]} for m in found]
+    if as_json:
+        click.echo(json.dumps({"threshold": threshold, "settings": rows}, indent=2))
+        return
+    if not rows:
+        click.echo("No successful judgments yet.")
+        return
+    click.echo(f"{'model':22}{'cam':10}{'judge':22}{'mode':9}{'a/b':>10} {'prompt':9}{'size':>5}{'n':>6}"
+               f"{'CH%':>7}{'CL%':>7}{'WH%':>7}{'WL%':>7}{'avg':>6}")
+    for r in rows:
+        average = "n/a" if r["average_score"] is None else f"{r['average_score']:.2f}"
+        click.echo(f"{r['model'][:21]:22}{r['cam'][:9]:10}{r['judge_model'][:21]:22}{r['image_mode']:9}"
+                   f"{r['alpha']:>5g}/{r['beta']:<4g} {r['prompt_hash'][:8]:9}{r['judge_image_size']:>5}"
+                   f"{r['judgments']:>6}{r['CH']:>7.1f}{r['CL']:>7.1f}"
+                   f"{r['WH']:>7.1f}{r['WL']:>7.1f}{average:>6}")
 
 
 @cli.command(name="summary")
@@ -343,6 +376,8 @@ def evaluate():
 @ground_truth_options
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False),
               help="The CSV manifest the images came from (for --mask-column).")
+@click.option("--path-column", default=DEFAULTS.path_column, show_default=True,
+              help="The manifest's column of image paths (for --mask-column).")
 @click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True,
               help="Attention mask threshold: map >= beta is attended.")
 @json_option
@@ -375,8 +410,9 @@ def eval_regions(db_path, manifest, as_json, **given):
 @db_option
 @vision_options
 @cam_options
-@click.option("--steps", "faithfulness_steps", type=click.IntRange(1), default=DEFAULTS.faithfulness_steps,
-              show_default=True, help="Points of the deletion and insertion curves (as torchcam's steps).")
+@click.option("--steps", "faithfulness_steps", type=click.IntRange(1, 256), default=DEFAULTS.faithfulness_steps,
+              show_default=True, help="Intervals of the deletion and insertion curves (as torchcam's steps; at most "
+                                      "256, which bounds the perturbed inputs held per image).")
 @click.option("--baseline", "faithfulness_baseline", type=click.Choice(FAITHFULNESS_BASELINES),
               default=DEFAULTS.faithfulness_baseline, show_default=True,
               help="What removed positions become: zeros of the normalised input (the mean colour) or black.")
@@ -398,6 +434,143 @@ def eval_faithfulness(db_path, as_json, **given):
     for metric, value in means.items():
         if metric != "maps":
             click.echo(f"  mean {metric:24} {'n/a' if value is None else f'{value:.4f}'}")
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as error:
+        raise click.BadParameter(f"{text!r}: expected numbers separated by commas") from error
+
+
+def style_list(text: str) -> list[str]:
+    styles = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in styles if v not in PROMPT_STYLES]
+    if unknown:
+        raise click.BadParameter(f"unknown prompt style {', '.join(unknown)}; use {', '.join(PROMPT_STYLES)}")
+    return styles
+
+
+@evaluate.command(name="sweep")
+@db_option
+@vision_options
+@cam_options
+@judge_backend_options
+@click.option("--alpha", "alphas", default=str(DEFAULTS.alpha), show_default=True, callback=lambda c, p, v:
+              float_list(v), help="Mask steepnesses, comma-separated.")
+@click.option("--beta", "betas", default=str(DEFAULTS.beta), show_default=True, callback=lambda c, p, v:
+              float_list(v), help="Mask thresholds, comma-separated.")
+@click.option("--prompt-style", "styles", default=DEFAULTS.prompt_style, show_default=True,
+              callback=lambda c, p, v: style_list(v), help="Prompt styles, comma-separated "
+                                                           f"({', '.join(PROMPT_STYLES)}).")
+@threshold_option
+@json_option
+@user_errors
+def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
+    """Judge every stored map under each alpha x beta x prompt style (what is judged already is reused) and print
+    the matrix and average score of each: the shape of the paper's Tables 2 (alpha, beta) and 3 (prompt styles)."""
+    require_vlm(given)
+    results = []
+    loader = make_audit(db_path, show_progress=False, **given)
+    judge = loader.judge_model()  # loaded once, handed to every setting's audit
+    loader.store.close()
+    for style in styles:
+        for alpha in alphas:
+            for beta in betas:
+                audit = make_audit(db_path, show_progress=not as_json, alpha=alpha, beta=beta, prompt_style=style,
+                                   **given)
+                audit.use_judge(judge)
+                with audit.recorded("eval sweep", None, ["judge"]):
+                    stage = audit.judge(audit.stored_saliency_maps())
+                config = audit.config
+                _, template_hash, decoding = audit.judgment_key_parts()
+                found = matrices(audit.store, threshold, model=audit.card.name, model_hash=audit.vision_hash(),
+                                 cam=config.cam, judge_model=audit.judge_name(), judge_model_hash=audit.judge_hash(),
+                                 image_mode=config.image_mode, alpha=alpha, beta=beta, prompt_hash=template_hash,
+                                 judge_image_size=config.judge_image_size,
+                                 decoding=json.dumps(decoding, sort_keys=True))
+                matrix = found[0] if found else None
+                results.append({"alpha": alpha, "beta": beta, "prompt_style": style, "judged_now": stage.computed,
+                                "failed_now": stage.failed, "judgments": matrix["judgments"] if matrix else 0,
+                                "percent": matrix["percent"] if matrix else None,
+                                "average_score": matrix["average_score"] if matrix else None})
+                audit.store.close()
+    if hasattr(judge, "close"):
+        judge.close(cancel=False)
+    if as_json:
+        click.echo(json.dumps({"threshold": threshold, "settings": results}, indent=2))
+        return
+    click.echo(f"{'style':10}{'alpha':>7}{'beta':>6}{'n':>6}{'CH%':>7}{'CL%':>7}{'WH%':>7}{'WL%':>7}{'avg':>6}")
+    for r in results:
+        p = r["percent"] or {q: float("nan") for q in ("CH", "CL", "WH", "WL")}
+        average = "n/a" if r["average_score"] is None else f"{r['average_score']:.2f}"
+        click.echo(f"{r['prompt_style']:10}{r['alpha']:>7g}{r['beta']:>6g}{r['judgments']:>6}{p['CH']:>7.1f}"
+                   f"{p['CL']:>7.1f}{p['WH']:>7.1f}{p['WL']:>7.1f}{average:>6}")
+
+
+@evaluate.command(name="correlate")
+@db_option
+@click.option("--target", help="The signal the others are correlated with (default: the judge score).")
+@click.option("--model", help="Only maps of this vision model.")
+@click.option("--cam", help="Only maps of this CAM method.")
+@click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True, help="Region scores at this beta.")
+@click.option("--steps", type=click.IntRange(1), default=DEFAULTS.faithfulness_steps, show_default=True,
+              help="Faithfulness computed with this many steps.")
+@click.option("--baseline", type=click.Choice(FAITHFULNESS_BASELINES), default=DEFAULTS.faithfulness_baseline,
+              show_default=True, help="Faithfulness computed with this baseline.")
+@json_option
+@user_errors
+def eval_correlate(db_path, target, model, cam, beta, steps, baseline, as_json):
+    """Pearson and Spearman correlations, with 95 % intervals and n, between the judge score and every other
+    per-map signal in the store (confidence, IoU, Dice, pixel accuracy, F1, deletion, insertion, Average Drop,
+    AOPC): the shape of the paper's Table 1."""
+    from .analysis.correlation import correlation_table
+
+    signals = map_signals(Store(db_path, create=False), beta, steps, baseline, model, cam)
+    if target is None:
+        target = next((name for name in signals if name.startswith("score")), None)
+        if target is None:
+            raise click.ClickException(f"{db_path}: no judge scores yet; choose another --target from: "
+                                       f"{', '.join(signals) or 'none'}")
+    table = correlation_table(signals, target)
+    if as_json:
+        click.echo(json.dumps({"target": target, "signals": list(signals), "correlations": table}, indent=2))
+        return
+    click.echo(f"correlation with {target}")
+    click.echo(f"{'signal':24}{'n':>5}   {'Pearson r [95% CI]':28}{'Spearman rho [95% CI]':28}")
+    for row in table:
+        cells = [("n/a" if c["r"] is None else f"{c['r']:+.3f}")
+                 + ("" if c["low"] is None else f" [{c['low']:+.2f}, {c['high']:+.2f}]")
+                 for c in (row["pearson"], row["spearman"])]
+        click.echo(f"{row['signal']:24}{row['pearson']['n']:>5}   {cells[0]:28}{cells[1]:28}")
+
+
+@evaluate.command(name="label-issues")
+@db_option
+@click.option("--truth", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV with path and label_ok (1 if the image's given label is right).")
+@threshold_option
+@click.option("--model", default=DEFAULTS.model, show_default=True, help="The vision model whose labels are checked.")
+@click.option("--judge-model", help="Judgments of this judge (needed when the store holds several).")
+@click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Judgments of this image mode.")
+@click.option("--cam", help="Judgments of maps of this CAM method.")
+@json_option
+@user_errors
+def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode, cam, as_json):
+    """Suspected label errors by the judge (WH, and CL where labels are the model's own predictions) against
+    cleanlab's filters (CL, PNR, LSC, LNM) on the same probabilities: accuracy, precision, recall, F1 per method
+    (the label is right = positive), the shape of the paper's Tables 5-6."""
+    table = label_issue_table(Store(db_path, create=False), Path(truth), threshold, model, judge_model, image_mode,
+                              cam)
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    click.echo(f"{table['samples']} samples, {table['labels_wrong']} with a wrong label; judge "
+               f"{table['judge']['judge_model']} ({table['judge']['image_mode']}), score >= {threshold} is high")
+    click.echo(f"{'method':44}{'acc':>7}{'prec':>7}{'recall':>8}{'F1':>7}{'flagged':>9}")
+    for m in table["methods"]:
+        click.echo(f"{m['method']:44}{m['accuracy']:>7.3f}{m['precision']:>7.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
+                   f"{m['flagged']:>9}")
 
 
 @cli.group()

@@ -22,8 +22,9 @@ class RunConfig:
     alpha: float = 15.0
     beta: float = 0.6
     image_mode: str = "masked"  # masked | heatmap
+    prompt_style: str = "original"  # original | concise | extended (the paper's Table 3)
     # judge stage
-    judge: str = "transformers"
+    judge: str = "auto"  # auto: transformers with --vlm DIR, else the recognizer
     vlm: str | None = None
     judge_batch_size: int = 64  # requests handed to the judge at once, and stored together
     max_new_tokens: int = 512

@@ -33,13 +33,30 @@ class GroundTruthError(Exception):
     pass
 
 
+def oriented_size(path: Path, width: int, height: int) -> tuple[int, int]:
+    """The image's size as the model sees it: EXIF orientations 5-8 (quarter turns) swap width and height. Masks
+    and boxes are read in that orientation, the one annotation tools show."""
+    try:
+        with Image.open(path) as image:
+            orientation = image.getexif().get(0x0112, 1)
+    except OSError:
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def read_mask_file(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Any non-zero pixel is the object (0/255 masks, palette class masks, 0/1 masks all work)."""
+    """The object's pixels. A palette mask (VOC's class masks): every index but 0 (background) and 255 (VOC's
+    "void" border). Otherwise a 0/1 mask: any non-zero value; a 0/255 mask: values of 128 or more (so the faint
+    noise of a JPEG mask is not object)."""
     with Image.open(path) as image:
         image.load()
         if image.size != size:
             raise ValueError(f"mask is {image.size[0]}x{image.size[1]}, the image {size[0]}x{size[1]}")
-        return np.asarray(image.convert("L")) > 0
+        if image.mode == "P":
+            indices = np.asarray(image)
+            return (indices != 0) & (indices != 255)
+        grey = np.asarray(image.convert("L"))
+        return grey > 0 if grey.max() <= 1 else grey >= 128
 
 
 def from_mask_folder(folder: Path, images: list[dict]) -> dict[str, Region | RegionFailure]:
@@ -51,11 +68,20 @@ def from_mask_folder(folder: Path, images: list[dict]) -> dict[str, Region | Reg
     for path in sorted(folder.iterdir(), key=lambda p: (p.suffix.lower() != ".png", p.name)):
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             by_stem.setdefault(path.stem, path)  # a .png first when a stem has several files
+    stems: dict[str, int] = {}
+    for image in images:
+        stems[Path(image["path"]).stem] = stems.get(Path(image["path"]).stem, 0) + 1
     found = {}
     for image in images:
-        path = by_stem.get(Path(image["path"]).stem)
-        if path is not None:
-            found[image["sha256"]] = _read(path, image, "masks")
+        stem = Path(image["path"]).stem
+        path = by_stem.get(stem)
+        if path is None:
+            continue
+        if stems[stem] > 1:  # e.g. cat/001.jpg and dog/001.jpg: a mask named 001 cannot say whose it is
+            found[image["sha256"]] = RegionFailure(str(path), f"{stems[stem]} images are named {stem!r}; masks are "
+                                                              "matched by name, so use --mask-column instead")
+            continue
+        found[image["sha256"]] = _read(path, image, "masks")
     return found
 
 
@@ -110,10 +136,11 @@ def from_coco_boxes(boxes_file: Path, images: list[dict]) -> dict[str, Region | 
             continue
         reference = f"{boxes_file}#{entries[image_id]['file_name']}"
         entry = entries[image_id]
-        size = (int(entry.get("width") or image["width"]), int(entry.get("height") or image["height"]))
-        if size != (image["width"], image["height"]):
+        oriented = oriented_size(Path(image["path"]), image["width"], image["height"])
+        size = (int(entry.get("width") or oriented[0]), int(entry.get("height") or oriented[1]))
+        if size != oriented:
             found[image["sha256"]] = RegionFailure(reference, f"boxes are for a {size[0]}x{size[1]} image, the "
-                                                              f"image is {image['width']}x{image['height']}")
+                                                              f"image is {oriented[0]}x{oriented[1]}")
             continue
         found[image["sha256"]] = Region(boxes_mask(boxes[image_id], *size), "boxes", reference)
     return found
@@ -121,7 +148,8 @@ def from_coco_boxes(boxes_file: Path, images: list[dict]) -> dict[str, Region | 
 
 def _read(path: Path, image: dict, source: str) -> Region | RegionFailure:
     try:
-        return Region(read_mask_file(path, (image["width"], image["height"])), source, str(path))
+        size = oriented_size(Path(image["path"]), image["width"], image["height"])
+        return Region(read_mask_file(path, size), source, str(path))
     except (OSError, ValueError) as error:
         return RegionFailure(str(path), f"{type(error).__name__}: {error}" if isinstance(error, OSError) else str(error))
 

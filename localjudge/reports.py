@@ -15,6 +15,15 @@ from .store import Store, unpack_array
 # models with other weights apart.
 GROUP_COLUMNS = ("model", "model_hash", "cam", "judge_model", "judge_model_hash", "image_mode", "alpha", "beta",
                  "judge_image_size", "prompt_hash", "decoding")
+# The columns of GROUP_COLUMNS from judgments j, predictions p and saliency_maps s.
+SETTING_SELECT = ("p.model, p.model_hash, s.method as cam, j.judge_model, j.judge_model_hash, j.image_mode, j.alpha, "
+                  "j.beta, j.judge_image_size, j.prompt_hash, j.decoding")
+
+
+def describe_setting(setting: dict) -> str:
+    return (f"{setting['model']} {setting['cam']} {setting['judge_model']} {setting['image_mode']} "
+            f"a={setting['alpha']} b={setting['beta']} prompt={setting['prompt_hash'][:8]} "
+            f"size={setting['judge_image_size']}")
 
 
 def matrices(store: Store, threshold: int, **filters) -> list[dict]:
@@ -22,14 +31,15 @@ def matrices(store: Store, threshold: int, **filters) -> list[dict]:
     where = ["j.status = 'ok'"]
     params: list = []
     column_of = {"model": "p.model", "cam": "s.method", "judge_model": "j.judge_model", "image_mode": "j.image_mode",
-                 "alpha": "j.alpha", "beta": "j.beta"}
+                 "alpha": "j.alpha", "beta": "j.beta", "prompt_hash": "j.prompt_hash",
+                 "judge_model_hash": "j.judge_model_hash", "judge_image_size": "j.judge_image_size",
+                 "decoding": "j.decoding", "model_hash": "p.model_hash"}
     for name, value in filters.items():
         if value is not None:
             where.append(f"{column_of[name]} = ?")
             params.append(value)
     rows = list(store.query(
-        "select p.model, p.model_hash, s.method as cam, j.judge_model, j.judge_model_hash, j.image_mode, j.alpha, "
-        "j.beta, j.judge_image_size, j.prompt_hash, j.decoding, j.score, p.correct from judgments j "
+        "select " + SETTING_SELECT + ", j.score, p.correct from judgments j "
         "join predictions p on p.id = j.prediction_id "
         "join saliency_maps s on s.id = j.saliency_id where " + " and ".join(where) +
         " order by p.model, s.method, j.judge_model, j.image_mode", params))
@@ -118,3 +128,116 @@ def _means(store: Store, table: str, ids: list[str], metrics) -> dict:
     rows = list(store.query(f"select * from [{table}] where id in (select value from json_each(?))",
                             [json.dumps(list(ids))]))
     return {"maps": len(rows), **{m: (sum(r[m] for r in rows) / len(rows) if rows else None) for m in metrics}}
+
+
+def map_signals(store: Store, beta: float, steps: int, baseline: str, model: str | None = None,
+                cam: str | None = None) -> dict[str, np.ndarray]:
+    """Per-saliency-map signals, aligned (NaN where a map lacks one): judge scores (one signal per judge setting:
+    judge model, image mode, alpha, beta), the model's confidence, region agreement at `beta`, and faithfulness at
+    `steps`/`baseline`. Signals no map has are left out."""
+    where, params = [], []
+    if model:
+        where.append("p.model = ?")
+        params.append(model)
+    if cam:
+        where.append("s.method = ?")
+        params.append(cam)
+    clause = f"where {' and '.join(where)}" if where else ""
+    maps = list(store.query(f"select s.id, p.confidence from saliency_maps s join predictions p on p.id = s.prediction_id "
+                            f"{clause} order by s.id", params))
+    index = {m["id"]: i for i, m in enumerate(maps)}
+    signals: dict[str, np.ndarray] = {}
+
+    def column(name: str) -> np.ndarray:
+        return signals.setdefault(name, np.full(len(maps), np.nan))
+
+    judged = [j for j in store.query(
+        "select j.saliency_id, j.score, " + SETTING_SELECT + " from judgments j join predictions p on "
+        "p.id = j.prediction_id join saliency_maps s on s.id = j.saliency_id where j.status = 'ok' "
+        "order by j.created_at, j.id") if j["saliency_id"] in index]
+    settings = sorted({tuple(j[c] for c in GROUP_COLUMNS) for j in judged}, key=str)
+    for j in judged:
+        setting = tuple(j[c] for c in GROUP_COLUMNS)
+        name = "score" if len(settings) == 1 else "score " + describe_setting(dict(zip(GROUP_COLUMNS, setting)))
+        column(name)[index[j["saliency_id"]]] = j["score"]
+    for m in maps:
+        column("confidence")[index[m["id"]]] = m["confidence"]
+    # Scores against each image's current region (a replaced mask leaves its old scores behind).
+    for row in store.query("select r.saliency_id, r.iou, r.dice, r.pixel_accuracy, r.f1 from region_scores r join "
+                           "ground_truth g on g.image_sha256 = r.image_sha256 and g.mask_sha256 = r.mask_sha256 "
+                           "where r.beta = ?", [beta]):
+        if row["saliency_id"] in index:
+            for metric in ("iou", "dice", "pixel_accuracy", "f1"):
+                column(metric)[index[row["saliency_id"]]] = row[metric]
+    for row in store.query("select * from faithfulness where steps = ? and baseline = ?", [steps, baseline]):
+        if row["saliency_id"] in index:
+            for metric, name in (("deletion_auc", "deletion"), ("insertion_auc", "insertion"),
+                                 ("average_drop", "average_drop"), ("aopc", "aopc")):
+                column(name)[index[row["saliency_id"]]] = row[metric]
+    return {name: values for name, values in signals.items() if not np.isnan(values).all()}
+
+
+def read_truth(path: Path) -> dict[str, bool]:
+    """A CSV with `path` and `label_ok` (1/0, true/false): whether each image's given label is right."""
+    truth = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        for needed in ("path", "label_ok"):
+            if needed not in (reader.fieldnames or []):
+                raise ValueError(f"{path}: no column {needed!r} (columns: {', '.join(reader.fieldnames or [])})")
+        for row in reader:
+            value = row["label_ok"].strip().lower()
+            if value not in ("1", "0", "true", "false"):
+                raise ValueError(f"{path}: label_ok must be 1/0 or true/false, got {row['label_ok']!r} "
+                                 f"for {row['path']}")
+            image = Path(row["path"])
+            image = image if image.is_absolute() else Path(path).absolute().parent / image
+            truth[str(image.resolve())] = value in ("1", "true")
+    return truth
+
+
+def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str, judge_model: str | None = None,
+                      image_mode: str | None = None, cam: str | None = None) -> dict:
+    """Every method's verdicts on the images of the truth file that have a label, a prediction of `model` and a
+    successful judgment: the shape of the paper's Tables 5 and 6."""
+    from .analysis.label_issues import (CLEANLAB_FILTERS, cleanlab_flags, detection_scores, judge_flags)
+
+    truth = read_truth(truth_path)
+    images = {str(Path(i["path"]).resolve()): i["sha256"] for i in store.images()}
+    by_sha = {images[p]: ok for p, ok in truth.items() if p in images}
+    where, params = ["j.status = 'ok'", "p.model = ?", "p.label_indices is not null"], [model]
+    for column, value in (("j.judge_model", judge_model), ("j.image_mode", image_mode), ("s.method", cam)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    rows = [r for r in store.query(
+        "select p.image_sha256, p.probs, p.label_indices, p.correct, j.score, " + SETTING_SELECT +
+        " from judgments j join predictions p on p.id = j.prediction_id join saliency_maps s on s.id = j.saliency_id "
+        "where " + " and ".join(where) + " order by p.image_sha256", params) if r["image_sha256"] in by_sha]
+    settings = {tuple(r[c] for c in GROUP_COLUMNS) for r in rows}
+    if len(settings) > 1:
+        raise ValueError("judgments of several settings (model, CAM, judge, image mode, alpha, beta, prompt, judge "
+                         "image size, decoding); choose one with --cam, --judge-model and --image-mode: "
+                         + "; ".join(describe_setting(dict(zip(GROUP_COLUMNS, s))) for s in sorted(settings, key=str)))
+    if not rows:
+        raise ValueError(f"{truth_path}: none of its images has a label, a prediction of {model} and a successful "
+                         "judgment in this store")
+    if len({r["image_sha256"] for r in rows}) != len(rows):
+        raise ValueError("an image has several predictions of this model in the store (several model files?); "
+                         "audit them in separate stores")
+    label_ok = np.array([by_sha[r["image_sha256"]] for r in rows])
+    correct = np.array([bool(r["correct"]) for r in rows])
+    scores = np.array([r["score"] for r in rows], dtype=float)
+    labels = np.array([json.loads(r["label_indices"])[0] for r in rows])
+    classes = len(unpack_array(rows[0]["probs"], (-1,), np.float32))
+    probs = np.stack([unpack_array(r["probs"], (classes,), np.float32) for r in rows])
+    methods = {"keep-all": np.zeros(len(rows), dtype=bool),
+               "judge": judge_flags(correct, scores, threshold),
+               "judge-wh": judge_flags(correct, scores, threshold, wh_only=True)}
+    for filter_by, short in CLEANLAB_FILTERS.items():
+        methods[f"cleanlab {short} ({filter_by})"] = cleanlab_flags(labels, probs, filter_by)
+    setting = dict(zip(GROUP_COLUMNS, next(iter(settings))))
+    return {"truth": str(truth_path), "samples": len(rows), "labels_wrong": int((~label_ok).sum()),
+            "threshold": threshold, "judge": {k: setting[k] for k in ("judge_model", "image_mode", "alpha", "beta",
+                                                                       "cam", "prompt_hash")},
+            "methods": [{"method": name, **detection_scores(label_ok, flags)} for name, flags in methods.items()]}

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Build tiny, randomly initialised Qwen2.5-VL and Gemma3 checkpoints offline: OUT_DIR/tiny-qwen2.5-vl and
-OUT_DIR/tiny-gemma3. The builder lives in localjudge.judge.tiny so `localjudge run` can use it for smoke runs."""
+OUT_DIR/tiny-gemma3. The builder lives in localjudge.judge.tiny (tests and benchmarks use it too)."""
 
 from localjudge.judge.tiny import main
 

@@ -1,5 +1,5 @@
 """The CLI on real images: accuracy of the embedded classifier, the stages on their own, what a changed parameter
-redoes, the parse-failure path, the smoke run, and clear errors for bad input."""
+redoes, the parse-failure path, and clear errors for bad input."""
 
 from __future__ import annotations
 
@@ -83,12 +83,9 @@ def test_unparseable_answers_are_stored_as_failures_and_not_counted(tmp_path, sm
     assert not again["judge"]["model_loaded"]
 
 
-def test_run_without_vlm_says_it_is_a_smoke_run(tmp_path, small_manifest):
-    result = invoke("run", small_manifest, "--db", tmp_path / "smoke.db", "--max-new-tokens", "256")
-    assert "No --vlm given" in result.stderr and "smoke run" in result.stderr
-    assert "tiny-qwen2.5-vl" in result.stdout  # the matrix names the judge it used
-    summary = invoke_json("summary", "--db", tmp_path / "smoke.db")
-    assert summary["judgments"] == 4
+def test_transformers_judge_without_a_vlm_is_a_usage_error(tmp_path, small_manifest):
+    result = invoke("judge", "--db", tmp_path / "none.db", "--judge", "transformers", expect_ok=False)
+    assert result.exit_code == 2 and "--judge transformers needs --vlm DIR" in result.output
 
 
 def test_user_weights_for_a_torchvision_model(tmp_path, small_manifest):

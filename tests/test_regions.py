@@ -188,3 +188,52 @@ def test_run_scores_regions_and_records_their_source(tmp_path, data_dir, seg_row
     with sqlite3.connect(db) as conn:
         config, = conn.execute("select config from runs where command = 'run'").fetchone()
     assert json.loads(config)["masks"] == str(masks)
+
+
+def test_mask_files_palette_void_jpeg_noise_and_binary(tmp_path):
+    from localjudge.ground_truth import read_mask_file
+
+    palette = Image.new("P", (4, 1))
+    palette.putdata([0, 15, 255, 3])  # background, a class, VOC's void border, another class
+    palette.putpalette(list(range(256)) * 3)  # a full palette, as VOC's masks have (else PNG shrinks it)
+    palette.save(tmp_path / "voc.png")
+    assert read_mask_file(tmp_path / "voc.png", (4, 1)).tolist() == [[False, True, False, True]]
+    noisy = Image.new("L", (4, 1))
+    noisy.putdata([0, 3, 200, 255])  # JPEG ringing next to a 0/255 mask
+    noisy.save(tmp_path / "noisy.png")
+    assert read_mask_file(tmp_path / "noisy.png", (4, 1)).tolist() == [[False, False, True, True]]
+    binary = Image.new("L", (3, 1))
+    binary.putdata([0, 1, 1])
+    binary.save(tmp_path / "binary.png")
+    assert read_mask_file(tmp_path / "binary.png", (3, 1)).tolist() == [[False, True, True]]
+
+
+def test_masks_follow_exif_orientation_and_ambiguous_names_are_refused(tmp_path, data_dir):
+    from localjudge.ground_truth import from_mask_folder
+
+    source = Image.open(data_dir / "seg-photos" / "images" / "voc_2007_000042.jpg").convert("RGB").resize((300, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    source.save(tmp_path / "a" / "photo.jpg", exif=exif)
+    source.save(tmp_path / "b" / "other.jpg")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.new("L", (200, 300), 255).save(masks / "photo.png")  # drawn on the portrait picture
+    Image.new("L", (300, 200), 255).save(masks / "other.png")
+    images = [{"sha256": "p", "path": str(tmp_path / "a" / "photo.jpg"), "width": 300, "height": 200},
+              {"sha256": "o", "path": str(tmp_path / "b" / "other.jpg"), "width": 300, "height": 200}]
+    found = from_mask_folder(masks, images)
+    assert found["p"].mask.shape == (300, 200) and found["o"].mask.shape == (200, 300)
+    twins = images + [{"sha256": "t", "path": str(tmp_path / "b" / "photo.jpg"), "width": 300, "height": 200}]
+    refused = from_mask_folder(masks, twins)
+    assert "2 images are named 'photo'" in refused["p"].reason and "2 images" in refused["t"].reason
+
+
+def test_mask_column_needs_a_manifest_and_the_recognizer_needs_masked_images(tmp_path, data_dir):
+    folder = data_dir / "seg-photos" / "images"
+    result = invoke("run", folder, "--db", tmp_path / "x.db", "--mask-column", "mask", expect_ok=False)
+    assert result.exit_code == 2 and "--mask-column reads the CSV manifest" in result.output
+    result = invoke("judge", "--db", tmp_path / "y.db", "--image-mode", "heatmap", expect_ok=False)
+    assert result.exit_code != 0 and "recognizer judge reads the masked image" in result.output

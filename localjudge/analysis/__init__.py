@@ -1,4 +1,5 @@
-"""Dataset-level analysis as pure functions over arrays (matrix now; correlations and baselines later)."""
+"""Dataset-level analysis as pure functions over arrays: the 2x2 matrix, region agreement, faithfulness metrics,
+correlations and label-issue detection (one module each)."""
 
 from .matrix import MEANING, QUADRANTS, attention_matrix
 

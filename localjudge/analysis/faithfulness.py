@@ -56,9 +56,12 @@ def curves(original: float, scores: np.ndarray, points: int) -> tuple[np.ndarray
     return deletion, insertion
 
 
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it
+
+
 def area(curve: np.ndarray, counts: list[int]) -> float:
     fractions = np.asarray(counts, dtype=np.float64) / counts[-1]
-    return float(np.trapezoid(np.asarray(curve, dtype=np.float64), fractions))
+    return float(_trapezoid(np.asarray(curve, dtype=np.float64), fractions))
 
 
 def aopc(deletion: np.ndarray) -> float:

@@ -19,6 +19,7 @@ class JudgeRequest:
     image: Image.Image
     label: str
     prompt: str
+    label_index: int | None = None  # the predicted class's index in the vision model's label list
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,15 @@ def vlm_hash(vlm_dir: Path, hash_file: Callable[[Path], str]) -> str:
 # How each backend constrains the answer to the schema. A server is asked through the standard response format;
 # whether it honours it is up to the server (vLLM and llama.cpp do; `transformers serve` ignores it).
 STRUCTURED_OUTPUT = {"transformers": "xgrammar-json-schema", "vllm": "xgrammar-json-schema",
-                     "openai": "response-format-json-schema"}
+                     "openai": "response-format-json-schema", "recognizer": "templated"}
 
 
 def decoding_params(backend: str, max_new_tokens: int, temperature: float) -> dict:
     """Everything about decoding that changes an answer; part of a judgment's key."""
+    if backend == "recognizer":  # no decoding: its thresholds and sibling groups decide
+        from .recognizer import recognizer_params
+
+        return recognizer_params()
     schema_hash = hashlib.sha256(json.dumps(JUDGMENT_SCHEMA, sort_keys=True).encode()).hexdigest()[:16]
     params = {"backend": backend, "max_new_tokens": max_new_tokens, "temperature": temperature,
               "structured_output": STRUCTURED_OUTPUT[backend], "schema": schema_hash}
@@ -119,6 +124,10 @@ def open_judge(config, vlm_dir: Path | None, api_model: str | None = None) -> Ju
         return VllmJudge(vlm_dir, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                          max_model_len=config.max_model_len, gpu_memory_utilization=config.gpu_memory_utilization,
                          max_num_seqs=config.max_num_seqs)
+    if config.judge == "recognizer":
+        from .recognizer import RecognizerJudge
+
+        return RecognizerJudge(device=config.device)
     if config.judge == "openai":
         from .openai_backend import OpenAIJudge
 
@@ -129,7 +138,7 @@ def open_judge(config, vlm_dir: Path | None, api_model: str | None = None) -> Ju
     raise JudgeError(f"unknown judge backend {config.judge!r}; available: {', '.join(JUDGE_BACKENDS)}")
 
 
-JUDGE_BACKENDS = ("transformers", "vllm", "openai")
+JUDGE_BACKENDS = ("auto", "transformers", "vllm", "openai", "recognizer")
 
 __all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "JudgeStopped", "JudgeUnavailable", "ParsedAnswer",
            "parse_answer", "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash", "decoding_params", "open_judge", "JUDGE_BACKENDS"]

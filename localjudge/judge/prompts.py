@@ -51,11 +51,51 @@ matches the object), "justification" (one or two sentences explaining the score)
 
 PROMPTS = {"masked": MASKED_PROMPT, "heatmap": HEATMAP_PROMPT}
 
+# The paper's Table 3 compares prompt styles. "concise" keeps only the task and the rubric; "extended" adds a
+# step-by-step procedure before the rubric. Both keep the same 0-5 scale and the same answer format, so their scores
+# are comparable with the original's.
+_VIEW = {"masked": "the photo with everything the classifier did not attend to blacked out",
+         "heatmap": "the photo with a Grad-CAM heatmap over it (warm colours: where the classifier looked)"}
+_ANSWER = ('Answer as JSON with three keys: "evaluation" (4-6 sentences on where the attention is and whether it\n'
+           'matches the object), "justification" (one or two sentences explaining the score) and "score" (an integer '
+           '0-5).')
 
-def prompt_template(image_mode: str) -> str:
+
+def _rubric(template: str) -> str:
+    start = template.index("Score the attention from 0 to 5:")
+    return template[start:template.index("Answer as JSON")].strip()
+
+
+def _concise(mode: str) -> str:
+    return (f'A classifier predicted "{{label}}". You see {_VIEW[mode]}. Does the attended region show a '
+            f'"{{label}}", and how much of it?\n\n{_rubric(PROMPTS[mode])}\n\n{_ANSWER}')
+
+
+def _extended(mode: str) -> str:
+    original = PROMPTS[mode]
+    steps = ("Work in this order before you score:\n"
+             "1. Describe what is visible, region by region, without assuming the class.\n"
+             '2. Name the parts of a typical "{label}" (for an animal: head, body, legs; for an object: its '
+             "characteristic parts) and say which of them are visible.\n"
+             "3. Estimate how much of what is visible is the object and how much is background or other objects.\n"
+             "4. Only then choose the score from the rubric.\n\n")
+    at = original.index("Score the attention from 0 to 5:")
+    return original[:at] + steps + original[at:]
+
+
+PROMPT_STYLES = ("original", "concise", "extended")
+
+
+def prompt_template(image_mode: str, style: str = "original") -> str:
     if image_mode not in PROMPTS:
         raise ValueError(f"unknown image mode {image_mode!r}; use one of {', '.join(PROMPTS)}")
-    return PROMPTS[image_mode]
+    if style == "original":
+        return PROMPTS[image_mode]
+    if style == "concise":
+        return _concise(image_mode)
+    if style == "extended":
+        return _extended(image_mode)
+    raise ValueError(f"unknown prompt style {style!r}; use one of {', '.join(PROMPT_STYLES)}")
 
 
 def prompt_hash(template: str) -> str:

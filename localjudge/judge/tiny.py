@@ -17,8 +17,8 @@ Usage::
 
     python scripts/make_tiny_vlms.py OUT_DIR
 
-writes OUT_DIR/tiny-qwen2.5-vl and OUT_DIR/tiny-gemma3. `localjudge run` without --vlm uses
-`ensure_tiny_vlm` for a clearly announced smoke run. Recipe: shared/docs/tiny-vlm-recipe.md.
+writes OUT_DIR/tiny-qwen2.5-vl and OUT_DIR/tiny-gemma3 (`ensure_tiny_vlm` caches one for benchmarks and
+smoke checks). Recipe: shared/docs/tiny-vlm-recipe.md.
 """
 
 from __future__ import annotations

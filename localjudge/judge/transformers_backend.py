@@ -183,6 +183,15 @@ class DecodingBatch:
         self.position = self.position.index_select(self.position.dim() - 2, kept)
         self.logits = self.logits.index_select(0, kept)
         self.rows = [self.rows[i] for i in indices]
+        if self.can_join:
+            # Columns that are padding in every remaining row (the long prompts that left) are cut, so the cache
+            # does not grow with every request a long call has seen. (Sliding-window layers keep their own
+            # windows, so their batches are left as they are.)
+            start = int((self.attention.sum(dim=0) > 0).nonzero()[0])
+            if start:
+                self.attention = self.attention[:, start:]
+                for layer in self.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
 
     def joined(self, other: "DecodingBatch") -> "DecodingBatch":
         """This batch and `other` as one, both padded on the left to the longer one's length (padding is masked)."""

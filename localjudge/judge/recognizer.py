@@ -1,0 +1,110 @@
+"""The recognizer judge: a second, independent classifier (EfficientNet-Lite2, real ImageNet-1k weights) looks at
+the masked image and says how much of its probability falls on the predicted class and its siblings. No VLM, no
+text generation: the audit still has a real judge where no vision-language model is available.
+
+Score (0-5) from that probability mass m, by fixed thresholds: m >= 0.50 -> 5, >= 0.25 -> 4, >= 0.10 -> 3,
+>= 0.03 -> 2, >= 0.01 -> 1, else 0. So a score of 3 or more (high) means the visible region alone still makes the
+class at least a 1-in-10 guess among 1000. Siblings are the ImageNet classes that share a VOC or COCO category with
+the predicted class (models/labels/imagenet-1k-groups.json; e.g. all dog breeds for a dog): a Lite0 "beagle" whose
+visible region Lite2 reads as "basset" is still attention on a dog. The evaluation and justification are built from
+these measured facts and say so ("templated")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import JudgeError, JudgeOutput, JudgeRequest
+
+RECOGNIZER_MODEL = "efficientnet-lite2"
+SCORE_THRESHOLDS = ((0.50, 5), (0.25, 4), (0.10, 3), (0.03, 2), (0.01, 1))
+GROUPS_FILE = "labels/imagenet-1k-groups.json"
+
+
+def score_for(mass: float) -> int:
+    return next((score for threshold, score in SCORE_THRESHOLDS if mass >= threshold), 0)
+
+
+def sibling_groups() -> tuple[dict[int, set[int]], dict[int, list[str]], str]:
+    """For each class index in a group: its siblings (itself included), the names of its groups, and the hash of
+    the groups file (part of the judge's identity)."""
+    from ..vision.cards import cards_dir
+
+    text = (cards_dir() / GROUPS_FILE).read_text()
+    groups = json.loads(text)["groups"]
+    siblings: dict[int, set[int]] = {}
+    names: dict[int, list[str]] = {}
+    for name, members in groups.items():
+        for index in members:
+            siblings.setdefault(index, {index}).update(members)
+            names.setdefault(index, []).append(name.split(":", 1)[1])
+    return siblings, names, hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recognizer_params() -> dict:
+    """What decides a recognizer judgment besides its weights: part of a judgment's key."""
+    return {"backend": "recognizer", "model": RECOGNIZER_MODEL, "thresholds": [list(t) for t in SCORE_THRESHOLDS],
+            "siblings": sibling_groups()[2]}
+
+
+class RecognizerJudge:
+    backend = "recognizer"
+
+    def __init__(self, device: str = "auto"):
+        from ..vision import open_model, resolve_card
+
+        self.card = resolve_card(RECOGNIZER_MODEL)
+        self.model = open_model(self.card, None, device, "torch")
+        self.labels = self.card.label_list().names
+        self.siblings, self.group_names, _ = sibling_groups()
+
+    def _inputs(self, images: list[Image.Image]) -> torch.Tensor:
+        """The judge's image is already the vision model's view (its centre crop); it is only resized to the
+        recognizer's input and normalised, not cropped again."""
+        side = self.card.crop
+        arrays = np.stack([np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32)
+                           / 255.0 for image in images])
+        arrays = (arrays - np.asarray(self.card.mean, np.float32)) / np.asarray(self.card.std, np.float32)
+        return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
+
+    def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
+        probabilities = self.model.predict(self._inputs([r.image for r in requests]))
+        return [self._judgment(r, p) for r, p in zip(requests, probabilities)]
+
+    def _judgment(self, request: JudgeRequest, probabilities: np.ndarray) -> JudgeOutput:
+        target = request.label_index
+        if target is None or not 0 <= target < len(self.labels):
+            return JudgeOutput(raw_text="", input_tokens=None, output_tokens=None,
+                               error=f"the recognizer judge needs an ImageNet-1k class index, got {target!r}")
+        label = self.labels[target].replace("_", " ")
+        group = sorted(self.siblings.get(target, {target}))
+        own = float(probabilities[target])
+        mass = float(probabilities[group].sum())
+        top = int(np.argmax(probabilities))
+        score = score_for(mass)
+        with_group = (f", and the classes of its group ({', '.join(self.group_names[target])}: {len(group)} classes) "
+                      f"{mass:.1%} together" if len(group) > 1 else "")
+        evaluation = (f"[templated by the recognizer judge] With only the attended regions visible, "
+                      f"{RECOGNIZER_MODEL} gives \"{label}\" a probability of {own:.1%}{with_group}. Its most likely "
+                      f"class for the visible region is \"{self.labels[top].replace('_', ' ')}\" "
+                      f"({float(probabilities[top]):.1%}).")
+        reached = next((t for t, s in SCORE_THRESHOLDS if s == score), None)
+        justification = (f"Probability mass {mass:.3f} on \"{label}\"{' and its siblings' if len(group) > 1 else ''}"
+                         + (f" reaches {reached}, so the score is {score}" if reached is not None
+                            else f" is below {SCORE_THRESHOLDS[-1][0]}, so the score is 0")
+                         + " (thresholds 0.50, 0.25, 0.10, 0.03, 0.01 for 5, 4, 3, 2, 1).")
+        answer = {"evaluation": evaluation, "justification": justification, "score": score}
+        return JudgeOutput(raw_text=json.dumps(answer), input_tokens=None, output_tokens=None)
+
+
+def check_labels(vision_labels: list[str]) -> None:
+    """The recognizer reads ImageNet-1k classes: the audited model must predict those."""
+    from ..vision import resolve_card
+
+    if tuple(vision_labels) != tuple(resolve_card(RECOGNIZER_MODEL).label_list().names):
+        raise JudgeError("the recognizer judge reads ImageNet-1k classes, and this vision model predicts other "
+                         "labels; pass --vlm DIR (a Gemma-3 or Qwen2.5-VL directory) or --judge openai instead")

@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""The paper's ImageNet label-noise experiment (its Table 6) on ../shared/data/imagenet-sample, offline.
+
+1. EfficientNet-Lite0 predicts every image; its predictions become the images' "noisy" labels (automatic
+   relabelling), and the truth is whether each prediction matches the real label.
+2. `localjudge run` on the relabelled images: Grad-CAM maps, judged (default: the recognizer, EfficientNet-Lite2 on
+   the masked image; or --vlm DIR).
+3. `localjudge eval label-issues`: the judge's verdicts against cleanlab's filters (CL, PNR, LSC, LNM) on the same
+   probabilities, and keep-all (Lite0's labels taken as they are).
+
+    python scripts/label_issues_imagenet.py [--images 500] [--db label-issues.db] [--vlm DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+from click.testing import CliRunner
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from localjudge.cli import cli  # noqa: E402
+
+DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def localjudge(*args) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if result.exit_code != 0:
+        sys.exit(f"localjudge {' '.join(map(str, args))} failed:\n{result.output}")
+    return result.stdout
+
+
+def experiment(folder: Path, db: Path, images: int, vlm: str | None) -> dict:
+    with open(DATA / "imagenet-sample" / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:images]
+    real = folder / "real.csv"
+    with open(real, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows([str(DATA / "imagenet-sample" / r["file"]), r["imagenet_index"]] for r in rows)
+    localjudge("predict", real, "--db", db)
+    with sqlite3.connect(db) as conn:
+        predicted = dict(conn.execute("select i.path, p.predicted_index from predictions p join images i "
+                                      "on i.sha256 = p.image_sha256"))
+    noisy, truth = folder / "noisy.csv", folder / "truth.csv"
+    with open(noisy, "w", newline="") as n_handle, open(truth, "w", newline="") as t_handle:
+        n_writer, t_writer = csv.writer(n_handle), csv.writer(t_handle)
+        n_writer.writerow(["path", "label"])
+        t_writer.writerow(["path", "label_ok"])
+        for r in rows:
+            path = str(DATA / "imagenet-sample" / r["file"])
+            n_writer.writerow([path, predicted[path]])
+            t_writer.writerow([path, int(predicted[path] == int(r["imagenet_index"]))])
+    localjudge("run", noisy, "--db", db, *(["--vlm", vlm] if vlm else []), "--json")
+    return json.loads(localjudge("eval", "label-issues", "--db", db, "--truth", truth, "--json"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--db", help="Keep the audit in this file (default: a temporary one).")
+    parser.add_argument("--vlm", help="Judge with this VLM directory instead of the recognizer.")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="label-issues-") as tmp:
+        db = Path(args.db) if args.db else Path(tmp) / "audit.db"
+        table = experiment(Path(tmp), db, args.images, args.vlm)
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return
+    print(f"\nImageNet label noise from EfficientNet-Lite0's own predictions: {table['samples']} images, "
+          f"{table['labels_wrong']} wrong labels; judge {table['judge']['judge_model']}")
+    print(f"| method | accuracy | precision | recall | F1 | flagged |\n|---|---|---|---|---|---|")
+    for m in table["methods"]:
+        print(f"| {m['method']} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
+              f"| {m['flagged']} |")
+
+
+if __name__ == "__main__":
+    main()

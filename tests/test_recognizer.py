@@ -1,0 +1,87 @@
+"""The recognizer judge: EfficientNet-Lite2 (real weights) reads the masked image; its probability mass on the
+predicted class and its siblings becomes a 0-5 score by fixed thresholds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from localjudge.judge import JudgeRequest, parse_answer
+from localjudge.judge.recognizer import RecognizerJudge, score_for, sibling_groups
+
+from .conftest import invoke, invoke_json
+
+
+def test_thresholds():
+    assert [score_for(m) for m in (0.9, 0.5, 0.3, 0.25, 0.1, 0.05, 0.03, 0.02, 0.01, 0.005, 0.0)] == [
+        5, 5, 4, 4, 3, 2, 2, 1, 1, 0, 0]
+
+
+def test_siblings_come_from_the_category_groups():
+    siblings, names, digest = sibling_groups()
+    assert {151, 207, 268} <= siblings[162] and "dog" in names[162]  # Chihuahua ... Mexican hairless, beagle
+    assert 1 not in siblings  # a goldfish belongs to no VOC/COCO category: it stands alone
+    assert len(digest) == 16
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    return RecognizerJudge(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photos(data_dir):
+    with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:20]
+    return [(Image.open(data_dir / "imagenet-sample" / r["file"]).convert("RGB").resize((448, 448)),
+             int(r["imagenet_index"]), r["class_name"]) for r in rows]
+
+
+def test_a_visible_object_scores_high_and_a_blacked_out_one_low(recognizer, photos):
+    visible = recognizer.judge([JudgeRequest(image=i, label=n, prompt="", label_index=k) for i, k, n in photos])
+    black = Image.new("RGB", (448, 448))
+    hidden = recognizer.judge([JudgeRequest(image=black, label=n, prompt="", label_index=k) for _, k, n in photos])
+    visible_scores = [parse_answer(o.raw_text).score for o in visible]
+    hidden_scores = [parse_answer(o.raw_text).score for o in hidden]
+    assert np.mean(visible_scores) >= 3.5 and np.mean(hidden_scores) <= 1.0
+    answer = json.loads(visible[0].raw_text)
+    assert answer["evaluation"].startswith("[templated by the recognizer judge]")
+    assert "efficientnet-lite2" in answer["evaluation"] and str(answer["score"]) in answer["justification"]
+
+
+def test_a_request_without_a_class_index_is_a_stored_failure_not_a_score(recognizer, photos):
+    output = recognizer.judge([JudgeRequest(image=photos[0][0], label="x", prompt="", label_index=None)])[0]
+    assert output.error and "ImageNet-1k class index" in output.error
+
+
+def test_run_without_a_vlm_is_judged_by_the_recognizer(tmp_path, data_dir):
+    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:5]
+    manifest = tmp_path / "five.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows([str(data_dir / "seg-photos" / r["file"]), r["imagenet_indices"]] for r in rows)
+    db = tmp_path / "recognizer.db"
+    result = invoke("run", manifest, "--db", db)
+    assert "recognizer:efficientnet-lite2" in result.stdout  # the matrix names its judge
+    with sqlite3.connect(db) as conn:
+        judged = conn.execute("select judge_backend, judge_model, status, score, decoding from judgments").fetchall()
+        config, = conn.execute("select config from runs where command = 'run'").fetchone()
+    assert len(judged) == 5 and all(b == "recognizer" and s == "ok" and 0 <= sc <= 5 for b, _, s, sc, _ in judged)
+    assert json.loads(judged[0][4])["thresholds"][0] == [0.5, 5]
+    assert json.loads(config)["judge"] == "recognizer"  # the resolved judge is what the run records
+    again = invoke_json("run", manifest, "--db", db)
+    assert again["judge"]["computed"] == 0 and not again["judge"]["model_loaded"]
+
+
+def test_the_recognizer_refuses_a_model_with_other_labels(tmp_path, data_dir):
+    voc = tmp_path / "voc.db"
+    image = data_dir / "seg-photos" / "images"
+    result = invoke("run", image, "--db", voc, "--model", "lraspp_mobilenet_v3_large", expect_ok=False)
+    assert result.exit_code != 0 and "recognizer judge reads ImageNet-1k classes" in result.output

@@ -1,0 +1,49 @@
+"""Prompt styles and the alpha x beta x style sweep: each setting judged once, then read from the store."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+
+import pytest
+
+from localjudge.judge.prompts import PROMPT_STYLES, prompt_hash, prompt_template, render
+
+from .conftest import invoke, invoke_json, write_manifest
+
+
+@pytest.mark.parametrize("mode", ["masked", "heatmap"])
+def test_prompt_styles_share_the_rubric_and_the_answer_format(mode):
+    texts = {style: render(prompt_template(mode, style), "golden_retriever") for style in PROMPT_STYLES}
+    assert len({prompt_hash(prompt_template(mode, s)) for s in PROMPT_STYLES}) == 3
+    for text in texts.values():
+        assert '"golden retriever"' in text and "5 - " in text and '"score" (an integer 0-5)' in text
+    assert len(texts["concise"]) < len(texts["original"]) < len(texts["extended"])
+    assert "Work in this order before you score" in texts["extended"]
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        prompt_template(mode, "poetic")
+
+
+def test_sweep_judges_each_setting_once(tmp_path, data_dir):
+    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:4]
+    manifest = write_manifest(tmp_path / "four.csv", [
+        {"path": str(data_dir / "seg-photos" / r["file"]), "label": r["imagenet_indices"]} for r in rows])
+    db = tmp_path / "sweep.db"
+    invoke("run", manifest, "--db", db)  # the recognizer judges alpha 15, beta 0.6, original
+    args = ("eval", "sweep", "--db", db, "--alpha", "15,25", "--beta", "0.4,0.6", "--prompt-style",
+            "original,concise")
+    first = invoke_json(*args)["settings"]
+    assert len(first) == 8
+    judged_now = {(s["prompt_style"], s["alpha"], s["beta"]): s["judged_now"] for s in first}
+    assert judged_now.pop(("original", 15.0, 0.6)) == 0 and set(judged_now.values()) == {4}
+    assert all(s["judgments"] == 4 and s["percent"] is not None for s in first)
+    again = invoke_json(*args)["settings"]
+    assert [s["judged_now"] for s in again] == [0] * 8
+    assert [s["average_score"] for s in again] == [s["average_score"] for s in first]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from judgments").fetchone()[0] == 32
+        assert conn.execute("select count(distinct prompt_hash) from judgments").fetchone()[0] == 2
+    assert "CH%" in invoke(*args).output
+    bad = invoke("eval", "sweep", "--db", db, "--alpha", "15,x", expect_ok=False)
+    assert bad.exit_code == 2 and "expected numbers" in bad.output
