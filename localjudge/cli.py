@@ -554,19 +554,23 @@ def eval_correlate(db_path, target, model, cam, beta, steps, baseline, as_json):
 @click.option("--judge-model", help="Judgments of this judge (needed when the store holds several).")
 @click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Judgments of this image mode.")
 @click.option("--cam", help="Judgments of maps of this CAM method.")
+@click.option("--probs-model", help="cleanlab reads this model's stored probabilities (default: --model's). "
+                                    "cleanlab expects out-of-sample probabilities: where the labels are --model's own "
+                                    "predictions, its probabilities can find nothing.")
 @json_option
 @user_errors
-def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode, cam, as_json):
+def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode, cam, probs_model, as_json):
     """Suspected label errors by the judge (WH, and CL where labels are the model's own predictions) against
     cleanlab's filters (CL, PNR, LSC, LNM) on the same probabilities: accuracy, precision, recall, F1 per method
     (the label is right = positive), the shape of the paper's Tables 5-6."""
     table = label_issue_table(Store(db_path, create=False), Path(truth), threshold, model, judge_model, image_mode,
-                              cam)
+                              cam, probs_model)
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return
     click.echo(f"{table['samples']} samples, {table['labels_wrong']} with a wrong label; judge "
-               f"{table['judge']['judge_model']} ({table['judge']['image_mode']}), score >= {threshold} is high")
+               f"{table['judge']['judge_model']} ({table['judge']['image_mode']}), score >= {threshold} is high; "
+               f"cleanlab reads {table['cleanlab_probabilities']}'s probabilities")
     click.echo(f"{'method':44}{'acc':>7}{'prec':>7}{'recall':>8}{'F1':>7}{'flagged':>9}")
     for m in table["methods"]:
         click.echo(f"{m['method']:44}{m['accuracy']:>7.3f}{m['precision']:>7.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"

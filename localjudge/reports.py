@@ -196,8 +196,20 @@ def read_truth(path: Path) -> dict[str, bool]:
     return truth
 
 
+def stored_probabilities(store: Store, image_shas: list[str], model: str) -> np.ndarray:
+    """The stored probability vectors of `model` for these images, in their order."""
+    found = {r["image_sha256"]: r["probs"] for r in store.query(
+        "select image_sha256, probs from predictions where model = ? and image_sha256 in "
+        "(select value from json_each(?))", [model, json.dumps(image_shas)])}
+    missing = [sha for sha in image_shas if sha not in found]
+    if missing:
+        raise ValueError(f"{len(missing)} of the images have no prediction of {model}; run `localjudge predict "
+                         f"IMAGES --model {model}` first")
+    return np.stack([unpack_array(found[sha], (-1,), np.float32) for sha in image_shas])
+
+
 def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str, judge_model: str | None = None,
-                      image_mode: str | None = None, cam: str | None = None) -> dict:
+                      image_mode: str | None = None, cam: str | None = None, probs_model: str | None = None) -> dict:
     """Every method's verdicts on the images of the truth file that have a label, a prediction of `model` and a
     successful judgment: the shape of the paper's Tables 5 and 6."""
     from .analysis.label_issues import (CLEANLAB_FILTERS, cleanlab_flags, detection_scores, judge_flags)
@@ -229,8 +241,8 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
     correct = np.array([bool(r["correct"]) for r in rows])
     scores = np.array([r["score"] for r in rows], dtype=float)
     labels = np.array([json.loads(r["label_indices"])[0] for r in rows])
-    classes = len(unpack_array(rows[0]["probs"], (-1,), np.float32))
-    probs = np.stack([unpack_array(r["probs"], (classes,), np.float32) for r in rows])
+    probs = stored_probabilities(store, [r["image_sha256"] for r in rows], probs_model) if probs_model else np.stack(
+        [unpack_array(r["probs"], (-1,), np.float32) for r in rows])
     methods = {"keep-all": np.zeros(len(rows), dtype=bool),
                "judge": judge_flags(correct, scores, threshold),
                "judge-wh": judge_flags(correct, scores, threshold, wh_only=True)}
@@ -238,6 +250,7 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
         methods[f"cleanlab {short} ({filter_by})"] = cleanlab_flags(labels, probs, filter_by)
     setting = dict(zip(GROUP_COLUMNS, next(iter(settings))))
     return {"truth": str(truth_path), "samples": len(rows), "labels_wrong": int((~label_ok).sum()),
+            "cleanlab_probabilities": probs_model or model,
             "threshold": threshold, "judge": {k: setting[k] for k in ("judge_model", "image_mode", "alpha", "beta",
                                                                        "cam", "prompt_hash")},
             "methods": [{"method": name, **detection_scores(label_ok, flags)} for name, flags in methods.items()]}

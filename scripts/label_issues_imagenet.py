@@ -5,8 +5,10 @@
    relabelling), and the truth is whether each prediction matches the real label.
 2. `localjudge run` on the relabelled images: Grad-CAM maps, judged (default: the recognizer, EfficientNet-Lite2 on
    the masked image; or --vlm DIR).
-3. `localjudge eval label-issues`: the judge's verdicts against cleanlab's filters (CL, PNR, LSC, LNM) on the same
-   probabilities, and keep-all (Lite0's labels taken as they are).
+3. `localjudge eval label-issues`: the judge's verdicts against cleanlab's filters (CL, PNR, LSC, LNM), and keep-all
+   (Lite0's labels taken as they are). cleanlab is given EfficientNet-Lite2's probabilities on the whole images: it
+   expects out-of-sample probabilities, and Lite0's own cannot contradict labels that are their argmax (with them
+   every filter flags nothing; --cleanlab-on-lite0 shows it).
 
     python scripts/label_issues_imagenet.py [--images 500] [--db label-issues.db] [--vlm DIR] [--json]
 """
@@ -38,7 +40,7 @@ def localjudge(*args) -> str:
     return result.stdout
 
 
-def experiment(folder: Path, db: Path, images: int, vlm: str | None) -> dict:
+def experiment(folder: Path, db: Path, images: int, vlm: str | None, own_probabilities: bool = False) -> dict:
     with open(DATA / "imagenet-sample" / "labels.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))[:images]
     real = folder / "real.csv"
@@ -60,7 +62,11 @@ def experiment(folder: Path, db: Path, images: int, vlm: str | None) -> dict:
             n_writer.writerow([path, predicted[path]])
             t_writer.writerow([path, int(predicted[path] == int(r["imagenet_index"]))])
     localjudge("run", noisy, "--db", db, *(["--vlm", vlm] if vlm else []), "--json")
-    return json.loads(localjudge("eval", "label-issues", "--db", db, "--truth", truth, "--json"))
+    if own_probabilities:
+        return json.loads(localjudge("eval", "label-issues", "--db", db, "--truth", truth, "--json"))
+    localjudge("predict", noisy, "--db", db, "--model", "efficientnet-lite2", "--json")
+    return json.loads(localjudge("eval", "label-issues", "--db", db, "--truth", truth, "--probs-model",
+                                 "efficientnet-lite2", "--json"))
 
 
 def main() -> None:
@@ -68,16 +74,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--db", help="Keep the audit in this file (default: a temporary one).")
     parser.add_argument("--vlm", help="Judge with this VLM directory instead of the recognizer.")
+    parser.add_argument("--cleanlab-on-lite0", action="store_true",
+                        help="Give cleanlab Lite0's own probabilities (the labels' source) instead of Lite2's.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="label-issues-") as tmp:
         db = Path(args.db) if args.db else Path(tmp) / "audit.db"
-        table = experiment(Path(tmp), db, args.images, args.vlm)
+        table = experiment(Path(tmp), db, args.images, args.vlm, args.cleanlab_on_lite0)
     if args.json:
         print(json.dumps(table, indent=2))
         return
     print(f"\nImageNet label noise from EfficientNet-Lite0's own predictions: {table['samples']} images, "
-          f"{table['labels_wrong']} wrong labels; judge {table['judge']['judge_model']}")
+          f"{table['labels_wrong']} wrong labels; judge {table['judge']['judge_model']}; cleanlab on "
+          f"{table['cleanlab_probabilities']}'s probabilities")
     print(f"| method | accuracy | precision | recall | F1 | flagged |\n|---|---|---|---|---|---|")
     for m in table["methods"]:
         print(f"| {m['method']} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "

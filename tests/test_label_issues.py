@@ -58,6 +58,7 @@ def test_imagenet_label_noise_experiment(tmp_path):
     methods = {m["method"]: m for m in table["methods"]}
     assert table["samples"] == 60 and 0 < table["labels_wrong"] < 30
     assert table["judge"]["judge_model"] == "recognizer:efficientnet-lite2"
+    assert table["cleanlab_probabilities"] == "efficientnet-lite2"  # out of sample, as cleanlab expects
     assert set(methods) == {"keep-all", "judge", "judge-wh", "cleanlab CL (confident_learning)",
                             "cleanlab PNR (prune_by_noise_rate)", "cleanlab LSC (low_self_confidence)",
                             "cleanlab LNM (low_normalized_margin)"}
@@ -85,3 +86,9 @@ def test_imagenet_label_noise_experiment(tmp_path):
     one = json.loads(invoke("eval", "label-issues", "--db", db, "--truth", truth, "--cam", "gradcam++",
                             "--json").stdout)
     assert one["samples"] == 60 and one["judge"]["cam"] == "gradcam++"
+    # Lite0's own probabilities cannot contradict labels that are their argmax: every cleanlab filter keeps all.
+    own = json.loads(invoke("eval", "label-issues", "--db", db, "--truth", truth, "--cam", "gradcam", "--json").stdout)
+    assert all(m["flagged"] == 0 for m in own["methods"] if m["method"].startswith("cleanlab"))
+    missing = invoke("eval", "label-issues", "--db", db, "--truth", truth, "--cam", "gradcam", "--probs-model",
+                     "resnet18", expect_ok=False)
+    assert missing.exit_code != 0 and "no prediction of resnet18" in missing.output
