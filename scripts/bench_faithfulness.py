@@ -17,7 +17,6 @@ EfficientNet-Lite0 (real weights) on imagenet-sample; model loading and ONNX exp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import os
 import shutil
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from localjudge.analysis.faithfulness import area, curves, perturbed_inputs, relevance_ranks, step_counts
+from localjudge.analysis.reference import StoredMaps
 from localjudge.config import DEFAULTS
 from localjudge.data import load_rgb
 from localjudge.pipeline import Audit
@@ -37,23 +37,6 @@ from localjudge.store import Store, unpack_array
 from localjudge.vision.preprocess import to_tensor
 
 DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-class StoredMaps:
-    """torchcam's CAM-extractor protocol, answering with the run's stored maps (so every method ranks the same
-    positions, and only the metric is timed)."""
-
-    def __init__(self, model, maps):
-        self.model, self.maps = model, maps
-
-    def __call__(self, class_idx, scores):
-        return [self.maps]
-
-    def fuse_cams(self, cams):
-        return cams[0]
-
-    def _hooks_off(self):
-        return contextlib.nullcontext()
 
 
 def build_maps(folder: Path, count: int) -> Path:

@@ -3,7 +3,6 @@ DeletionInsertionMetric, pytorch-grad-cam's confidence metrics) on 20 real image
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 from functools import partial
@@ -15,6 +14,7 @@ import torch
 
 from localjudge.analysis.faithfulness import (aopc, area, confidence_change, curves, perturbed_inputs,
                                               relevance_ranks, step_counts)
+from localjudge.analysis.reference import StoredMaps
 from localjudge.data import load_rgb
 from localjudge.store import Store, unpack_array
 from localjudge.vision import open_model, resolve_card
@@ -54,24 +54,6 @@ def test_curves_areas_and_aopc_on_known_scores():
     assert aopc(deletion) == pytest.approx(np.mean([0, 0.2, 0.5, 0.7, 0.8]))
     assert confidence_change(0.8, 0.6) == (pytest.approx(0.25), 0.0)
     assert confidence_change(0.5, 0.7) == (0.0, 1.0)
-
-
-class StoredMaps:
-    """torchcam's CAM-extractor protocol, answering with the maps our run stored: the reference then ranks the
-    same positions we rank, and only the metric itself is compared."""
-
-    def __init__(self, model: torch.nn.Module, maps: torch.Tensor):
-        self.model = model
-        self.maps = maps
-
-    def __call__(self, class_idx, scores):
-        return [self.maps]
-
-    def fuse_cams(self, cams):
-        return cams[0]
-
-    def _hooks_off(self):
-        return contextlib.nullcontext()
 
 
 @pytest.fixture(scope="module")
