@@ -52,6 +52,16 @@ class OnnxVisionModel:
         options.intra_op_num_threads = int(os.environ.get("LOCALJUDGE_ORT_THREADS", "0"))
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
         self.execution_provider = self.session.get_providers()[0]
+        # ONNX Runtime's CPU ScatterND/ScatterElements with reduction="add" (the gradient of a bilinear upsampling,
+        # as in DeepLab's head) race when run on several threads: the same map came out up to 1 % different from
+        # run to run. Gradients of such a graph run on a one-thread session; everything else keeps all threads.
+        self.gradient_session = self.session
+        if self.execution_provider == "CPUExecutionProvider" and options.intra_op_num_threads != 1 and (
+                has_reducing_scatter(self.path)):
+            single = onnxruntime.SessionOptions()
+            single.log_severity_level = 3
+            single.intra_op_num_threads = 1
+            self.gradient_session = onnxruntime.InferenceSession(str(self.path), single, providers=providers)
         on_gpu = self.execution_provider == "CUDAExecutionProvider"
         self.device = torch.device("cuda", device_id) if on_gpu else torch.device("cpu")
         self._outputs = {o.name: o.shape for o in self.session.get_outputs()}
@@ -87,7 +97,8 @@ class OnnxVisionModel:
         return [torch.cat(tensors) for tensors in zip(*parts)]
 
     def _run_once(self, batch: torch.Tensor, cotangent: torch.Tensor | None, wanted: list[str]) -> list[torch.Tensor]:
-        binding = self.session.io_binding()
+        session = self.gradient_session if cotangent is not None else self.session
+        binding = session.io_binding()
         kind, index = self.device.type, self.device.index or 0
         x = batch.to(self.device, torch.float32).contiguous()
         binding.bind_input(self.names["input"], kind, index, np.float32, tuple(x.shape), x.data_ptr())
@@ -111,7 +122,7 @@ class OnnxVisionModel:
                 buffer = torch.empty(shape, dtype=torch.float32, device=self.device)
                 binding.bind_output(name, kind, index, np.float32, shape, buffer.data_ptr())
                 results.append(buffer)
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         allocated = binding.get_outputs()
         return [r if r is not None else torch.from_numpy(allocated[i].numpy()).to(self.device)
                 for i, r in enumerate(results)]
@@ -136,3 +147,17 @@ class OnnxVisionModel:
             names.append(self.names["gradients"])
         outputs = self._run(batch, cotangent, names)
         return outputs[0], outputs[1], outputs[2] if cotangent is not None else None
+
+
+def has_reducing_scatter(path: Path) -> bool:
+    """Whether the graph holds a ScatterND or ScatterElements that accumulates (reduction other than none)."""
+    try:
+        import onnx
+    except ImportError:  # cannot look inside: assume the worst, and keep gradients on one thread
+        return True
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for node in graph.node:
+        if node.op_type in ("ScatterND", "ScatterElements"):
+            if any(a.name == "reduction" and a.s not in (b"", b"none") for a in node.attribute):
+                return True
+    return False
