@@ -152,13 +152,18 @@ def require_vlm(given: dict) -> None:
                                "without one, the recognizer judges (--judge auto or recognizer)")
 
 
+def stages_json(stages: dict) -> dict:
+    """What each stage did, as every command's --json reports it."""
+    return {name: {"rows": len(s.ids), "computed": s.computed, "failed": s.failed, "model_loaded": s.model_loaded,
+                   **({"errors": s.errors} if s.errors else {}),
+                   **({"seconds": round(s.seconds, 3), "waited_seconds": round(s.waited_seconds, 3)}
+                      if s.seconds else {})}
+            for name, s in stages.items()}
+
+
 def report_stages(stages: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({name: {"rows": len(s.ids), "computed": s.computed, "failed": s.failed,
-                                      "model_loaded": s.model_loaded, **({"errors": s.errors} if s.errors else {}),
-                                      **({"seconds": round(s.seconds, 3), "waited_seconds": round(s.waited_seconds, 3)}
-                                         if s.seconds else {})}
-                               for name, s in stages.items()}, indent=2))
+        click.echo(json.dumps(stages_json(stages), indent=2))
         return
     for stage in stages.values():
         for error in stage.errors:
@@ -393,9 +398,7 @@ def eval_regions(db_path, manifest, as_json, **given):
         stages = audit.evaluate_regions(images, audit.stored_saliency_maps(), manifest=manifest)
     means = region_means(audit.store, stages["regions"].ids)
     if as_json:
-        click.echo(json.dumps({"stages": {name: {"rows": len(s.ids), "computed": s.computed, "failed": s.failed,
-                                                 **({"errors": s.errors} if s.errors else {})}
-                                          for name, s in stages.items()}, "means": means}, indent=2))
+        click.echo(json.dumps({"stages": stages_json(stages), "means": means}, indent=2))
         return
     for stage in stages.values():
         for error in stage.errors:
@@ -426,9 +429,7 @@ def eval_faithfulness(db_path, as_json, **given):
         stage = audit.faithfulness(audit.stored_saliency_maps())
     means = faithfulness_means(audit.store, stage.ids)
     if as_json:
-        click.echo(json.dumps({"faithfulness": {"rows": len(stage.ids), "computed": stage.computed,
-                                                "failed": stage.failed, "model_loaded": stage.model_loaded},
-                               "means": means}, indent=2))
+        click.echo(json.dumps({**stages_json({"faithfulness": stage}), "means": means}, indent=2))
         return
     click.echo(f"{means['maps']} maps, {given['faithfulness_steps']} steps, {given['faithfulness_baseline']} baseline")
     for metric, value in means.items():

@@ -132,8 +132,8 @@ def _means(store: Store, table: str, ids: list[str], metrics) -> dict:
 
 def map_signals(store: Store, beta: float, steps: int, baseline: str, model: str | None = None,
                 cam: str | None = None) -> dict[str, np.ndarray]:
-    """Per-saliency-map signals, aligned (NaN where a map lacks one): judge scores (one signal per judge setting:
-    judge model, image mode, alpha, beta), the model's confidence, region agreement at `beta`, and faithfulness at
+    """Per-saliency-map signals, aligned (NaN where a map lacks one): judge scores (one signal per judgment setting,
+    GROUP_COLUMNS), the model's confidence, region agreement at `beta`, and faithfulness at
     `steps`/`baseline`. Signals no map has are left out."""
     where, params = [], []
     if model:

@@ -17,8 +17,6 @@ EfficientNet-Lite0 (real weights) on imagenet-sample; model loading and ONNX exp
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import shutil
 import tempfile
 import time
@@ -35,18 +33,12 @@ from localjudge.data import load_rgb
 from localjudge.pipeline import Audit
 from localjudge.store import Store, unpack_array
 from localjudge.vision.preprocess import to_tensor
+from sample_data import imagenet_manifest
 
-DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def build_maps(folder: Path, count: int) -> Path:
-    with open(DATA / "imagenet-sample" / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))[:count]
-    manifest = folder / "images.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        writer.writerows([str(DATA / "imagenet-sample" / r["file"]), r["imagenet_index"]] for r in rows)
+    manifest = imagenet_manifest(folder / "images.csv", count)
     db = folder / "maps.db"
     audit = Audit(Store(db), DEFAULTS.replace(device="cpu"), show_progress=False)
     with audit.recorded("bench", str(manifest), ["predict", "explain"]):

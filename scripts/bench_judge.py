@@ -21,7 +21,6 @@ stage, for one backend and model, one-at-a-time versus batched.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import sqlite3
@@ -34,19 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from localjudge.config import DEFAULTS  # noqa: E402
 from localjudge.pipeline import Audit  # noqa: E402
 from localjudge.store import Store  # noqa: E402
+from sample_data import imagenet_manifest  # noqa: E402
 
-DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def manifest(folder: Path, count: int) -> Path:
-    with open(DATA / "imagenet-sample" / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))[:count]
-    path = folder / "images.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        writer.writerows([str(DATA / "imagenet-sample" / r["file"]), r["imagenet_index"]] for r in rows)
-    return path
 
 
 def judge_stats(db: Path, backend: str) -> dict:
@@ -106,7 +94,7 @@ def bench(vlm: str | None, args, folder: Path) -> float:
                             api_model=args.api_model, max_new_tokens=args.max_new_tokens,
                             batch_size=args.vision_batch)
     name = Path(vlm).name if vlm else args.api_model or args.base_url
-    source = manifest(folder, args.images)
+    source = imagenet_manifest(folder / "images.csv", args.images)
     template = folder / "vision.db"
     vision = Audit(Store(template), base, show_progress=False)
     with vision.recorded("predict", str(source), ["predict", "explain"]):

@@ -29,8 +29,8 @@ from click.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from localjudge.cli import cli  # noqa: E402
+from sample_data import imagenet_rows, write_manifest  # noqa: E402
 
-DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def localjudge(*args) -> str:
@@ -41,26 +41,18 @@ def localjudge(*args) -> str:
 
 
 def experiment(folder: Path, db: Path, images: int, vlm: str | None, own_probabilities: bool = False) -> dict:
-    with open(DATA / "imagenet-sample" / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))[:images]
-    real = folder / "real.csv"
-    with open(real, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        writer.writerows([str(DATA / "imagenet-sample" / r["file"]), r["imagenet_index"]] for r in rows)
+    rows = imagenet_rows(images)
+    real = write_manifest(folder / "real.csv", [(r["path"], r["imagenet_index"]) for r in rows])
     localjudge("predict", real, "--db", db)
     with sqlite3.connect(db) as conn:
         predicted = dict(conn.execute("select i.path, p.predicted_index from predictions p join images i "
                                       "on i.sha256 = p.image_sha256"))
-    noisy, truth = folder / "noisy.csv", folder / "truth.csv"
-    with open(noisy, "w", newline="") as n_handle, open(truth, "w", newline="") as t_handle:
-        n_writer, t_writer = csv.writer(n_handle), csv.writer(t_handle)
-        n_writer.writerow(["path", "label"])
-        t_writer.writerow(["path", "label_ok"])
-        for r in rows:
-            path = str(DATA / "imagenet-sample" / r["file"])
-            n_writer.writerow([path, predicted[path]])
-            t_writer.writerow([path, int(predicted[path] == int(r["imagenet_index"]))])
+    noisy = write_manifest(folder / "noisy.csv", [(r["path"], predicted[r["path"]]) for r in rows])
+    truth = folder / "truth.csv"
+    with open(truth, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label_ok"])
+        writer.writerows([r["path"], int(predicted[r["path"]] == int(r["imagenet_index"]))] for r in rows)
     localjudge("run", noisy, "--db", db, *(["--vlm", vlm] if vlm else []), "--json")
     if own_probabilities:
         return json.loads(localjudge("eval", "label-issues", "--db", db, "--truth", truth, "--json"))

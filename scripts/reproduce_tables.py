@@ -19,7 +19,6 @@ The judge is the recognizer (EfficientNet-Lite2 on the masked image) unless --vl
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -33,8 +32,8 @@ from click.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from localjudge.cli import cli  # noqa: E402
+from sample_data import DATA, imagenet_manifest, seg_manifest  # noqa: E402
 
-DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def localjudge_json(*args) -> dict:
@@ -61,25 +60,6 @@ def quadrants(setting: dict) -> str:
                        number(setting["average_score"], 2)])
 
 
-def seg_manifest(folder: Path) -> Path:
-    path = folder / "seg-photos.csv"
-    with open(DATA / "seg-photos" / "labels.csv", newline="") as handle, open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["path", "label"])
-        writer.writerows([str(DATA / "seg-photos" / r["file"]), r["imagenet_indices"]] for r in csv.DictReader(handle))
-    return path
-
-
-def imagenet_manifest(folder: Path, count: int) -> Path:
-    path = folder / "imagenet.csv"
-    with open(DATA / "imagenet-sample" / "labels.csv", newline="") as handle, open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["path", "label"])
-        writer.writerows([str(DATA / "imagenet-sample" / r["file"]), r["imagenet_index"]]
-                         for r in list(csv.DictReader(handle))[:count])
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="tables.md")
@@ -93,7 +73,7 @@ def main() -> None:
              " Every number below comes from a `localjudge` command's `--json` output.", ""]
     with tempfile.TemporaryDirectory(prefix="tables-") as tmp:
         folder = Path(tmp)
-        seg, seg_db = seg_manifest(folder), folder / "seg.db"
+        seg, seg_db = seg_manifest(folder / "seg-photos.csv"), folder / "seg.db"
         localjudge_json("run", seg, "--db", seg_db, *judge, "--masks", DATA / "seg-photos" / "masks")
         localjudge_json("eval", "faithfulness", "--db", seg_db)
         table = localjudge_json("eval", "correlate", "--db", seg_db)
@@ -118,7 +98,7 @@ def main() -> None:
         else:
             lines.append("Not applicable here: the recognizer reads no prompt. Run with `--vlm DIR`.")
 
-        imagenet, compare_db = imagenet_manifest(folder, args.images), folder / "compare.db"
+        imagenet, compare_db = imagenet_manifest(folder / "imagenet.csv", args.images), folder / "compare.db"
         for model in ("efficientnet-lite0", "efficientnet-lite2"):
             for cam in ("gradcam", "gradcam++"):
                 localjudge_json("run", imagenet, "--db", compare_db, "--model", model, "--cam", cam, *judge)

@@ -67,6 +67,14 @@ def bad_files(tmp_path_factory, data_dir) -> dict[str, Path]:
     return {"empty": empty, "truncated": truncated, "text": text}
 
 
+def seg_photos_manifest(data_dir: Path, path: Path, count: int) -> Path:
+    """The first `count` seg-photos (absolute paths, labels = their ImageNet indices)."""
+    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:count]
+    return write_manifest(path, [{"path": str(data_dir / "seg-photos" / r["file"]), "label": r["imagenet_indices"]}
+                                 for r in rows])
+
+
 @pytest.fixture(scope="session")
 def seg_manifest(tmp_path_factory, data_dir, bad_files) -> Path:
     """The 70 seg-photos (absolute paths into shared/data, labels = their ImageNet indices) plus the 3 bad files

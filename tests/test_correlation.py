@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import sqlite3
 
@@ -12,7 +11,7 @@ from scipy import stats
 
 from localjudge.analysis.correlation import average_ranks, correlation_table, pearson, spearman
 
-from .conftest import invoke, invoke_json, write_manifest
+from .conftest import invoke, invoke_json, seg_photos_manifest
 
 
 def test_pearson_and_spearman_equal_scipy():
@@ -43,10 +42,7 @@ def test_missing_values_and_degenerate_signals():
 
 
 def test_correlate_over_a_run(tmp_path, data_dir, tiny_vlms):
-    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))[:8]
-    manifest = write_manifest(tmp_path / "eight.csv", [
-        {"path": str(data_dir / "seg-photos" / r["file"]), "label": r["imagenet_indices"]} for r in rows])
+    manifest = seg_photos_manifest(data_dir, tmp_path / "eight.csv", 8)
     db = tmp_path / "eight.db"
     invoke("run", manifest, "--db", db, "--vlm", tiny_vlms["gemma3"], "--max-new-tokens", "48",
            "--masks", data_dir / "seg-photos" / "masks")
@@ -68,10 +64,7 @@ def test_correlate_over_a_run(tmp_path, data_dir, tiny_vlms):
 
 
 def test_compare_puts_every_setting_side_by_side(tmp_path, data_dir, tiny_vlms):
-    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))[:6]
-    manifest = write_manifest(tmp_path / "six.csv", [
-        {"path": str(data_dir / "seg-photos" / r["file"]), "label": r["imagenet_indices"]} for r in rows])
+    manifest = seg_photos_manifest(data_dir, tmp_path / "six.csv", 6)
     db = tmp_path / "six.db"
     qwen = tiny_vlms["qwen2_5_vl"]
     invoke("run", manifest, "--db", db, "--vlm", qwen)

@@ -14,7 +14,7 @@ from PIL import Image
 from localjudge.judge import JudgeRequest, parse_answer
 from localjudge.judge.recognizer import RecognizerJudge, score_for, sibling_groups
 
-from .conftest import invoke, invoke_json
+from .conftest import invoke, invoke_json, seg_photos_manifest
 
 
 def test_thresholds():
@@ -60,13 +60,7 @@ def test_a_request_without_a_class_index_is_a_stored_failure_not_a_score(recogni
 
 
 def test_run_without_a_vlm_is_judged_by_the_recognizer(tmp_path, data_dir):
-    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))[:5]
-    manifest = tmp_path / "five.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        writer.writerows([str(data_dir / "seg-photos" / r["file"]), r["imagenet_indices"]] for r in rows)
+    manifest = seg_photos_manifest(data_dir, tmp_path / "five.csv", 5)
     db = tmp_path / "recognizer.db"
     result = invoke("run", manifest, "--db", db)
     assert "recognizer:efficientnet-lite2" in result.stdout  # the matrix names its judge

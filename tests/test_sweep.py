@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import sqlite3
 
 import pytest
 
 from localjudge.judge.prompts import PROMPT_STYLES, prompt_hash, prompt_template, render
 
-from .conftest import invoke, invoke_json, write_manifest
+from .conftest import invoke, invoke_json, seg_photos_manifest
 
 
 @pytest.mark.parametrize("mode", ["masked", "heatmap"])
@@ -25,10 +24,7 @@ def test_prompt_styles_share_the_rubric_and_the_answer_format(mode):
 
 
 def test_sweep_judges_each_setting_once(tmp_path, data_dir):
-    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))[:4]
-    manifest = write_manifest(tmp_path / "four.csv", [
-        {"path": str(data_dir / "seg-photos" / r["file"]), "label": r["imagenet_indices"]} for r in rows])
+    manifest = seg_photos_manifest(data_dir, tmp_path / "four.csv", 4)
     db = tmp_path / "sweep.db"
     invoke("run", manifest, "--db", db)  # the recognizer judges alpha 15, beta 0.6, original
     args = ("eval", "sweep", "--db", db, "--alpha", "15,25", "--beta", "0.4,0.6", "--prompt-style",
