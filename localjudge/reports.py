@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import attention_matrix
-from .store import Store, unpack_array
+from .store import Store, content_key, unpack_array
 
 # Everything that makes two judgments incomparable; the names are for people, the hashes keep same-named
 # models with other weights apart.
@@ -26,8 +26,23 @@ def describe_setting(setting: dict) -> str:
             f"size={setting['judge_image_size']}")
 
 
-def matrices(store: Store, threshold: int, **filters) -> list[dict]:
-    """One matrix per (vision model, CAM, judge, image mode, alpha, beta, prompt): they are never mixed."""
+def setting_key(row: dict) -> str:
+    """One judge setting (the GROUP_COLUMNS of a row) as a key."""
+    return content_key("setting", *[row[c] for c in GROUP_COLUMNS])
+
+
+def calibrated_thresholds(store: Store) -> dict[str, int]:
+    """The newest calibrated threshold of every setting people rated (`localjudge calibrate`)."""
+    found = {}
+    for row in store.query("select setting_key, threshold from calibrations where threshold is not null "
+                           "order by created_at, id"):
+        found[row["setting_key"]] = row["threshold"]
+    return found
+
+
+def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = None, **filters) -> list[dict]:
+    """One matrix per (vision model, CAM, judge, image mode, alpha, beta, prompt): they are never mixed. A setting
+    with a threshold in `thresholds` (by setting_key) uses it instead of `threshold`."""
     where = ["j.status = 'ok'"]
     params: list = []
     column_of = {"model": "p.model", "cam": "s.method", "judge_model": "j.judge_model", "image_mode": "j.image_mode",
@@ -50,7 +65,10 @@ def matrices(store: Store, threshold: int, **filters) -> list[dict]:
     for key, members in groups.items():
         correct = np.array([np.nan if r["correct"] is None else r["correct"] for r in members], dtype=float)
         scores = np.array([r["score"] for r in members], dtype=float)
-        result.append({**dict(zip(GROUP_COLUMNS, key)), **attention_matrix(correct, scores, threshold)})
+        setting = dict(zip(GROUP_COLUMNS, key))
+        calibrated = (thresholds or {}).get(setting_key(setting))
+        result.append({**setting, **attention_matrix(correct, scores, threshold if calibrated is None else calibrated),
+                       "threshold_source": "given" if calibrated is None else "calibrated"})
     return result
 
 

@@ -132,6 +132,28 @@ def m005_faithfulness(db: sqlite_utils.Database) -> None:
     db["faithfulness"].create_index(["saliency_id"])
 
 
+@migration
+def m006_ratings_and_calibrations(db: sqlite_utils.Database) -> None:
+    # A person's 0-5 rating of a view (what a judge was shown: a map, alpha, beta, image mode), one per rater and
+    # view (rating again replaces it); every judge that saw the same view is compared with it. A calibration is the
+    # judge threshold fitted to people's ratings for one judge setting (reports.GROUP_COLUMNS).
+    db["ratings"].create(
+        {"id": str, "view_id": str, "saliency_id": str, "image_sha256": str, "alpha": float, "beta": float,
+         "image_mode": str, "rater": str, "score": int, "created_at": str, "updated_at": str},
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id")],
+    )
+    db["ratings"].create_index(["saliency_id"])
+    db["ratings"].create_index(["rater"])
+    db["calibrations"].create(
+        {"id": str, "setting_key": str, "setting": str, "raters": str, "human_threshold": int, "threshold": int,
+         "n": int, "kappa": float, "weighted_kappa": float, "accuracy": float, "pearson": float, "spearman": float,
+         "details": str, "created_at": str},
+        pk="id",
+    )
+    db["calibrations"].create_index(["setting_key"])
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -335,6 +357,24 @@ class Store:
             self.db["prompts"].insert(
                 {"hash": prompt_hash, "image_mode": image_mode, "text": text, "created_at": now()},
                 pk="hash", ignore=True)
+
+    # --- people ----------------------------------------------------------------------------------------
+    def rate(self, view: dict, rater: str, score: int) -> dict:
+        """Store (or replace) one rater's score of one view."""
+        row = {"id": content_key("rating", view["view_id"], rater), "view_id": view["view_id"],
+               "saliency_id": view["saliency_id"], "image_sha256": view["image_sha256"], "alpha": view["alpha"],
+               "beta": view["beta"], "image_mode": view["image_mode"], "rater": rater, "score": score,
+               "updated_at": now()}
+        with self.transaction():
+            if self.has("ratings", row["id"]):
+                self.db["ratings"].update(row["id"], {"score": score, "updated_at": row["updated_at"]})
+            else:
+                self.db["ratings"].insert({**row, "created_at": row["updated_at"]})
+        return row
+
+    def add_calibration(self, row: dict) -> None:
+        with self.transaction():
+            self.db["calibrations"].insert(row, pk="id", replace=True)
 
     def query(self, sql: str, params: Iterable = ()) -> Iterator[dict]:
         return self.db.query(sql, list(params))

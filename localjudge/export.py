@@ -1,0 +1,68 @@
+"""One row per sample with every stage's outputs and the parameters of the runs that made it, as CSV, JSON or
+JSON lines, for other tools."""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import IO
+
+from .samples import run_parameters, samples
+from .store import Store
+
+FORMATS = ("csv", "json", "jsonl")
+# The columns of an exported sample, in order. Nested values (top-5, ratings, run configurations) are JSON text in
+# CSV and plain values in JSON.
+COLUMNS = (
+    "judgment_id", "quadrant", "threshold", "status", "failure_kind", "score", "evaluation", "justification", "error",
+    "path", "image_sha256", "label", "width", "height",
+    "prediction_id", "model", "model_hash", "backend", "predicted_index", "predicted_label", "confidence", "correct",
+    "label_indices", "top5",
+    "saliency_id", "cam", "target_layer", "target_index",
+    "view_id", "alpha", "beta", "image_mode", "judge_backend", "judge_model", "judge_model_hash", "prompt_hash",
+    "decoding", "judge_image_size", "input_tokens", "output_tokens", "judged_at",
+    "iou", "dice", "pixel_accuracy", "f1",
+    "deletion_auc", "insertion_auc", "aopc", "average_drop", "increase_in_confidence", "faithfulness_steps",
+    "faithfulness_baseline",
+    "human_mean", "ratings", "predict_run_id", "predict_run", "judge_run_id", "judge_run",
+)
+_JSON_TEXT = ("label_indices", "top5", "decoding")  # stored as JSON text: decoded for JSON output
+# A spreadsheet runs a cell that starts with one of these as a formula; text from a model or a file name must not.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value):
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def export_rows(store: Store, threshold: int, thresholds: dict[str, int] | None = None, **filters) -> list[dict]:
+    runs = run_parameters(store)
+    rows = []
+    for sample in samples(store, threshold, thresholds, **filters):
+        row = {name: sample.get(name) for name in COLUMNS}
+        for name in _JSON_TEXT:
+            row[name] = json.loads(row[name]) if row[name] else None
+        row["predict_run"] = runs.get(sample["predict_run_id"])
+        row["judge_run"] = runs.get(sample["judge_run_id"])
+        rows.append(row)
+    return rows
+
+
+def write_export(rows: list[dict], fmt: str, handle: IO[str]) -> None:
+    if fmt == "json":
+        json.dump(rows, handle, indent=1, ensure_ascii=False)
+        handle.write("\n")
+    elif fmt == "jsonl":
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    else:
+        raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
