@@ -197,3 +197,62 @@ class TransformersServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+# --- people in the loop: a real headless Chromium, and an audit whose judge said hostile things ---------------
+CHROMIUM = Path(os.environ.get("LOCALJUDGE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+# Text that runs script wherever a page treats it as HTML; the judge "says" it, a file is named with it.
+XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+HOSTILE_FILE_NAME = "<img src=x onerror=alert(3)> 'q\" & b.jpg"
+FORMULA = '=HYPERLINK("http://example.invalid","x") </script>'
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM}: Chromium is needed for the page tests (Debian: apt-get install chromium; or set "
+                    "LOCALJUDGE_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def hostile_answer(n: int) -> str:
+    """The n-th answer of a judge that says hostile things: every seventh cannot be parsed, the others cycle the
+    scores 0-5 and carry markup and a spreadsheet formula."""
+    if n % 7 == 6:
+        return "<b>not an answer</b>"
+    return json.dumps({"evaluation": XSS, "justification": FORMULA, "score": n % 6})
+
+
+@pytest.fixture(scope="session")
+def hostile_audit(tmp_path_factory, data_dir) -> dict:
+    """A real audit (EfficientNet-Lite0, Grad-CAM) of 22 seg-photos, judged in masked and heatmap mode by a loopback
+    model server whose answers carry markup; one photo is a copy named with markup, one has no label."""
+    from .model_server import ScriptedServer
+
+    folder = tmp_path_factory.mktemp("hostile")
+    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
+        photos = list(csv.DictReader(handle))[:22]
+    rows = [{"path": str(data_dir / "seg-photos" / p["file"]), "label": p["imagenet_indices"]} for p in photos[:20]]
+    hostile = folder / HOSTILE_FILE_NAME
+    hostile.write_bytes((data_dir / "seg-photos" / photos[20]["file"]).read_bytes())
+    rows.append({"path": hostile.name, "label": photos[20]["imagenet_indices"]})
+    rows.append({"path": str(data_dir / "seg-photos" / photos[21]["file"]), "label": ""})
+    manifest = write_manifest(folder / "hostile.csv", rows)
+    db = folder / "hostile.db"
+    server = ScriptedServer(lists_models=True, answer=hostile_answer)
+    try:
+        with no_network(allow=server.address) as attempts:
+            for mode in ("masked", "heatmap"):
+                invoke("run", manifest, "--db", db, "--judge", "openai", "--base-url", server.url,
+                       "--api-concurrency", "1", "--image-mode", mode)
+        assert attempts == []
+    finally:
+        server.shutdown()
+    return {"db": db, "manifest": manifest, "folder": folder, "images": len(rows)}

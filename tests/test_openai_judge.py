@@ -8,7 +8,6 @@ counts are what must agree with the transformers backend, not the text."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import sqlite3
 import threading
@@ -20,6 +19,7 @@ from localjudge.judge import JudgeError, JudgeRequest, JudgeUnavailable
 from localjudge.judge.openai_backend import OpenAIJudge, chat_body, check_endpoint
 
 from .conftest import TransformersServer, invoke, invoke_json, no_network
+from .model_server import ScriptedServer
 
 FAMILIES = ("qwen2_5_vl", "gemma3")
 READABLE = 70
@@ -188,50 +188,6 @@ def tiny_image():
     from PIL import Image
 
     return Image.new("RGB", (32, 32), (200, 10, 10))
-
-
-class ScriptedServer(http.server.ThreadingHTTPServer):
-    """A real HTTP server on loopback standing for a model server: its chat completions answer `status` for the
-    first `failures` requests, then a valid completion; its model list answers when `lists_models`."""
-
-    def __init__(self, failures: int, status: int = 503, lists_models: bool = False):
-        self.failures, self.status, self.lists_models = failures, status, lists_models
-        self.posts = 0
-        super().__init__(("127.0.0.1", 0), ScriptedHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class ScriptedHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.server.lists_models:
-            self.answer(200, {"object": "list", "data": [{"id": "m", "object": "model"}]})
-        else:
-            self.answer(503, {"error": {"message": "down"}})
-
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.posts += 1
-        if self.server.posts <= self.server.failures:
-            self.answer(self.server.status, {"error": {"message": f"scripted {self.server.status}"}})
-        else:
-            self.answer(200, {"choices": [{"finish_reason": "stop", "message": {
-                "content": '{"evaluation": "a dog", "justification": "ears", "score": 4}'}}],
-                "usage": {"prompt_tokens": 30, "completion_tokens": 12}})
-
-    def answer(self, status: int, body: dict) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture

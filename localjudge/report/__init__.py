@@ -1,0 +1,163 @@
+"""The offline HTML report: one folder with index.html, its script and style, the samples as data.js and one
+thumbnail file per picture. Nothing in it is fetched from anywhere else, and nothing in it points outside the folder.
+
+Every text that came from a model, a file name or a person reaches the page as JSON data and is put into the page
+with textContent or setAttribute, never parsed as HTML; the page's Content-Security-Policy allows only its own
+script and style, and no connection at all."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+
+from ..data import ChangedImage, load_verified
+from ..samples import samples as read_samples
+from ..store import Store, content_key, unpack_array
+from ..vision.preprocess import model_view
+from .thumbnails import THUMBNAIL_KINDS, jpeg_bytes, thumbnail
+
+ASSETS = ("index.html", "report.js", "report.css")
+THUMBNAIL_SIDE = 160
+THUMBNAIL_DIR = "thumbs"
+
+# What each sample carries into the page (in this order; data.js holds rows of values, not objects, to stay small).
+FIELDS = ("id", "quadrant", "status", "score", "threshold", "evaluation", "justification", "error", "model", "cam",
+          "judge", "image_mode", "alpha", "beta", "predicted", "label", "confidence", "correct", "path",
+          "original", "heatmap", "masked", "image_error", "human_mean", "ratings")
+
+
+def thumbnail_name(kind: str, row: dict, side: int) -> str:
+    """A thumbnail is named by what it shows, so samples that show the same picture share one file, and a report
+    built again into the same folder renders only what is new."""
+    parts = [kind, row["image_sha256"], row["preprocessing"], side]
+    if kind != "original":
+        parts.append(row["saliency_id"])
+    if kind == "masked":
+        parts += [float(row["alpha"]), float(row["beta"])]
+    return f"{THUMBNAIL_DIR}/{content_key(*parts)[:24]}.jpg"
+
+
+def _label_text(row: dict, names: dict[str, tuple[str, ...] | None]) -> str:
+    """The image's label as class names where the model's label list knows them, else as given."""
+    if row["label"] is None:
+        return ""
+    labels = names.get(row["model"])
+    indices = json.loads(row["label_indices"]) if row["label_indices"] else None
+    if labels and indices:
+        return "; ".join(labels[i] for i in indices if 0 <= i < len(labels))
+    return row["label"]
+
+
+def _label_names(models: set[str]) -> dict[str, tuple[str, ...] | None]:
+    from ..vision.cards import CardError, load_card
+
+    names = {}
+    for model in models:
+        try:
+            names[model] = load_card(model).label_list().names
+        except (CardError, OSError, KeyError):
+            names[model] = None
+    return names
+
+
+def _render_image(out: Path, rows: list[dict], maps: dict[str, dict], side: int) -> str | None:
+    """Every missing thumbnail of one image's samples; the reason the image cannot be shown, if it cannot."""
+    wanted = {}
+    for row in rows:
+        for kind in THUMBNAIL_KINDS:
+            name = row[kind]
+            if not (out / name).is_file():
+                wanted[name] = (kind, row)
+    if not wanted:
+        return None
+    first = rows[0]
+    try:
+        picture = load_verified(Path(first["path"]), first["image_sha256"])
+    except ChangedImage as error:
+        return str(error)
+    views = {}
+    for name, (kind, row) in wanted.items():
+        if row["preprocessing"] not in views:
+            views[row["preprocessing"]] = model_view(picture, json.loads(row["preprocessing"]), side)
+        stored = maps[row["saliency_id"]]
+        saliency = unpack_array(stored["map"], (stored["height"], stored["width"]))
+        image = thumbnail(kind, views[row["preprocessing"]], saliency, row["alpha"], row["beta"])
+        temporary = out / f"{name}.part"
+        temporary.write_bytes(jpeg_bytes(image))
+        temporary.replace(out / name)  # a report cut short never leaves half a file under a final name
+    return None
+
+
+def _script_json(value) -> str:
+    """JSON that is also safe inside a script: no character of it can end the script or start markup."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, int] | None = None,
+                 side: int = THUMBNAIL_SIDE, workers: int = 4, **filters) -> dict:
+    """Write the report of every judgment (matching `filters`) into `out`; returns what was written."""
+    started = time.perf_counter()
+    out = Path(out)
+    (out / THUMBNAIL_DIR).mkdir(parents=True, exist_ok=True)
+    rows = read_samples(store, threshold, thresholds, **filters)
+    for row in rows:
+        for kind in THUMBNAIL_KINDS:
+            row[kind] = thumbnail_name(kind, row, side)
+
+    by_image: dict[str, list[dict]] = {}
+    for row in rows:
+        by_image.setdefault(row["image_sha256"], []).append(row)
+    image_errors: dict[str, str] = {}
+    local = threading.local()  # SQLite connections belong to their thread: each worker reads through its own
+
+    def render(sha: str) -> None:
+        if not hasattr(local, "store"):
+            local.store = Store(store.path, create=False)
+        group = by_image[sha]
+        maps = {m["id"]: m for m in local.store.saliency_maps({r["saliency_id"] for r in group})}
+        reason = _render_image(out, group, maps, side)
+        if reason:
+            image_errors[sha] = reason
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(render, by_image))
+
+    names = _label_names({row["model"] for row in rows})
+    data_rows = []
+    for row in rows:
+        reason = image_errors.get(row["image_sha256"])
+        data_rows.append([
+            row["judgment_id"], row["quadrant"], row["status"], row["score"], row["threshold"], row["evaluation"],
+            row["justification"], row["error"], row["model"], row["cam"], row["judge_model"], row["image_mode"],
+            row["alpha"], row["beta"], row["predicted_label"], _label_text(row, names), row["confidence"],
+            row["correct"], row["path"],
+            None if reason else row["original"], None if reason else row["heatmap"], None if reason else row["masked"],
+            reason, row["human_mean"], len(row["ratings"]),
+        ])
+    meta = {"generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "database": store.path.name, "threshold": threshold, "calibrated": bool(thresholds),
+            "samples": len(data_rows), "images": len(by_image), "thumbnail_side": side}
+    (out / "data.js").write_text(
+        "window.LOCALJUDGE_REPORT = " + _script_json({"meta": meta, "fields": FIELDS, "rows": data_rows}) + ";\n",
+        encoding="utf-8")
+    assets = resources.files(__package__) / "assets"
+    for name in ASSETS:
+        with resources.as_file(assets / name) as source:
+            shutil.copyfile(source, out / name)
+    thumbnails = sorted((out / THUMBNAIL_DIR).glob("*.jpg"))
+    return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
+            "images_unavailable": len(image_errors), "unavailable": sorted(image_errors.values()),
+            "thumbnails": len(thumbnails), "thumbnail_bytes": sum(p.stat().st_size for p in thumbnails),
+            "data_bytes": (out / "data.js").stat().st_size,
+            "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+            "seconds": time.perf_counter() - started}

@@ -1,0 +1,249 @@
+// The report page: filters, the 2x2 matrix, the score histogram, the per-class table and one card per sample.
+// Every value from the data (model output, file names, people's names) goes into the page through textContent or
+// setAttribute, never as HTML.
+"use strict";
+(function () {
+  const DATA = window.LOCALJUDGE_REPORT;
+  const PAGE_SIZE = 48;
+  const QUADRANTS = ["CH", "CL", "WH", "WL"];
+  const samples = DATA.rows.map(function (values) {
+    const sample = {};
+    DATA.fields.forEach(function (field, index) { sample[field] = values[index]; });
+    return sample;
+  });
+  const state = { quadrant: "", klass: "", min: 0, max: 5, model: "", cam: "", judge: "", sort: "", page: 0 };
+  const byId = function (id) { return document.getElementById(id); };
+
+  function element(tag, attributes, text) {
+    const node = document.createElement(tag);
+    Object.keys(attributes || {}).forEach(function (name) { node.setAttribute(name, attributes[name]); });
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function svg(tag, attributes, text) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    Object.keys(attributes || {}).forEach(function (name) { node.setAttribute(name, attributes[name]); });
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+
+  function fillSelect(id, values) {
+    const select = byId(id);
+    Array.from(new Set(values)).filter(function (v) { return v !== null && v !== ""; }).sort()
+      .forEach(function (value) { select.appendChild(element("option", { value: value }, value)); });
+  }
+
+  // Every filter but the quadrant: the matrix shows how the rest of the selection splits into quadrants.
+  function matchesOthers(s) {
+    if (state.klass && s.predicted !== state.klass) return false;
+    if (state.model && s.model !== state.model) return false;
+    if (state.cam && s.cam !== state.cam) return false;
+    if (state.judge && s.judge !== state.judge) return false;
+    if (s.status === "ok" && (s.score < state.min || s.score > state.max)) return false;
+    if (s.status !== "ok" && (state.min > 0 || state.max < 5)) return false;
+    return true;
+  }
+
+  function selected() {
+    const chosen = samples.filter(function (s) {
+      return matchesOthers(s) && (!state.quadrant || s.quadrant === state.quadrant);
+    });
+    if (state.sort) {
+      const parts = state.sort.split("-");
+      const key = parts[0], sign = parts[1] === "asc" ? 1 : -1;
+      chosen.sort(function (a, b) {
+        const x = a[key], y = b[key];
+        if (x === null && y === null) return 0;
+        if (x === null) return 1;
+        if (y === null) return -1;
+        return sign * (x - y);
+      });
+    }
+    return chosen;
+  }
+
+  function renderMatrix(pool) {
+    const table = byId("matrix");
+    clear(table);
+    const counts = { CH: 0, CL: 0, WH: 0, WL: 0 };
+    pool.forEach(function (s) { if (s.quadrant in counts) counts[s.quadrant] += 1; });
+    const placed = QUADRANTS.reduce(function (n, q) { return n + counts[q]; }, 0);
+    const head = element("tr");
+    head.appendChild(element("th"));
+    head.appendChild(element("th", {}, "high"));
+    head.appendChild(element("th", {}, "low"));
+    table.appendChild(head);
+    [["correct", "CH", "CL"], ["wrong", "WH", "WL"]].forEach(function (line) {
+      const tr = element("tr");
+      tr.appendChild(element("th", {}, line[0]));
+      [line[1], line[2]].forEach(function (q) {
+        const share = placed ? (100 * counts[q] / placed).toFixed(1) : "0.0";
+        const cell = element("td", { "class": "cell " + q + (state.quadrant === q ? " active" : ""),
+          "data-quadrant": q, title: "show " + q }, q + " " + counts[q] + " (" + share + " %)");
+        cell.addEventListener("click", function () {
+          state.quadrant = state.quadrant === q ? "" : q;
+          byId("quadrant").value = state.quadrant;
+          state.page = 0;
+          render();
+        });
+        tr.appendChild(cell);
+      });
+      table.appendChild(tr);
+    });
+  }
+
+  function renderHistogram(pool) {
+    const chart = byId("histogram");
+    clear(chart);
+    const counts = [0, 0, 0, 0, 0, 0];
+    pool.forEach(function (s) { if (s.status === "ok") counts[s.score] += 1; });
+    const most = Math.max(1, Math.max.apply(null, counts));
+    counts.forEach(function (count, score) {
+      const height = Math.round(120 * count / most);
+      const x = 20 + score * 50;
+      const bar = svg("rect", { x: x, y: 140 - height, width: 36, height: height, "data-score": score });
+      bar.appendChild(svg("title", {}, "score " + score + ": " + count));
+      chart.appendChild(bar);
+      chart.appendChild(svg("text", { x: x + 18, y: 156, "text-anchor": "middle" }, score));
+      chart.appendChild(svg("text", { x: x + 18, y: 136 - height, "text-anchor": "middle" }, count));
+    });
+  }
+
+  function renderClasses(pool) {
+    const table = byId("classes");
+    clear(table);
+    const head = element("tr");
+    ["class", "n", "accuracy %", "mean score", "CH", "CL", "WH", "WL"].forEach(function (name) {
+      head.appendChild(element("th", {}, name));
+    });
+    table.appendChild(head);
+    const groups = new Map();
+    pool.forEach(function (s) {
+      if (!groups.has(s.predicted)) groups.set(s.predicted, []);
+      groups.get(s.predicted).push(s);
+    });
+    Array.from(groups.entries()).sort(function (a, b) { return b[1].length - a[1].length || (a[0] < b[0] ? -1 : 1); })
+      .forEach(function (entry) {
+        const members = entry[1];
+        const labelled = members.filter(function (s) { return s.correct !== null; });
+        const judged = members.filter(function (s) { return s.status === "ok"; });
+        const row = element("tr");
+        row.appendChild(element("td", {}, entry[0]));
+        row.appendChild(element("td", {}, members.length));
+        row.appendChild(element("td", {}, labelled.length ?
+          (100 * labelled.filter(function (s) { return s.correct; }).length / labelled.length).toFixed(1) : "–"));
+        row.appendChild(element("td", {}, judged.length ?
+          (judged.reduce(function (n, s) { return n + s.score; }, 0) / judged.length).toFixed(2) : "–"));
+        QUADRANTS.forEach(function (q) {
+          row.appendChild(element("td", {}, members.filter(function (s) { return s.quadrant === q; }).length));
+        });
+        table.appendChild(row);
+      });
+  }
+
+  function card(s) {
+    const article = element("article", { "class": "card", "data-id": s.id, "data-quadrant": s.quadrant });
+    const head = element("div", { "class": "head" });
+    head.appendChild(element("span", { "class": "badge " + s.quadrant }, s.quadrant));
+    head.appendChild(element("strong", { "class": "score" },
+      s.status === "ok" ? "score " + s.score + " / 5" : "no score"));
+    head.appendChild(element("span", { "class": "prediction" }, "predicted: " + s.predicted +
+      (s.confidence === null ? "" : " (" + (100 * s.confidence).toFixed(1) + " %)")));
+    head.appendChild(element("span", { "class": "label" }, "label: " + (s.label || "none")));
+    article.appendChild(head);
+    article.appendChild(element("div", { "class": "path" }, s.path));
+    const pictures = element("div", { "class": "pictures" });
+    [["original", "model's view"], ["heatmap", "where it looked"], ["masked", "what the judge saw (masked)"]]
+      .forEach(function (kind) {
+        const figure = element("figure");
+        if (s[kind[0]]) {
+          figure.appendChild(element("img", { src: s[kind[0]], alt: kind[1], loading: "lazy", width: 160, height: 160 }));
+        }
+        figure.appendChild(element("figcaption", {}, kind[1]));
+        pictures.appendChild(figure);
+      });
+    article.appendChild(pictures);
+    if (s.image_error) article.appendChild(element("p", { "class": "error" }, "image unavailable: " + s.image_error));
+    article.appendChild(element("div", { "class": "settings" }, s.model + " · " + s.cam + " · judged by " + s.judge +
+      " (" + s.image_mode + ", α " + s.alpha + ", β " + s.beta + ", high ≥ " + s.threshold + ")"));
+    const text = element("div", { "class": "text" });
+    if (s.status === "ok") {
+      text.appendChild(element("p", { "class": "evaluation" }, s.evaluation));
+      text.appendChild(element("p", { "class": "justification" }, s.justification));
+    } else {
+      text.appendChild(element("p", { "class": "error" }, "judge failed: " + s.error));
+    }
+    if (s.ratings) {
+      text.appendChild(element("p", { "class": "human" }, "people: mean " + s.human_mean.toFixed(2) + " from " +
+        s.ratings + " rating" + (s.ratings === 1 ? "" : "s")));
+    }
+    article.appendChild(text);
+    return article;
+  }
+
+  function render() {
+    const pool = samples.filter(matchesOthers);
+    renderMatrix(pool);
+    renderHistogram(pool.filter(function (s) { return !state.quadrant || s.quadrant === state.quadrant; }));
+    renderClasses(pool.filter(function (s) { return !state.quadrant || s.quadrant === state.quadrant; }));
+    const chosen = selected();
+    const pages = Math.max(1, Math.ceil(chosen.length / PAGE_SIZE));
+    state.page = Math.min(state.page, pages - 1);
+    const cards = byId("cards");
+    clear(cards);
+    chosen.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE).forEach(function (s) {
+      cards.appendChild(card(s));
+    });
+    const info = chosen.length + " of " + samples.length + " samples · page " + (state.page + 1) + " of " + pages;
+    document.querySelectorAll(".page-info").forEach(function (node) { node.textContent = info; });
+    document.querySelectorAll(".pager .prev").forEach(function (b) { b.disabled = state.page === 0; });
+    document.querySelectorAll(".pager .next").forEach(function (b) { b.disabled = state.page >= pages - 1; });
+    document.body.setAttribute("data-selected", String(chosen.length));
+    document.body.setAttribute("data-page", String(state.page));
+    document.body.setAttribute("data-pages", String(pages));
+  }
+
+  function bind(id, key, parse) {
+    byId(id).addEventListener("change", function (event) {
+      state[key] = parse ? parse(event.target.value) : event.target.value;
+      state.page = 0;
+      render();
+    });
+  }
+
+  const meta = DATA.meta;
+  byId("meta").textContent = meta.samples + " judgments of " + meta.images + " images from " + meta.database +
+    ", built " + meta.generated_at + "; a score at or above " + meta.threshold + " is high" +
+    (meta.calibrated ? " (calibrated thresholds where people rated)" : "") + ".";
+  fillSelect("class", samples.map(function (s) { return s.predicted; }));
+  fillSelect("model", samples.map(function (s) { return s.model; }));
+  fillSelect("cam", samples.map(function (s) { return s.cam; }));
+  fillSelect("judge", samples.map(function (s) { return s.judge; }));
+  bind("quadrant", "quadrant");
+  bind("class", "klass");
+  bind("model", "model");
+  bind("cam", "cam");
+  bind("judge", "judge");
+  bind("sort", "sort");
+  bind("score-min", "min", function (v) { return v === "" ? 0 : Number(v); });
+  bind("score-max", "max", function (v) { return v === "" ? 5 : Number(v); });
+  byId("reset").addEventListener("click", function () {
+    Object.assign(state, { quadrant: "", klass: "", min: 0, max: 5, model: "", cam: "", judge: "", sort: "", page: 0 });
+    ["quadrant", "class", "model", "cam", "judge", "sort"].forEach(function (id) { byId(id).value = ""; });
+    byId("score-min").value = "0";
+    byId("score-max").value = "5";
+    render();
+  });
+  document.querySelectorAll(".pager .prev").forEach(function (b) {
+    b.addEventListener("click", function () { state.page -= 1; render(); window.scrollTo(0, 0); });
+  });
+  document.querySelectorAll(".pager .next").forEach(function (b) {
+    b.addEventListener("click", function () { state.page += 1; render(); window.scrollTo(0, 0); });
+  });
+  render();
+  window.LOCALJUDGE_FIRST_RENDER_MS = performance.now();
+  document.body.setAttribute("data-ready", "1");
+})();
