@@ -20,7 +20,8 @@ from .judge.prompts import PROMPT_STYLES
 from .data import IngestError
 from .ground_truth import GroundTruthError
 from .judge import JUDGE_BACKENDS, JudgeError
-from .reports import faithfulness_means, label_issue_table, map_signals, matrices, region_means, summary
+from .reports import (calibrated_thresholds, describe_setting, faithfulness_means, label_issue_table, map_signals,
+                      matrices, region_means, summary)
 from .saliency import CAM_METHODS
 from .store import Store, StoreError
 from .vision import BACKENDS, CardError, WeightsError, list_cards
@@ -133,6 +134,40 @@ ground_truth_options = options(
 )
 threshold_option = click.option("--threshold", type=click.IntRange(0, 5), default=DEFAULTS.threshold,
                                 show_default=True, help="A score at or above this is high.")
+
+
+class ThresholdType(click.ParamType):
+    """0-5, or "calibrated": each setting's threshold from `localjudge calibrate`."""
+
+    name = "0-5|calibrated"
+
+    def convert(self, value, param, ctx):
+        if value == "calibrated" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a score 0-5 nor 'calibrated'", param, ctx)
+        if not 0 <= number <= 5:
+            self.fail(f"{number} is not a score 0-5", param, ctx)
+        return number
+
+
+reading_threshold_option = click.option(
+    "--threshold", type=ThresholdType(), default=DEFAULTS.threshold, show_default=True,
+    help="A score at or above this is high; 'calibrated' takes each setting's threshold fitted to people's ratings "
+         f"(`localjudge calibrate`), and {DEFAULTS.threshold} where none was fitted.")
+
+
+def resolve_threshold(store: Store, threshold) -> tuple[int, dict[str, int] | None]:
+    """The default threshold and, for 'calibrated', the calibrated threshold of each setting."""
+    if threshold != "calibrated":
+        return threshold, None
+    found = calibrated_thresholds(store)
+    if not found:
+        raise click.ClickException(f"{store.path}: no calibration yet; rate samples (`localjudge rate`) and run "
+                                   "`localjudge calibrate` first")
+    return DEFAULTS.threshold, found
 
 
 def make_audit(db_path: str, show_progress: bool = True, **options_given):
@@ -288,18 +323,25 @@ def print_matrices(found: list[dict]) -> None:
         click.echo(f"average score {m['average_score']:.2f} over {m['judgments']} judgments")
 
 
+sample_filter_options = options(
+    click.option("--model", help="Only this vision model."),
+    click.option("--cam", help="Only this CAM method."),
+    click.option("--judge-model", help="Only this judge (its directory name)."),
+    click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Only this image mode."),
+)
+
+
 @cli.command()
 @db_option
-@threshold_option
-@click.option("--model", help="Only this vision model.")
-@click.option("--cam", help="Only this CAM method.")
-@click.option("--judge-model", help="Only this judge (its directory name).")
-@click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Only this image mode.")
+@reading_threshold_option
+@sample_filter_options
 @json_option
 @user_errors
 def matrix(db_path, threshold, as_json, **filters):
     """The 2x2 matrix: prediction correct/wrong x judge score high/low (CH, CL, WH, WL)."""
-    found = matrices(Store(db_path, create=False), threshold, **filters)
+    store = Store(db_path, create=False)
+    threshold, thresholds = resolve_threshold(store, threshold)
+    found = matrices(store, threshold, thresholds, **filters)
     if as_json:
         click.echo(json.dumps({"matrices": found}, indent=2))
     else:
@@ -308,17 +350,19 @@ def matrix(db_path, threshold, as_json, **filters):
 
 @cli.command()
 @db_option
-@threshold_option
+@reading_threshold_option
 @json_option
 @user_errors
 def compare(db_path, threshold, as_json):
     """Every model x CAM x judge setting in the store side by side: CH/CL/WH/WL % and the average score (the shape of
     the paper's Table 4)."""
-    found = matrices(Store(db_path, create=False), threshold)
+    store = Store(db_path, create=False)
+    threshold, thresholds = resolve_threshold(store, threshold)
+    found = matrices(store, threshold, thresholds)
     rows = [{"model": m["model"], "cam": m["cam"], "judge_model": m["judge_model"], "image_mode": m["image_mode"],
              "alpha": m["alpha"], "beta": m["beta"], "prompt_hash": m["prompt_hash"],
-             "judge_image_size": m["judge_image_size"], "judgments": m["judgments"], **m["percent"],
-             "average_score": m["average_score"]} for m in found]
+             "judge_image_size": m["judge_image_size"], "judgments": m["judgments"], "threshold": m["threshold"],
+             **m["percent"], "average_score": m["average_score"]} for m in found]
     if as_json:
         click.echo(json.dumps({"threshold": threshold, "settings": rows}, indent=2))
         return
@@ -576,6 +620,120 @@ def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode,
     for m in table["methods"]:
         click.echo(f"{m['method']:44}{m['accuracy']:>7.3f}{m['precision']:>7.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
                    f"{m['flagged']:>9}")
+
+
+@cli.command()
+@db_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder to write the report into (index.html, data.js, thumbnails).")
+@reading_threshold_option
+@sample_filter_options
+@click.option("--thumbnail-size", type=click.IntRange(32, 512), default=160, show_default=True,
+              help="Side of the thumbnails in pixels.")
+@json_option
+@user_errors
+def report(db_path, out_dir, threshold, thumbnail_size, as_json, **filters):
+    """An offline HTML report: one card per judgment (the model's view, the heatmap, the masked image, prediction and
+    label, score, evaluation, justification), filters by quadrant, class, score, model, CAM and judge, the 2x2
+    matrix, a per-class table and the score histogram. Open OUT/index.html in any browser; nothing is fetched."""
+    from .report import build_report
+
+    store = Store(db_path, create=False)
+    threshold, thresholds = resolve_threshold(store, threshold)
+    written = build_report(store, Path(out_dir), threshold, thresholds, side=thumbnail_size,
+                           workers=os.cpu_count() or 1, **filters)
+    if as_json:
+        click.echo(json.dumps(written, indent=2))
+        return
+    click.echo(f"wrote {Path(out_dir) / 'index.html'}: {written['samples']} judgments of {written['images']} images, "
+               f"{written['thumbnails']} thumbnails, {written['total_bytes'] / 1e6:.1f} MB in "
+               f"{written['seconds']:.1f} s")
+    for reason in written["unavailable"]:
+        click.echo(f"warning: {reason}", err=True)
+
+
+@cli.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to serve on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
+@click.option("--rater", help="The rater's name, filled in on the page.")
+@sample_filter_options
+@user_errors
+def rate(db_path, host, port, rater, **filters):
+    """A page on this machine where people rate what the judges were shown, 0-5 with the judge's rubric (keys 0-5,
+    back, skip); ratings are stored in the DB at once, and a rater continues where they stopped."""
+    from .rating import RatingError, RatingServer
+
+    try:
+        server = RatingServer(db_path, host, port, rater, **filters)
+    except (RatingError, OSError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"rating {len(server.order)} views from {db_path} at {server.url} (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@cli.command()
+@db_option
+@click.option("--rater", "raters", multiple=True, help="Only this rater's ratings (repeatable; default: everyone's).")
+@click.option("--human-threshold", type=click.IntRange(0, 5), default=DEFAULTS.threshold, show_default=True,
+              help="A person's rating at or above this counts as high.")
+@sample_filter_options
+@json_option
+@user_errors
+def calibrate(db_path, raters, human_threshold, as_json, **filters):
+    """From people's ratings, the judge threshold that best separates what they call high from low (Cohen's kappa),
+    with kappa, weighted kappa and correlations against the judge, per judge setting; stored, so
+    `matrix --threshold calibrated` uses it."""
+    from .calibration import calibrate_settings
+
+    store = Store(db_path, create=False)
+    found = calibrate_settings(store, raters, human_threshold, DEFAULTS.threshold, **filters)
+    if as_json:
+        click.echo(json.dumps({"human_threshold": human_threshold, "settings": found}, indent=2))
+        return
+    if not found:
+        click.echo("No rated judgments yet: rate some with `localjudge rate`.")
+        return
+    number = lambda value: "n/a" if value is None else f"{value:.3f}"  # noqa: E731
+    for c in found:
+        click.echo(describe_setting(c["setting"]))
+        click.echo(f"  {c['n']} ratings by {', '.join(c['raters'])}; people high: {c['human_high']}")
+        if c["threshold"] is None:
+            click.echo(f"  no threshold: {c['reason'] or 'kappa is undefined at every threshold'}")
+        else:
+            click.echo(f"  threshold {c['threshold']}: kappa {number(c['kappa'])}, accuracy {number(c['accuracy'])}")
+        click.echo(f"  scores 0-5: weighted kappa {number(c['weighted_kappa'])}, Pearson {number(c['pearson']['r'])}, "
+                   f"Spearman {number(c['spearman']['r'])}")
+
+
+@cli.command(name="export")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(("csv", "json", "jsonl")), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="File to write (default: standard output).")
+@reading_threshold_option
+@sample_filter_options
+@user_errors
+def export_command(db_path, fmt, out, threshold, **filters):
+    """One row per judgment with every stage's outputs (prediction, map, judge answer, quadrant, region and
+    faithfulness scores, people's ratings) and the parameters of the runs that made it."""
+    import sys
+
+    from .export import export_rows, write_export
+
+    store = Store(db_path, create=False)
+    threshold, thresholds = resolve_threshold(store, threshold)
+    rows = export_rows(store, threshold, thresholds, **filters)
+    if out:
+        with open(out, "w", newline="", encoding="utf-8") as handle:
+            write_export(rows, fmt, handle)
+        click.echo(f"wrote {len(rows)} rows to {out}", err=True)
+    else:
+        write_export(rows, fmt, sys.stdout)
 
 
 @cli.group()

@@ -1,0 +1,98 @@
+// The rating page: one view at a time, a score 0-5 by button or key, stored at once; the rater's name is kept in
+// this browser so a rater who comes back goes on where they stopped. Text from the server goes in by textContent.
+"use strict";
+(function () {
+  const byId = function (id) { return document.getElementById(id); };
+  let rater = "";
+  let current = null;
+  const history = [];  // views rated in this visit, for going back
+
+  function say(text) { byId("message").textContent = text || ""; }
+
+  function request(path, body) {
+    const options = body === undefined ? {} :
+      { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+    return fetch(path, options).then(function (response) {
+      return response.json().then(function (data) {
+        if (!response.ok) throw new Error(data.error || ("HTTP " + response.status));
+        return data;
+      });
+    });
+  }
+
+  function show(state) {
+    byId("progress").textContent = state.rater + ": " + state.rated + " of " + state.total + " rated";
+    current = state.view;
+    document.body.setAttribute("data-view", current ? current.view_id : "");
+    if (!current) {
+      byId("rating").hidden = true;
+      say("Every view is rated. Thank you. Go back with ← to change a score.");
+      return;
+    }
+    say("");
+    byId("rating").hidden = false;
+    byId("picture").setAttribute("src", current.image);
+    byId("label").textContent = current.label;
+    byId("mode").textContent = current.image_mode + " view (α " + current.alpha + ", β " + current.beta + "), #" +
+      current.position;
+    byId("rubric").textContent = current.rubric;
+    byId("previous").textContent = current.score === null ? "" : "You gave this view " + current.score + ".";
+    document.querySelectorAll("#scores button").forEach(function (button) {
+      button.classList.toggle("chosen", Number(button.getAttribute("data-score")) === current.score);
+    });
+  }
+
+  function load(path) {
+    return request(path).then(show).catch(function (error) { say(error.message); });
+  }
+
+  function start() {
+    const name = byId("rater").value.trim();
+    if (!name) { say("Enter your name first."); byId("rater").focus(); return; }
+    rater = name;
+    localStorage.setItem("localjudge-rater", rater);
+    history.length = 0;
+    byId("rater").blur();  // the keys 0-5 rate from now on, instead of typing into the name
+    load("/api/next?rater=" + encodeURIComponent(rater));
+  }
+
+  function rate(score) {
+    if (!current || !rater) return;
+    const rated = current.view_id;
+    request("/api/rate", { view_id: rated, rater: rater, score: score }).then(function (state) {
+      history.push(rated);
+      show(state);
+    }).catch(function (error) { say(error.message); });
+  }
+
+  function back() {
+    if (!history.length) return;
+    load("/api/view?rater=" + encodeURIComponent(rater) + "&id=" + encodeURIComponent(history.pop()));
+  }
+
+  function skip() {
+    if (!current) return;
+    load("/api/next?rater=" + encodeURIComponent(rater) + "&after=" + encodeURIComponent(current.view_id));
+  }
+
+  byId("start").addEventListener("click", start);
+  byId("rater").addEventListener("keydown", function (event) { if (event.key === "Enter") start(); });
+  byId("picture").addEventListener("error", function () { say("This image cannot be shown (its file changed or is gone); skip it with →."); });
+  document.querySelectorAll("#scores button").forEach(function (button) {
+    button.addEventListener("click", function () { rate(Number(button.getAttribute("data-score"))); });
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.target === byId("rater") || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (/^[0-5]$/.test(event.key)) { rate(Number(event.key)); event.preventDefault(); }
+    else if (event.key === "ArrowLeft" || event.key === "Backspace") { back(); event.preventDefault(); }
+    else if (event.key === "ArrowRight") { skip(); event.preventDefault(); }
+  });
+
+  const fromAddress = new URLSearchParams(location.search).get("rater");
+  request("/api/config").then(function (config) {
+    const name = fromAddress || localStorage.getItem("localjudge-rater") || config.rater || "";
+    byId("rater").value = name;
+    if (name) start(); else { say("Enter your name to start (" + config.total + " views to rate)."); byId("rater").focus(); }
+    document.body.setAttribute("data-ready", "1");
+  }).catch(function (error) { say(error.message); });
+})();

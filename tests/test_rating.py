@@ -1,0 +1,238 @@
+"""The rating page (`localjudge rate`, a real server on loopback) driven in headless Chromium, then calibration from
+the ratings it stored, and `matrix --threshold calibrated`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from localjudge.analysis.agreement import calibrate_threshold, cohen_kappa
+
+from .conftest import free_port, invoke, invoke_json
+
+HOSTILE_RATER = "<img src=x onerror=alert(7)> Dr. O'Neil"
+
+
+class RatingPage:
+    """`localjudge rate` as a user starts it, in its own process."""
+
+    def __init__(self, db: Path, *args: str):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "localjudge", "rate", "--db", str(db), "--port", str(self.port), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(self.process.stdout.read())
+            try:
+                with urllib.request.urlopen(self.url + "api/config", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("localjudge rate did not answer within 60 s")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def rated_db(hostile_audit, tmp_path) -> Path:
+    db = tmp_path / "rated.db"
+    shutil.copyfile(hostile_audit["db"], db)
+    return db
+
+
+@pytest.fixture
+def rating_page(rated_db):
+    page = RatingPage(rated_db, "--image-mode", "masked")
+    yield page
+    page.stop()
+
+
+def ratings(db: Path) -> list[sqlite3.Row]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute("select * from ratings order by updated_at, id").fetchall()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    seen = {"dialogs": [], "errors": []}
+    page.on("dialog", lambda dialog: (seen["dialogs"].append(dialog.message), dialog.dismiss()))
+    page.on("pageerror", lambda error: seen["errors"].append(str(error)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']")
+    return page, seen
+
+
+def current_view(page) -> str:
+    page.wait_for_selector("body[data-view]:not([data-view=''])")
+    return page.get_attribute("body", "data-view")
+
+
+def picture_width(page, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        width = page.locator("#picture").evaluate("img => img.complete ? img.naturalWidth : 0")
+        if width:
+            return width
+        time.sleep(0.1)
+    return 0
+
+
+def next_view(page, before: str) -> str:
+    page.wait_for_selector(f"body:not([data-view='{before}'])")
+    return current_view(page)
+
+
+def test_a_rating_given_in_the_page_is_in_the_database_and_the_rater_resumes(rating_page, rated_db, browser,
+                                                                          hostile_audit):
+    page, seen = open_page(browser, rating_page.url)
+    try:
+        page.fill("#rater", HOSTILE_RATER)
+        page.press("#rater", "Enter")
+        first = current_view(page)
+        assert picture_width(page) == 448  # what the judge was shown, at the judge's size
+        page.keyboard.press("4")  # a key
+        second = next_view(page, first)
+        page.click("#scores button[data-score='1']")  # a button
+        third = next_view(page, second)
+        page.keyboard.press("ArrowLeft")  # back to the second, and change its score
+        assert next_view(page, third) == second
+        page.keyboard.press("2")
+        assert next_view(page, second) == third
+        stored = {r["view_id"]: r for r in ratings(rated_db)}
+        assert {k: r["score"] for k, r in stored.items()} == {first: 4, second: 2}
+        assert {r["rater"] for r in stored.values()} == {HOSTILE_RATER}
+        # the name shows as text, the judge's rubric is shown, nothing ran
+        assert page.text_content("#progress").startswith(HOSTILE_RATER + ": 2 of ")
+        assert page.locator("img[src='x']").count() == 0
+        assert "Score the attention from 0 to 5" in page.text_content("#rubric")
+        assert seen["dialogs"] == [] and seen["errors"] == []
+    finally:
+        page.close()
+    # a new visit (same browser profile) goes on with the first view this rater has not rated
+    page, _ = open_page(browser, rating_page.url + "?rater=" + urllib.request.quote(HOSTILE_RATER))
+    try:
+        assert current_view(page) == third
+    finally:
+        page.close()
+    # every stored rating names a view of the audit: its map, alpha, beta and image mode
+    with sqlite3.connect(rated_db) as conn:
+        joined = conn.execute("select count(*) from ratings r join judgments j on j.saliency_id = r.saliency_id "
+                              "and j.alpha = r.alpha and j.beta = r.beta and j.image_mode = r.image_mode").fetchone()
+    assert joined[0] == 2
+
+
+def test_the_rating_server_refuses_what_is_not_its_own_page(rating_page):
+    def post(body: bytes, content_type: str, host: str | None = None):
+        request = urllib.request.Request(rating_page.url + "api/rate", data=body, method="POST",
+                                         headers={"Content-Type": content_type})
+        if host:
+            request.add_unredirected_header("Host", host)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    with urllib.request.urlopen(rating_page.url + "api/next?rater=a", timeout=5) as answer:
+        view = json.loads(answer.read())["view"]["view_id"]
+    good = json.dumps({"view_id": view, "rater": "a", "score": 3}).encode()
+    assert post(good, "text/plain")[0] == 415  # a form on another site cannot send JSON
+    assert post(good, "application/json", host="attacker.example:80")[0] == 403  # DNS rebinding
+    assert post(json.dumps({"view_id": view, "rater": "a", "score": 9}).encode(), "application/json")[0] == 400
+    assert post(json.dumps({"view_id": "nope", "rater": "a", "score": 3}).encode(), "application/json")[0] == 400
+    assert post(json.dumps({"view_id": view, "rater": "", "score": 3}).encode(), "application/json")[0] == 400
+    assert post(good, "application/json")[0] == 200
+
+
+def test_the_rating_page_serves_loopback_only(hostile_audit):
+    result = invoke("rate", "--db", hostile_audit["db"], "--host", "0.0.0.0", expect_ok=False)
+    assert result.exit_code == 1 and "serves this machine only" in result.output
+
+
+def test_calibration_from_ratings_feeds_the_matrix(rated_db, rating_page):
+    """People rate every masked view; the calibrated threshold, kappa and correlations equal the pure functions on
+    the same pairs, and `matrix --threshold calibrated` uses the threshold."""
+    with sqlite3.connect(rated_db) as conn:
+        judged = conn.execute(
+            "select saliency_id, score from judgments where image_mode = 'masked' and status = 'ok'").fetchall()
+    # A person who sees more than this judge: their rating is the judge's score moved up by one, capped at 5, so the
+    # best judge threshold for people's "high" (>= 3) is 2.
+    judge_score = dict(judged)
+    posted = 0
+    for _ in range(len(judge_score) + 5):
+        with urllib.request.urlopen(rating_page.url + "api/next?rater=ann", timeout=5) as answer:
+            view = json.loads(answer.read())["view"]
+        if view is None:
+            break
+        sid = _saliency_of(rated_db, view["view_id"])
+        score = min(5, judge_score[sid] + 1) if sid in judge_score else 0
+        body = json.dumps({"view_id": view["view_id"], "rater": "ann", "score": score}).encode()
+        request = urllib.request.Request(rating_page.url + "api/rate", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5):
+            posted += 1
+    assert posted == len(_masked_views(rated_db))
+
+    result = invoke_json("calibrate", "--db", rated_db)
+    (calibration,) = [c for c in result["settings"] if c["setting"]["image_mode"] == "masked"]
+    judge = [s for _, s in sorted(judged)]
+    human = [min(5, s + 1) for s in judge]
+    expected = calibrate_threshold(judge, human, 3, 3)
+    assert calibration["threshold"] == expected["threshold"] == 2
+    assert calibration["n"] == len(judge) and calibration["raters"] == ["ann"]
+    assert calibration["kappa"] == pytest.approx(cohen_kappa(np.array(judge) >= 2, np.array(human) >= 3))
+    assert calibration["weighted_kappa"] == pytest.approx(expected["weighted_kappa"])
+    assert calibration["pearson"]["r"] == pytest.approx(np.corrcoef(judge, human)[0, 1])
+    with sqlite3.connect(rated_db) as conn:
+        assert conn.execute("select threshold, n from calibrations").fetchall() == [(2, len(judge))]
+
+    calibrated = invoke_json("matrix", "--db", rated_db, "--threshold", "calibrated")["matrices"]
+    by_mode = {m["image_mode"]: m for m in calibrated}
+    assert by_mode["masked"]["threshold"] == 2 and by_mode["masked"]["threshold_source"] == "calibrated"
+    assert by_mode["heatmap"]["threshold"] == 3 and by_mode["heatmap"]["threshold_source"] == "given"
+    assert by_mode["masked"]["counts"] == invoke_json("matrix", "--db", rated_db, "--threshold", "2",
+                                                      "--image-mode", "masked")["matrices"][0]["counts"]
+    text = invoke("matrix", "--db", rated_db, "--threshold", "calibrated").output
+    assert "score >= 2 is high" in text
+
+
+def test_calibrated_threshold_needs_a_calibration(hostile_audit):
+    result = invoke("matrix", "--db", hostile_audit["db"], "--threshold", "calibrated", expect_ok=False)
+    assert result.exit_code == 1 and "no calibration yet" in result.output
+    result = invoke("matrix", "--db", hostile_audit["db"], "--threshold", "high", expect_ok=False)
+    assert result.exit_code == 2 and "neither a score 0-5 nor 'calibrated'" in result.output
+
+
+def _masked_views(db: Path) -> set[tuple]:
+    with sqlite3.connect(db) as conn:
+        return set(conn.execute("select distinct saliency_id, alpha, beta from judgments where image_mode = 'masked'"))
+
+
+def _saliency_of(db: Path, view_id: str) -> str:
+    from localjudge.samples import view_id as make_view_id
+
+    for saliency_id, alpha, beta in _masked_views(db):
+        if make_view_id(saliency_id, alpha, beta, "masked") == view_id:
+            return saliency_id
+    raise AssertionError(f"no view {view_id}")
