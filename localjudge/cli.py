@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 import click
 
 from . import __version__
-from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES, RunConfig
+from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES
 from .judge.prompts import PROMPT_STYLES
 from .data import IngestError
 from .ground_truth import GroundTruthError

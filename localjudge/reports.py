@@ -32,12 +32,12 @@ def setting_key(row: dict) -> str:
 
 
 def calibrated_thresholds(store: Store) -> dict[str, int]:
-    """The newest calibrated threshold of every setting people rated (`localjudge calibrate`)."""
+    """The threshold of each setting's newest calibration (`localjudge calibrate`), where it found one: a newer
+    calibration that found none (people's ratings did not separate) leaves its setting uncalibrated."""
     found = {}
-    for row in store.query("select setting_key, threshold from calibrations where threshold is not null "
-                           "order by created_at, id"):
+    for row in store.query("select setting_key, threshold from calibrations order by rowid"):
         found[row["setting_key"]] = row["threshold"]
-    return found
+    return {key: threshold for key, threshold in found.items() if threshold is not None}
 
 
 def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = None, **filters) -> list[dict]:

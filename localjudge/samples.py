@@ -93,18 +93,20 @@ def run_parameters(store: Store) -> dict[str, dict]:
 
 
 def views(store: Store, **filters) -> list[dict]:
-    """The distinct views judges were shown, each with what a person needs to rate it, in a fixed pseudo-random
-    order (by view id): any prefix a person rates is a fair sample of the whole."""
+    """The distinct views judges were shown, each with what a person needs to rate it (but its map, which is read
+    when it is shown), in a fixed pseudo-random order (by view id): any prefix a person rates is a fair sample of
+    the whole."""
     where, params = _where(filters)
     rows = store.query(
-        "select distinct j.saliency_id, j.alpha, j.beta, j.image_mode, j.prompt_hash, j.image_sha256, "
-        "p.predicted_label, p.preprocessing, i.path, s.map, s.height, s.width "
+        "select distinct j.saliency_id, j.alpha, j.beta, j.image_mode, j.prompt_hash, j.judge_image_size, "
+        "j.image_sha256, p.predicted_label, p.preprocessing, i.path "
         "from judgments j join predictions p on p.id = j.prediction_id "
         "join saliency_maps s on s.id = j.saliency_id join images i on i.sha256 = j.image_sha256 " + where, params)
     found: dict[str, dict] = {}
     for row in rows:
         key = view_id(row["saliency_id"], row["alpha"], row["beta"], row["image_mode"])
-        # The same view judged under several prompts: people see it once, with the first prompt's rubric.
-        if key not in found or row["prompt_hash"] < found[key]["prompt_hash"]:
+        # The same view judged under several prompts (or image sizes): people see it once, with the first one's.
+        if key not in found or (row["prompt_hash"], row["judge_image_size"]) < (
+                found[key]["prompt_hash"], found[key]["judge_image_size"]):
             found[key] = {**row, "view_id": key}
     return [found[k] for k in sorted(found)]

@@ -79,7 +79,7 @@ def main() -> None:
     print(f"\nImageNet label noise from EfficientNet-Lite0's own predictions: {table['samples']} images, "
           f"{table['labels_wrong']} wrong labels; judge {table['judge']['judge_model']}; cleanlab on "
           f"{table['cleanlab_probabilities']}'s probabilities")
-    print(f"| method | accuracy | precision | recall | F1 | flagged |\n|---|---|---|---|---|---|")
+    print("| method | accuracy | precision | recall | F1 | flagged |\n|---|---|---|---|---|---|")
     for m in table["methods"]:
         print(f"| {m['method']} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
               f"| {m['flagged']} |")

@@ -222,6 +222,16 @@ def browser():
         launched.close()
 
 
+def copy_db(source: Path, target: Path) -> Path:
+    """A copy of a store that another connection may still hold open: through SQLite's backup, so what sits in its
+    write-ahead log is copied too (a file copy would miss it)."""
+    import sqlite3
+
+    with sqlite3.connect(source) as origin, sqlite3.connect(target) as copy:
+        origin.backup(copy)
+    return target
+
+
 def hostile_answer(n: int) -> str:
     """The n-th answer of a judge that says hostile things: every seventh cannot be parsed, the others cycle the
     scores 0-5 and carry markup and a spreadsheet formula."""
@@ -233,7 +243,8 @@ def hostile_answer(n: int) -> str:
 @pytest.fixture(scope="session")
 def hostile_audit(tmp_path_factory, data_dir) -> dict:
     """A real audit (EfficientNet-Lite0, Grad-CAM) of 22 seg-photos, judged in masked and heatmap mode by a loopback
-    model server whose answers carry markup; one photo is a copy named with markup, one has no label."""
+    model server whose answers carry markup (heatmaps shown at 256 px); one photo is a copy named with markup, one
+    has no label."""
     from .model_server import ScriptedServer
 
     folder = tmp_path_factory.mktemp("hostile")
@@ -249,9 +260,9 @@ def hostile_audit(tmp_path_factory, data_dir) -> dict:
     server = ScriptedServer(lists_models=True, answer=hostile_answer)
     try:
         with no_network(allow=server.address) as attempts:
-            for mode in ("masked", "heatmap"):
+            for mode, size in (("masked", "448"), ("heatmap", "256")):
                 invoke("run", manifest, "--db", db, "--judge", "openai", "--base-url", server.url,
-                       "--api-concurrency", "1", "--image-mode", mode)
+                       "--api-concurrency", "1", "--image-mode", mode, "--judge-image-size", size)
         assert attempts == []
     finally:
         server.shutdown()

@@ -3,9 +3,9 @@ the ratings it stored, and `matrix --threshold calibrated`."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +19,7 @@ import pytest
 
 from localjudge.analysis.agreement import calibrate_threshold, cohen_kappa
 
-from .conftest import free_port, invoke, invoke_json
+from .conftest import copy_db, free_port, invoke, invoke_json
 
 HOSTILE_RATER = "<img src=x onerror=alert(7)> Dr. O'Neil"
 
@@ -56,7 +56,7 @@ class RatingPage:
 @pytest.fixture
 def rated_db(hostile_audit, tmp_path) -> Path:
     db = tmp_path / "rated.db"
-    shutil.copyfile(hostile_audit["db"], db)
+    copy_db(hostile_audit["db"], db)
     return db
 
 
@@ -143,9 +143,9 @@ def test_a_rating_given_in_the_page_is_in_the_database_and_the_rater_resumes(rat
 
 
 def test_the_rating_server_refuses_what_is_not_its_own_page(rating_page):
-    def post(body: bytes, content_type: str, host: str | None = None):
+    def post(body: bytes, content_type: str, host: str | None = None, **headers):
         request = urllib.request.Request(rating_page.url + "api/rate", data=body, method="POST",
-                                         headers={"Content-Type": content_type})
+                                         headers={"Content-Type": content_type, **headers})
         if host:
             request.add_unredirected_header("Host", host)
         try:
@@ -159,10 +159,31 @@ def test_the_rating_server_refuses_what_is_not_its_own_page(rating_page):
     good = json.dumps({"view_id": view, "rater": "a", "score": 3}).encode()
     assert post(good, "text/plain")[0] == 415  # a form on another site cannot send JSON
     assert post(good, "application/json", host="attacker.example:80")[0] == 403  # DNS rebinding
+    assert post(good, "application/json", Origin="http://attacker.example")[0] == 403  # another site's page
+    assert post(json.dumps({"view_id": [view], "rater": "a", "score": 3}).encode(), "application/json")[0] == 400
+    assert post(json.dumps({"view_id": view, "rater": {"a": 1}, "score": 3}).encode(), "application/json")[0] == 400
+    assert post(b"[1, 2]", "application/json")[0] == 400
     assert post(json.dumps({"view_id": view, "rater": "a", "score": 9}).encode(), "application/json")[0] == 400
     assert post(json.dumps({"view_id": "nope", "rater": "a", "score": 3}).encode(), "application/json")[0] == 400
     assert post(json.dumps({"view_id": view, "rater": "", "score": 3}).encode(), "application/json")[0] == 400
-    assert post(good, "application/json")[0] == 200
+    assert post(good, "application/json", Origin=rating_page.url.rstrip("/"))[0] == 200
+    with urllib.request.urlopen(rating_page.url + "api/next?rater=a", timeout=5) as answer:
+        assert json.loads(answer.read())["rated"] == 1  # the one good request, and none of the others
+
+
+def test_the_page_shows_each_view_at_its_judges_size(rated_db):
+    page = RatingPage(rated_db, "--image-mode", "heatmap")
+    try:
+        with urllib.request.urlopen(page.url + "api/next?rater=a", timeout=5) as answer:
+            view = json.loads(answer.read())["view"]
+        assert view["image_mode"] == "heatmap"
+        with urllib.request.urlopen(page.url + view["image"].lstrip("/"), timeout=30) as answer:
+            from PIL import Image
+
+            assert Image.open(io.BytesIO(answer.read())).size == (256, 256)
+            assert answer.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+    finally:
+        page.stop()
 
 
 def test_the_rating_page_serves_loopback_only(hostile_audit):

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from .conftest import FORMULA, HOSTILE_FILE_NAME, XSS, invoke_json, no_network
+from .conftest import copy_db, FORMULA, HOSTILE_FILE_NAME, XSS, invoke_json, no_network
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +90,29 @@ def test_other_filters_agree_with_the_database(report, hostile_audit, browser):
         high = db_rows(hostile_audit["db"], "select id from judgments where status = 'ok' and score >= 4")
         assert sorted(shown_ids(page)) == sorted(r["id"] for r in high)
         page.click("#reset")
+        heatmap = db_rows(hostile_audit["db"], "select id from judgments where image_mode = 'heatmap'")
+        (setting,) = [o for o in page.eval_on_selector_all("#setting option", "nodes => nodes.map(n => n.value)")
+                      if o.startswith("heatmap")]
+        assert setting == "heatmap, α 15, β 0.6, prompt " + _prompt(hostile_audit["db"], "heatmap") + ", 256 px"
+        page.select_option("#setting", setting)
+        assert sorted(shown_ids(page)) == sorted(r["id"] for r in heatmap)
+        page.select_option("#quadrant", "unlabelled")  # the photo without a label, in both modes, where judged
+        unlabelled = db_rows(hostile_audit["db"], (
+            "select j.id from judgments j join predictions p on p.id = j.prediction_id "
+            "where j.status = 'ok' and p.correct is null and j.image_mode = 'heatmap'"))
+        assert sorted(shown_ids(page)) == sorted(r["id"] for r in unlabelled)
+        page.click("#reset")
         page.select_option("#sort", "score-desc")
         scores = page.eval_on_selector_all(".card .score", "nodes => nodes.map(n => n.textContent)")
         numbers = [int(s.split()[1]) for s in scores if s.startswith("score ")]
         assert numbers == sorted(numbers, reverse=True) and numbers[0] == 5
     finally:
         page.close()
+
+
+def _prompt(db: Path, mode: str) -> str:
+    (row,) = db_rows(db, "select distinct prompt_hash from judgments where image_mode = ?", [mode])
+    return row["prompt_hash"][:8]
 
 
 def test_hostile_text_shows_as_text_and_runs_nothing(report, hostile_audit, browser):
@@ -154,17 +172,22 @@ def test_the_report_is_built_from_thumbnails_shared_between_samples(report, host
     for name in ("index.html", "report.js", "report.css"):
         assert (tmp_path / "masked-only" / name).read_bytes() == (report["dir"] / name).read_bytes()
     # building again into the same folder renders nothing new
+    before = {p.name: p.stat().st_mtime_ns for p in (report["dir"] / "thumbs").iterdir()}
     again = invoke_json("report", "--db", hostile_audit["db"], "--out", report["dir"])
     assert again["thumbnails"] == report["thumbnails"]
+    assert {p.name: p.stat().st_mtime_ns for p in (report["dir"] / "thumbs").iterdir()} == before
+    # a narrower report into the same folder keeps only what it shows
+    narrower = tmp_path / "narrower"
+    shutil.copytree(report["dir"], narrower)
+    masked = invoke_json("report", "--db", hostile_audit["db"], "--out", narrower, "--image-mode", "masked")
+    assert masked["thumbnails"] == 3 * images == len(list((narrower / "thumbs").iterdir()))
     assert json.loads((report["dir"] / "data.js").read_text()[len("window.LOCALJUDGE_REPORT = "):-2])["meta"][
         "samples"] == 2 * images
 
 
 def test_a_missing_image_is_reported_on_its_card_and_the_rest_is_built(hostile_audit, tmp_path, browser):
-    import shutil
-
     db = tmp_path / "moved.db"
-    shutil.copyfile(hostile_audit["db"], db)
+    copy_db(hostile_audit["db"], db)
     moved = hostile_audit["folder"] / HOSTILE_FILE_NAME
     kept = moved.read_bytes()
     moved.unlink()

@@ -9,7 +9,7 @@ import pytest
 
 from localjudge.store import Store
 
-from .conftest import invoke, invoke_json, no_network
+from .conftest import invoke_json, no_network
 
 FAMILIES = ("qwen2_5_vl", "gemma3")
 READABLE = 70

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import socket
 import threading
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
@@ -29,6 +30,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
+    "Cross-Origin-Resource-Policy": "same-origin",
 }
 RATER_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,80}$")
 MAX_BODY = 4096
@@ -39,7 +41,7 @@ class RatingError(Exception):
 
 
 def rater_name(raw) -> str:
-    name = str(raw or "").strip()
+    name = raw.strip() if isinstance(raw, str) else ""
     if not RATER_NAME.match(name):
         raise RatingError("a rater name is 1 to 80 printable characters")
     return name
@@ -48,8 +50,7 @@ def rater_name(raw) -> str:
 class RatingServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, db_path, host: str = "127.0.0.1", port: int = 0, rater: str | None = None,
-                 image_side: int = 448, **filters):
+    def __init__(self, db_path, host: str = "127.0.0.1", port: int = 0, rater: str | None = None, **filters):
         address = loopback_address(host)
         if address is None:
             raise RatingError(f"{host}: the rating page serves this machine only (a loopback address such as "
@@ -65,15 +66,16 @@ class RatingServer(http.server.ThreadingHTTPServer):
         self.order = [v["view_id"] for v in found]
         self.position = {view_id: n for n, view_id in enumerate(self.order)}
         self.default_rater = rater
-        self.image_side = image_side
         self.lock = threading.Lock()  # one writer at a time from this server's threads
+        self.address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.host_name = f"[{address}]" if ":" in address else address
         super().__init__((address, port), RatingHandler)
-        self.allowed_hosts = {f"{name}:{self.server_address[1]}" for name in ("127.0.0.1", "localhost", "[::1]",
-                                                                               address)}
+        port = self.server_address[1]
+        self.allowed_hosts = {f"{name}:{port}" for name in ("localhost", self.host_name)}
 
     @property
     def url(self) -> str:
-        return f"http://{self.server_address[0]}:{self.server_address[1]}/"
+        return f"http://{self.host_name}:{self.server_address[1]}/"
 
     def rated_by(self, store: Store, rater: str) -> dict[str, int]:
         return {r["view_id"]: r["score"] for r in store.query(
@@ -99,11 +101,17 @@ class RatingServer(http.server.ThreadingHTTPServer):
                 "score": rated.get(view_id)}
 
     def picture(self, view_id: str) -> bytes:
+        """The view as its judge saw it, at the judge's image size."""
         view = self.views[view_id]
         picture = load_verified(view["path"], view["image_sha256"])
-        saliency = unpack_array(view["map"], (view["height"], view["width"]))
+        store = Store(self.db_path, create=False)
+        try:
+            (stored,) = store.saliency_maps([view["saliency_id"]])
+        finally:
+            store.close()
+        saliency = unpack_array(stored["map"], (stored["height"], stored["width"]))
         return jpeg_bytes(judge_view(picture, json.loads(view["preprocessing"]), saliency, view["image_mode"],
-                                     view["alpha"], view["beta"], self.image_side), quality=90)
+                                     view["alpha"], view["beta"], view["judge_image_size"]), quality=90)
 
 
 class RatingHandler(http.server.BaseHTTPRequestHandler):
@@ -158,11 +166,13 @@ class RatingHandler(http.server.BaseHTTPRequestHandler):
         # without the browser asking first, and this server never says yes.
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             return self._json(415, {"error": "send JSON"})
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= MAX_BODY:
-            return self._json(400, {"error": "empty or too large"})
         try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 < length <= MAX_BODY:
+                raise RatingError("empty or too large")
             body = json.loads(self.rfile.read(length))
+            if not isinstance(body, dict) or not isinstance(body.get("view_id"), str):
+                raise RatingError("send {view_id, rater, score}")
             rater = rater_name(body.get("rater"))
             score = body.get("score")
             if not isinstance(score, int) or isinstance(score, bool) or not 0 <= score <= 5:
@@ -170,7 +180,7 @@ class RatingHandler(http.server.BaseHTTPRequestHandler):
             view = self.server.views.get(body.get("view_id"))
             if view is None:
                 raise RatingError("no such view")
-        except (ValueError, AttributeError, RatingError) as error:
+        except (ValueError, RatingError) as error:
             return self._json(400, {"error": str(error)})
         with self.server.lock:
             store = Store(self.server.db_path, create=False)

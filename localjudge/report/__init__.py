@@ -28,7 +28,7 @@ THUMBNAIL_DIR = "thumbs"
 
 # What each sample carries into the page (in this order; data.js holds rows of values, not objects, to stay small).
 FIELDS = ("id", "quadrant", "status", "score", "threshold", "evaluation", "justification", "error", "model", "cam",
-          "judge", "image_mode", "alpha", "beta", "predicted", "label", "confidence", "correct", "path",
+          "judge", "image_mode", "alpha", "beta", "setting", "predicted", "label", "confidence", "correct", "path",
           "original", "heatmap", "masked", "image_error", "human_mean", "ratings")
 
 
@@ -41,6 +41,12 @@ def thumbnail_name(kind: str, row: dict, side: int) -> str:
     if kind == "masked":
         parts += [float(row["alpha"]), float(row["beta"])]
     return f"{THUMBNAIL_DIR}/{content_key(*parts)[:24]}.jpg"
+
+
+def setting_name(row: dict) -> str:
+    """What a judge was shown and asked, in a few words: judgments of different settings are not comparable."""
+    return (f"{row['image_mode']}, α {row['alpha']:g}, β {row['beta']:g}, prompt {row['prompt_hash'][:8]}, "
+            f"{row['judge_image_size']} px")
 
 
 def _label_text(row: dict, names: dict[str, tuple[str, ...] | None]) -> str:
@@ -139,7 +145,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
         data_rows.append([
             row["judgment_id"], row["quadrant"], row["status"], row["score"], row["threshold"], row["evaluation"],
             row["justification"], row["error"], row["model"], row["cam"], row["judge_model"], row["image_mode"],
-            row["alpha"], row["beta"], row["predicted_label"], _label_text(row, names), row["confidence"],
+            row["alpha"], row["beta"], setting_name(row), row["predicted_label"], _label_text(row, names), row["confidence"],
             row["correct"], row["path"],
             None if reason else row["original"], None if reason else row["heatmap"], None if reason else row["masked"],
             reason, row["human_mean"], len(row["ratings"]),
@@ -154,6 +160,11 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     for name in ASSETS:
         with resources.as_file(assets / name) as source:
             shutil.copyfile(source, out / name)
+    # Thumbnails of an earlier build that this one does not show (other filters, samples since deleted) go.
+    named = {row[kind] for row in rows for kind in THUMBNAIL_KINDS}
+    for stale in (out / THUMBNAIL_DIR).iterdir():
+        if f"{THUMBNAIL_DIR}/{stale.name}" not in named:
+            stale.unlink()
     thumbnails = sorted((out / THUMBNAIL_DIR).glob("*.jpg"))
     return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
             "images_unavailable": len(image_errors), "unavailable": sorted(image_errors.values()),

@@ -5,6 +5,7 @@
   const byId = function (id) { return document.getElementById(id); };
   let rater = "";
   let current = null;
+  let busy = false;  // a request is on its way: keys pressed meanwhile must not rate the view just rated
   const history = [];  // views rated in this visit, for going back
 
   function say(text) { byId("message").textContent = text || ""; }
@@ -43,7 +44,9 @@
   }
 
   function load(path) {
-    return request(path).then(show).catch(function (error) { say(error.message); });
+    busy = true;
+    return request(path).then(show).catch(function (error) { say(error.message); })
+      .finally(function () { busy = false; });
   }
 
   function start() {
@@ -57,21 +60,22 @@
   }
 
   function rate(score) {
-    if (!current || !rater) return;
+    if (!current || !rater || busy) return;
     const rated = current.view_id;
+    busy = true;
     request("/api/rate", { view_id: rated, rater: rater, score: score }).then(function (state) {
       history.push(rated);
       show(state);
-    }).catch(function (error) { say(error.message); });
+    }).catch(function (error) { say(error.message); }).finally(function () { busy = false; });
   }
 
   function back() {
-    if (!history.length) return;
+    if (!history.length || busy) return;
     load("/api/view?rater=" + encodeURIComponent(rater) + "&id=" + encodeURIComponent(history.pop()));
   }
 
   function skip() {
-    if (!current) return;
+    if (!current || busy) return;
     load("/api/next?rater=" + encodeURIComponent(rater) + "&after=" + encodeURIComponent(current.view_id));
   }
 

@@ -11,7 +11,8 @@
     DATA.fields.forEach(function (field, index) { sample[field] = values[index]; });
     return sample;
   });
-  const state = { quadrant: "", klass: "", min: 0, max: 5, model: "", cam: "", judge: "", sort: "", page: 0 };
+  const EMPTY = { quadrant: "", klass: "", min: 0, max: 5, model: "", cam: "", judge: "", setting: "", sort: "", page: 0 };
+  const state = Object.assign({}, EMPTY);
   const byId = function (id) { return document.getElementById(id); };
 
   function element(tag, attributes, text) {
@@ -42,6 +43,7 @@
     if (state.model && s.model !== state.model) return false;
     if (state.cam && s.cam !== state.cam) return false;
     if (state.judge && s.judge !== state.judge) return false;
+    if (state.setting && s.setting !== state.setting) return false;
     if (s.status === "ok" && (s.score < state.min || s.score > state.max)) return false;
     if (s.status !== "ok" && (state.min > 0 || state.max < 5)) return false;
     return true;
@@ -168,7 +170,7 @@
     article.appendChild(pictures);
     if (s.image_error) article.appendChild(element("p", { "class": "error" }, "image unavailable: " + s.image_error));
     article.appendChild(element("div", { "class": "settings" }, s.model + " · " + s.cam + " · judged by " + s.judge +
-      " (" + s.image_mode + ", α " + s.alpha + ", β " + s.beta + ", high ≥ " + s.threshold + ")"));
+      " (" + s.setting + "; high ≥ " + s.threshold + ")"));
     const text = element("div", { "class": "text" });
     if (s.status === "ok") {
       text.appendChild(element("p", { "class": "evaluation" }, s.evaluation));
@@ -217,22 +219,25 @@
   const meta = DATA.meta;
   byId("meta").textContent = meta.samples + " judgments of " + meta.images + " images from " + meta.database +
     ", built " + meta.generated_at + "; a score at or above " + meta.threshold + " is high" +
-    (meta.calibrated ? " (calibrated thresholds where people rated)" : "") + ".";
+    (meta.calibrated ? " (calibrated thresholds where people rated)" : "") + ". The matrix, the histogram and " +
+    "the class table count the current selection: choose a model, CAM, judge and setting to keep settings apart.";
   fillSelect("class", samples.map(function (s) { return s.predicted; }));
   fillSelect("model", samples.map(function (s) { return s.model; }));
   fillSelect("cam", samples.map(function (s) { return s.cam; }));
   fillSelect("judge", samples.map(function (s) { return s.judge; }));
+  fillSelect("setting", samples.map(function (s) { return s.setting; }));
   bind("quadrant", "quadrant");
   bind("class", "klass");
   bind("model", "model");
   bind("cam", "cam");
   bind("judge", "judge");
+  bind("setting", "setting");
   bind("sort", "sort");
   bind("score-min", "min", function (v) { return v === "" ? 0 : Number(v); });
   bind("score-max", "max", function (v) { return v === "" ? 5 : Number(v); });
   byId("reset").addEventListener("click", function () {
-    Object.assign(state, { quadrant: "", klass: "", min: 0, max: 5, model: "", cam: "", judge: "", sort: "", page: 0 });
-    ["quadrant", "class", "model", "cam", "judge", "sort"].forEach(function (id) { byId(id).value = ""; });
+    Object.assign(state, EMPTY);
+    ["quadrant", "class", "model", "cam", "judge", "setting", "sort"].forEach(function (id) { byId(id).value = ""; });
     byId("score-min").value = "0";
     byId("score-max").value = "5";
     render();
