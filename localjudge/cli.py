@@ -60,6 +60,18 @@ def options(*decorators):
     return apply
 
 
+def window_pair(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        center, width = (float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give the window as CENTRE,WIDTH, e.g. 40,400") from None
+    if width < 1:
+        raise click.BadParameter(f"{text!r}: the width must be at least 1")
+    return center, width
+
+
 db_option = click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
                          help="SQLite file that holds the audit (created if missing).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -68,6 +80,10 @@ ingest_options = options(
                  help="Manifest column with image paths (relative to the manifest)."),
     click.option("--label-column", default=DEFAULTS.label_column, show_default=True,
                  help="Manifest column with labels: ImageNet index, WordNet id or class name (';' for several)."),
+    click.option("--window", "dicom_window", callback=lambda ctx, param, value: window_pair(value),
+                 metavar="C,W", help="DICOM: window centre and width instead of each file's own."),
+    click.option("--redact-paths", is_flag=True, default=None,
+                 help="Store (and print) a hash of each file path instead of the path."),
 )
 vision_options = options(
     click.option("--model", default=DEFAULTS.model, show_default=True,

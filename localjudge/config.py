@@ -55,6 +55,10 @@ class RunConfig:
     # ingest
     path_column: str = "path"
     label_column: str = "label"
+    # DICOM: a window (centre, width) instead of the file's own; part of every prediction's preprocessing
+    dicom_window: tuple[float, float] | None = None
+    # store a hash of each file path instead of the path (paths can name patients); the files are read in the run
+    redact_paths: bool = False
     # ground-truth object regions (evaluation): mask files named by image stem, a manifest column of mask paths,
     # or COCO-style boxes
     masks: str | None = None

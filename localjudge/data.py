@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from .dicom import DICOM_SUFFIXES, DicomError, load_dicom, looks_like_dicom
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES}
 
 
 class IngestError(Exception):
@@ -65,7 +67,8 @@ def discover(source: str | Path, path_column: str = "path", label_column: str = 
 def scan_folder(root: Path) -> list[InputItem]:
     items = []
     root = root.absolute()  # stored paths must not depend on the directory a command is run from
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()):
+    # A folder named like an image (x.jpg/) is listed too: it is reported as unreadable rather than skipped quietly.
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         relative = path.relative_to(root)
         # A file inside a sub-folder takes the first-level folder's name as its class label.
         label = relative.parts[0] if len(relative.parts) > 1 else None
@@ -97,8 +100,10 @@ def read_manifest(manifest: Path, path_column: str, label_column: str) -> list[I
     return items
 
 
-def read_image(path: Path) -> ReadImage | ReadFailure:
+def read_image(path: Path, window: tuple[float, float] | None = None) -> ReadImage | ReadFailure:
     """Read and fully decode one file, so a truncated image fails here and not in the middle of a batch."""
+    if path.is_dir():
+        return ReadFailure(path, 0, None, "a folder, not an image file")
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -106,37 +111,74 @@ def read_image(path: Path) -> ReadImage | ReadFailure:
     size = len(data)
     if size == 0:
         return ReadFailure(path, 0, None, "empty file (0 bytes)")
+    if looks_like_dicom(data, path.suffix):
+        try:
+            identity, picture = load_dicom(data, window)
+        except DicomError as error:
+            return ReadFailure(path, size, hashlib.sha256(data).hexdigest(), str(error))
+        return ReadImage(path, identity, size, picture.width, picture.height, picture.mode, "DICOM")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or "unknown"
-            image.load()
-            width, height, mode = image.width, image.height, image.mode
+        picture = decode(data)
     except UnidentifiedImageError:
         return ReadFailure(path, size, digest, "not an image (no known image format)")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return ReadFailure(path, size, digest, f"refused: {error}")
+    except (OSError, SyntaxError, ValueError) as error:
         return ReadFailure(path, size, digest, f"corrupt or truncated image: {error}")
-    return ReadImage(path, digest, size, width, height, mode, image_format)
+    return ReadImage(path, digest, size, picture.width, picture.height, picture.mode, picture.format or "unknown")
+
+
+def decode(data: bytes) -> Image.Image:
+    """Fully decoded (the first frame of an animation). An image of more pixels than Pillow's limit (a
+    decompression bomb: a small file that unpacks to gigabytes) raises instead of being read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    return image
+
+
+REDACTED_PREFIX = "redacted:"
+
+
+def redacted_path(path: Path | str) -> str:
+    """What --redact-paths stores instead of a path: the sha256 of the absolute path. A hash, not a secret: it
+    tells files apart and matches a path given again, and whoever can guess a path can confirm it."""
+    return REDACTED_PREFIX + hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:32]
+
+
+def is_redacted(path: str) -> bool:
+    return path.startswith(REDACTED_PREFIX)
 
 
 class ChangedImage(Exception):
     """A stored image's file is gone or no longer holds the picture that was ingested."""
 
 
-def load_verified(path: Path, sha256: str) -> Image.Image:
-    """The stored image, only if its file still holds the same bytes: a map or a judgment must never be computed
-    from another picture than the one its prediction was made on."""
+def load_verified(path: Path, sha256: str, window: tuple[float, float] | None = None) -> Image.Image:
+    """The stored image, only if its file still holds the same picture: a map or a judgment must never be computed
+    from another picture than the one its prediction was made on. (A DICOM file is its pixel data: its header may
+    change.)"""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
         raise ChangedImage(f"{path}: cannot read the stored image any more ({error.strerror or error})") from error
+    if looks_like_dicom(data, Path(path).suffix):
+        try:
+            identity, picture = load_dicom(data, window)
+        except DicomError as error:
+            raise ChangedImage(f"{path}: cannot read the stored image any more ({error})") from error
+        if identity != sha256:
+            raise ChangedImage(f"{path}: the file has changed since it was ingested; ingest it again")
+        return picture
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ChangedImage(f"{path}: the file has changed since it was ingested; ingest it again")
     return load_rgb(io.BytesIO(data))
 
 
 def load_rgb(path) -> Image.Image:
-    """The pixels a model sees: EXIF orientation applied, greyscale and palette images as RGB."""
+    """The pixels a model sees: EXIF orientation applied, greyscale, palette and alpha images as RGB."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):

@@ -22,8 +22,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import RunConfig
-from .data import (IMAGE_SUFFIXES, ChangedImage, IngestError, ReadFailure, discover, load_verified, read_image,
-                   resolve_label)
+from .data import (IMAGE_SUFFIXES, ChangedImage, IngestError, ReadFailure, discover, is_redacted, load_verified,
+                   read_image, redacted_path, resolve_label)
 from .judge import (JudgeError, JudgeRequest, JudgeStopped, decoding_params, open_judge, parse_answer, vlm_family,
                     vlm_hash)
 from .judge.prompts import prompt_hash, prompt_template, render
@@ -98,6 +98,7 @@ class Audit:
         self._judgment_key_parts: tuple[str, str, dict] | None = None  # prompt template, its hash, decoding
         self._judgments_failed = 0  # failed judgments stored by this audit (a stage's `failed` also counts inputs)
         self._endpoint = None
+        self._real_paths: dict[str, str] = {}  # --redact-paths: the files this process ingested, by image sha256
         self._owns_judge = True
         self._prompt_stored = False
         if config.judge == "openai":
@@ -159,6 +160,8 @@ class Audit:
                 vlm_family(Path(self.config.vlm))  # refuse an unsupported judge before any work is done
             model_hashes["judge"] = self.judge_hash()
         inputs = str(Path(source).resolve()) if source else None
+        if inputs and self.config.redact_paths:
+            inputs = redacted_path(inputs)
         config = self.config.to_json()
         versions = package_versions()
         self.run_id = content_key("run", command, config, inputs, model_hashes, versions)
@@ -196,13 +199,14 @@ class Audit:
         errors: list[dict] = []
         seen: set[str] = set()
         for item in progress(items, len(items), "ingest", self.show_progress, unit="image"):
-            result = read_image(item.path)
+            result = read_image(item.path, self.config.dicom_window)
+            shown = self.shown_path(item.path)
             if isinstance(result, ReadFailure):
                 error_id = content_key("read_error", str(item.path.resolve()), result.sha256, result.reason)
                 stage.failed += 1
-                stage.errors.append({"path": str(item.path), "reason": result.reason})
+                stage.errors.append({"path": shown, "reason": result.reason})
                 if error_id not in known_errors:
-                    errors.append({"id": error_id, "path": str(item.path), "size_bytes": result.size_bytes,
+                    errors.append({"id": error_id, "path": shown, "size_bytes": result.size_bytes,
                                    "sha256": result.sha256, "reason": result.reason, "run_id": self.run_id,
                                    "created_at": now()})
                 continue
@@ -210,7 +214,8 @@ class Audit:
                 continue  # the same picture twice in one dataset is judged once
             seen.add(result.sha256)
             stage.ids.append(result.sha256)
-            images.append({"sha256": result.sha256, "path": str(item.path), "size_bytes": result.size_bytes,
+            self._real_paths[result.sha256] = str(item.path)
+            images.append({"sha256": result.sha256, "path": shown, "size_bytes": result.size_bytes,
                            "width": result.width, "height": result.height, "mode": result.mode,
                            "format": result.format, "label": item.label, "run_id": self.run_id,
                            "created_at": now()})
@@ -232,6 +237,10 @@ class Audit:
         stage.computed = len(new_images)
         return stage
 
+    def shown_path(self, path: Path) -> str:
+        """A path as it may be stored, printed or logged."""
+        return redacted_path(path) if self.config.redact_paths else str(path)
+
     def load_images(self, rows: list[dict], stage: Stage) -> tuple[list, list[dict]]:
         """The pictures of `rows` (image rows, or rows with an image_sha256), skipping and reporting any whose file
         is gone or changed since ingest."""
@@ -240,7 +249,11 @@ class Audit:
         images, kept = [], []
         for row, sha in zip(rows, shas):
             try:
-                images.append(load_verified(Path(paths[sha]), sha))
+                path = self._real_paths.get(sha, paths[sha])
+                if is_redacted(path):
+                    raise ChangedImage(f"{path}: the path was redacted at ingest (--redact-paths); run every stage "
+                                       "in one `localjudge run`, or ingest the images again in this command")
+                images.append(load_verified(Path(path), sha, self.config.dicom_window))
                 kept.append(row)
             except ChangedImage as error:
                 stage.failed += 1
@@ -255,8 +268,15 @@ class Audit:
                 self.store.set_run_provider(self.run_id, self._vision.execution_provider)
         return self._vision
 
+    def preprocessing(self) -> dict:
+        """How pixels become the model's input: the card's geometry, and a DICOM window where one is given."""
+        geometry = self.card.preprocessing()
+        if self.config.dicom_window is not None:
+            geometry["dicom_window"] = list(self.config.dicom_window)
+        return geometry
+
     def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
-        return content_key("prediction", image_sha256, vision_hash, self.card.preprocessing())
+        return content_key("prediction", image_sha256, vision_hash, self.preprocessing())
 
     def predict(self, image_shas: list[str], stage: Stage | None = None) -> Stage:
         """Predictions for the images; with `stage`, added to it (an overlapped run calls this batch by batch)."""
@@ -274,7 +294,7 @@ class Audit:
         model = self.vision_model()
         stage.model_loaded = True
         unmapped = stage.unmapped_labels
-        preprocessing = json.dumps(self.card.preprocessing(), sort_keys=True)
+        preprocessing = json.dumps(self.preprocessing(), sort_keys=True)
         for batch in progress(batched(missing, self.config.batch_size), -(-len(missing) // self.config.batch_size),
                               "predict", self.show_progress):
             pictures, batch = self.load_images(list(batch), stage)
@@ -331,7 +351,7 @@ class Audit:
         return [r["id"] for r in self.store.query(
             "select p.id from predictions p join images i on i.sha256 = p.image_sha256 "
             "where p.model_hash = ? and p.preprocessing = ? order by i.path",
-            [vision_hash, json.dumps(self.card.preprocessing(), sort_keys=True)])]
+            [vision_hash, json.dumps(self.preprocessing(), sort_keys=True)])]
 
     # --- explain ----------------------------------------------------------------------------------------
     def explain(self, prediction_ids: list[str], stage: Stage | None = None) -> Stage:
@@ -725,6 +745,7 @@ class Audit:
             store = Store(self.store.path)
             vision = Audit(store, self.config, show_progress=False)
             vision.run_id = self.run_id
+            vision._real_paths = self._real_paths  # the files this run ingested (redacted paths cannot be opened)
             for chunk in batched(image_ids, self.config.batch_size):
                 if stop.is_set():
                     return

@@ -103,7 +103,7 @@ class RatingServer(http.server.ThreadingHTTPServer):
     def picture(self, view_id: str) -> bytes:
         """The view as its judge saw it, at the judge's image size."""
         view = self.views[view_id]
-        picture = load_verified(view["path"], view["image_sha256"])
+        picture = load_verified(view["path"], view["image_sha256"], json.loads(view["preprocessing"]).get("dicom_window"))
         store = Store(self.db_path, create=False)
         try:
             (stored,) = store.saliency_maps([view["saliency_id"]])

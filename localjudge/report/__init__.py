@@ -84,7 +84,8 @@ def _render_image(out: Path, rows: list[dict], maps: dict[str, dict], side: int)
         return None
     first = rows[0]
     try:
-        picture = load_verified(Path(first["path"]), first["image_sha256"])
+        picture = load_verified(Path(first["path"]), first["image_sha256"],
+                                json.loads(first["preprocessing"]).get("dicom_window"))
     except ChangedImage as error:
         return str(error)
     views = {}

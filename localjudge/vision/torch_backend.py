@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from pathlib import Path
 
@@ -64,6 +65,11 @@ def build_module(card: ModelCard, weights: Path | None) -> torch.nn.Module:
 def load_state_dict(module: torch.nn.Module, weights: Path) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # Loading with weights_only=False would run whatever the file's pickle asks for; it is never done.
+        raise WeightsError(f"{weights}: refused: the file holds pickled Python objects beyond tensors, which could "
+                           "run code when loaded; save a plain state dict (torch.save(model.state_dict(), path)) "
+                           f"and pass that ({str(error).splitlines()[-1].strip()[:200]})") from error
     except Exception as error:  # torch raises several types for a bad file; all mean the same to a user
         raise WeightsError(f"{weights}: not a loadable state dict ({error})") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
