@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
-
-# Offline by design: set before anything imports huggingface_hub, which reads it once at import.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import functools  # noqa: E402
-import json  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import warnings
+from pathlib import Path
 
 import click
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import inspect
-import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .. import offline
 from . import JudgeError, JudgeOutput, JudgeRequest, vlm_family
 from .parsing import JUDGMENT_SCHEMA
 from ..vision.torch_backend import resolve_device
@@ -30,7 +30,7 @@ class TransformersJudge:
 
     def __init__(self, vlm_dir: Path, device: str = "auto", max_new_tokens: int = 512, temperature: float = 0.0,
                  max_rows: int = 32):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory only; never the hub
+        offline.enforce()  # a local directory only; never the hub
         import xgrammar
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.utils import logging as hf_logging

@@ -9,14 +9,11 @@ adapter through a stand-in that mirrors those signatures (tests/vllm_standin.py)
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 
+from .. import offline
 from . import JudgeError, JudgeOutput, JudgeRequest, vlm_family
 from .parsing import JUDGMENT_SCHEMA
-
-# Set before vLLM is imported: no hub, no usage statistics.
-OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 # Per-family image processing: cap Qwen2.5-VL's image tokens; no Gemma-3 pan-and-scan (one view per image).
 PROCESSOR_SETTINGS = {
@@ -30,8 +27,7 @@ class VllmJudge:
 
     def __init__(self, vlm_dir: Path, max_new_tokens: int = 512, temperature: float = 0.0,
                  max_model_len: int = 8192, gpu_memory_utilization: float = 0.9, max_num_seqs: int = 64):
-        for name, value in OFFLINE_ENVIRONMENT.items():
-            os.environ.setdefault(name, value)
+        offline.enforce()  # before vLLM is imported: no hub, no usage statistics
         try:
             vllm = importlib.import_module("vllm")
             structured = importlib.import_module("vllm.sampling_params")
