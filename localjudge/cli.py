@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES
 from .judge.prompts import PROMPT_STYLES
+from .bundle import BundleError
 from .data import IngestError
 from .ground_truth import GroundTruthError
 from .judge import JUDGE_BACKENDS, JudgeError
@@ -23,7 +24,7 @@ from .store import Store, StoreError
 from .vision import BACKENDS, CardError, WeightsError, list_cards
 from .vision.onnx_export import ExportError
 
-USER_ERRORS = (IngestError, GroundTruthError, CardError, WeightsError, JudgeError, ExportError, StoreError, ValueError,
+USER_ERRORS = (BundleError, IngestError, GroundTruthError, CardError, WeightsError, JudgeError, ExportError, StoreError, ValueError,
                FileNotFoundError)
 
 
@@ -92,6 +93,9 @@ vision_options = options(
                  help="torch, or onnx (ONNX Runtime; a registered model is exported once into the cache)."),
     click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True),
+    click.option("--bundle", type=click.Path(exists=True, file_okay=False),
+                 help="A model bundle (`localjudge bundle create`): verified file by file, then its model, weights "
+                      "and VLM are used and its manifest hash is recorded with the run."),
 )
 cam_options = options(
     click.option("--cam", type=click.Choice(CAM_METHODS), default=DEFAULTS.cam, show_default=True),
@@ -190,7 +194,16 @@ def make_audit(db_path: str, show_progress: bool = True, **options_given):
         from .judge.openai_backend import check_endpoint
 
         check_endpoint(config.base_url, config.allow_hosts)  # refused before the store is even opened
-    return Audit(Store(db_path), config, show_progress=show_progress)
+    store = Store(db_path)
+    if config.bundle:
+        from .bundle import bundle_options
+        from .store import sha256_file
+
+        given = bundle_options(Path(config.bundle), lambda path: store.cached_file_hash(path, sha256_file))
+        if config.vlm:  # a VLM directory given on the command line wins over the bundle's
+            given.pop("vlm", None)
+        config = config.replace(**given)
+    return Audit(store, config, show_progress=show_progress)
 
 
 def require_vlm(given: dict) -> None:
@@ -746,6 +759,75 @@ def export_command(db_path, fmt, out, threshold, **filters):
         click.echo(f"wrote {len(rows)} rows to {out}", err=True)
     else:
         write_export(rows, fmt, sys.stdout)
+
+
+@cli.command()
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="Also check this database (read only).")
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), help="Also verify this model bundle.")
+@json_option
+def doctor(db_path, bundle_dir, as_json):
+    """What this machine has (Python, torch, ONNX Runtime, transformers, vLLM, GPUs and providers), whether the
+    embedded models match their cards, the offline switches, a database's integrity and free disk. Exits 1 when
+    something is wrong."""
+    from .doctor import diagnose
+
+    found = diagnose(Path(db_path) if db_path else None, Path(bundle_dir) if bundle_dir else None)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    else:
+        for check in found["checks"]:
+            click.echo(f"{check['status']:5} {check['check']:32} {check['detail']}")
+        click.echo("\nall good" if found["ok"] else "\nsomething is wrong: see the lines marked fail")
+    if not found["ok"]:
+        raise SystemExit(1)
+
+
+@cli.group()
+def bundle():
+    """Model bundles for air-gapped machines: pack with a sha256 manifest, verify file by file."""
+
+
+@bundle.command(name="create")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--model", default=DEFAULTS.model, show_default=True,
+              help="Registered model name, a card .json file, or an .onnx file (with --card).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="State dict (default: embedded).")
+@click.option("--card", type=click.Path(exists=True, dir_okay=False), help="Card for --model FILE.onnx.")
+@click.option("--vlm", type=click.Path(exists=True, file_okay=False), help="The judge's model directory.")
+@json_option
+@user_errors
+def bundle_create(out, model, weights, card, vlm, as_json):
+    """Pack a vision model (card, labels, weights) and a VLM directory into OUT with a sha256 manifest (on a
+    connected machine; carry OUT over and run with --bundle OUT)."""
+    from .bundle import create_bundle
+
+    made = create_bundle(Path(out), model, Path(weights) if weights else None, Path(vlm) if vlm else None, card)
+    if as_json:
+        click.echo(json.dumps(made, indent=2))
+    else:
+        click.echo(f"wrote {made['out']}: {made['files']} files, {made['bytes'] / 1e6:.1f} MB, manifest "
+                   f"{made['manifest_hash']}")
+
+
+@bundle.command(name="verify")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@json_option
+@user_errors
+def bundle_verify(folder, as_json):
+    """Check every file of a bundle against its manifest (size and sha256) and that no other file is there; exits 1
+    when something differs."""
+    from .bundle import verify_bundle
+
+    result = verify_bundle(Path(folder))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for problem in result["problems"]:
+            click.echo(f"{problem['file']}: {problem['problem']}")
+        click.echo(f"{result['files']} files, manifest {result['manifest_hash']}: "
+                   f"{'verified' if result['ok'] else str(len(result['problems'])) + ' problems'}")
+    if not result["ok"]:
+        raise SystemExit(1)
 
 
 @cli.group()

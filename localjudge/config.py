@@ -12,6 +12,9 @@ class RunConfig:
     # vision stage
     model: str = "efficientnet-lite0"
     weights: str | None = None
+    # a verified model bundle (localjudge bundle create): its card, weights and VLM, named by its manifest's hash
+    bundle: str | None = None
+    bundle_hash: str | None = None
     card: str | None = None  # a card for --model FILE.onnx (default: FILE.json beside it)
     backend: str = "torch"  # torch | onnx
     device: str = "auto"

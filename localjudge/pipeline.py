@@ -148,6 +148,8 @@ class Audit:
     def begin(self, command: str, source: str | None, stages: Iterable[str]) -> str:
         stages = list(stages)
         model_hashes = {"vision": self.vision_hash()}
+        if self.config.bundle_hash:
+            model_hashes["bundle_manifest"] = self.config.bundle_hash
         if "judge" in stages and self.config.judge == "recognizer":
             from .judge.recognizer import check_labels
 

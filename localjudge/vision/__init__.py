@@ -95,7 +95,11 @@ def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path]
     elif not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     else:
-        identity = "sha256:" + hash_file(path)
+        digest = hash_file(path)
+        if weights is None and card.weights_sha256 and digest != card.weights_sha256:
+            raise WeightsError(f"{path}: the embedded weights of {card.name} are not the ones its card names "
+                               f"(sha256 {digest[:16]}…, expected {card.weights_sha256[:16]}…); reinstall the package")
+        identity = "sha256:" + digest
     # The same weights on ONNX Runtime are another model for the store: numerics differ slightly.
     return identity if backend == "torch" else f"{EXPORT_FORMAT}:{identity}"
 

@@ -37,6 +37,8 @@ class ModelCard:
     export_batch: int | None = None
     onnx_file: str = ""
     onnx_names: dict | None = None
+    # The sha256 the embedded weights file must have: a changed or damaged file is refused (and `doctor` says so).
+    weights_sha256: str | None = None
     card_path: str = ""
 
     def preprocessing(self) -> dict:
