@@ -655,9 +655,13 @@ def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode,
 @sample_filter_options
 @click.option("--thumbnail-size", type=click.IntRange(32, 512), default=160, show_default=True,
               help="Side of the thumbnails in pixels.")
+@click.option("--images", "images_source", type=click.Path(exists=True),
+              help="For a store written with --redact-paths: the folder or manifest the audit read, to find the "
+                   "files again (the report still shows only the hashes).")
+@click.option("--path-column", default=DEFAULTS.path_column, show_default=True, help="With --images: as for run.")
 @json_option
 @user_errors
-def report(db_path, out_dir, threshold, thumbnail_size, as_json, **filters):
+def report(db_path, out_dir, threshold, thumbnail_size, images_source, path_column, as_json, **filters):
     """An offline HTML report: one card per judgment (the model's view, the heatmap, the masked image, prediction and
     label, score, evaluation, justification), filters by quadrant, class, score, model, CAM and judge, the 2x2
     matrix, a per-class table and the score histogram. Open OUT/index.html in any browser; nothing is fetched."""
@@ -665,8 +669,13 @@ def report(db_path, out_dir, threshold, thumbnail_size, as_json, **filters):
 
     store = Store(db_path, create=False)
     threshold, thresholds = resolve_threshold(store, threshold)
+    locations = None
+    if images_source:
+        from .data import redacted_locations
+
+        locations = redacted_locations(images_source, path_column)
     written = build_report(store, Path(out_dir), threshold, thresholds, side=thumbnail_size,
-                           workers=os.cpu_count() or 1, **filters)
+                           workers=os.cpu_count() or 1, locations=locations, **filters)
     if as_json:
         click.echo(json.dumps(written, indent=2))
         return

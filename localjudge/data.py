@@ -152,6 +152,12 @@ def is_redacted(path: str) -> bool:
     return path.startswith(REDACTED_PREFIX)
 
 
+def redacted_locations(source: str | Path, path_column: str = "path", label_column: str = "label") -> dict[str, str]:
+    """For a store written with --redact-paths: each redacted path of the images in `source` (the folder or
+    manifest the audit read), mapped to the real path, so a later command can open the files again."""
+    return {redacted_path(item.path): str(item.path) for item in discover(source, path_column, label_column)}
+
+
 class ChangedImage(Exception):
     """A stored image's file is gone or no longer holds the picture that was ingested."""
 

@@ -143,7 +143,9 @@ def test_an_audit_of_dicom_files_keeps_no_patient_data(tmp_path, data_dir):
     assert [reason for _, reason in errors] == [
         "DICOM file without pixel data (a report, a plan or another non-image object)"]
     assert judged == 4 and report["images"] == 4
-    assert report["images_unavailable"] == 4  # a redacted path cannot be opened again by another command
+    assert report["images_unavailable"] == 4  # a redacted path cannot be opened again by another command...
+    found_again = invoke_json("report", "--db", db, "--out", tmp_path / "report", "--images", folder)
+    assert found_again["images_unavailable"] == 0 and found_again["thumbnails"] == 12  # ...unless shown the files
     # nothing of any header, nor the file names, in the database, the report or what the command printed
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("audit.db*"))
     stored += b"".join(p.read_bytes() for p in (tmp_path / "report").rglob("*") if p.is_file())

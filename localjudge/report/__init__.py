@@ -84,7 +84,7 @@ def _render_image(out: Path, rows: list[dict], maps: dict[str, dict], side: int)
         return None
     first = rows[0]
     try:
-        picture = load_verified(Path(first["path"]), first["image_sha256"],
+        picture = load_verified(Path(first.get("file") or first["path"]), first["image_sha256"],
                                 json.loads(first["preprocessing"]).get("dicom_window"))
     except ChangedImage as error:
         return str(error)
@@ -111,13 +111,16 @@ def _script_json(value) -> str:
 
 
 def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, int] | None = None,
-                 side: int = THUMBNAIL_SIDE, workers: int = 4, **filters) -> dict:
-    """Write the report of every judgment (matching `filters`) into `out`; returns what was written."""
+                 side: int = THUMBNAIL_SIDE, workers: int = 4, locations: dict[str, str] | None = None,
+                 **filters) -> dict:
+    """Write the report of every judgment (matching `filters`) into `out`; returns what was written. `locations`
+    maps redacted paths to the files (read for thumbnails only; the report shows the redacted path)."""
     started = time.perf_counter()
     out = Path(out)
     (out / THUMBNAIL_DIR).mkdir(parents=True, exist_ok=True)
     rows = read_samples(store, threshold, thresholds, **filters)
     for row in rows:
+        row["file"] = (locations or {}).get(row["path"])
         for kind in THUMBNAIL_KINDS:
             row[kind] = thumbnail_name(kind, row, side)
 
