@@ -14,6 +14,7 @@ from . import __version__
 from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES
 from .judge.prompts import PROMPT_STYLES
 from .bundle import BundleError
+from .merge import MergeError
 from .data import IngestError
 from .ground_truth import GroundTruthError
 from .judge import JUDGE_BACKENDS, JudgeError
@@ -24,7 +25,7 @@ from .store import Store, StoreError
 from .vision import BACKENDS, CardError, WeightsError, list_cards
 from .vision.onnx_export import ExportError
 
-USER_ERRORS = (BundleError, IngestError, GroundTruthError, CardError, WeightsError, JudgeError, ExportError, StoreError, ValueError,
+USER_ERRORS = (BundleError, MergeError, IngestError, GroundTruthError, CardError, WeightsError, JudgeError, ExportError, StoreError, ValueError,
                FileNotFoundError)
 
 
@@ -81,6 +82,8 @@ ingest_options = options(
                  metavar="C,W", help="DICOM: window centre and width instead of each file's own."),
     click.option("--redact-paths", is_flag=True, default=None,
                  help="Store (and print) a hash of each file path instead of the path."),
+    click.option("--shard", metavar="K/N", help="Only the K-th of N slices of the images (by image hash), for a "
+                                                "run split over machines; merge the stores with `db merge`."),
 )
 vision_options = options(
     click.option("--model", default=DEFAULTS.model, show_default=True,
@@ -837,6 +840,37 @@ def bundle_verify(folder, as_json):
                    f"{'verified' if result['ok'] else str(len(result['problems'])) + ' problems'}")
     if not result["ok"]:
         raise SystemExit(1)
+
+
+@cli.group(name="db")
+def database():
+    """Whole stores: merge stores made on separate machines."""
+
+
+@database.command(name="merge")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--into", required=True, type=click.Path(dir_okay=False), help="The store to merge into (created "
+                                                                             "if missing).")
+@json_option
+@user_errors
+def db_merge(sources, into, as_json):
+    """Merge SOURCES into one store: rows the target lacks are copied with their runs, equal rows are skipped, rows
+    with the same key and other values are reported as conflicts (the target's kept). Idempotent."""
+    from .merge import merge_stores
+
+    report = merge_stores([Path(s) for s in sources], Path(into))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for source in report["sources"]:
+        added = ", ".join(f"{n} {t}" for t, n in source["added"].items()) or "nothing new"
+        click.echo(f"{source['source']}: {added}")
+    for conflict in report["conflicts"][:20]:
+        click.echo(f"conflict: {conflict['table']} {conflict['key']} from {conflict['source']} differs in "
+                   f"{', '.join(conflict['columns'])} (kept the target's)", err=True)
+    if len(report["conflicts"]) > 20:
+        click.echo(f"... {len(report['conflicts']) - 20} more conflicts (see --json)", err=True)
+    click.echo(f"merged into {into}: {report['added']} rows added, {len(report['conflicts'])} conflicts")
 
 
 @cli.group()

@@ -62,6 +62,8 @@ class RunConfig:
     dicom_window: tuple[float, float] | None = None
     # store a hash of each file path instead of the path (paths can name patients); the files are read in the run
     redact_paths: bool = False
+    # "K/N": only the K-th of N deterministic slices of the inputs (by image hash), for a run split over machines
+    shard: str | None = None
     # ground-truth object regions (evaluation): mask files named by image stem, a manifest column of mask paths,
     # or COCO-style boxes
     masks: str | None = None

@@ -56,6 +56,17 @@ def progress(iterable: Iterable, total: int, desc: str, show: bool, unit: str = 
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=None if show else True, leave=False)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1 <= K <= N) as (K, N)."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: give K/N, e.g. 1/2") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard {text!r}: K must be between 1 and N")
+    return k, n
+
+
 def main_class(scores: np.ndarray, task: str) -> int:
     """A classifier's top class; for segmentation the class with the largest predicted area other than the
     background (index 0), unless the model sees nothing but background."""
@@ -191,6 +202,13 @@ class Audit:
         self.end()
 
     # --- ingest -----------------------------------------------------------------------------------------
+    def in_shard(self, key: str) -> bool:
+        """Whether a content key (an image's sha256, a read error's id) falls in this run's --shard K/N."""
+        if not self.config.shard:
+            return True
+        k, n = parse_shard(self.config.shard)
+        return int(key[:16], 16) % n == k - 1
+
     def ingest(self, source: str | Path) -> Stage:
         items = discover(source, self.config.path_column, self.config.label_column)
         if not items:
@@ -205,6 +223,8 @@ class Audit:
             shown = self.shown_path(item.path)
             if isinstance(result, ReadFailure):
                 error_id = content_key("read_error", str(item.path.resolve()), result.sha256, result.reason)
+                if not self.in_shard(error_id):
+                    continue
                 stage.failed += 1
                 stage.errors.append({"path": shown, "reason": result.reason})
                 if error_id not in known_errors:
@@ -212,8 +232,8 @@ class Audit:
                                    "sha256": result.sha256, "reason": result.reason, "run_id": self.run_id,
                                    "created_at": now()})
                 continue
-            if result.sha256 in seen:
-                continue  # the same picture twice in one dataset is judged once
+            if result.sha256 in seen or not self.in_shard(result.sha256):
+                continue  # the same picture twice in one dataset is judged once; another shard's is not ours
             seen.add(result.sha256)
             stage.ids.append(result.sha256)
             self._real_paths[result.sha256] = str(item.path)

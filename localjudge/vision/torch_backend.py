@@ -66,6 +66,8 @@ def load_state_dict(module: torch.nn.Module, weights: Path) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error).upper():  # not a refused object: a damaged or foreign file
+            raise WeightsError(f"{weights}: not a loadable state dict ({str(error).splitlines()[0][:300]})") from error
         # Loading with weights_only=False would run whatever the file's pickle asks for; it is never done.
         raise WeightsError(f"{weights}: refused: the file holds pickled Python objects beyond tensors, which could "
                            "run code when loaded; save a plain state dict (torch.save(model.state_dict(), path)) "
