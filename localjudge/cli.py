@@ -130,6 +130,12 @@ judge_backend_options = options(
                  default=DEFAULTS.gpu_memory_utilization, show_default=True, help="vLLM: share of GPU memory."),
     click.option("--max-num-seqs", type=click.IntRange(1), default=DEFAULTS.max_num_seqs, show_default=True,
                  help="Answers written at once (vLLM engine, transformers judge); new requests join as others end."),
+    click.option("--tensor-parallel", "tensor_parallel_size", type=click.IntRange(1),
+                 default=DEFAULTS.tensor_parallel_size, show_default=True,
+                 help="vLLM: split the judge model over this many GPUs of this machine."),
+    click.option("--data-parallel", "data_parallel_size", type=click.IntRange(1),
+                 default=DEFAULTS.data_parallel_size, show_default=True,
+                 help="vLLM: run this many copies of the judge model, one per GPU (group)."),
     click.option("--base-url", help="--judge openai: the server, e.g. http://127.0.0.1:8000/v1 (loopback only, "
                                     "unless --allow-host names its host)."),
     click.option("--api-model", help="--judge openai: the model to ask for (default: the one the server lists)."),
@@ -252,6 +258,11 @@ def cli():
 @threshold_option
 @ingest_options
 @ground_truth_options
+@click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run the vision and judge stages on a Ray cluster (the `ray` extra): ADDRESS of a running one, "
+                   "or none to start one on this machine. The store is written here, by this process only.")
+@click.option("--ray-workers", type=click.IntRange(1), help="--ray: actors per stage (default: the cluster's GPUs, "
+                                                            "else half its CPUs; 2 for a local cluster).")
 @json_option
 @user_errors
 def run(images, db_path, as_json, threshold, **given):
@@ -262,7 +273,12 @@ def run(images, db_path, as_json, threshold, **given):
         raise click.UsageError("--mask-column reads the CSV manifest the images come from; IMAGES is not one")
 
     def work(audit):
-        stages = audit.run(images)
+        if audit.config.ray:
+            from .distributed import run_on_ray
+
+            stages = run_on_ray(audit, images, audit.config.ray, audit.config.ray_workers)
+        else:
+            stages = audit.run(images)
         if audit.has_ground_truth_source():
             stages.update(audit.evaluate_regions(stages["ingest"].ids, stages["explain"].ids, manifest=images))
         return stages

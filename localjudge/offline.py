@@ -14,6 +14,7 @@ OFFLINE_ENVIRONMENT = {
     "VLLM_NO_USAGE_STATS": "1",  # vLLM: no usage report
     "VLLM_DO_NOT_TRACK": "1",
     "DO_NOT_TRACK": "1",  # the common opt-out vLLM and others honour
+    "RAY_USAGE_STATS_ENABLED": "0",  # Ray (--ray): no usage report
 }
 
 

@@ -177,13 +177,14 @@ class StoreError(Exception):
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike, create: bool = True):
+    def __init__(self, path: str | os.PathLike, create: bool = True, any_thread: bool = False):
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise StoreError(f"{self.path}: no such database (run `localjudge run` or `predict` first)")
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(str(self.path))
+        # any_thread: one user at a time, but not always on the thread that opened it (a Ray actor's calls)
+        self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), check_same_thread=not any_thread))
         # Another connection may be writing (the vision thread of an overlapped run, a second run on the same
         # file): wait for its transaction to end rather than fail.
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

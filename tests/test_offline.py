@@ -62,7 +62,7 @@ def guarded_environment(tmp_path: Path) -> tuple[dict, Path]:
     log.write_text("")
     environment = {**os.environ, "PYTHONPATH": f"{guard_dir}{os.pathsep}{REPO}", "LOCALJUDGE_GUARD_LOG": str(log)}
     for name in OFFLINE_ENVIRONMENT:
-        environment[name] = "0"  # the machine's environment says "online"; localjudge must not listen
+        environment[name] = "1" if OFFLINE_ENVIRONMENT[name] == "0" else "0"  # "online"; localjudge must not listen
     environment.pop("HF_HUB_OFFLINE", None)
     return environment, log
 

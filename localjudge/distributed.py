@@ -1,0 +1,246 @@
+"""`run --ray [ADDRESS]`: the vision stage and the judge stage as Ray Data `map_batches` steps over actor pools,
+each actor loading its model once; the driver ingests, decides what is missing (the same keys as a local run) and
+is the only writer of the store.
+
+Inside an actor the existing stages run unchanged: each actor keeps an Audit over a private scratch store, puts
+the rows it is handed into it, runs `predict` + `explain` (vision actors) or `judge_batch` (judge actors) there,
+and sends back the rows those wrote. So a row made on the cluster is the row a local run makes, key for key and
+value for value (a model's floats to their last bits, which depend on the batch they were computed in).
+
+What crosses the cluster: image rows (hash, path, label) to the vision actors, which read the files from the
+shared storage they name; predictions, maps (float16, compressed) and judgments back. No image travels, and the
+driver writes every row in one transaction per batch, so an interrupted run resumes from the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig
+from .store import Store
+
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+def _config_from_json(text: str) -> RunConfig:
+    fields = json.loads(text)
+    for name in ("allow_hosts",):
+        fields[name] = tuple(fields.get(name) or ())
+    if fields.get("dicom_window"):
+        fields["dicom_window"] = tuple(fields["dicom_window"])
+    return RunConfig(**fields)
+
+
+class _Worker:
+    """An Audit over a private scratch store, inside a Ray actor."""
+
+    def __init__(self, config_json: str, run_id: str, threads: int):
+        import torch
+
+        from .pipeline import Audit
+
+        torch.set_num_threads(max(1, threads))
+        self.folder = tempfile.mkdtemp(prefix="localjudge-worker-")
+        self.store = Store(Path(self.folder) / "scratch.db", any_thread=True)
+        self.audit = Audit(self.store, _config_from_json(config_json), show_progress=False)
+        self.audit.run_id = run_id
+        # the driver's run, so what the stages record about it (the execution provider) has a row to go to
+        self.store.record_run({"id": run_id, "command": "run", "config": config_json, "model_hashes": "{}",
+                               "package_versions": "{}", "inputs": None})
+
+    def take(self, payload: dict) -> None:
+        """The rows another step made, into the scratch store (images first, for their foreign keys)."""
+        if payload.get("images"):
+            self.store.add_images(payload["images"], [])
+        for table in ("predictions", "saliency_maps"):
+            self.store.insert_rows(table, payload.get(table) or [])
+        self.audit._real_paths.update(payload.get("files") or {})
+
+
+class VisionWorker(_Worker):
+    def __call__(self, batch: dict) -> dict:
+        """Each input row is one vision batch of a local run (the same images, in the same order), so the model
+        computes on the same batches and its outputs are the local run's."""
+        return {"payload": np.array([self.vision_batch(json.loads(text)) for text in batch["chunk"]], dtype=object)}
+
+    def vision_batch(self, items: list[dict]) -> bytes:
+        from .pipeline import Stage
+
+        images = [item["image"] for item in items]
+        self.take({"images": images, "files": {item["image"]["sha256"]: item["file"] for item in items}})
+        predict, explain = Stage(), Stage()
+        self.audit.predict([image["sha256"] for image in images], predict)
+        self.audit.explain(predict.ids, explain)
+        payload = {"images": images, "files": {item["image"]["sha256"]: item["file"] for item in items},
+                   "predictions": self.store.predictions(predict.ids),
+                   "saliency_maps": self.store.saliency_maps(explain.ids),
+                   "computed": {"predict": predict.computed, "explain": explain.computed},
+                   "errors": predict.errors + explain.errors}
+        payload["to_judge"] = [m["id"] for m in payload["saliency_maps"]]  # fresh maps: all to be judged
+        if self.audit._vision is not None:
+            payload["execution_provider"] = self.audit._vision.execution_provider
+        return pickle.dumps(payload)
+
+
+class JudgeWorker(_Worker):
+    def __call__(self, batch: dict) -> dict:
+        from .pipeline import Stage
+
+        answers = []
+        for blob in batch["payload"]:
+            payload = pickle.loads(blob)
+            self.take(payload)
+            stage = Stage()
+            maps = [m["id"] for m in payload.get("saliency_maps") or [] if m["id"] in set(payload["to_judge"])]
+            self.audit.judge_batch(maps, stage)
+            keys = self.audit.judgment_keys(maps)
+            payload["judgments"] = self.store._rows_by_id("judgments", [keys[m] for m in maps])
+            payload["judgments"] = [row for row in payload["judgments"] if row]
+            payload["prompts"] = list(self.store.query("select * from prompts"))
+            payload["errors"] = (payload.get("errors") or []) + stage.errors
+            answers.append(pickle.dumps(payload))
+        return {"payload": np.array(answers, dtype=object)}
+
+
+def connect(address: str, workers: int | None) -> dict:
+    """Join the cluster at `address`, or start a local one ("local") on this machine's loopback address. Returns
+    the pool size and the resources each actor asks for."""
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report from the cluster either
+    if not ray.is_initialized():
+        if address == "local":
+            workers = workers or 2
+            # one CPU more than the actors take, for Ray Data's own tasks
+            ray.init(num_cpus=workers + 1, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+    if gpus:
+        workers = workers or gpus
+        each = {"num_gpus": gpus / (2 * workers), "num_cpus": 0}
+    else:
+        workers = workers or max(1, int(cpus) // 2)
+        usable = cpus - 1 if address == "local" else cpus
+        each = {"num_cpus": max(0.01, usable / (2 * workers))}
+    return {"workers": workers, "each": each, "gpus": gpus, "cpus": cpus}
+
+
+def run_on_ray(audit, source: str | Path, address: str = "local", workers: int | None = None) -> dict:
+    """All stages of `audit` on `source`, the vision and judge stages on a Ray cluster; the stages' reports."""
+    import ray
+    import ray.data
+
+    from .pipeline import Stage
+
+    stages = {"ingest": audit.ingest(source), "predict": Stage(), "explain": Stage(), "judge": Stage()}
+    store, config = audit.store, audit.config
+    image_ids = stages["ingest"].ids
+    vision_hash = audit.vision_hash()
+    prediction_keys = {sha: audit.prediction_key(sha, vision_hash) for sha in image_ids}
+    predictions = {p["image_sha256"]: p for p in store.predictions(prediction_keys.values())}
+    map_keys = {sha: _map_key(audit, p) for sha, p in predictions.items()}
+    stored_maps = store.existing_ids("saliency_maps", map_keys.values())
+    ready = [map_keys[sha] for sha in image_ids if map_keys.get(sha) in stored_maps]
+    need_vision = [sha for sha in image_ids if map_keys.get(sha) not in stored_maps]
+    judge_only = audit.judgments_missing(ready, stages["judge"])
+    stages["predict"].ids = list(prediction_keys.values())
+    if not need_vision and not judge_only:
+        return stages
+
+    cluster = connect(address, workers)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    config_json = config.to_json()
+    # A local cluster's actors compute with the threads this process would (the same kernels, the same bits);
+    # on a cluster, with the CPUs each actor asked for.
+    threads = torch_threads() if address == "local" else max(1, int(cluster["each"].get("num_cpus") or 1))
+    pool = ray.data.ActorPoolStrategy(size=cluster["workers"])
+    arguments = (config_json, audit.run_id, threads)
+    images = {row["sha256"]: row for row in store.images(image_ids)}
+    files = {sha: audit._real_paths.get(sha, images[sha]["path"]) for sha in images}
+
+    parts = []
+    if need_vision:
+        # the batches a local run computes: its images in ingest order, batch_size at a time
+        chunks = [{"chunk": json.dumps([{"image": images[sha], "file": files[sha]} for sha in chunk])}
+                  for chunk in (need_vision[i:i + config.batch_size]
+                                for i in range(0, len(need_vision), config.batch_size))]
+        vision = ray.data.from_items(chunks).map_batches(
+            VisionWorker, batch_size=1, compute=pool, fn_constructor_args=arguments, batch_format="numpy",
+            **cluster["each"])
+        parts.append(vision)
+    if judge_only:
+        maps = store.saliency_maps(judge_only)
+        by_prediction = {p["id"]: p for p in store.predictions({m["prediction_id"] for m in maps})}
+        payloads = []
+        for start in range(0, len(maps), config.batch_size):
+            chunk = maps[start:start + config.batch_size]
+            shas = {m["image_sha256"] for m in chunk}
+            payloads.append({"payload": pickle.dumps({
+                "images": [images[sha] for sha in shas], "files": {sha: files[sha] for sha in shas},
+                "predictions": [by_prediction[m["prediction_id"]] for m in chunk], "saliency_maps": chunk,
+                "to_judge": [m["id"] for m in chunk], "computed": {}, "errors": []})})
+        parts.append(ray.data.from_items(payloads))
+    dataset = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    judge_calls = max(1, config.judge_batch_size // config.batch_size)
+    judged = dataset.map_batches(JudgeWorker, batch_size=judge_calls, compute=ray.data.ActorPoolStrategy(
+        size=cluster["workers"]), fn_constructor_args=arguments, batch_format="numpy", **cluster["each"])
+
+    started = time.perf_counter()
+    for batch in judged.iter_batches(batch_size=1, batch_format="numpy"):
+        for blob in batch["payload"]:
+            _write(store, pickle.loads(blob), stages, audit.run_id)
+    stages["judge"].seconds = time.perf_counter() - started
+    stages.pop("provider_recorded", None)
+    for stage in stages.values():
+        stage.ids = list(dict.fromkeys(stage.ids))
+    return stages
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _map_key(audit, prediction: dict) -> str:
+    from .store import content_key
+
+    return content_key("saliency", prediction["id"], audit.config.cam, audit.card.target_layer,
+                       prediction["predicted_index"])
+
+
+def _write(store: Store, payload: dict, stages: dict, run_id: str) -> None:
+    """One batch's rows, in one transaction, as a local run writes them."""
+    if payload.get("execution_provider") and not stages.get("provider_recorded"):
+        store.set_run_provider(run_id, payload["execution_provider"])
+        stages["provider_recorded"] = True
+    with store.transaction():
+        for table in ("predictions", "saliency_maps"):
+            rows = payload.get(table) or []
+            if rows:
+                store.db[table].insert_all(rows, pk="id", ignore=True)
+        for prompt in payload.get("prompts") or []:
+            store.db["prompts"].insert(prompt, pk="hash", ignore=True)
+        if payload.get("judgments"):
+            store.db["judgments"].upsert_all(payload["judgments"], pk="id")
+    computed = payload.get("computed") or {}
+    stages["predict"].computed += computed.get("predict", 0)
+    stages["explain"].computed += computed.get("explain", 0)
+    stages["explain"].ids.extend(m["id"] for m in payload.get("saliency_maps") or [])
+    judgments = payload.get("judgments") or []
+    stages["judge"].computed += len(judgments)
+    stages["judge"].failed += sum(j["status"] == "failed" for j in judgments)
+    stages["judge"].ids.extend(j["id"] for j in judgments)
+    for error in payload.get("errors") or []:
+        stages["predict"].failed += 1
+        stages["predict"].errors.append(error)

@@ -1,0 +1,92 @@
+"""`run --ray` on a local Ray cluster with 2 workers per stage, the tiny VLMs judging the 70 seg-photos: the rows
+(keys and values) of the single-process run; a driver killed mid-run, then run again, completes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, invoke_json, seg_photos_manifest
+
+pytest.importorskip("ray", reason="the ray extra is not installed")
+
+# Where the rows of two runs may differ: which run made them and when, how long their batch took, how big it was.
+PROVENANCE = {"run_id", "created_at", "batch_seconds", "batch_size"}
+READABLE = 70
+
+
+def rows(db: Path, table: str) -> dict[str, dict]:
+    key = {"images": "sha256", "prompts": "hash"}.get(table, "id")
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return {r[key]: {k: r[k] for k in r.keys() if k not in PROVENANCE}
+                for r in conn.execute(f"select * from [{table}]")}
+
+
+def assert_same_rows(cluster: Path, local: Path) -> None:
+    """Every row equal, bit for bit (the actors compute the local run's batches with its threads), but for when,
+    by which run and in how big a batch it was made."""
+    for table in ("images", "predictions", "saliency_maps", "judgments", "prompts"):
+        got, expected = rows(cluster, table), rows(local, table)
+        assert len(expected) == (1 if table == "prompts" else READABLE), table
+        assert got == expected, table
+
+
+def localjudge(*args, **options) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "localjudge", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            **options)
+
+
+def stop_ray() -> None:
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
+def test_a_run_on_a_local_ray_cluster_writes_the_single_process_rows(family, tiny_vlms, data_dir, tmp_path):
+    manifest = seg_photos_manifest(data_dir, tmp_path / "photos.csv", READABLE)
+    judge = ["--vlm", tiny_vlms[family], "--max-new-tokens", "256", "--batch-size", "8", "--judge-batch-size", "8"]
+    local, cluster = tmp_path / "local.db", tmp_path / "cluster.db"
+    invoke_json("run", manifest, "--db", local, *judge)
+
+    # the driver is killed (with its local cluster) once some judgments are stored, then run again
+    driver = localjudge("run", manifest, "--db", cluster, *judge, "--ray", "--ray-workers", "2")
+    try:
+        deadline = time.monotonic() + 600
+        stored = 0
+        while time.monotonic() < deadline and driver.poll() is None:
+            if cluster.exists():
+                with sqlite3.connect(cluster, timeout=30) as conn:
+                    tables = {r[0] for r in conn.execute("select name from sqlite_master")}
+                    stored = conn.execute("select count(*) from judgments").fetchone()[0] if "judgments" in tables \
+                        else 0
+                if stored:
+                    break
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.stderr.read()[-3000:]  # still running when killed
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        stop_ray()
+    assert 0 < stored < READABLE
+
+    again = localjudge("run", manifest, "--db", cluster, *judge, "--ray", "--ray-workers", "2", "--json")
+    try:
+        out, err = again.communicate(timeout=900)
+    finally:
+        stop_ray()
+    assert again.returncode == 0, err[-3000:]
+    stages = json.loads(out)
+    assert stages["judge"]["computed"] < READABLE  # what the killed run stored was kept
+    assert_same_rows(cluster, local)
+    with sqlite3.connect(cluster) as conn:
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("select count(*) from runs where status = 'finished'").fetchone()[0] == 1
