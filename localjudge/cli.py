@@ -78,8 +78,6 @@ ingest_options = options(
                  help="Manifest column with image paths (relative to the manifest)."),
     click.option("--label-column", default=DEFAULTS.label_column, show_default=True,
                  help="Manifest column with labels: ImageNet index, WordNet id or class name (';' for several)."),
-    click.option("--window", "dicom_window", callback=lambda ctx, param, value: window_pair(value),
-                 metavar="C,W", help="DICOM: window centre and width instead of each file's own."),
     click.option("--redact-paths", is_flag=True, default=None,
                  help="Store (and print) a hash of each file path instead of the path."),
     click.option("--shard", metavar="K/N", help="Only the K-th of N slices of the images (by image hash), for a "
@@ -96,6 +94,9 @@ vision_options = options(
                  help="torch, or onnx (ONNX Runtime; a registered model is exported once into the cache)."),
     click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True),
+    click.option("--window", "dicom_window", callback=lambda ctx, param, value: window_pair(value),
+                 metavar="C,W", help="DICOM: window centre and width instead of each file's own (part of the "
+                                     "prediction's preprocessing: give it to every stage, as --model)."),
     click.option("--bundle", type=click.Path(exists=True, file_okay=False),
                  help="A model bundle (`localjudge bundle create`): verified file by file, then its model, weights "
                       "and VLM are used and its manifest hash is recorded with the run."),
@@ -135,7 +136,8 @@ judge_backend_options = options(
                  help="vLLM: split the judge model over this many GPUs of this machine."),
     click.option("--data-parallel", "data_parallel_size", type=click.IntRange(1),
                  default=DEFAULTS.data_parallel_size, show_default=True,
-                 help="vLLM: run this many copies of the judge model, one per GPU (group)."),
+                 help="Run this many copies of the judge (vLLM: one per GPU, or per --tensor-parallel group), as "
+                      "Ray actors on a local cluster (vLLM itself takes one copy per process)."),
     click.option("--base-url", help="--judge openai: the server, e.g. http://127.0.0.1:8000/v1 (loopback only, "
                                     "unless --allow-host names its host)."),
     click.option("--api-model", help="--judge openai: the model to ask for (default: the one the server lists)."),
@@ -216,7 +218,7 @@ def make_audit(db_path: str, show_progress: bool = True, **options_given):
 
 
 def require_vlm(given: dict) -> None:
-    if given.get("judge") in ("transformers", "vllm") and not given.get("vlm"):
+    if given.get("judge") in ("transformers", "vllm") and not given.get("vlm") and not given.get("bundle"):
         raise click.UsageError(f"--judge {given['judge']} needs --vlm DIR (a local Gemma-3 or Qwen2.5-VL directory); "
                                "without one, the recognizer judges (--judge auto or recognizer)")
 
@@ -269,6 +271,9 @@ def run(images, db_path, as_json, threshold, **given):
     """Every stage on IMAGES (a folder, class sub-folders or a CSV manifest): ingest, predict, explain, judge; with
     ground-truth regions given, also how each attention mask agrees with its image's region."""
     require_vlm(given)
+    if (given.get("data_parallel_size") or 1) > 1:  # copies of the judge: actors of a (local) Ray cluster
+        given["ray"] = given.get("ray") or "local"
+        given["ray_workers"] = given.get("ray_workers") or given["data_parallel_size"]
     if given.get("mask_column") and not (Path(images).is_file() and Path(images).suffix.lower() == ".csv"):
         raise click.UsageError("--mask-column reads the CSV manifest the images come from; IMAGES is not one")
 

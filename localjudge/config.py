@@ -40,7 +40,7 @@ class RunConfig:
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 32  # answers written at once (vLLM engine; the transformers judge too)
     tensor_parallel_size: int = 1  # vLLM: the model split over this many GPUs of one machine
-    data_parallel_size: int = 1  # vLLM: this many copies of the model, one per GPU group
+    data_parallel_size: int = 1  # this many copies of the judge (one per GPU group): Ray actors on this machine
     # --ray [ADDRESS]: the vision and judge stages on a Ray cluster ("local" starts one on this machine)
     ray: str | None = None
     ray_workers: int | None = None  # actors per stage (default: the cluster's GPUs, else half its CPUs)

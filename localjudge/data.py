@@ -31,6 +31,7 @@ class IngestWarning(UserWarning):
 class InputItem:
     path: Path
     label: str | None
+    from_folder: bool = False  # the label is the name of the folder the file is in
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def scan_folder(root: Path) -> list[InputItem]:
         relative = path.relative_to(root)
         # A file inside a sub-folder takes the first-level folder's name as its class label.
         label = relative.parts[0] if len(relative.parts) > 1 else None
-        items.append(InputItem(path=path, label=label))
+        items.append(InputItem(path=path, label=label, from_folder=label is not None))
     return items
 
 

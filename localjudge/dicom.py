@@ -41,11 +41,22 @@ def read_dataset(data: bytes):
         raise DicomError(f"damaged DICOM file ({type(error).__name__})") from error
 
 
+# The attributes that decide how stored values become a picture (none of them about the patient): part of the
+# identity, so a file whose window or rescale changed is another image, not a silently different one.
+RENDERING = ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
+             "HighBit", "PixelRepresentation", "PlanarConfiguration", "RescaleSlope", "RescaleIntercept",
+             "WindowCenter", "WindowWidth", "NumberOfFrames")
+
+
 def pixel_identity(dataset) -> str:
-    """The sha256 of the pixel data as stored (compressed or not)."""
+    """The sha256 of the pixel data as stored (compressed or not) and of the attributes that render it."""
     if "PixelData" not in dataset:
         raise DicomError("DICOM file without pixel data (a report, a plan or another non-image object)")
-    return hashlib.sha256(bytes(dataset.PixelData)).hexdigest()
+    digest = hashlib.sha256(bytes(dataset.PixelData))
+    rendering = {name: str(dataset.get(name, "")) for name in RENDERING}
+    rendering["VOILUTSequence"] = "VOILUTSequence" in dataset
+    digest.update(repr(sorted(rendering.items())).encode())
+    return digest.hexdigest()
 
 
 def frame_count(dataset) -> int:
@@ -100,7 +111,7 @@ def to_unit_range(dataset, pixels: np.ndarray, window: tuple[float, float] | Non
     elif "WindowCenter" in dataset and "WindowWidth" in dataset:
         unit = linear_window(values, _first(dataset.WindowCenter), _first(dataset.WindowWidth))
     elif "VOILUTSequence" in dataset:
-        unit = _stretch(np.asarray(apply_voi_lut(pixels, dataset), dtype=np.float64))
+        unit = _stretch(np.asarray(apply_voi_lut(values, dataset), dtype=np.float64))  # after the modality LUT
     else:
         unit = _stretch(values)
     if dataset.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
@@ -133,4 +144,9 @@ def load_dicom(data: bytes, window: tuple[float, float] | None = None) -> tuple[
     """(pixel-data sha256, RGB picture) of a DICOM file's bytes."""
     dataset = read_dataset(data)
     identity = pixel_identity(dataset)
-    return identity, to_picture(dataset, window)
+    try:
+        return identity, to_picture(dataset, window)
+    except DicomError:
+        raise
+    except Exception as error:  # an empty or malformed rendering attribute; the message may quote header values
+        raise DicomError(f"DICOM pixel attributes cannot be used ({type(error).__name__})") from error

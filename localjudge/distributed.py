@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
+from .judge import JudgeError
 from .store import Store
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
@@ -53,6 +55,15 @@ class _Worker:
         # the driver's run, so what the stages record about it (the execution provider) has a row to go to
         self.store.record_run({"id": run_id, "command": "run", "config": config_json, "model_hashes": "{}",
                                "package_versions": "{}", "inputs": None})
+
+    def clear(self) -> None:
+        """The scratch store holds one batch at a time: what was sent back is deleted (it grew with the dataset)."""
+        with self.store.transaction():
+            for table in ("judgments", "saliency_maps", "predictions", "images"):
+                self.store.db.execute(f"delete from [{table}]")
+
+    def __del__(self):
+        shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
 
     def take(self, payload: dict) -> None:
         """The rows another step made, into the scratch store (images first, for their foreign keys)."""
@@ -85,6 +96,7 @@ class VisionWorker(_Worker):
         payload["to_judge"] = [m["id"] for m in payload["saliency_maps"]]  # fresh maps: all to be judged
         if self.audit._vision is not None:
             payload["execution_provider"] = self.audit._vision.execution_provider
+        self.clear()
         return pickle.dumps(payload)
 
 
@@ -92,30 +104,59 @@ class JudgeWorker(_Worker):
     def __call__(self, batch: dict) -> dict:
         from .pipeline import Stage
 
-        answers = []
-        for blob in batch["payload"]:
-            payload = pickle.loads(blob)
+        payloads = [pickle.loads(blob) for blob in batch["payload"]]
+        maps = []
+        for payload in payloads:
             self.take(payload)
-            stage = Stage()
-            maps = [m["id"] for m in payload.get("saliency_maps") or [] if m["id"] in set(payload["to_judge"])]
-            self.audit.judge_batch(maps, stage)
-            keys = self.audit.judgment_keys(maps)
-            payload["judgments"] = self.store._rows_by_id("judgments", [keys[m] for m in maps])
-            payload["judgments"] = [row for row in payload["judgments"] if row]
-            payload["prompts"] = list(self.store.query("select * from prompts"))
-            payload["errors"] = (payload.get("errors") or []) + stage.errors
+            wanted = set(payload["to_judge"])
+            maps += [m["id"] for m in payload.get("saliency_maps") or [] if m["id"] in wanted]
+        stage = Stage()
+        stopped = None
+        try:
+            self.audit.judge_batch(maps, stage)  # the call's maps together: --judge-batch-size of them
+        except JudgeError as error:  # a server that stopped: its failures are stored, then the run stops
+            stopped = str(error)
+        keys = self.audit.judgment_keys(maps)
+        judgments = [row for row in self.store._rows_by_id("judgments", [keys[m] for m in maps]) if row]
+        prompts = list(self.store.query("select * from prompts"))
+        answers = []
+        for number, payload in enumerate(payloads):
+            mine = {keys[m["id"]] for m in payload.get("saliency_maps") or []}
+            payload["judgments"] = [row for row in judgments if row["id"] in mine]
+            payload["prompts"] = prompts
+            payload["errors"] = (payload.get("errors") or []) + (stage.errors if number == 0 else [])
+            payload["stopped"] = stopped
             answers.append(pickle.dumps(payload))
+        self.clear()
         return {"payload": np.array(answers, dtype=object)}
 
 
-def connect(address: str, workers: int | None) -> dict:
+def actor_resources(gpus: int, cpus: float, workers: int, local: bool, judge: str,
+                    tensor_parallel_size: int = 1) -> tuple[dict, dict]:
+    """What each vision and each judge actor asks of the cluster. The two pools share it: a vLLM judge takes 0.9 of
+    a GPU (its memory share) and leaves 0.1 to a vision actor, or whole GPUs for tensor parallelism (the vision
+    actors then on CPUs); other judges split each GPU with the vision actors; without GPUs, the CPUs are split."""
+    if gpus and judge == "vllm":
+        if tensor_parallel_size > 1:
+            return {"num_cpus": 1}, {"num_gpus": tensor_parallel_size, "num_cpus": 0}
+        return {"num_gpus": 0.1, "num_cpus": 0}, {"num_gpus": 0.9, "num_cpus": 0}
+    if gpus:
+        share = {"num_gpus": gpus / (2 * workers), "num_cpus": 0}
+        return share, dict(share)
+    usable = cpus - 1 if local else cpus  # a local cluster keeps one CPU for Ray Data's own tasks
+    share = {"num_cpus": max(0.01, usable / (2 * workers))}
+    return share, dict(share)
+
+
+def connect(address: str, workers: int | None, config: RunConfig) -> dict:
     """Join the cluster at `address`, or start a local one ("local") on this machine's loopback address. Returns
-    the pool size and the resources each actor asks for."""
+    the pool size and the resources each vision and each judge actor asks for."""
     import ray
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report from the cluster either
+    local = address == "local"
     if not ray.is_initialized():
-        if address == "local":
+        if local:
             workers = workers or 2
             # one CPU more than the actors take, for Ray Data's own tasks
             ray.init(num_cpus=workers + 1, include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -124,14 +165,9 @@ def connect(address: str, workers: int | None) -> dict:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-    if gpus:
-        workers = workers or gpus
-        each = {"num_gpus": gpus / (2 * workers), "num_cpus": 0}
-    else:
-        workers = workers or max(1, int(cpus) // 2)
-        usable = cpus - 1 if address == "local" else cpus
-        each = {"num_cpus": max(0.01, usable / (2 * workers))}
-    return {"workers": workers, "each": each, "gpus": gpus, "cpus": cpus}
+    workers = workers or (gpus // max(1, config.tensor_parallel_size) if gpus else max(1, int(cpus) // 2)) or 1
+    vision, judge = actor_resources(gpus, cpus, workers, local, config.judge, config.tensor_parallel_size)
+    return {"workers": workers, "vision": vision, "judge": judge, "gpus": gpus, "cpus": cpus, "local": local}
 
 
 def run_on_ray(audit, source: str | Path, address: str = "local", workers: int | None = None) -> dict:
@@ -147,22 +183,25 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
     vision_hash = audit.vision_hash()
     prediction_keys = {sha: audit.prediction_key(sha, vision_hash) for sha in image_ids}
     predictions = {p["image_sha256"]: p for p in store.predictions(prediction_keys.values())}
+    # labels may have changed since those predictions were made (a local run's predict does the same)
+    audit.refresh_correctness([p["id"] for p in predictions.values()], audit.card.label_list())
     map_keys = {sha: _map_key(audit, p) for sha, p in predictions.items()}
     stored_maps = store.existing_ids("saliency_maps", map_keys.values())
     ready = [map_keys[sha] for sha in image_ids if map_keys.get(sha) in stored_maps]
     need_vision = [sha for sha in image_ids if map_keys.get(sha) not in stored_maps]
     judge_only = audit.judgments_missing(ready, stages["judge"])
     stages["predict"].ids = list(prediction_keys.values())
+    stages["explain"].ids = list(ready)  # maps made before (a killed run's) count as the local run counts them
     if not need_vision and not judge_only:
         return stages
 
-    cluster = connect(address, workers)
+    cluster = connect(address, workers, config)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     config_json = config.to_json()
     # A local cluster's actors compute with the threads this process would (the same kernels, the same bits);
     # on a cluster, with the CPUs each actor asked for.
-    threads = torch_threads() if address == "local" else max(1, int(cluster["each"].get("num_cpus") or 1))
+    threads = torch_threads() if cluster["local"] else max(1, int(cluster["vision"].get("num_cpus") or 1))
     pool = ray.data.ActorPoolStrategy(size=cluster["workers"])
     arguments = (config_json, audit.run_id, threads)
     images = {row["sha256"]: row for row in store.images(image_ids)}
@@ -176,7 +215,7 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
                                 for i in range(0, len(need_vision), config.batch_size))]
         vision = ray.data.from_items(chunks).map_batches(
             VisionWorker, batch_size=1, compute=pool, fn_constructor_args=arguments, batch_format="numpy",
-            **cluster["each"])
+            **cluster["vision"])
         parts.append(vision)
     if judge_only:
         maps = store.saliency_maps(judge_only)
@@ -193,12 +232,26 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
     dataset = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     judge_calls = max(1, config.judge_batch_size // config.batch_size)
     judged = dataset.map_batches(JudgeWorker, batch_size=judge_calls, compute=ray.data.ActorPoolStrategy(
-        size=cluster["workers"]), fn_constructor_args=arguments, batch_format="numpy", **cluster["each"])
+        size=cluster["workers"]), fn_constructor_args=arguments, batch_format="numpy", **cluster["judge"])
 
     started = time.perf_counter()
-    for batch in judged.iter_batches(batch_size=1, batch_format="numpy"):
-        for blob in batch["payload"]:
-            _write(store, pickle.loads(blob), stages, audit.run_id)
+    stopped = None
+    try:
+        for batch in judged.iter_batches(batch_size=1, batch_format="numpy"):
+            for blob in batch["payload"]:
+                payload = pickle.loads(blob)
+                _write(store, payload, stages, audit.run_id)
+                stopped = stopped or payload.get("stopped")
+            if stopped:
+                break
+    except Exception as error:  # an actor that failed: what was written stays, and a new run redoes the rest
+        raise JudgeError(f"the cluster failed ({type(error).__name__}: {str(error).splitlines()[0][:500]}); what "
+                         "was stored stays, run the same command again to go on") from error
+    finally:
+        if cluster["local"]:
+            ray.shutdown()  # the local cluster ends with the run
+    if stopped:
+        raise JudgeError(stopped)
     stages["judge"].seconds = time.perf_counter() - started
     stages.pop("provider_recorded", None)
     for stage in stages.values():

@@ -22,7 +22,7 @@ TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), 
 # of its content: two stores that computed the same row at different times, or on machines that mount the images
 # elsewhere, agree.
 PROVENANCE = frozenset({"run_id", "created_at", "updated_at", "started_at", "finished_at", "batch_seconds",
-                        "batch_size", "execution_provider", "path"})
+                        "batch_size", "execution_provider", "path", "reference"})
 # A model's float outputs depend in their last bits on the batch they were computed in (another batch size, another
 # kernel): a probability vector, a map or a curve computed twice is never byte-equal. They are not compared; floats
 # are compared to a relative 1e-4; what decides (a class, a score, an answer, a quadrant) must be equal.
@@ -48,7 +48,7 @@ def merge_stores(sources: list[Path], into: Path) -> dict:
             raise MergeError(f"{source}: no such database")
         if source.resolve() == Path(into).resolve():
             raise MergeError(f"{source}: is the target itself")
-        conn.execute("attach database ? as src", [f"file:{source}?mode=ro"])
+        conn.execute("attach database ? as src", [source.absolute().as_uri() + "?mode=ro"])
         try:
             counts = {}
             with target.transaction():
@@ -74,10 +74,16 @@ def _merge_table(conn, table: str, key: tuple[str, ...], source: Path, conflicts
     columns = source_columns
     listed = ", ".join(f"[{c}]" for c in columns)
     matches = " and ".join(f"t.[{k}] = s.[{k}]" for k in key)
+    if table == "judgments":
+        # a judgment that failed here (a crashed batch, a server that refused) gives way to one that succeeded there
+        conn.execute("delete from main.judgments where status = 'failed' and id in "
+                     "(select id from src.judgments where status = 'ok')")
     # Rows the target lacks: copied in one statement.
     added = conn.execute(
         f"insert into main.[{table}] ({listed}) select {listed} from src.[{table}] s "
         f"where not exists (select 1 from main.[{table}] t where {matches})").rowcount
+    if table == "runs":
+        return added  # a run is provenance itself: the same run merged twice may differ in its status and times
     # Rows both have: compared on what they say (not provenance, not float noise).
     types = {r[1]: (r[2] or "").upper() for r in conn.execute(f"pragma main.table_info([{table}])")}
     compared = [c for c in columns if c not in PROVENANCE and c not in NUMERIC_NOISE and c not in key

@@ -3,6 +3,7 @@ loads its model only when some of those rows are missing; each batch is written 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -175,6 +176,9 @@ class Audit:
         inputs = str(Path(source).resolve()) if source else None
         if inputs and self.config.redact_paths:
             inputs = redacted_path(inputs)
+            if self.config.masks or self.config.mask_column or self.config.boxes:
+                raise ValueError("--redact-paths with ground-truth regions is not supported yet: their masks and "
+                                 "boxes are matched by image path")
         config = self.config.to_json()
         versions = package_versions()
         self.run_id = content_key("run", command, config, inputs, model_hashes, versions)
@@ -218,12 +222,17 @@ class Audit:
         images: list[dict] = []
         errors: list[dict] = []
         seen: set[str] = set()
+        class_names = self.card.label_list() if self.config.redact_paths else None
         for item in progress(items, len(items), "ingest", self.show_progress, unit="image"):
             result = read_image(item.path, self.config.dicom_window)
             shown = self.shown_path(item.path)
+            if class_names is not None and item.from_folder and resolve_label(item.label, class_names) is None:
+                # a folder name that is no class may name a patient: with --redact-paths it is not kept
+                item = dataclasses.replace(item, label=None)
             if isinstance(result, ReadFailure):
                 error_id = content_key("read_error", str(item.path.resolve()), result.sha256, result.reason)
-                if not self.in_shard(error_id):
+                # by what the file is, not where it is mounted: every machine puts it in the same shard
+                if not self.in_shard(result.sha256 or hashlib.sha256(item.path.name.encode()).hexdigest()):
                     continue
                 stage.failed += 1
                 stage.errors.append({"path": shown, "reason": result.reason})
@@ -279,7 +288,8 @@ class Audit:
                 kept.append(row)
             except ChangedImage as error:
                 stage.failed += 1
-                stage.errors.append({"path": paths[sha], "reason": str(error)})
+                # the stored path (a hash with --redact-paths) in the message, never the real one
+                stage.errors.append({"path": paths[sha], "reason": str(error).replace(path, paths[sha])})
         return images, kept
 
     # --- predict ----------------------------------------------------------------------------------------

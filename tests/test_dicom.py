@@ -166,3 +166,35 @@ def test_a_window_given_is_part_of_the_prediction(tmp_path):
     assert len(rows) == 2 and sum('"dicom_window": [500.0, 1000.0]' in r[0] for r in rows) == 1
     bad = invoke("predict", folder, "--db", db, "--window", "500", expect_ok=False)
     assert bad.exit_code == 2 and "CENTRE,WIDTH" in bad.output
+
+
+def test_an_empty_rendering_attribute_is_a_stored_reason_not_a_crash(tmp_path):
+    path = write_dicom(tmp_path / "empty-window.dcm", ramp(), window=(2048.0, 4096.0))
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter = ""  # present, empty: pydicom reads it as an empty value
+    ds.save_as(path)
+    result = read_image(path)
+    assert result.reason.startswith("DICOM pixel attributes cannot be used (")
+
+
+def test_a_changed_window_is_another_image_and_other_patient_values_are_not(tmp_path):
+    raw = ramp()
+    first = read_image(write_dicom(tmp_path / "a.dcm", raw, window=(1000.0, 2000.0)))
+    renamed = read_image(write_dicom(tmp_path / "b.dcm", raw, window=(1000.0, 2000.0), patient="Roe^Richard"))
+    rewindowed = read_image(write_dicom(tmp_path / "c.dcm", raw, window=(1500.0, 2000.0)))
+    assert first.sha256 == renamed.sha256 != rewindowed.sha256
+
+
+def test_patient_folders_are_not_kept_as_labels_when_paths_are_redacted(tmp_path, data_dir):
+    folder = tmp_path / "export"
+    (folder / "DOE_JANE_PHI7731").mkdir(parents=True)
+    (folder / "zebra").mkdir()
+    write_dicom(folder / "DOE_JANE_PHI7731" / "1.dcm", ramp(), window=(2048.0, 4096.0))
+    (folder / "zebra" / "z.jpg").write_bytes((data_dir / "seg-photos/images/coco_000000000034.jpg").read_bytes())
+    db = tmp_path / "f.db"
+    result = invoke("predict", folder, "--db", db, "--redact-paths")
+    with sqlite3.connect(db) as conn:
+        labels = sorted(str(r[0]) for r in conn.execute("select label from images"))
+    assert labels == ["None", "zebra"]  # the class folder is a label, the patient folder is not
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("f.db*")) + result.output.encode()
+    assert b"DOE_JANE" not in stored and b"PHI7731" not in stored

@@ -90,3 +90,28 @@ def test_a_run_on_a_local_ray_cluster_writes_the_single_process_rows(family, tin
     with sqlite3.connect(cluster) as conn:
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
         assert conn.execute("select count(*) from runs where status = 'finished'").fetchone()[0] == 1
+
+
+def test_actor_resources_share_the_cluster():
+    from localjudge.distributed import actor_resources
+
+    # a vLLM judge keeps its memory share of each GPU; the vision actor takes the rest
+    assert actor_resources(4, 32, 4, False, "vllm") == ({"num_gpus": 0.1, "num_cpus": 0},
+                                                        {"num_gpus": 0.9, "num_cpus": 0})
+    assert actor_resources(4, 32, 2, False, "vllm", 2) == ({"num_cpus": 1}, {"num_gpus": 2, "num_cpus": 0})
+    assert actor_resources(2, 16, 2, False, "transformers") == ({"num_gpus": 0.5, "num_cpus": 0},) * 2
+    assert actor_resources(0, 3, 2, True, "recognizer") == ({"num_cpus": 0.5},) * 2  # one CPU kept for Ray Data
+
+
+def test_data_parallel_runs_copies_of_the_judge_on_a_local_cluster(tiny_vlms, data_dir, tmp_path):
+    manifest = seg_photos_manifest(data_dir, tmp_path / "four.csv", 4)
+    db = tmp_path / "dp.db"
+    try:
+        stages = invoke_json("run", manifest, "--db", db, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "64",
+                             "--data-parallel", "2", "--batch-size", "2", "--judge-batch-size", "2")
+    finally:
+        stop_ray()
+    assert stages["judge"]["rows"] == 4
+    with sqlite3.connect(db) as conn:
+        config = json.loads(conn.execute("select config from runs").fetchone()[0])
+    assert (config["ray"], config["ray_workers"], config["data_parallel_size"]) == ("local", 2, 2)

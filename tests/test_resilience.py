@@ -24,4 +24,6 @@ def test_killed_runs_resume_without_loss_or_repeats_and_concurrent_runs_complete
     for trial in summary["results"]:
         assert trial["after"]["judgments"] == trial["after"]["predictions"] == 10
         assert trial["only_missing_redone"], trial  # what the killed run stored was kept, not redone
+    # at least one run was killed with work left, which the re-run did
+    assert any(sum(t["rerun_computed"].values()) > 0 for t in summary["results"])
     assert summary["concurrent"]["ok"] and summary["concurrent"]["return_codes"] == [0, 0]

@@ -39,13 +39,13 @@ def test_vllm_judge_through_the_standin_gives_the_transformers_answers(standin, 
     db = tmp_path / "vllm.db"
     vlm = tiny_vlms[family]
     common = ["--db", db, "--vlm", vlm, "--max-new-tokens", "1024", "--judge-batch-size", "2"]
-    assert invoke_json("run", three_images, *common, "--judge", "vllm", "--data-parallel", "2",
-                       "--tensor-parallel", "1")["judge"]["computed"] == 3
+    assert invoke_json("run", three_images, *common, "--judge", "vllm", "--tensor-parallel", "1")["judge"][
+        "computed"] == 3
     invoke("run", three_images, *common, "--judge", "transformers")
     (engine,) = standin.LLM.instances
     assert engine.init_kwargs["limit_mm_per_prompt"] == {"image": 1}
     assert engine.init_kwargs["enable_prefix_caching"] is True
-    assert (engine.init_kwargs["data_parallel_size"], engine.init_kwargs["tensor_parallel_size"]) == (2, 1)
+    assert engine.init_kwargs["tensor_parallel_size"] == 1
     expected_processor = ({"min_pixels": 784, "max_pixels": 1003520} if family == "qwen2_5_vl"
                           else {"do_pan_and_scan": False})
     assert engine.init_kwargs["mm_processor_kwargs"] == expected_processor

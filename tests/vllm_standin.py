@@ -17,7 +17,7 @@ from pathlib import Path
 
 # The names localjudge passes, per vLLM class; the contract test checks them against real vLLM.
 LLM_KWARGS = ("max_model_len", "max_num_seqs", "gpu_memory_utilization", "limit_mm_per_prompt",
-              "mm_processor_kwargs", "enable_prefix_caching", "tensor_parallel_size", "data_parallel_size")
+              "mm_processor_kwargs", "enable_prefix_caching", "tensor_parallel_size")
 CHAT_KWARGS = ("sampling_params", "use_tqdm")
 SAMPLING_KWARGS = ("temperature", "max_tokens", "structured_outputs")
 
@@ -58,7 +58,9 @@ class LLM:
     def __init__(self, model, *, tokenizer=None, trust_remote_code=False, dtype="auto", seed=None,
                  gpu_memory_utilization=0.9, max_model_len=None, max_num_seqs=None, limit_mm_per_prompt=None,
                  mm_processor_kwargs=None, enable_prefix_caching=None, enforce_eager=False, tensor_parallel_size=1,
-                 data_parallel_size=1):
+                 **engine_arguments):
+        if int(engine_arguments.get("data_parallel_size", 1)) > 1:  # as vLLM's LLM does (vllm-project/vllm#27282)
+            raise ValueError("LLM(data_parallel_size>1) is not supported for single-process usage")
         if not os.path.isabs(model):
             raise ValueError("localjudge must give vLLM an absolute model directory")
         from localjudge.judge.transformers_backend import TransformersJudge
@@ -67,7 +69,7 @@ class LLM:
                             "gpu_memory_utilization": gpu_memory_utilization,
                             "limit_mm_per_prompt": limit_mm_per_prompt, "mm_processor_kwargs": mm_processor_kwargs,
                             "enable_prefix_caching": enable_prefix_caching,
-                            "tensor_parallel_size": tensor_parallel_size, "data_parallel_size": data_parallel_size}
+                            "tensor_parallel_size": tensor_parallel_size}
         self._generator = TransformersJudge(Path(model), device="cpu")
         self.chat_calls: list[int] = []
         LLM.instances.append(self)

@@ -123,8 +123,7 @@ def open_judge(config, vlm_dir: Path | None, api_model: str | None = None) -> Ju
 
         return VllmJudge(vlm_dir, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                          max_model_len=config.max_model_len, gpu_memory_utilization=config.gpu_memory_utilization,
-                         max_num_seqs=config.max_num_seqs, tensor_parallel_size=config.tensor_parallel_size,
-                         data_parallel_size=config.data_parallel_size)
+                         max_num_seqs=config.max_num_seqs, tensor_parallel_size=config.tensor_parallel_size)
     if config.judge == "recognizer":
         from .recognizer import RecognizerJudge
 

@@ -27,7 +27,7 @@ class VllmJudge:
 
     def __init__(self, vlm_dir: Path, max_new_tokens: int = 512, temperature: float = 0.0,
                  max_model_len: int = 8192, gpu_memory_utilization: float = 0.9, max_num_seqs: int = 64,
-                 tensor_parallel_size: int = 1, data_parallel_size: int = 1):
+                 tensor_parallel_size: int = 1):
         offline.enforce()  # before vLLM is imported: no hub, no usage statistics
         try:
             vllm = importlib.import_module("vllm")
@@ -45,9 +45,9 @@ class VllmJudge:
             limit_mm_per_prompt={"image": 1},
             mm_processor_kwargs=PROCESSOR_SETTINGS[self.family],
             enable_prefix_caching=True,  # every request shares the long rubric prompt
-            # several GPUs of one machine: the model split over them, or one copy per GPU (engine arguments)
+            # a judge larger than one GPU, split over several (one copy per GPU is --data-parallel: Ray actors;
+            # vLLM refuses data_parallel_size > 1 in one process)
             tensor_parallel_size=tensor_parallel_size,
-            data_parallel_size=data_parallel_size,
         )
         self.sampling = vllm.SamplingParams(
             temperature=temperature,

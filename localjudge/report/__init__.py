@@ -82,16 +82,26 @@ def _render_image(out: Path, rows: list[dict], maps: dict[str, dict], side: int)
                 wanted[name] = (kind, row)
     if not wanted:
         return None
-    first = rows[0]
+    pictures: dict[str, object] = {}
+
+    def picture_for(row: dict):
+        """The photo as this row's prediction read it (its DICOM window, if any)."""
+        window = json.loads(row["preprocessing"]).get("dicom_window")
+        key = json.dumps(window)
+        if key not in pictures:
+            pictures[key] = load_verified(Path(row.get("file") or row["path"]), row["image_sha256"], window)
+        return pictures[key]
+
     try:
-        picture = load_verified(Path(first.get("file") or first["path"]), first["image_sha256"],
-                                json.loads(first["preprocessing"]).get("dicom_window"))
+        for _, row in wanted.values():
+            picture_for(row)
     except ChangedImage as error:
-        return str(error)
+        first = rows[0]
+        return str(error).replace(first.get("file") or first["path"], first["path"])
     views = {}
     for name, (kind, row) in wanted.items():
         if row["preprocessing"] not in views:
-            views[row["preprocessing"]] = model_view(picture, json.loads(row["preprocessing"]), side)
+            views[row["preprocessing"]] = model_view(picture_for(row), json.loads(row["preprocessing"]), side)
         stored = maps[row["saliency_id"]]
         saliency = unpack_array(stored["map"], (stored["height"], stored["width"]))
         image = thumbnail(kind, views[row["preprocessing"]], saliency, row["alpha"], row["beta"])
