@@ -11,13 +11,14 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES
-from .judge.prompts import PROMPT_STYLES
 from .bundle import BundleError
-from .merge import MergeError
+from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES
 from .data import IngestError
+from .export import FORMATS
 from .ground_truth import GroundTruthError
 from .judge import JUDGE_BACKENDS, JudgeError
+from .judge.prompts import PROMPT_STYLES
+from .merge import MergeError
 from .reports import (calibrated_thresholds, describe_setting, faithfulness_means, label_issue_table, map_signals,
                       matrices, region_means, summary)
 from .saliency import CAM_METHODS
@@ -25,8 +26,8 @@ from .store import Store, StoreError
 from .vision import BACKENDS, CardError, WeightsError, list_cards
 from .vision.onnx_export import ExportError
 
-USER_ERRORS = (BundleError, MergeError, IngestError, GroundTruthError, CardError, WeightsError, JudgeError, ExportError, StoreError, ValueError,
-               FileNotFoundError)
+USER_ERRORS = (BundleError, MergeError, IngestError, GroundTruthError, CardError, WeightsError, JudgeError, ExportError,
+               StoreError, ValueError, FileNotFoundError)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -186,15 +187,16 @@ reading_threshold_option = click.option(
          f"(`localjudge calibrate`), and {DEFAULTS.threshold} where none was fitted.")
 
 
-def resolve_threshold(store: Store, threshold) -> tuple[int, dict[str, int] | None]:
-    """The default threshold and, for 'calibrated', the calibrated threshold of each setting."""
+def open_with_threshold(db_path: str, threshold) -> tuple[Store, int, dict[str, int] | None]:
+    """The store, the default threshold and, for 'calibrated', the calibrated threshold of each setting."""
+    store = Store(db_path, create=False)
     if threshold != "calibrated":
-        return threshold, None
+        return store, threshold, None
     found = calibrated_thresholds(store)
     if not found:
         raise click.ClickException(f"{store.path}: no calibration yet; rate samples (`localjudge rate`) and run "
                                    "`localjudge calibrate` first")
-    return DEFAULTS.threshold, found
+    return store, DEFAULTS.threshold, found
 
 
 def make_audit(db_path: str, show_progress: bool = True, **options_given):
@@ -388,8 +390,7 @@ sample_filter_options = options(
 @user_errors
 def matrix(db_path, threshold, as_json, **filters):
     """The 2x2 matrix: prediction correct/wrong x judge score high/low (CH, CL, WH, WL)."""
-    store = Store(db_path, create=False)
-    threshold, thresholds = resolve_threshold(store, threshold)
+    store, threshold, thresholds = open_with_threshold(db_path, threshold)
     found = matrices(store, threshold, thresholds, **filters)
     if as_json:
         click.echo(json.dumps({"matrices": found}, indent=2))
@@ -405,8 +406,7 @@ def matrix(db_path, threshold, as_json, **filters):
 def compare(db_path, threshold, as_json):
     """Every model x CAM x judge setting in the store side by side: CH/CL/WH/WL % and the average score (the shape of
     the paper's Table 4)."""
-    store = Store(db_path, create=False)
-    threshold, thresholds = resolve_threshold(store, threshold)
+    store, threshold, thresholds = open_with_threshold(db_path, threshold)
     found = matrices(store, threshold, thresholds)
     rows = [{"model": m["model"], "cam": m["cam"], "judge_model": m["judge_model"], "image_mode": m["image_mode"],
              "alpha": m["alpha"], "beta": m["beta"], "prompt_hash": m["prompt_hash"],
@@ -691,8 +691,7 @@ def report(db_path, out_dir, threshold, thumbnail_size, images_source, path_colu
     matrix, a per-class table and the score histogram. Open OUT/index.html in any browser; nothing is fetched."""
     from .report import build_report
 
-    store = Store(db_path, create=False)
-    threshold, thresholds = resolve_threshold(store, threshold)
+    store, threshold, thresholds = open_with_threshold(db_path, threshold)
     locations = None
     if images_source:
         from .data import redacted_locations
@@ -771,7 +770,7 @@ def calibrate(db_path, raters, human_threshold, as_json, **filters):
 
 @cli.command(name="export")
 @db_option
-@click.option("--format", "fmt", type=click.Choice(("csv", "json", "jsonl")), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="File to write (default: standard output).")
 @reading_threshold_option
 @sample_filter_options
@@ -783,8 +782,7 @@ def export_command(db_path, fmt, out, threshold, **filters):
 
     from .export import export_rows, write_export
 
-    store = Store(db_path, create=False)
-    threshold, thresholds = resolve_threshold(store, threshold)
+    store, threshold, thresholds = open_with_threshold(db_path, threshold)
     rows = export_rows(store, threshold, thresholds, **filters)
     if out:
         with open(out, "w", newline="", encoding="utf-8") as handle:

@@ -58,9 +58,7 @@ class _Worker:
 
     def clear(self) -> None:
         """The scratch store holds one batch at a time: what was sent back is deleted (it grew with the dataset)."""
-        with self.store.transaction():
-            for table in ("judgments", "saliency_maps", "predictions", "images"):
-                self.store.db.execute(f"delete from [{table}]")
+        self.store.clear_computed()
 
     def __del__(self):
         shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
@@ -185,7 +183,7 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
     predictions = {p["image_sha256"]: p for p in store.predictions(prediction_keys.values())}
     # labels may have changed since those predictions were made (a local run's predict does the same)
     audit.refresh_correctness([p["id"] for p in predictions.values()], audit.card.label_list())
-    map_keys = {sha: _map_key(audit, p) for sha, p in predictions.items()}
+    map_keys = {sha: audit.saliency_key(p) for sha, p in predictions.items()}
     stored_maps = store.existing_ids("saliency_maps", map_keys.values())
     ready = [map_keys[sha] for sha in image_ids if map_keys.get(sha) in stored_maps]
     need_vision = [sha for sha in image_ids if map_keys.get(sha) not in stored_maps]
@@ -235,12 +233,15 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
         size=cluster["workers"]), fn_constructor_args=arguments, batch_format="numpy", **cluster["judge"])
 
     started = time.perf_counter()
-    stopped = None
+    stopped = provider = None
     try:
         for batch in judged.iter_batches(batch_size=1, batch_format="numpy"):
             for blob in batch["payload"]:
                 payload = pickle.loads(blob)
-                _write(store, payload, stages, audit.run_id)
+                if payload.get("execution_provider") and provider is None:
+                    provider = payload["execution_provider"]
+                    store.set_run_provider(audit.run_id, provider)
+                _write(store, payload, stages)
                 stopped = stopped or payload.get("stopped")
             if stopped:
                 break
@@ -253,7 +254,6 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
     if stopped:
         raise JudgeError(stopped)
     stages["judge"].seconds = time.perf_counter() - started
-    stages.pop("provider_recorded", None)
     for stage in stages.values():
         stage.ids = list(dict.fromkeys(stage.ids))
     return stages
@@ -265,27 +265,10 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _map_key(audit, prediction: dict) -> str:
-    from .store import content_key
-
-    return content_key("saliency", prediction["id"], audit.config.cam, audit.card.target_layer,
-                       prediction["predicted_index"])
-
-
-def _write(store: Store, payload: dict, stages: dict, run_id: str) -> None:
-    """One batch's rows, in one transaction, as a local run writes them."""
-    if payload.get("execution_provider") and not stages.get("provider_recorded"):
-        store.set_run_provider(run_id, payload["execution_provider"])
-        stages["provider_recorded"] = True
-    with store.transaction():
-        for table in ("predictions", "saliency_maps"):
-            rows = payload.get(table) or []
-            if rows:
-                store.db[table].insert_all(rows, pk="id", ignore=True)
-        for prompt in payload.get("prompts") or []:
-            store.db["prompts"].insert(prompt, pk="hash", ignore=True)
-        if payload.get("judgments"):
-            store.db["judgments"].upsert_all(payload["judgments"], pk="id")
+def _write(store: Store, payload: dict, stages: dict) -> None:
+    """One batch's rows, in one transaction, as a local run writes them; the stages' counts."""
+    store.add_computed(payload.get("predictions") or [], payload.get("saliency_maps") or [],
+                       payload.get("prompts") or [], payload.get("judgments") or [])
     computed = payload.get("computed") or {}
     stages["predict"].computed += computed.get("predict", 0)
     stages["explain"].computed += computed.get("explain", 0)

@@ -4,6 +4,7 @@ loads its model only when some of those rows are missing; each batch is written 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import platform
@@ -57,6 +58,7 @@ def progress(iterable: Iterable, total: int, desc: str, show: bool, unit: str = 
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=None if show else True, leave=False)
 
 
+@functools.lru_cache(maxsize=None)  # asked once per image
 def parse_shard(text: str) -> tuple[int, int]:
     """'K/N' (1 <= K <= N) as (K, N)."""
     try:
@@ -386,11 +388,15 @@ class Audit:
             [vision_hash, json.dumps(self.preprocessing(), sort_keys=True)])]
 
     # --- explain ----------------------------------------------------------------------------------------
+    def saliency_key(self, prediction: dict) -> str:
+        """A map is (prediction, method, layer, target class)."""
+        return content_key("saliency", prediction["id"], self.config.cam, self.card.target_layer,
+                           prediction["predicted_index"])
+
     def explain(self, prediction_ids: list[str], stage: Stage | None = None) -> Stage:
         stage = Stage() if stage is None else stage
         predictions = self.store.predictions(prediction_ids)
-        keys = {p["id"]: content_key("saliency", p["id"], self.config.cam, self.card.target_layer,
-                                     p["predicted_index"]) for p in predictions}
+        keys = {p["id"]: self.saliency_key(p) for p in predictions}
         existing = self.store.existing_ids("saliency_maps", keys.values())
         stage.ids.extend(keys[p["id"]] for p in predictions)
         missing = [p for p in predictions if keys[p["id"]] not in existing]

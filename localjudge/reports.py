@@ -40,19 +40,31 @@ def calibrated_thresholds(store: Store) -> dict[str, int]:
     return {key: threshold for key, threshold in found.items() if threshold is not None}
 
 
+# What judgments can be filtered by, and the column each filter reads (judgments j, predictions p, maps s).
+FILTER_COLUMNS = {"model": "p.model", "cam": "s.method", "judge_model": "j.judge_model", "image_mode": "j.image_mode",
+                  "alpha": "j.alpha", "beta": "j.beta", "prompt_hash": "j.prompt_hash",
+                  "judge_model_hash": "j.judge_model_hash", "judge_image_size": "j.judge_image_size",
+                  "decoding": "j.decoding", "model_hash": "p.model_hash"}
+
+
+def filter_clauses(filters: dict) -> tuple[list[str], list]:
+    """SQL conditions (and their parameters) for the filters given (None: not given)."""
+    clauses, params = [], []
+    for name, value in filters.items():
+        if value is None:
+            continue
+        if name not in FILTER_COLUMNS:
+            raise ValueError(f"unknown filter {name!r}")
+        clauses.append(f"{FILTER_COLUMNS[name]} = ?")
+        params.append(value)
+    return clauses, params
+
+
 def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = None, **filters) -> list[dict]:
     """One matrix per (vision model, CAM, judge, image mode, alpha, beta, prompt): they are never mixed. A setting
     with a threshold in `thresholds` (by setting_key) uses it instead of `threshold`."""
-    where = ["j.status = 'ok'"]
-    params: list = []
-    column_of = {"model": "p.model", "cam": "s.method", "judge_model": "j.judge_model", "image_mode": "j.image_mode",
-                 "alpha": "j.alpha", "beta": "j.beta", "prompt_hash": "j.prompt_hash",
-                 "judge_model_hash": "j.judge_model_hash", "judge_image_size": "j.judge_image_size",
-                 "decoding": "j.decoding", "model_hash": "p.model_hash"}
-    for name, value in filters.items():
-        if value is not None:
-            where.append(f"{column_of[name]} = ?")
-            params.append(value)
+    clauses, params = filter_clauses(filters)
+    where = ["j.status = 'ok'", *clauses]
     rows = list(store.query(
         "select " + SETTING_SELECT + ", j.score, p.correct from judgments j "
         "join predictions p on p.id = j.prediction_id "

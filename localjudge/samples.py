@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 
+from .reports import filter_clauses, setting_key
 from .store import Store, content_key
-
-# Filters a person can give on the command line, and the SQL column each one reads.
-SAMPLE_FILTERS = {"model": "p.model", "cam": "s.method", "judge_model": "j.judge_model",
-                  "image_mode": "j.image_mode", "alpha": "j.alpha", "beta": "j.beta"}
 
 _SAMPLE_SQL = """
 select j.id as judgment_id, j.status, j.failure_kind, j.score, j.evaluation, j.justification, j.error,
@@ -52,22 +49,13 @@ def quadrant(status: str, correct, score, threshold: int) -> str:
 
 
 def _where(filters: dict) -> tuple[str, list]:
-    clauses, params = [], []
-    for name, value in filters.items():
-        if value is None:
-            continue
-        if name not in SAMPLE_FILTERS:
-            raise ValueError(f"unknown filter {name!r}")
-        clauses.append(f"{SAMPLE_FILTERS[name]} = ?")
-        params.append(value)
+    clauses, params = filter_clauses(filters)
     return ("where " + " and ".join(clauses)) if clauses else "", params
 
 
 def samples(store: Store, threshold: int, thresholds: dict[str, int] | None = None, **filters) -> list[dict]:
     """Every judgment as a sample, in a stable order. `thresholds` maps a setting key (reports.setting_key) to a
     calibrated threshold that replaces `threshold` for that setting."""
-    from .reports import setting_key
-
     where, params = _where(filters)
     rows = [dict(r) for r in store.query(_SAMPLE_SQL.format(where=where), params)]
     ratings: dict[str, list[dict]] = {}

@@ -359,6 +359,26 @@ class Store:
                 {"hash": prompt_hash, "image_mode": image_mode, "text": text, "created_at": now()},
                 pk="hash", ignore=True)
 
+    # --- rows computed elsewhere (Ray actors) ---------------------------------------------------------
+    def add_computed(self, predictions: list[dict], maps: list[dict], prompts: list[dict],
+                     judgments: list[dict]) -> None:
+        """One batch's rows made by another process, in one transaction, as the local stages write them."""
+        with self.transaction():
+            if predictions:
+                self.db["predictions"].insert_all(predictions, pk="id", ignore=True)
+            if maps:
+                self.db["saliency_maps"].insert_all(maps, pk="id", ignore=True)
+            for prompt in prompts:
+                self.db["prompts"].insert(prompt, pk="hash", ignore=True)
+            if judgments:
+                self.db["judgments"].upsert_all(judgments, pk="id")
+
+    def clear_computed(self) -> None:
+        """Empty the tables of images and what was computed from them (a worker's scratch store, between batches)."""
+        with self.transaction():
+            for table in ("judgments", "saliency_maps", "predictions", "images"):
+                self.db.execute(f"delete from [{table}]")
+
     # --- people ----------------------------------------------------------------------------------------
     def rate(self, view: dict, rater: str, score: int) -> dict:
         """Store (or replace) one rater's score of one view."""
