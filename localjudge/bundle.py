@@ -18,13 +18,14 @@ import shutil
 from pathlib import Path
 
 from . import __version__
+from .errors import UserError
 from .store import sha256_file
 
 FORMAT = "localjudge-bundle/1"
 MANIFEST = "manifest.json"
 
 
-class BundleError(Exception):
+class BundleError(UserError):
     pass
 
 
@@ -37,8 +38,7 @@ def create_bundle(out: Path, model: str, weights: Path | None = None, vlm: Path 
     """Pack `model` (a registered name, a card file, or an ONNX file with its card; its embedded weights or
     `weights`) and `vlm` into `out`."""
     from .vision import resolve_card
-    from .vision.cards import _resolve
-    from .vision.torch_backend import embedded_weights_path
+    from .vision.cards import _resolve, embedded_weights_path
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 from .analysis.agreement import calibrate_threshold
-from .reports import GROUP_COLUMNS, setting_key
-from .samples import samples
+from .queries import GROUP_COLUMNS, samples, setting_key
 from .store import Store, content_key, now
 
 
 def calibrate_settings(store: Store, raters: tuple[str, ...], human_threshold: int, default_threshold: int,
                        **filters) -> list[dict]:
-    """One calibration per judge setting (reports.GROUP_COLUMNS) with rated judgments; each rating of a view is
+    """One calibration per judge setting (queries.GROUP_COLUMNS) with rated judgments; each rating of a view is
     one pair (judge score, person's score)."""
     pairs: dict[str, dict] = {}
     for sample in samples(store, default_threshold, **filters):

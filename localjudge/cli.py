@@ -1,4 +1,7 @@
-"""The command line: `localjudge run` does every stage; each stage is also a command of its own."""
+"""The command line: `localjudge run` does every stage; each stage is also a command of its own. Commands parse
+options and render results; which backends a run uses and whether its options fit together is settled by
+`pipeline.open_audit`. Commands that compute import the pipeline (and torch) when they run, so the read-only ones
+start without it."""
 
 from __future__ import annotations
 
@@ -7,27 +10,30 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Callable, Iterable
 
 import click
 
 from . import __version__
-from .bundle import BundleError
 from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES
-from .data import IngestError
+from .errors import OptionError, UserError
 from .export import FORMATS
-from .ground_truth import GroundTruthError
-from .judge import JUDGE_BACKENDS, JudgeError
+from .judge import JUDGE_CHOICES
 from .judge.prompts import PROMPT_STYLES
-from .merge import MergeError
-from .reports import (calibrated_thresholds, describe_setting, faithfulness_means, label_issue_table, map_signals,
-                      matrices, region_means, summary)
-from .saliency import CAM_METHODS
-from .store import Store, StoreError
-from .vision import BACKENDS, CardError, WeightsError, list_cards
-from .vision.onnx_export import ExportError
+from .queries import (
+    calibrated_thresholds,
+    describe_setting,
+    faithfulness_means,
+    label_issue_table,
+    map_signals,
+    matrices,
+    region_means,
+    summary,
+)
+from .store import Store
+from .vision import BACKENDS, list_cards
 
-USER_ERRORS = (BundleError, MergeError, IngestError, GroundTruthError, CardError, WeightsError, JudgeError, ExportError,
-               StoreError, ValueError, FileNotFoundError)
+USER_ERRORS = (UserError, ValueError, FileNotFoundError)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -44,6 +50,8 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except OptionError as error:
+            raise click.UsageError(str(error)) from error
         except USER_ERRORS as error:
             raise click.ClickException(str(error)) from error
 
@@ -102,8 +110,27 @@ vision_options = options(
                  help="A model bundle (`localjudge bundle create`): verified file by file, then its model, weights "
                       "and VLM are used and its manifest hash is recorded with the run."),
 )
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names, read when the option is shown or used: the CAM methods compute with
+    torch, and importing the CLI must not load it."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self._names = names
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+
+def cam_methods() -> tuple[str, ...]:
+    from .saliency.methods import METHODS
+
+    return tuple(METHODS)
+
+
 cam_options = options(
-    click.option("--cam", type=click.Choice(CAM_METHODS), default=DEFAULTS.cam, show_default=True),
+    click.option("--cam", type=RegistryChoice(cam_methods), default=DEFAULTS.cam, show_default=True),
 )
 setting_options = options(
     click.option("--alpha", type=float, default=DEFAULTS.alpha, show_default=True, help="Mask steepness."),
@@ -115,7 +142,7 @@ setting_options = options(
 judge_backend_options = options(
     click.option("--vlm", type=click.Path(exists=True, file_okay=False),
                  help="Local Gemma-3 or Qwen2.5-VL model directory."),
-    click.option("--judge", type=click.Choice(JUDGE_BACKENDS), default=DEFAULTS.judge, show_default=True,
+    click.option("--judge", type=click.Choice(JUDGE_CHOICES), default=DEFAULTS.judge, show_default=True,
                  help="auto: transformers with --vlm DIR, else the recognizer (EfficientNet-Lite2 on the masked "
                       "image); vllm; openai (a local server)."),
     click.option("--image-mode", type=click.Choice(IMAGE_MODES), default=DEFAULTS.image_mode, show_default=True,
@@ -199,30 +226,10 @@ def open_with_threshold(db_path: str, threshold) -> tuple[Store, int, dict[str, 
     return store, DEFAULTS.threshold, found
 
 
-def make_audit(db_path: str, show_progress: bool = True, **options_given):
-    from .pipeline import Audit  # torch and friends load only for commands that compute
+def open_audit(db_path: str, source=None, stages=(), show_progress: bool = True, **given):
+    from .pipeline import open_audit as settle  # torch and friends load only for commands that compute
 
-    config = DEFAULTS.replace(**options_given)
-    if config.judge == "openai":
-        from .judge.openai_backend import check_endpoint
-
-        check_endpoint(config.base_url, config.allow_hosts)  # refused before the store is even opened
-    store = Store(db_path)
-    if config.bundle:
-        from .bundle import bundle_options
-        from .store import sha256_file
-
-        given = bundle_options(Path(config.bundle), lambda path: store.cached_file_hash(path, sha256_file))
-        if config.vlm:  # a VLM directory given on the command line wins over the bundle's
-            given.pop("vlm", None)
-        config = config.replace(**given)
-    return Audit(store, config, show_progress=show_progress)
-
-
-def require_vlm(given: dict) -> None:
-    if given.get("judge") in ("transformers", "vllm") and not given.get("vlm") and not given.get("bundle"):
-        raise click.UsageError(f"--judge {given['judge']} needs --vlm DIR (a local Gemma-3 or Qwen2.5-VL directory); "
-                               "without one, the recognizer judges (--judge auto or recognizer)")
+    return settle(db_path, source, stages, show_progress=show_progress, **given)
 
 
 def stages_json(stages: dict) -> dict:
@@ -271,26 +278,26 @@ def cli():
 @user_errors
 def run(images, db_path, as_json, threshold, **given):
     """Every stage on IMAGES (a folder, class sub-folders or a CSV manifest): ingest, predict, explain, judge; with
-    ground-truth regions given, also how each attention mask agrees with its image's region."""
-    require_vlm(given)
-    if (given.get("data_parallel_size") or 1) > 1:  # copies of the judge: actors of a (local) Ray cluster
-        given["ray"] = given.get("ray") or "local"
-        given["ray_workers"] = given.get("ray_workers") or given["data_parallel_size"]
-    if given.get("mask_column") and not (Path(images).is_file() and Path(images).suffix.lower() == ".csv"):
-        raise click.UsageError("--mask-column reads the CSV manifest the images come from; IMAGES is not one")
+    ground-truth regions given, also how each attention mask agrees with its image's region.
 
+    \b
+    Example:
+        localjudge run photos/labels.csv --path-column file --label-column imagenet_indices --db audit.db
+    """
     def work(audit):
         if audit.config.ray:
-            from .distributed import run_on_ray
+            from .pipeline.distributed import run_on_ray
 
             stages = run_on_ray(audit, images, audit.config.ray, audit.config.ray_workers)
         else:
-            stages = audit.run(images)
+            from .pipeline.local import run_local
+
+            stages = run_local(audit, images)
         if audit.has_ground_truth_source():
             stages.update(audit.evaluate_regions(stages["ingest"].ids, stages["explain"].ids, manifest=images))
         return stages
 
-    audit, _ = perform("run", images, ["predict", "explain", "judge"], work, db_path, as_json,
+    audit, _ = perform("run", images, ("ingest", "predict", "explain", "judge"), work, db_path, as_json,
                        threshold=threshold, **given)
     if not as_json:
         config = audit.config
@@ -299,19 +306,13 @@ def run(images, db_path, as_json, threshold, **given):
                                 alpha=config.alpha, beta=config.beta))
 
 
-def perform(command, source, stage_names, work, db_path, as_json, **given):
-    """Open the store, record the run around the work, report what each stage did; the audit and its stages."""
-    audit = make_audit(db_path, **given)
-    with audit.recorded(command, source, stage_names):
-        stages = work(audit)
-    report_stages(stages, as_json)
-    return audit, stages
-
-
-def ingest_and_predict(audit, images):
-    stages = {"ingest": audit.ingest(images)}
-    stages["predict"] = audit.predict(stages["ingest"].ids)
-    return stages
+def perform(command, source, stages, work, db_path, as_json, **given):
+    """Open the audit, record the run around the work, report what each stage did; the audit and its stages."""
+    audit = open_audit(db_path, source, stages, **given)
+    with audit.recorded(command, source):
+        found = work(audit)
+    report_stages(found, as_json)
+    return audit, found
 
 
 @cli.command()
@@ -322,8 +323,15 @@ def ingest_and_predict(audit, images):
 @json_option
 @user_errors
 def predict(images, db_path, as_json, **given):
-    """Ingest IMAGES and store the model's top-5 and full probability vector per image."""
-    perform("predict", images, ["predict"], lambda a: ingest_and_predict(a, images), db_path, as_json, **given)
+    """Ingest IMAGES and store the model's top-5 and full probability vector per image.
+
+    \b
+    Example:
+        localjudge predict photos/ --db audit.db --model resnet18 --weights my-resnet18.pt
+    """
+    from .pipeline.local import run_vision
+
+    perform("predict", images, ("ingest", "predict"), lambda a: run_vision(a, images), db_path, as_json, **given)
 
 
 @cli.command()
@@ -333,8 +341,13 @@ def predict(images, db_path, as_json, **given):
 @json_option
 @user_errors
 def explain(db_path, as_json, **given):
-    """Compute a saliency map for every stored prediction of the model."""
-    audit, stages = perform("explain", None, ["explain"], lambda a: {"explain": a.explain(a.stored_predictions())},
+    """Compute a saliency map for every stored prediction of the model.
+
+    \b
+    Example:
+        localjudge explain --db audit.db --cam gradcam++
+    """
+    audit, stages = perform("explain", None, ("explain",), lambda a: {"explain": a.explain(a.stored_predictions())},
                             db_path, as_json, **given)
     if not stages["explain"].ids:
         click.echo(f"No predictions of {audit.card.name} in {db_path} yet: run `localjudge predict` first.", err=True)
@@ -349,9 +362,13 @@ def explain(db_path, as_json, **given):
 @user_errors
 def judge(db_path, as_json, **given):
     """Judge every stored saliency map of the model and CAM method: with the VLM in --vlm, a local server
-    (--judge openai), or without either, the recognizer (EfficientNet-Lite2)."""
-    require_vlm(given)
-    audit, stages = perform("judge", None, ["judge"], lambda a: {"judge": a.judge(a.stored_saliency_maps())},
+    (--judge openai), or without either, the recognizer (EfficientNet-Lite2).
+
+    \b
+    Example:
+        localjudge judge --db audit.db --vlm /models/Qwen2.5-VL-7B-Instruct --image-mode heatmap
+    """
+    audit, stages = perform("judge", None, ("judge",), lambda a: {"judge": a.judge(a.stored_saliency_maps())},
                             db_path, as_json, **given)
     if not stages["judge"].ids:
         click.echo(f"No {audit.config.cam} maps of {audit.card.name} in {db_path} yet: run `localjudge explain` "
@@ -389,7 +406,12 @@ sample_filter_options = options(
 @json_option
 @user_errors
 def matrix(db_path, threshold, as_json, **filters):
-    """The 2x2 matrix: prediction correct/wrong x judge score high/low (CH, CL, WH, WL)."""
+    """The 2x2 matrix: prediction correct/wrong x judge score high/low (CH, CL, WH, WL).
+
+    \b
+    Example:
+        localjudge matrix --db audit.db --threshold calibrated --json
+    """
     store, threshold, thresholds = open_with_threshold(db_path, threshold)
     found = matrices(store, threshold, thresholds, **filters)
     if as_json:
@@ -405,7 +427,12 @@ def matrix(db_path, threshold, as_json, **filters):
 @user_errors
 def compare(db_path, threshold, as_json):
     """Every model x CAM x judge setting in the store side by side: CH/CL/WH/WL % and the average score (the shape of
-    the paper's Table 4)."""
+    the paper's Table 4).
+
+    \b
+    Example:
+        localjudge compare --db audit.db
+    """
     store, threshold, thresholds = open_with_threshold(db_path, threshold)
     found = matrices(store, threshold, thresholds)
     rows = [{"model": m["model"], "cam": m["cam"], "judge_model": m["judge_model"], "image_mode": m["image_mode"],
@@ -433,7 +460,12 @@ def compare(db_path, threshold, as_json):
 @json_option
 @user_errors
 def summary_command(db_path, as_json):
-    """What the store holds: images, read errors, predictions and accuracy, CAMs, judgments."""
+    """What the store holds: images, read errors, predictions and accuracy, CAMs, judgments.
+
+    \b
+    Example:
+        localjudge summary --db audit.db --json
+    """
     result = summary(Store(db_path, create=False))
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -455,8 +487,13 @@ def summary_command(db_path, as_json):
               help="Folder for the .npy files and index.csv.")
 @user_errors
 def maps_command(db_path, out_dir):
-    """Write every stored map as float32 .npy at the model's input resolution, with DIR/index.csv."""
-    from .reports import export_maps
+    """Write every stored map as float32 .npy at the model's input resolution, with DIR/index.csv.
+
+    \b
+    Example:
+        localjudge maps --db audit.db --out maps/
+    """
+    from .export import export_maps
 
     count = export_maps(Store(db_path, create=False), Path(out_dir))
     click.echo(f"wrote {count} maps and {Path(out_dir) / 'index.csv'}")
@@ -482,11 +519,16 @@ def evaluate():
 @user_errors
 def eval_regions(db_path, manifest, as_json, **given):
     """IoU, Dice, pixel accuracy and F1 of each stored map's attention mask (map >= beta) against its image's
-    ground-truth region, stored; prints their means."""
-    audit = make_audit(db_path, show_progress=not as_json, **given)
+    ground-truth region, stored; prints their means.
+
+    \b
+    Example:
+        localjudge eval regions --db audit.db --mask-column mask --manifest labels.csv --path-column file
+    """
+    audit = open_audit(db_path, manifest, ("regions",), show_progress=not as_json, **given)
     if not audit.has_ground_truth_source():
         raise click.UsageError("give the regions: --masks DIR, --mask-column NAME --manifest CSV, or --boxes FILE")
-    with audit.recorded("eval regions", manifest, ["regions"]):
+    with audit.recorded("eval regions", manifest):
         images = [row["sha256"] for row in audit.store.images()]
         stages = audit.evaluate_regions(images, audit.stored_saliency_maps(), manifest=manifest)
     means = region_means(audit.store, stages["regions"].ids)
@@ -516,9 +558,14 @@ def eval_regions(db_path, manifest, as_json, **given):
 @user_errors
 def eval_faithfulness(db_path, as_json, **given):
     """Deletion and insertion AUC, AOPC (most relevant first), Average Drop and Increase in Confidence of every
-    stored map of the model and CAM method, on the vision backend; stored, means printed."""
-    audit = make_audit(db_path, show_progress=not as_json, **given)
-    with audit.recorded("eval faithfulness", None, ["faithfulness"]):
+    stored map of the model and CAM method, on the vision backend; stored, means printed.
+
+    \b
+    Example:
+        localjudge eval faithfulness --db audit.db --steps 20 --baseline zeros
+    """
+    audit = open_audit(db_path, None, ("faithfulness",), show_progress=not as_json, **given)
+    with audit.recorded("eval faithfulness", None):
         stage = audit.faithfulness(audit.stored_saliency_maps())
     means = faithfulness_means(audit.store, stage.ids)
     if as_json:
@@ -562,19 +609,23 @@ def style_list(text: str) -> list[str]:
 @user_errors
 def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
     """Judge every stored map under each alpha x beta x prompt style (what is judged already is reused) and print
-    the matrix and average score of each: the shape of the paper's Tables 2 (alpha, beta) and 3 (prompt styles)."""
-    require_vlm(given)
+    the matrix and average score of each: the shape of the paper's Tables 2 (alpha, beta) and 3 (prompt styles).
+
+    \b
+    Example:
+        localjudge eval sweep --db audit.db --vlm /models/gemma-3-12b-it --alpha 15,25 --beta 0.4,0.6
+    """
     results = []
-    loader = make_audit(db_path, show_progress=False, **given)
+    loader = open_audit(db_path, None, ("judge",), show_progress=False, **given)
     judge = loader.judge_model()  # loaded once, handed to every setting's audit
     loader.store.close()
     for style in styles:
         for alpha in alphas:
             for beta in betas:
-                audit = make_audit(db_path, show_progress=not as_json, alpha=alpha, beta=beta, prompt_style=style,
-                                   **given)
+                audit = open_audit(db_path, None, ("judge",), show_progress=not as_json, alpha=alpha, beta=beta,
+                                   prompt_style=style, **given)
                 audit.use_judge(judge)
-                with audit.recorded("eval sweep", None, ["judge"]):
+                with audit.recorded("eval sweep", None):
                     stage = audit.judge(audit.stored_saliency_maps())
                 config = audit.config
                 _, template_hash, decoding = audit.judgment_key_parts()
@@ -589,8 +640,7 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
                                 "percent": matrix["percent"] if matrix else None,
                                 "average_score": matrix["average_score"] if matrix else None})
                 audit.store.close()
-    if hasattr(judge, "close"):
-        judge.close(cancel=False)
+    judge.close(cancel=False)
     if as_json:
         click.echo(json.dumps({"threshold": threshold, "settings": results}, indent=2))
         return
@@ -617,7 +667,12 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
 def eval_correlate(db_path, target, model, cam, beta, steps, baseline, as_json):
     """Pearson and Spearman correlations, with 95 % intervals and n, between the judge score and every other
     per-map signal in the store (confidence, IoU, Dice, pixel accuracy, F1, deletion, insertion, Average Drop,
-    AOPC): the shape of the paper's Table 1."""
+    AOPC): the shape of the paper's Table 1.
+
+    \b
+    Example:
+        localjudge eval correlate --db audit.db --json
+    """
     from .analysis.correlation import correlation_table
 
     signals = map_signals(Store(db_path, create=False), beta, steps, baseline, model, cam)
@@ -656,7 +711,12 @@ def eval_correlate(db_path, target, model, cam, beta, steps, baseline, as_json):
 def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode, cam, probs_model, as_json):
     """Suspected label errors by the judge (WH, and CL where labels are the model's own predictions) against
     cleanlab's filters (CL, PNR, LSC, LNM) on the same probabilities: accuracy, precision, recall, F1 per method
-    (the label is right = positive), the shape of the paper's Tables 5-6."""
+    (the label is right = positive), the shape of the paper's Tables 5-6.
+
+    \b
+    Example:
+        localjudge eval label-issues --db audit.db --truth truth.csv --probs-model efficientnet-lite2
+    """
     table = label_issue_table(Store(db_path, create=False), Path(truth), threshold, model, judge_model, image_mode,
                               cam, probs_model)
     if as_json:
@@ -688,7 +748,12 @@ def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode,
 def report(db_path, out_dir, threshold, thumbnail_size, images_source, path_column, as_json, **filters):
     """An offline HTML report: one card per judgment (the model's view, the heatmap, the masked image, prediction and
     label, score, evaluation, justification), filters by quadrant, class, score, model, CAM and judge, the 2x2
-    matrix, a per-class table and the score histogram. Open OUT/index.html in any browser; nothing is fetched."""
+    matrix, a per-class table and the score histogram. Open OUT/index.html in any browser; nothing is fetched.
+
+    \b
+    Example:
+        localjudge report --db audit.db --out report/
+    """
     from .report import build_report
 
     store, threshold, thresholds = open_with_threshold(db_path, threshold)
@@ -718,7 +783,12 @@ def report(db_path, out_dir, threshold, thumbnail_size, images_source, path_colu
 @user_errors
 def rate(db_path, host, port, rater, **filters):
     """A page on this machine where people rate what the judges were shown, 0-5 with the judge's rubric (keys 0-5,
-    back, skip); ratings are stored in the DB at once, and a rater continues where they stopped."""
+    back, skip); ratings are stored in the DB at once, and a rater continues where they stopped.
+
+    \b
+    Example:
+        localjudge rate --db audit.db --rater "Dr. A"
+    """
     from .rating import RatingError, RatingServer
 
     try:
@@ -745,7 +815,12 @@ def rate(db_path, host, port, rater, **filters):
 def calibrate(db_path, raters, human_threshold, as_json, **filters):
     """From people's ratings, the judge threshold that best separates what they call high from low (Cohen's kappa),
     with kappa, weighted kappa and correlations against the judge, per judge setting; stored, so
-    `matrix --threshold calibrated` uses it."""
+    `matrix --threshold calibrated` uses it.
+
+    \b
+    Example:
+        localjudge calibrate --db audit.db --rater "Dr. A"
+    """
     from .calibration import calibrate_settings
 
     store = Store(db_path, create=False)
@@ -777,7 +852,12 @@ def calibrate(db_path, raters, human_threshold, as_json, **filters):
 @user_errors
 def export_command(db_path, fmt, out, threshold, **filters):
     """One row per judgment with every stage's outputs (prediction, map, judge answer, quadrant, region and
-    faithfulness scores, people's ratings) and the parameters of the runs that made it."""
+    faithfulness scores, people's ratings) and the parameters of the runs that made it.
+
+    \b
+    Example:
+        localjudge export --db audit.db --format csv --out audit.csv
+    """
     import sys
 
     from .export import export_rows, write_export
@@ -799,7 +879,12 @@ def export_command(db_path, fmt, out, threshold, **filters):
 def doctor(db_path, bundle_dir, as_json):
     """What this machine has (Python, torch, ONNX Runtime, transformers, vLLM, GPUs and providers), whether the
     embedded models match their cards, the offline switches, a database's integrity and free disk. Exits 1 when
-    something is wrong."""
+    something is wrong.
+
+    \b
+    Example:
+        localjudge doctor --db audit.db --bundle bundle/
+    """
     from .doctor import diagnose
 
     found = diagnose(Path(db_path) if db_path else None, Path(bundle_dir) if bundle_dir else None)
@@ -829,7 +914,12 @@ def bundle():
 @user_errors
 def bundle_create(out, model, weights, card, vlm, as_json):
     """Pack a vision model (card, labels, weights) and a VLM directory into OUT with a sha256 manifest (on a
-    connected machine; carry OUT over and run with --bundle OUT)."""
+    connected machine; carry OUT over and run with --bundle OUT).
+
+    \b
+    Example:
+        localjudge bundle create bundle/ --model resnet18 --weights my-resnet18.pt --vlm /models/Qwen2.5-VL-7B-Instruct
+    """
     from .bundle import create_bundle
 
     made = create_bundle(Path(out), model, Path(weights) if weights else None, Path(vlm) if vlm else None, card)
@@ -846,7 +936,12 @@ def bundle_create(out, model, weights, card, vlm, as_json):
 @user_errors
 def bundle_verify(folder, as_json):
     """Check every file of a bundle against its manifest (size and sha256) and that no other file is there; exits 1
-    when something differs."""
+    when something differs.
+
+    \b
+    Example:
+        localjudge bundle verify bundle/
+    """
     from .bundle import verify_bundle
 
     result = verify_bundle(Path(folder))
@@ -874,8 +969,13 @@ def database():
 @user_errors
 def db_merge(sources, into, as_json):
     """Merge SOURCES into one store: rows the target lacks are copied with their runs, equal rows are skipped, rows
-    with the same key and other values are reported as conflicts (the target's kept). Idempotent."""
-    from .merge import merge_stores
+    with the same key and other values are reported as conflicts (the target's kept). Idempotent.
+
+    \b
+    Example:
+        localjudge db merge shard1.db shard2.db --into audit.db
+    """
+    from .store.merge import merge_stores
 
     report = merge_stores([Path(s) for s in sources], Path(into))
     if as_json:
@@ -905,7 +1005,12 @@ def models():
 @user_errors
 def models_export(model, out, weights, static_batch):
     """Export MODEL to ONNX with its target-layer activations and their gradient (dynamic batch), checked against
-    torch; writes OUT and its card OUT.json (plus the label list)."""
+    torch; writes OUT and its card OUT.json (plus the label list).
+
+    \b
+    Example:
+        localjudge models export resnet18 --weights my-resnet18.pt --out resnet18.onnx
+    """
     from .vision import load_card
     from .vision.onnx_export import export_onnx
 
@@ -916,7 +1021,12 @@ def models_export(model, out, weights, static_batch):
 @models.command(name="list")
 @json_option
 def models_list(as_json):
-    """List registered vision models."""
+    """List registered vision models.
+
+    \b
+    Example:
+        localjudge models list --json
+    """
     cards = list_cards()
     if as_json:
         click.echo(json.dumps([{k: v for k, v in c.__dict__.items()} for c in cards], indent=2))

@@ -1,10 +1,13 @@
-"""Every default of a run lives here; the CLI reads its defaults from this object and the store records it whole."""
+"""Every default of a run lives here; the CLI reads its defaults from this object and the store records it whole.
+Which backend a run uses, and whether its options fit together, is settled once, by `pipeline.open_audit`."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,12 @@ class RunConfig:
     boxes: str | None = None
 
     def replace(self, **changes) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in known and v is not None})
+        """A copy with the given fields changed; None means "not given" (an option left out keeps the default). A
+        name that is no field is an error: a misspelt option must not be dropped without a word."""
+        unknown = sorted(set(changes) - FIELDS)
+        if unknown:
+            raise TypeError(f"RunConfig has no field {', '.join(unknown)}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,8 +92,25 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)
 
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        """The inverse of `to_json` (JSON has no tuples: those fields come back as lists and are made tuples)."""
+        fields = json.loads(text)
+        for name in TUPLE_FIELDS:
+            if fields.get(name) is not None:
+                fields[name] = tuple(fields[name])
+        return cls(**fields)
 
+
+FIELDS = frozenset(f.name for f in dataclasses.fields(RunConfig))
+TUPLE_FIELDS = ("allow_hosts", "dicom_window")
 DEFAULTS = RunConfig()
 
 IMAGE_MODES = ("masked", "heatmap")
 FAITHFULNESS_BASELINES = ("zeros", "black")
+
+
+def home() -> Path:
+    """localjudge's own folder for what it makes once and reuses (ONNX exports): $LOCALJUDGE_HOME, else
+    ~/.cache/localjudge."""
+    return Path(os.environ.get("LOCALJUDGE_HOME") or Path.home() / ".cache" / "localjudge")

@@ -7,7 +7,7 @@ import hashlib
 import io
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -15,11 +15,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .dicom import DICOM_SUFFIXES, DicomError, load_dicom, looks_like_dicom
+from .errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES}
 
 
-class IngestError(Exception):
+class IngestError(UserError):
     """The source itself (folder or manifest) cannot be used; single bad images are stored, not raised."""
 
 
@@ -43,6 +44,8 @@ class ReadImage:
     height: int
     mode: str
     format: str
+    # The pixels the model sees (RGB, EXIF orientation applied), kept so a run reads and decodes each file once.
+    picture: Image.Image | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -101,12 +104,18 @@ def read_manifest(manifest: Path, path_column: str, label_column: str) -> list[I
     return items
 
 
+def read_file(path: Path) -> bytes:
+    """The bytes of an input file: every image localjudge reads comes through here (once per run)."""
+    return Path(path).read_bytes()
+
+
 def read_image(path: Path, window: tuple[float, float] | None = None) -> ReadImage | ReadFailure:
-    """Read and fully decode one file, so a truncated image fails here and not in the middle of a batch."""
+    """Read and fully decode one file, so a truncated image fails here and not in the middle of a batch; the
+    result keeps the picture as the model sees it."""
     if path.is_dir():
         return ReadFailure(path, 0, None, "a folder, not an image file")
     try:
-        data = path.read_bytes()
+        data = read_file(path)
     except OSError as error:
         return ReadFailure(path, 0, None, f"cannot read file: {error.strerror or error}")
     size = len(data)
@@ -117,22 +126,25 @@ def read_image(path: Path, window: tuple[float, float] | None = None) -> ReadIma
             identity, picture = load_dicom(data, window)
         except DicomError as error:
             return ReadFailure(path, size, hashlib.sha256(data).hexdigest(), str(error))
-        return ReadImage(path, identity, size, picture.width, picture.height, picture.mode, "DICOM")
+        return ReadImage(path, identity, size, picture.width, picture.height, picture.mode, "DICOM", picture)
     digest = hashlib.sha256(data).hexdigest()
     try:
-        picture = decode(data)
+        decoded = decode(data)
+        picture = model_picture(decoded)
     except UnidentifiedImageError:
         return ReadFailure(path, size, digest, "not an image (no known image format)")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return ReadFailure(path, size, digest, f"refused: {error}")
     except (OSError, SyntaxError, ValueError) as error:
         return ReadFailure(path, size, digest, f"corrupt or truncated image: {error}")
-    return ReadImage(path, digest, size, picture.width, picture.height, picture.mode, picture.format or "unknown")
+    return ReadImage(path, digest, size, decoded.width, decoded.height, decoded.mode, decoded.format or "unknown",
+                     picture)
 
 
 def decode(data: bytes) -> Image.Image:
-    """Fully decoded (the first frame of an animation). An image of more pixels than Pillow's limit (a
-    decompression bomb: a small file that unpacks to gigabytes) raises instead of being read."""
+    """Fully decoded (the first frame of an animation): every picture localjudge decodes comes through here. An
+    image of more pixels than Pillow's limit (a decompression bomb: a small file that unpacks to gigabytes) raises
+    instead of being read."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data))
@@ -159,6 +171,13 @@ def redacted_locations(source: str | Path, path_column: str = "path", label_colu
     return {redacted_path(item.path): str(item.path) for item in discover(source, path_column, label_column)}
 
 
+def jpeg_bytes(image: Image.Image, quality: int = 82) -> bytes:
+    """A picture as JPEG (the report's thumbnails, the rating page's views)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality, optimize=True)
+    return buffer.getvalue()
+
+
 class ChangedImage(Exception):
     """A stored image's file is gone or no longer holds the picture that was ingested."""
 
@@ -168,7 +187,7 @@ def load_verified(path: Path, sha256: str, window: tuple[float, float] | None = 
     from another picture than the one its prediction was made on. (A DICOM file is its pixel data: its header may
     change.)"""
     try:
-        data = Path(path).read_bytes()
+        data = read_file(path)
     except OSError as error:
         raise ChangedImage(f"{path}: cannot read the stored image any more ({error.strerror or error})") from error
     if looks_like_dicom(data, Path(path).suffix):
@@ -181,20 +200,24 @@ def load_verified(path: Path, sha256: str, window: tuple[float, float] | None = 
         return picture
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ChangedImage(f"{path}: the file has changed since it was ingested; ingest it again")
-    return load_rgb(io.BytesIO(data))
+    return model_picture(decode(data))
 
 
 def load_rgb(path) -> Image.Image:
+    """The pixels a model sees of an image file (for tools and tests; a run reads through `read_image`)."""
+    return model_picture(decode(read_file(path)))
+
+
+def model_picture(image: Image.Image) -> Image.Image:
     """The pixels a model sees: EXIF orientation applied, greyscale, palette and alpha images as RGB."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            # 16-bit and float greyscale (common for radiographs): stretch to 8 bits instead of clipping at 255.
-            pixels = np.asarray(image, dtype=np.float32)
-            low, high = float(pixels.min()), float(pixels.max())
-            pixels = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-            image = Image.fromarray(pixels.astype(np.uint8))
-        return image.convert("RGB")
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit and float greyscale (common for radiographs): stretch to 8 bits instead of clipping at 255.
+        pixels = np.asarray(image, dtype=np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        image = Image.fromarray(pixels.astype(np.uint8))
+    return image.convert("RGB")
 
 
 _WNID = re.compile(r"^n\d{8}$")

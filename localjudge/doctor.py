@@ -11,6 +11,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from .config import home
 from .offline import OFFLINE_ENVIRONMENT
 
 REQUIRED = ("torch", "torchvision", "transformers", "numpy", "pillow", "click", "sqlite-utils", "grad-cam",
@@ -77,7 +78,7 @@ def offline() -> list[dict]:
 def models() -> list[dict]:
     from .store import sha256_file
     from .vision import list_cards
-    from .vision.torch_backend import WeightsError, embedded_weights_path
+    from .vision.cards import WeightsError, embedded_weights_path
 
     checks = []
     for card in list_cards():
@@ -117,7 +118,7 @@ def bundle(folder: Path) -> list[dict]:
 
 def database(path: Path) -> list[dict]:
     """Read-only: the file is opened with mode=ro, so the doctor never changes it (not even by migrating)."""
-    from .store import MIGRATIONS
+    from .store.schema import MIGRATIONS, TABLES
 
     if not path.is_file():
         return [_check("database", "fail", f"{path}: no such file")]
@@ -130,7 +131,7 @@ def database(path: Path) -> list[dict]:
             applied = ({r[0] for r in conn.execute("select name from _migrations")} if "_migrations" in tables
                        else set())
             counts = {t: conn.execute(f"select count(*) from [{t}]").fetchone()[0]
-                      for t in ("images", "predictions", "saliency_maps", "judgments", "read_errors") if t in tables}
+                      for t, _ in TABLES if t in tables}
         finally:
             conn.close()
     except sqlite3.DatabaseError as error:
@@ -146,6 +147,9 @@ def database(path: Path) -> list[dict]:
         checks.append(_check("database schema", "ok" if not pending else "warn",
                              "up to date" if not pending else f"{len(pending)} migrations to apply on next write: "
                                                               + ", ".join(pending), counts=counts))
+        missing = [t for t, _ in TABLES if t not in tables]
+        if missing and not pending:  # every migration recorded, yet a table is gone: the file was changed by hand
+            checks.append(_check("database tables", "fail", f"missing: {', '.join(missing)}"))
     return checks
 
 
@@ -160,7 +164,7 @@ def disk(paths: list[Path]) -> list[dict]:
 
 
 def diagnose(db: Path | None = None, bundle_dir: Path | None = None) -> dict:
-    cache = Path(os.environ.get("LOCALJUDGE_HOME", Path.home() / ".cache" / "localjudge"))
+    cache = home()
     checks = packages() + accelerators() + offline() + models()
     if bundle_dir is not None:
         checks += bundle(Path(bundle_dir))

@@ -1,14 +1,17 @@
-"""One row per sample with every stage's outputs and the parameters of the runs that made it, as CSV, JSON or
-JSON lines, for other tools."""
+"""What goes out of a store for other tools: one row per sample with every stage's outputs and the parameters of the
+runs that made it, as CSV, JSON or JSON lines; and every stored map as a .npy file with an index."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 from typing import IO
 
-from .samples import run_parameters, samples
-from .store import Store
+import numpy as np
+
+from .queries import run_parameters, samples
+from .store import Store, unpack_array
 
 FORMATS = ("csv", "json", "jsonl")
 # The columns of an exported sample, in order. Nested values (top-5, ratings, run configurations) are JSON text in
@@ -66,3 +69,29 @@ def write_export(rows: list[dict], fmt: str, handle: IO[str]) -> None:
             writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     else:
         raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
+
+
+MAP_INDEX_COLUMNS = ("image_path", "image_sha256", "model", "model_hash", "backend", "method", "target_layer",
+                     "target_class", "target_label", "file")
+
+
+def export_maps(store: Store, out: Path) -> int:
+    """Every stored map as float32 .npy (named by the map's key) plus index.csv, for other tools to check or reuse."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = store.query(
+        "select s.id, s.map, s.height, s.width, s.method, s.target_layer, s.target_index, p.model, p.model_hash, "
+        "p.backend, p.top5, i.path, i.sha256 from saliency_maps s join predictions p on p.id = s.prediction_id "
+        "join images i on i.sha256 = s.image_sha256 order by i.path, p.model, s.method")
+    count = 0
+    with open(out / "index.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MAP_INDEX_COLUMNS)
+        for row in rows:
+            name = f"{row['id']}.npy"
+            np.save(out / name, unpack_array(row["map"], (row["height"], row["width"])).astype(np.float32))
+            labels = {entry["index"]: entry["label"] for entry in json.loads(row["top5"])}
+            writer.writerow([row["path"], row["sha256"], row["model"], row["model_hash"], row["backend"] or "torch",
+                             row["method"], row["target_layer"], row["target_index"],
+                             labels.get(row["target_index"], ""), name])
+            count += 1
+    return count

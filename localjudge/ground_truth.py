@@ -14,6 +14,7 @@ from PIL import Image
 
 from .analysis.regions import boxes_mask
 from .data import IMAGE_SUFFIXES
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class RegionFailure:
     reason: str
 
 
-class GroundTruthError(Exception):
+class GroundTruthError(UserError):
     pass
 
 

@@ -1,9 +1,13 @@
 """Offline by construction: the switches that keep the model libraries from reaching a hub or sending usage
 statistics, set when localjudge is imported, before any of them is (huggingface_hub, transformers and vLLM read
-them once, at import). They are forced, not defaulted: an audit machine's environment cannot turn them off."""
+them once, at import). They are forced, not defaulted: an audit machine's environment cannot turn them off.
+
+And the "this machine only" rule for what localjudge itself connects to or serves (the OpenAI-compatible judge's
+server, the rating page): loopback, decided without resolving any name."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 OFFLINE_ENVIRONMENT = {
@@ -23,3 +27,21 @@ def enforce() -> None:
 
 
 enforce()
+
+
+LOCALHOST_NAMES = {"localhost", "localhost."}
+
+
+def loopback_address(host: str) -> str | None:
+    """The numeric loopback address to connect to (or serve on) for `host`, decided without resolving any name:
+    localhost is 127.0.0.1 (so no resolver, hosts file or search domain is ever asked), a loopback literal is
+    itself. None for anything else, a scoped IPv6 address included."""
+    if host.lower() in LOCALHOST_NAMES:
+        return "127.0.0.1"
+    if "%" in host:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return str(address) if address.is_loopback else None

@@ -25,24 +25,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from localjudge.analysis.faithfulness import area, curves, perturbed_inputs, relevance_ranks, step_counts
-from localjudge.analysis.reference import StoredMaps
-from localjudge.config import DEFAULTS
-from localjudge.data import load_rgb
-from localjudge.pipeline import Audit
-from localjudge.store import Store, unpack_array
-from localjudge.vision.preprocess import to_tensor
 from sample_data import imagenet_manifest
 
+from localjudge.analysis.faithfulness import (
+    area,
+    curves,
+    perturbed_inputs,
+    relevance_ranks,
+    step_counts,
+)
+from localjudge.data import load_rgb
+from localjudge.pipeline import open_audit
+from localjudge.pipeline.local import run_vision
+from localjudge.store import Store, unpack_array
+from localjudge.testing.torchcam_reference import StoredMaps
+from localjudge.vision.preprocess import to_tensor
 
 
 def build_maps(folder: Path, count: int) -> Path:
     manifest = imagenet_manifest(folder / "images.csv", count)
     db = folder / "maps.db"
-    audit = Audit(Store(db), DEFAULTS.replace(device="cpu"), show_progress=False)
-    with audit.recorded("bench", str(manifest), ["predict", "explain"]):
-        audit.explain(audit.predict(audit.ingest(manifest).ids).ids)
+    audit = open_audit(db, manifest, ("ingest", "predict", "explain"), show_progress=False, device="cpu")
+    with audit.recorded("bench", str(manifest)):
+        run_vision(audit, manifest, explain=True)
     audit.store.close()
     return db
 
@@ -50,12 +55,12 @@ def build_maps(folder: Path, count: int) -> Path:
 def ours(template: Path, folder: Path, backend: str, steps: int) -> tuple[float, list[dict]]:
     db = folder / f"{backend}.db"
     shutil.copy(template, db)
-    audit = Audit(Store(db), DEFAULTS.replace(device="cpu", backend=backend, faithfulness_steps=steps),
-                  show_progress=False)
+    audit = open_audit(db, None, ("faithfulness",), show_progress=False, device="cpu", backend=backend,
+                       faithfulness_steps=steps)
     ids = [row["id"] for row in audit.store.query("select id from saliency_maps order by id")]
     model = audit.vision_model()  # loaded (and for ONNX exported) before the clock starts
     model.predict(torch.zeros(2, 3, audit.card.crop, audit.card.crop))
-    with audit.recorded("bench", None, ["faithfulness"]):
+    with audit.recorded("bench", None):
         started = time.perf_counter()
         audit.faithfulness(ids)
         seconds = time.perf_counter() - started
@@ -69,7 +74,7 @@ def inputs_and_maps(template: Path):
     maps = list(store.query("select * from saliency_maps order by id"))
     paths = {i["sha256"]: i["path"] for i in store.images([m["image_sha256"] for m in maps])}
     store.close()
-    audit = Audit(Store(template), DEFAULTS.replace(device="cpu"), show_progress=False)
+    audit = open_audit(template, None, (), show_progress=False, device="cpu")
     card, module = audit.card, audit.vision_model().module.eval()
     audit.store.close()
     images = to_tensor([load_rgb(Path(paths[m["image_sha256"]])) for m in maps], card)

@@ -9,7 +9,7 @@ stage, for one backend and model, one-at-a-time versus batched.
    On the transformers backend "N at a time" is --max-num-seqs N: a row whose answer has ended leaves the batch and
    a waiting request of the same call takes its place (continuous batching), so long answers do not keep finished
    rows busy and the batch stays full.
-2. Whole run: `Audit.run` from an empty store (vision and judge overlapped through a bounded queue) against the
+2. Whole run: `localjudge run`'s executor from an empty store (vision and judge overlapped through a bounded queue) against the
    stages one after another, with the share of the judge stage spent waiting for maps.
 
     python scripts/bench_judge.py                                    # tiny Qwen2.5-VL and Gemma3, transformers
@@ -30,11 +30,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from localjudge.config import DEFAULTS  # noqa: E402
-from localjudge.pipeline import Audit  # noqa: E402
-from localjudge.store import Store  # noqa: E402
 from sample_data import imagenet_manifest  # noqa: E402
 
+from localjudge.config import DEFAULTS  # noqa: E402
+from localjudge.pipeline import Audit, open_audit  # noqa: E402
+from localjudge.pipeline.local import run_local, run_vision  # noqa: E402
 
 
 def judge_stats(db: Path, backend: str) -> dict:
@@ -60,8 +60,8 @@ def warm_up(audit: Audit) -> None:
 def judge_only(template: Path, folder: Path, config, label: str) -> dict:
     db = folder / f"{label}.db"
     shutil.copy(template, db)
-    audit = Audit(Store(db), config, show_progress=False)
-    with audit.recorded("judge", None, ["judge"]):
+    audit = open_audit(db, None, ("judge",), show_progress=False, **config.as_dict())
+    with audit.recorded("judge", None):
         warm_up(audit)
         audit.judge(audit.stored_saliency_maps())
     stats = judge_stats(db, config.judge)
@@ -72,15 +72,14 @@ def judge_only(template: Path, folder: Path, config, label: str) -> dict:
 
 def whole_run(source: Path, folder: Path, config, overlapped: bool) -> dict:
     db = folder / f"whole-{'overlapped' if overlapped else 'sequential'}.db"
-    audit = Audit(Store(db), config, show_progress=False)
+    audit = open_audit(db, source, ("ingest", "predict", "explain", "judge"), show_progress=False,
+                       **config.as_dict())
     started = time.perf_counter()
-    with audit.recorded("run", str(source), ["predict", "explain", "judge"]):
+    with audit.recorded("run", str(source)):
         if overlapped:
-            stages = audit.run(source)
+            stages = run_local(audit, source)
         else:
-            stages = {"ingest": audit.ingest(source)}
-            stages["predict"] = audit.predict(stages["ingest"].ids)
-            stages["explain"] = audit.explain(stages["predict"].ids)
+            stages = run_vision(audit, source, explain=True)
             stages["judge"] = audit.judge(stages["explain"].ids)
     seconds = time.perf_counter() - started
     judge = stages["judge"]
@@ -96,9 +95,9 @@ def bench(vlm: str | None, args, folder: Path) -> float:
     name = Path(vlm).name if vlm else args.api_model or args.base_url
     source = imagenet_manifest(folder / "images.csv", args.images)
     template = folder / "vision.db"
-    vision = Audit(Store(template), base, show_progress=False)
-    with vision.recorded("predict", str(source), ["predict", "explain"]):
-        vision.explain(vision.predict(vision.ingest(source).ids).ids)
+    vision = open_audit(template, source, ("ingest", "predict", "explain"), show_progress=False, **base.as_dict())
+    with vision.recorded("predict", str(source)):
+        run_vision(vision, source, explain=True)
     vision.store.close()  # the last connection checkpoints the WAL, so a plain copy holds everything
 
     def setting(size: int):
@@ -152,7 +151,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-judge-"))
     vlms = args.vlm
     if not vlms and args.backend == "transformers":
-        from localjudge.judge.tiny import build_tiny_vlms
+        from localjudge.testing.tiny_vlms import build_tiny_vlms
 
         vlms = [str(p) for p in build_tiny_vlms(folder / "tiny-vlms").values()]
     ratios = {}

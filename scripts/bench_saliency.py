@@ -24,7 +24,7 @@ import torch
 from localjudge.data import load_rgb
 from localjudge.saliency.engine import CamEngine
 from localjudge.saliency.methods import METHODS
-from localjudge.saliency.reference import REFERENCE_CLASSES, PytorchGradCam
+from localjudge.testing.gradcam_reference import REFERENCE_CLASSES, PytorchGradCam
 from localjudge.vision import load_card, open_model
 from localjudge.vision.preprocess import to_tensor
 

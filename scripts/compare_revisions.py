@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     print(f"stores: {stores['before']} (before, {args.before}) and {stores['after']} (after, {after}); "
           f"{counts['images']} images, {counts['predictions']} predictions, {counts['cams']} maps, "
           f"{counts['judgments']} judgments each")
-    print(f"| check | result | ok |\n|---|---|---|")
+    print("| check | result | ok |\n|---|---|---|")
     for label, result, ok in rows:
         print(f"| {label} | {result} | {'yes' if ok else 'NO'} |")
     return 0 if all(ok for _, _, ok in rows) else 1

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from localjudge.cli import cli  # noqa: E402
-from localjudge.judge.tiny import build_tiny_vlms  # noqa: E402
+from localjudge.testing.tiny_vlms import build_tiny_vlms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOCALJUDGE_TEST_DATA", REPO.parent / "shared" / "data"))

@@ -1,17 +1,20 @@
-"""Each judge backend's identity and decoding parameters feed every judgment's key: they are pinned here, with the
-values the code gave before the judge registry (so a store made before it still finds its judgments)."""
+"""The judge registry. Each backend's identity and decoding parameters feed every judgment's key: they are pinned
+here with the values the code gave before the registry existed (commit bae1912 pinned them through the old code
+paths), so a store made before it still finds its judgments."""
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from localjudge.config import DEFAULTS
-from localjudge.judge import decoding_params
-from localjudge.pipeline import Audit
-from localjudge.store import Store
+from localjudge.judge import JUDGES
+from localjudge.pipeline import open_audit
+from localjudge.store import sha256_file
 
 SCHEMA = "32bc0df3d3ee8753"  # the first 16 hex of the judgment schema's sha256
 DECODING = {
@@ -53,25 +56,102 @@ def configured(name: str, vlm: Path) -> dict:
             "recognizer": {"judge": "recognizer"}}[name]
 
 
-def identity(tmp_path: Path, given: dict) -> tuple[str, str]:
-    store = Store(tmp_path / "identity.db")
-    try:
-        return Audit(store, DEFAULTS.replace(**given)).judge_identity()
-    finally:
-        store.close()
-
-
 @pytest.mark.parametrize("name", sorted(IDENTITY))
 def test_each_backend_keeps_its_identity(name, known_vlm, tmp_path):
-    assert identity(tmp_path, configured(name, known_vlm)) == IDENTITY[name]
+    given = configured(name, known_vlm)
+    found = JUDGES[given["judge"]].identity(DEFAULTS.replace(**given), sha256_file)
+    assert (found.name, found.hash) == IDENTITY[name]
+    # and an audit keys its judgments by it
+    audit = open_audit(tmp_path / "identity.db", None, ("judge",), **given)
+    assert (audit.judge_name(), audit.judge_hash()) == IDENTITY[name]
+    audit.store.close()
 
 
 @pytest.mark.parametrize("name", sorted(DECODING))
-def test_each_backend_keeps_its_decoding_parameters(name):
-    assert json.loads(json.dumps(decoding_params(name, 512, 0.0))) == DECODING[name]
+def test_each_backend_keeps_its_decoding_parameters(name, tmp_path):
+    decoding = JUDGES[name].decoding(DEFAULTS.replace(max_new_tokens=512, temperature=0.0))
+    assert json.loads(json.dumps(decoding)) == DECODING[name]
 
 
 def test_sampling_is_part_of_the_transformers_decoding():
-    assert decoding_params("transformers", 64, 0.7) == {**DECODING["transformers"], "max_new_tokens": 64,
-                                                        "temperature": 0.7,
-                                                        "sampling": "temperature, no top-k/top-p"}
+    decoding = JUDGES["transformers"].decoding(DEFAULTS.replace(max_new_tokens=64, temperature=0.7))
+    assert decoding == {**DECODING["transformers"], "max_new_tokens": 64, "temperature": 0.7,
+                        "sampling": "temperature, no top-k/top-p"}
+
+
+def test_the_registry_holds_every_backend_in_the_order_the_cli_offers_them():
+    from localjudge.judge import JUDGE_CHOICES
+
+    assert JUDGE_CHOICES == ("auto", "transformers", "vllm", "openai", "recognizer")
+    assert all(spec.name == name for name, spec in JUDGES.items())
+
+
+# --- every backend through its real path (vLLM through the named stand-in, where vLLM cannot run) ---------------
+@pytest.fixture(scope="module")
+def two_requests(data_dir):
+    """Two real photos as a judge sees them: masked by a map that keeps their centre, with the rubric prompt."""
+    import numpy as np
+
+    from localjudge.data import load_rgb
+    from localjudge.judge import JudgeRequest
+    from localjudge.judge.prompts import prompt_template, render
+    from localjudge.saliency import judge_view
+
+    saliency = np.zeros((7, 7), dtype=np.float32)
+    saliency[2:5, 2:5] = 1.0
+    geometry = {"resize": 256, "crop": 224, "interpolation": "bilinear"}
+    requests = []
+    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
+        for row in list(csv.DictReader(handle))[:2]:
+            index = int(row["imagenet_indices"].split(";")[0])
+            image = judge_view(load_rgb(data_dir / "seg-photos" / row["file"]), geometry, saliency, "masked", 15.0,
+                               0.6, 448)
+            requests.append(JudgeRequest(image=image, label=row["class_name"], label_index=index,
+                                         prompt=render(prompt_template("masked"), row["class_name"])))
+    return requests
+
+
+@pytest.fixture
+def backend_settings(request, tiny_vlms, monkeypatch):
+    """What each backend needs to open: a tiny VLM directory, the vLLM stand-in, a loopback server."""
+    name = request.param
+    server = None
+    if name == "vllm":
+        from . import vllm_standin
+
+        for module_name, module in vllm_standin.modules().items():
+            monkeypatch.setitem(sys.modules, module_name, module)
+    if name == "openai":
+        from .model_server import ScriptedServer
+
+        server = ScriptedServer(lists_models=True)
+    given = {"transformers": {"vlm": str(tiny_vlms["qwen2_5_vl"])}, "vllm": {"vlm": str(tiny_vlms["gemma3"])},
+             "openai": {"base_url": server.url if server else None}, "recognizer": {}}[name]
+    yield name, {"judge": name, "device": "cpu", "max_new_tokens": 1024, **given}
+    if server is not None:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("backend_settings", sorted(JUDGES), indirect=True)
+def test_every_backend_opens_judges_two_images_and_closes(backend_settings, two_requests):
+    from localjudge.judge import imagenet_labels, parse_answer
+
+    name, given = backend_settings
+    spec = JUDGES[name]
+    config = DEFAULTS.replace(**given)
+    spec.check(config, list(imagenet_labels()))
+    identity = spec.identity(config, sha256_file)
+    assert identity.name and identity.hash
+    judge = spec.open(config, identity)
+    try:
+        assert judge.backend == name
+        outputs = judge.judge(two_requests)
+    finally:
+        judge.close()
+    assert len(outputs) == 2
+    for output in outputs:
+        assert output.error is None and output.raw_text
+        # a finished answer was written under the schema (or templated): it parses
+        assert parse_answer(output.raw_text).ok or not output.finished
+    if name == "recognizer":  # the visible centre of a real photo: scored from measured probabilities
+        assert all(0 <= parse_answer(o.raw_text).score <= 5 for o in outputs)

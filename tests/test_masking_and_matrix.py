@@ -37,6 +37,22 @@ def test_heatmap_overlay_has_the_image_size_and_warm_colours_where_attended():
     assert overlay[15, 5, 2] > overlay[15, 5, 0]  # blue over red where ignored
 
 
+def test_heatmap_overlay_is_pytorch_grad_cams_pixel_for_pixel(data_dir):
+    """Drawn without torch, but the same picture pytorch-grad-cam's show_cam_on_image draws (what the judge of a
+    heatmap view has always been shown)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    from localjudge.data import load_rgb
+    from localjudge.saliency.masking import upsample
+
+    image = load_rgb(data_dir / "seg-photos" / "images" / "coco_000000000009.jpg")
+    saliency = np.random.default_rng(1).random((7, 7), dtype=np.float32)
+    for weight in (0.5, 0.3):
+        expected = show_cam_on_image(np.asarray(image, dtype=np.float32) / 255, upsample(saliency, image.size),
+                                     use_rgb=True, image_weight=weight)
+        assert np.array_equal(np.asarray(heatmap_image(image, saliency, weight)), expected)
+
+
 def test_maps_survive_float16_compression():
     saliency = np.random.default_rng(0).random((224, 224), dtype=np.float32)
     restored = unpack_array(pack_array(saliency), saliency.shape)

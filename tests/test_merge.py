@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localjudge.merge import PROVENANCE, TABLES
 from localjudge.store import unpack_array
+from localjudge.store.merge import PROVENANCE
+from localjudge.store.schema import TABLES
 
 from .conftest import copy_db, invoke, invoke_json, write_manifest
 

@@ -251,7 +251,7 @@ def _masked_views(db: Path) -> set[tuple]:
 
 
 def _saliency_of(db: Path, view_id: str) -> str:
-    from localjudge.samples import view_id as make_view_id
+    from localjudge.queries import view_id as make_view_id
 
     for saliency_id, alpha, beta in _masked_views(db):
         if make_view_id(saliency_id, alpha, beta, "masked") == view_id:

@@ -93,14 +93,16 @@ def test_a_run_on_a_local_ray_cluster_writes_the_single_process_rows(family, tin
 
 
 def test_actor_resources_share_the_cluster():
-    from localjudge.distributed import actor_resources
+    from localjudge.judge import JUDGES
+    from localjudge.pipeline.distributed import actor_resources
 
     # a vLLM judge keeps its memory share of each GPU; the vision actor takes the rest
-    assert actor_resources(4, 32, 4, False, "vllm") == ({"num_gpus": 0.1, "num_cpus": 0},
-                                                        {"num_gpus": 0.9, "num_cpus": 0})
-    assert actor_resources(4, 32, 2, False, "vllm", 2) == ({"num_cpus": 1}, {"num_gpus": 2, "num_cpus": 0})
-    assert actor_resources(2, 16, 2, False, "transformers") == ({"num_gpus": 0.5, "num_cpus": 0},) * 2
-    assert actor_resources(0, 3, 2, True, "recognizer") == ({"num_cpus": 0.5},) * 2  # one CPU kept for Ray Data
+    vllm, transformers, recognizer = (JUDGES[name].reserves_gpu for name in ("vllm", "transformers", "recognizer"))
+    assert actor_resources(4, 32, 4, False, vllm) == ({"num_gpus": 0.1, "num_cpus": 0},
+                                                      {"num_gpus": 0.9, "num_cpus": 0})
+    assert actor_resources(4, 32, 2, False, vllm, 2) == ({"num_cpus": 1}, {"num_gpus": 2, "num_cpus": 0})
+    assert actor_resources(2, 16, 2, False, transformers) == ({"num_gpus": 0.5, "num_cpus": 0},) * 2
+    assert actor_resources(0, 3, 2, True, recognizer) == ({"num_cpus": 0.5},) * 2  # one CPU kept for Ray Data
 
 
 def test_data_parallel_runs_copies_of_the_judge_on_a_local_cluster(tiny_vlms, data_dir, tmp_path):

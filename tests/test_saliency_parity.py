@@ -13,10 +13,9 @@ from pytorch_grad_cam import GradCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from localjudge.data import load_rgb
-from localjudge.pipeline import main_class
-from localjudge.saliency import CamEngine, CamUnavailable
-from localjudge.saliency.reference import REFERENCE_CLASSES, PytorchGradCam
-from localjudge.vision import load_card, open_model
+from localjudge.saliency.engine import CamEngine, CamUnavailable
+from localjudge.testing.gradcam_reference import REFERENCE_CLASSES, PytorchGradCam
+from localjudge.vision import load_card, main_class, open_model
 from localjudge.vision.preprocess import to_tensor
 
 from .test_vision import small_card
@@ -151,3 +150,20 @@ def test_onnx_gradients_are_the_same_on_every_run(pictures, tmp_path):
     runs = [CamEngine("gradcam", onnx_model).compute(batch, [17, 17, 17]) for _ in range(3)]
     assert all(np.array_equal(runs[0], run) for run in runs[1:])
     assert open_model(load_card("resnet18"), None, "cpu", "onnx").gradient_session is not None
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "deeplabv3_resnet50"])
+def test_predicting_and_explaining_in_one_pass_gives_the_two_passes_results(name, pictures, tmp_path):
+    """A run predicts a class and explains it from one forward pass (torch: the explained class is chosen from that
+    pass's own outputs; ONNX Runtime: a plain run, then the gradient run). Scores and maps are bit for bit those of
+    `predict` and then `compute` on its classes, for classifiers and a segmenter, gradient and forward-only methods."""
+    card = small_card(name, tmp_path, side=224) if name.startswith("deeplab") else load_card(name)
+    batch = to_tensor(pictures[:4], card)
+    for model in (open_model(card, None, "cpu", "torch"), open_model(card, None, "cpu", "onnx")):
+        scores = model.predict(batch)
+        targets = [main_class(s, card.task) for s in scores]
+        for method in ("gradcam", "gradcam++", "eigencam"):
+            engine = CamEngine(method, model)
+            one_scores, one_maps = engine.predict_and_compute(batch)
+            assert np.array_equal(one_scores, scores), f"{name} {method} {model.backend}"
+            assert np.array_equal(one_maps, engine.compute(batch, targets)), f"{name} {method} {model.backend}"

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from localjudge.data import load_rgb
-from localjudge.pipeline import main_class
-from localjudge.saliency import open_cam
-from localjudge.vision import list_cards, load_card, open_model
+from localjudge.saliency.engine import CamEngine
+from localjudge.vision import list_cards, load_card, main_class, open_model
 from localjudge.vision.preprocess import model_view, to_tensor
 
 CLASSIFIERS = [c.name for c in list_cards() if c.task == "classification"]
@@ -43,7 +42,7 @@ def test_classifier_predicts_and_explains(name, photos):
     assert tuple(batch.shape) == (2, 3, card.crop, card.crop)
     probs = model.predict(batch)
     assert probs.shape == (2, 1000) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
-    with open_cam("gradcam", model) as cam:
+    with CamEngine("gradcam", model) as cam:
         maps = cam.compute(batch, probs.argmax(axis=1).tolist())
     assert maps.shape == (2, card.crop, card.crop) and maps.dtype == np.float32
     assert maps.min() >= 0.0 and maps.max() <= 1.0
@@ -58,7 +57,7 @@ def test_segmenter_predicts_its_main_class_and_explains_it(name, photos, tmp_pat
     assert shares.shape == (2, 21) and np.allclose(shares.sum(axis=1), 1.0, atol=1e-5)
     targets = [main_class(s, "segmentation") for s in shares]
     assert all(t != 0 or s[1:].sum() == 0 for t, s in zip(targets, shares))  # background only if nothing else
-    with open_cam("gradcam", model) as cam:
+    with CamEngine("gradcam", model) as cam:
         maps = cam.compute(batch, targets)
     assert maps.shape == (2, 160, 160) and 0.0 <= maps.min() and maps.max() <= 1.0
 
@@ -73,7 +72,7 @@ def test_embedded_model_attends_somewhere_in_particular(photos):
     card = load_card("efficientnet-lite0")
     model = open_model(card, None, "cpu")
     batch = to_tensor(photos, card)
-    with open_cam("gradcam", model) as cam:
+    with CamEngine("gradcam", model) as cam:
         maps = cam.compute(batch, model.predict(batch).argmax(axis=1).tolist())
     for saliency in maps:
         assert saliency.max() == pytest.approx(1.0, abs=1e-3) and 0.0 < saliency.mean() < 0.8

@@ -1,5 +1,11 @@
-"""Judges: a vision-language model that reads a masked (or heatmap) image and the predicted class, and answers with
-an evaluation, a justification and a 0-5 score. One small protocol; one file per backend."""
+"""Judges: a vision-language model (or the recognizer) that reads a masked (or heatmap) image and the predicted
+class, and answers with an evaluation, a justification and a 0-5 score.
+
+One small protocol (`Judge`) and one module per backend; each backend module owns its `JudgeSpec`: its name, what
+it can do (capabilities), the checks a configuration must pass before any work, its identity (which feeds every
+judgment's key), its decoding parameters (also part of the key) and how it is opened. `JUDGES` maps each name to its
+spec; code outside a backend's own module asks a spec for a capability, never for its name. Backend modules load
+their model libraries (torch, transformers, vLLM) when a judge is opened, so the registry loads without them."""
 
 from __future__ import annotations
 
@@ -7,10 +13,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from PIL import Image
 
+from ..errors import OptionError, UserError
 from .parsing import JUDGMENT_SCHEMA, ParsedAnswer, parse_answer
 
 
@@ -32,13 +39,20 @@ class JudgeOutput:
     rejected: bool = False  # the failure is a server refusing this request (4xx), not a server gone quiet
 
 
-class Judge(Protocol):
-    backend: str
+class Judge:
+    """What every backend's judge does: answers for a batch of requests, in their order."""
 
-    def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]: ...
+    backend: str = ""
+
+    def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
+        raise NotImplementedError
+
+    def close(self, cancel: bool = False) -> None:
+        """Let go of what the judge holds; with `cancel` (a failed or interrupted run), send nothing more. Most
+        judges hold nothing that needs it."""
 
 
-class JudgeError(Exception):
+class JudgeError(UserError):
     pass
 
 
@@ -88,57 +102,85 @@ def vlm_hash(vlm_dir: Path, hash_file: Callable[[Path], str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-# How each backend constrains the answer to the schema. A server is asked through the standard response format;
-# whether it honours it is up to the server (vLLM and llama.cpp do; `transformers serve` ignores it).
-STRUCTURED_OUTPUT = {"transformers": "xgrammar-json-schema", "vllm": "xgrammar-json-schema",
-                     "openai": "response-format-json-schema", "recognizer": "templated"}
+@dataclass(frozen=True)
+class JudgeIdentity:
+    """Who judges, as the store keeps it: a name for people and a hash that tells judges apart (part of every
+    judgment's key). `served_model` is the model name a server answers to, where the judge is a server."""
+
+    name: str
+    hash: str
+    served_model: str | None = None
 
 
-def decoding_params(backend: str, max_new_tokens: int, temperature: float) -> dict:
-    """Everything about decoding that changes an answer; part of a judgment's key."""
-    if backend == "recognizer":  # no decoding: its thresholds and sibling groups decide
-        from .recognizer import recognizer_params
+class JudgeSpec:
+    """A backend as the rest of localjudge sees it. The defaults describe a local VLM directory decoded under the
+    judgment schema; a backend overrides what differs."""
 
-        return recognizer_params()
-    schema_hash = hashlib.sha256(json.dumps(JUDGMENT_SCHEMA, sort_keys=True).encode()).hexdigest()[:16]
-    params = {"backend": backend, "max_new_tokens": max_new_tokens, "temperature": temperature,
-              "structured_output": STRUCTURED_OUTPUT[backend], "schema": schema_hash}
-    if backend == "transformers":
-        params["image_placeholders"] = "suppressed"  # never written into an answer (see transformers_backend)
-        if temperature > 0:  # our decoding loop samples from the temperature-scaled distribution only
-            params["sampling"] = "temperature, no top-k/top-p"
-    return params
+    name = ""
+    # Capabilities.
+    needs_vlm = True  # the judge is a local model directory (--vlm DIR)
+    reads_heatmaps = True  # it can judge --image-mode heatmap, not only the masked image
+    needs_imagenet_labels = False  # it reads ImageNet-1k classes only: the audited model must predict those
+    structured_output = "xgrammar-json-schema"  # how its answer is held to the schema (part of the decoding key)
+    reserves_gpu = False  # it takes a fixed share of a GPU's memory up front (a Ray actor asks for that share)
+
+    def check(self, config, labels: list[str] | None) -> None:
+        """Refuse, before any work is done or any image leaves, a configuration this judge cannot serve. `labels`
+        are the audited model's class names (None where the model is not known yet)."""
+        if self.needs_vlm:
+            if not config.vlm:
+                raise OptionError(f"--judge {self.name} needs --vlm DIR (a local Gemma-3 or Qwen2.5-VL directory); "
+                                  "without one, the recognizer judges (--judge auto or recognizer)")
+            vlm_family(Path(config.vlm))
+        if self.needs_imagenet_labels and labels is not None and tuple(labels) != imagenet_labels():
+            raise JudgeError(f"the {self.name} judge reads ImageNet-1k classes, and this vision model predicts other "
+                             "labels; pass --vlm DIR (a Gemma-3 or Qwen2.5-VL directory) or --judge openai instead")
+        if not self.reads_heatmaps and config.image_mode != "masked":
+            raise ValueError(f"the {self.name} judge reads the masked image; a heatmap overlay would only mislead "
+                             "it (use --image-mode masked, or a VLM for heatmaps)")
+
+    def identity(self, config, hash_file: Callable[[Path], str]) -> JudgeIdentity:
+        """A local directory is its name and the hash of its files."""
+        if not config.vlm:
+            raise ValueError("no judge model: pass --vlm DIR")
+        return JudgeIdentity(Path(config.vlm).name, vlm_hash(Path(config.vlm), hash_file))
+
+    def decoding(self, config) -> dict:
+        """Everything about decoding that changes an answer; part of a judgment's key."""
+        schema_hash = hashlib.sha256(json.dumps(JUDGMENT_SCHEMA, sort_keys=True).encode()).hexdigest()[:16]
+        return {"backend": self.name, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+                "structured_output": self.structured_output, "schema": schema_hash}
+
+    def open(self, config, identity: JudgeIdentity) -> Judge:
+        """The judge, loaded (for a server: its address checked and its model known)."""
+        raise NotImplementedError
 
 
-def open_judge(config, vlm_dir: Path | None, api_model: str | None = None) -> Judge:
-    """The judge backend a run's configuration asks for, loaded (for a server: its address checked and its model
-    known; `api_model` is the name already resolved)."""
-    if config.judge == "transformers":
-        from .transformers_backend import TransformersJudge
+def imagenet_labels() -> tuple[str, ...]:
+    """The ImageNet-1k class names in index order (the label list the embedded models' cards name)."""
+    from ..data import LabelList
+    from ..vision.cards import IMAGENET_LABELS, cards_dir
 
-        return TransformersJudge(vlm_dir, device=config.device, max_new_tokens=config.max_new_tokens,
-                                 temperature=config.temperature, max_rows=config.max_num_seqs)
-    if config.judge == "vllm":
-        from .vllm_backend import VllmJudge
-
-        return VllmJudge(vlm_dir, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                         max_model_len=config.max_model_len, gpu_memory_utilization=config.gpu_memory_utilization,
-                         max_num_seqs=config.max_num_seqs, tensor_parallel_size=config.tensor_parallel_size)
-    if config.judge == "recognizer":
-        from .recognizer import RecognizerJudge
-
-        return RecognizerJudge(device=config.device)
-    if config.judge == "openai":
-        from .openai_backend import OpenAIJudge
-
-        return OpenAIJudge(config.base_url, api_model=api_model or config.api_model, allowed_hosts=config.allow_hosts,
-                           max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                           concurrency=config.api_concurrency, timeout=config.api_timeout,
-                           retries=config.api_retries, backoff=config.api_backoff)
-    raise JudgeError(f"unknown judge backend {config.judge!r}; available: {', '.join(JUDGE_BACKENDS)}")
+    return LabelList.from_csv(Path(str(cards_dir() / IMAGENET_LABELS))).names
 
 
-JUDGE_BACKENDS = ("auto", "transformers", "vllm", "openai", "recognizer")
+AUTO = "auto"
 
-__all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "JudgeStopped", "JudgeUnavailable", "ParsedAnswer",
-           "parse_answer", "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash", "decoding_params", "open_judge", "JUDGE_BACKENDS"]
+
+def auto_judge(config) -> str:
+    """The judge of `--judge auto`: the transformers judge when a VLM directory is given, else the recognizer."""
+    return "transformers" if config.vlm else "recognizer"
+
+
+# The backends import the names above, so they are registered last.
+from .openai_backend import SPEC as _OPENAI  # noqa: E402
+from .recognizer import SPEC as _RECOGNIZER  # noqa: E402
+from .transformers_backend import SPEC as _TRANSFORMERS  # noqa: E402
+from .vllm_backend import SPEC as _VLLM  # noqa: E402
+
+JUDGES: dict[str, JudgeSpec] = {spec.name: spec for spec in (_TRANSFORMERS, _VLLM, _OPENAI, _RECOGNIZER)}
+JUDGE_CHOICES = (AUTO, *JUDGES)
+
+__all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "JudgeStopped", "JudgeUnavailable", "JudgeSpec",
+           "JudgeIdentity", "ParsedAnswer", "parse_answer", "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash", "JUDGES",
+           "JUDGE_CHOICES", "AUTO", "auto_judge"]

@@ -15,16 +15,28 @@ from __future__ import annotations
 import base64
 import http.client
 import io
-import ipaddress
 import json
 import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import JudgeError, JudgeOutput, JudgeRequest, JudgeStopped, JudgeUnavailable
+from ..offline import loopback_address
+from ..store import content_key
+from . import (
+    Judge,
+    JudgeError,
+    JudgeIdentity,
+    JudgeOutput,
+    JudgeRequest,
+    JudgeSpec,
+    JudgeStopped,
+    JudgeUnavailable,
+    vlm_hash,
+)
 from .parsing import JUDGMENT_SCHEMA
 
 # A key some servers ask for (`vllm serve --api-key`); read from the environment so it never lands in the DB.
@@ -42,24 +54,6 @@ class Endpoint:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}{self.path}"
-
-
-LOCALHOST_NAMES = {"localhost", "localhost."}
-
-
-def loopback_address(host: str) -> str | None:
-    """The numeric loopback address to connect to for `host`, decided without resolving any name: localhost is
-    127.0.0.1 (so no resolver, hosts file or search domain is ever asked), a loopback literal is itself. None for
-    anything else, a scoped IPv6 address included."""
-    if host.lower() in LOCALHOST_NAMES:
-        return "127.0.0.1"
-    if "%" in host:
-        return None
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return str(address) if address.is_loopback else None
 
 
 def check_endpoint(base_url: str | None, allowed_hosts: tuple[str, ...] = ()) -> Endpoint:
@@ -194,7 +188,33 @@ def chat_body(model: str, request: JudgeRequest, max_new_tokens: int, temperatur
     }
 
 
-class OpenAIJudge:
+class OpenAISpec(JudgeSpec):
+    name = "openai"
+    needs_vlm = False  # --vlm DIR is optional: the weights the server loaded, hashed into the identity
+    structured_output = "response-format-json-schema"  # asked for; whether it is honoured is up to the server
+
+    def check(self, config, labels) -> None:
+        super().check(config, labels)
+        check_endpoint(config.base_url, config.allow_hosts)  # before any image is read or sent
+
+    def identity(self, config, hash_file) -> JudgeIdentity:
+        """A server's weights cannot be seen from here: its judge is the model name it serves (asked once when
+        --api-model is not given), plus the hash of --vlm DIR when the user points at the weights the server loaded.
+        The server's address is not part of it (a restart on another port is the same judge); it is recorded with
+        the run."""
+        served = resolve_model(OpenAIClient(check_endpoint(config.base_url, config.allow_hosts), config.api_timeout),
+                               config.api_model)
+        weights = vlm_hash(Path(config.vlm), hash_file) if config.vlm else None
+        return JudgeIdentity(Path(served).name or served, "served:" + content_key("openai", served, weights), served)
+
+    def open(self, config, identity: JudgeIdentity) -> Judge:
+        return OpenAIJudge(config.base_url, api_model=identity.served_model or config.api_model,
+                           allowed_hosts=config.allow_hosts, max_new_tokens=config.max_new_tokens,
+                           temperature=config.temperature, concurrency=config.api_concurrency,
+                           timeout=config.api_timeout, retries=config.api_retries, backoff=config.api_backoff)
+
+
+class OpenAIJudge(Judge):
     backend = "openai"
 
     def __init__(self, base_url: str, api_model: str | None = None, allowed_hosts: tuple[str, ...] = (),
@@ -257,3 +277,6 @@ class OpenAIJudge:
         ones stop retrying."""
         self._closing = cancel
         self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+SPEC = OpenAISpec()

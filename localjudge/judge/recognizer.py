@@ -7,18 +7,24 @@ Score (0-5) from that probability mass m, by fixed thresholds: m >= 0.50 -> 5, >
 class at least a 1-in-10 guess among 1000. Siblings are the ImageNet classes that share a VOC or COCO category with
 the predicted class (models/labels/imagenet-1k-groups.json; e.g. all dog breeds for a dog): a Lite0 "beagle" whose
 visible region Lite2 reads as "basset" is still attention on a dog. The evaluation and justification are built from
-these measured facts and say so ("templated")."""
+these measured facts and say so ("templated").
+
+torch is imported where it is used, so the judge registry loads without it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
-from . import JudgeError, JudgeOutput, JudgeRequest
+from ..store import content_key
+from . import Judge, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec
+
+if TYPE_CHECKING:
+    import torch
 
 RECOGNIZER_MODEL = "efficientnet-lite2"
 SCORE_THRESHOLDS = ((0.50, 5), (0.25, 4), (0.10, 3), (0.03, 2), (0.01, 1))
@@ -51,7 +57,27 @@ def recognizer_params() -> dict:
             "siblings": sibling_groups()[2]}
 
 
-class RecognizerJudge:
+class RecognizerSpec(JudgeSpec):
+    name = "recognizer"
+    needs_vlm = False
+    reads_heatmaps = False  # a heatmap overlay would only mislead a classifier
+    needs_imagenet_labels = True
+    structured_output = "templated"
+
+    def identity(self, config, hash_file) -> JudgeIdentity:
+        from ..vision import model_hash, resolve_card
+
+        weights = model_hash(resolve_card(RECOGNIZER_MODEL), None, hash_file, "torch")
+        return JudgeIdentity(f"recognizer:{RECOGNIZER_MODEL}", content_key("recognizer", weights))
+
+    def decoding(self, config) -> dict:
+        return recognizer_params()  # no decoding: its thresholds and sibling groups decide
+
+    def open(self, config, identity: JudgeIdentity) -> Judge:
+        return RecognizerJudge(device=config.device)
+
+
+class RecognizerJudge(Judge):
     backend = "recognizer"
 
     def __init__(self, device: str = "auto"):
@@ -65,6 +91,8 @@ class RecognizerJudge:
     def _inputs(self, images: list[Image.Image]) -> torch.Tensor:
         """The judge's image is already the vision model's view (its centre crop); it is only resized to the
         recognizer's input and normalised, not cropped again."""
+        import torch
+
         side = self.card.crop
         arrays = np.stack([np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32)
                            / 255.0 for image in images])
@@ -101,10 +129,4 @@ class RecognizerJudge:
         return JudgeOutput(raw_text=json.dumps(answer), input_tokens=None, output_tokens=None)
 
 
-def check_labels(vision_labels: list[str]) -> None:
-    """The recognizer reads ImageNet-1k classes: the audited model must predict those."""
-    from ..vision import resolve_card
-
-    if tuple(vision_labels) != tuple(resolve_card(RECOGNIZER_MODEL).label_list().names):
-        raise JudgeError("the recognizer judge reads ImageNet-1k classes, and this vision model predicts other "
-                         "labels; pass --vlm DIR (a Gemma-3 or Qwen2.5-VL directory) or --judge openai instead")
+SPEC = RecognizerSpec()

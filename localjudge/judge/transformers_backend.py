@@ -7,33 +7,54 @@ length by an order of magnitude, so this is most of what batching gains.
 
 Why xgrammar: it is maintained, compiles a JSON schema once into a token mask that costs microseconds per step, ships
 a transformers LogitsProcessor, and is vLLM's default structured-output backend, so the vLLM judge constrains the
-same schema with the same engine."""
+same schema with the same engine.
+
+torch and transformers are imported where they are used, so the judge registry loads without them."""
 
 from __future__ import annotations
 
-import json
 import inspect
+import json
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .. import offline
-from . import JudgeError, JudgeOutput, JudgeRequest, vlm_family
+from . import Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec, vlm_family
 from .parsing import JUDGMENT_SCHEMA
-from ..vision.torch_backend import resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 
-class TransformersJudge:
+class TransformersSpec(JudgeSpec):
+    name = "transformers"
+
+    def decoding(self, config) -> dict:
+        params = super().decoding(config)
+        params["image_placeholders"] = "suppressed"  # never written into an answer (see TransformersJudge._choose)
+        if config.temperature > 0:  # our decoding loop samples from the temperature-scaled distribution only
+            params["sampling"] = "temperature, no top-k/top-p"
+        return params
+
+    def open(self, config, identity: JudgeIdentity) -> Judge:
+        return TransformersJudge(Path(config.vlm), device=config.device, max_new_tokens=config.max_new_tokens,
+                                 temperature=config.temperature, max_rows=config.max_num_seqs)
+
+
+class TransformersJudge(Judge):
     backend = "transformers"
 
     def __init__(self, vlm_dir: Path, device: str = "auto", max_new_tokens: int = 512, temperature: float = 0.0,
                  max_rows: int = 32):
         offline.enforce()  # a local directory only; never the hub
+        import torch
         import xgrammar
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.utils import logging as hf_logging
+
+        from ..vision.torch_backend import resolve_device
 
         hf_logging.disable_progress_bar()  # our own progress bar covers the stage
 
@@ -71,9 +92,11 @@ class TransformersJudge:
         self._vocab_size = tokenizer_info.vocab_size
         self._placeholders = sorted(placeholder_token_ids(self.model.config) - self._eos_ids)
 
-    @torch.inference_mode()
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
-        answers = self._decode(requests)
+        import torch
+
+        with torch.inference_mode():
+            answers = self._decode(requests)
         return [JudgeOutput(raw_text=self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
                             input_tokens=count, output_tokens=len(tokens), finished=finished)
                 for tokens, finished, count in answers]
@@ -130,6 +153,8 @@ class TransformersJudge:
                              position=positions[..., -1:], logits=output.logits[:, -1])
 
     def _choose(self, logits: torch.Tensor) -> list[int]:
+        import torch
+
         if self._placeholders:
             # An answer is text: a real model never writes an image placeholder, and a random one must not either.
             logits[:, self._placeholders] = float("-inf")
@@ -175,6 +200,8 @@ class DecodingBatch:
                    for layer in getattr(self.cache, "layers", [None]))
 
     def keep(self, indices: list[int]) -> None:
+        import torch
+
         if len(indices) == len(self.rows):
             return
         kept = torch.tensor(indices, device=self.attention.device)
@@ -195,6 +222,8 @@ class DecodingBatch:
 
     def joined(self, other: "DecodingBatch") -> "DecodingBatch":
         """This batch and `other` as one, both padded on the left to the longer one's length (padding is masked)."""
+        import torch
+
         length = max(self.attention.shape[1], other.attention.shape[1])
 
         def padded(tensor: torch.Tensor, dim_from_end: int, own: int) -> torch.Tensor:
@@ -213,6 +242,8 @@ class DecodingBatch:
 
     def step(self, model, tokens: list[int], cache_argument: str) -> None:
         """Feed each row its chosen token; the logits of the next one come back."""
+        import torch
+
         self.attention = torch.cat([self.attention, self.attention.new_ones((len(self.rows), 1))], dim=1)
         self.position = self.position + 1
         output = model(input_ids=torch.tensor(tokens, device=self.attention.device)[:, None],
@@ -246,3 +277,6 @@ class BatchGrammar:
         accepted = self._xgrammar.BatchGrammarMatcher.batch_accept_token([self.matchers[row] for row in rows], tokens)
         if not all(accepted):
             raise RuntimeError("generation chose a token the grammar had masked")
+
+
+SPEC = TransformersSpec()

@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 
 from .. import offline
-from . import JudgeError, JudgeOutput, JudgeRequest, vlm_family
+from . import Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec, vlm_family
 from .parsing import JUDGMENT_SCHEMA
 
 # Per-family image processing: cap Qwen2.5-VL's image tokens; no Gemma-3 pan-and-scan (one view per image).
@@ -22,7 +22,17 @@ PROCESSOR_SETTINGS = {
 }
 
 
-class VllmJudge:
+class VllmSpec(JudgeSpec):
+    name = "vllm"
+    reserves_gpu = True  # the engine takes --gpu-memory-utilization of its GPU when it starts
+
+    def open(self, config, identity: JudgeIdentity) -> Judge:
+        return VllmJudge(Path(config.vlm), max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                         max_model_len=config.max_model_len, gpu_memory_utilization=config.gpu_memory_utilization,
+                         max_num_seqs=config.max_num_seqs, tensor_parallel_size=config.tensor_parallel_size)
+
+
+class VllmJudge(Judge):
     backend = "vllm"
 
     def __init__(self, vlm_dir: Path, max_new_tokens: int = 512, temperature: float = 0.0,
@@ -72,3 +82,6 @@ class VllmJudge:
                 finished=completion.finish_reason != "length",
             ))
         return outputs
+
+
+SPEC = VllmSpec()

@@ -15,11 +15,11 @@ import threading
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
-from ..data import ChangedImage, load_verified
-from ..judge.openai_backend import loopback_address
+from ..data import ChangedImage, jpeg_bytes, load_verified
 from ..judge.prompts import render
-from ..report.thumbnails import jpeg_bytes, judge_view
-from ..samples import views
+from ..offline import loopback_address
+from ..queries import views
+from ..saliency.masking import judge_view
 from ..store import Store, unpack_array
 
 ASSETS = {"/": ("rate.html", "text/html; charset=utf-8"), "/rate.js": ("rate.js", "text/javascript; charset=utf-8"),

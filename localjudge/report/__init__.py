@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
-from ..data import ChangedImage, load_verified
-from ..samples import samples as read_samples
+from ..data import ChangedImage, jpeg_bytes, load_verified
+from ..queries import samples as read_samples
 from ..store import Store, content_key, unpack_array
 from ..vision.preprocess import model_view
-from .thumbnails import THUMBNAIL_KINDS, jpeg_bytes, thumbnail
+from .thumbnails import THUMBNAIL_KINDS, thumbnail
 
 ASSETS = ("index.html", "report.js", "report.css")
 THUMBNAIL_SIDE = 160

@@ -1,17 +1,9 @@
-"""Saliency (CAM) methods, one small class each, run by one engine on either vision backend; chosen with --cam."""
+"""Saliency (CAM) methods, one small class each (`methods`), run by one engine on either vision backend
+(`engine`), and the images the judge sees, derived from a stored map (`masking`). The methods and the engine compute
+with torch and are imported where they are used; this package itself loads without it."""
 
 from __future__ import annotations
 
-from .engine import CamEngine, CamUnavailable
-from .masking import heatmap_image, judge_image, masked_image, soft_mask
-from .methods import METHODS
+from .masking import heatmap_image, judge_image, judge_view, masked_image, soft_mask
 
-CAM_METHODS = tuple(METHODS)
-
-
-def open_cam(name: str, model) -> CamEngine:
-    return CamEngine(name, model)
-
-
-__all__ = ["CAM_METHODS", "CamEngine", "CamUnavailable", "open_cam", "soft_mask", "masked_image", "heatmap_image",
-           "judge_image"]
+__all__ = ["soft_mask", "masked_image", "heatmap_image", "judge_image", "judge_view"]

@@ -62,8 +62,32 @@ class CamEngine:
         cotangent = cotangent_for(shape, task, targets, outputs, model.device)
         _, activations, gradients = model.activations_and_gradients(
             batch, cotangent if self.method.needs_gradients else None)
+        return self._maps(batch, activations, gradients, cotangent)
+
+    def predict_and_compute(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Class scores of a batch and maps explaining each image's main class, from one forward pass where the
+        backend can choose the explained class from that pass's own outputs (torch); the same scores and maps as
+        `model.predict` and then `compute` on its classes."""
+        from ..vision import main_class
+        from ..vision.torch_backend import class_scores
+
+        model = self.model
+        batch = batch.to(model.device)
+        task = model.card.task
+        scores: list[np.ndarray] = []
+
+        def explained(outputs: torch.Tensor) -> torch.Tensor:
+            scores.append(class_scores(outputs, task))
+            targets = [main_class(row, task) for row in scores[0]]
+            return cotangent_for(tuple(outputs.shape), task, targets, outputs, model.device)
+
+        _, activations, gradients, cotangent = model.outputs_and_gradients(batch, explained,
+                                                                          self.method.needs_gradients)
+        return scores[0], self._maps(batch, activations, gradients, cotangent)
+
+    def _maps(self, batch, activations, gradients, cotangent) -> np.ndarray:
         if self.method.needs_forward:
-            weights = self.method.scores(model, batch, activations, cotangent)
+            weights = self.method.scores(self.model, batch, activations, cotangent)
             cams = (weights[:, :, None, None] * activations).sum(dim=1)
         else:
             cams = self.method.cam_image(activations, gradients)

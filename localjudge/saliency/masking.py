@@ -28,17 +28,31 @@ def masked_image(image: Image.Image, saliency: np.ndarray, alpha: float, beta: f
 
 
 def heatmap_image(image: Image.Image, saliency: np.ndarray, image_weight: float = 0.5) -> Image.Image:
-    """The classic CAM overlay (JET colours over the photo), as pytorch-grad-cam and LangXAI draw it."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    """The classic CAM overlay (JET colours over the photo), drawn as pytorch-grad-cam's `show_cam_on_image` and
+    LangXAI draw it (tested pixel for pixel against it), with OpenCV alone, so a report renders without torch."""
+    import cv2
 
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    overlay = show_cam_on_image(rgb, upsample(saliency, image.size), use_rgb=True, image_weight=image_weight)
-    return Image.fromarray(overlay)
+    colours = cv2.applyColorMap(np.uint8(255 * upsample(saliency, image.size)), cv2.COLORMAP_JET)
+    heatmap = np.float32(cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)) / 255
+    overlay = (1 - image_weight) * heatmap + image_weight * rgb
+    return Image.fromarray(np.uint8(255 * (overlay / np.max(overlay))))
 
 
 def judge_image(image: Image.Image, saliency: np.ndarray, mode: str, alpha: float, beta: float) -> Image.Image:
+    """The judge's picture of an image already in the model's view: masked (Eq. 1-2) or the heatmap overlay."""
     if mode == "masked":
         return masked_image(image, saliency, alpha, beta)
     if mode == "heatmap":
         return heatmap_image(image, saliency)
     raise ValueError(f"unknown image mode {mode!r}; use masked or heatmap")
+
+
+def judge_view(picture: Image.Image, preprocessing: dict, saliency: np.ndarray, mode: str, alpha: float, beta: float,
+               side: int) -> Image.Image:
+    """Exactly what a judge of this view is shown: the model's view of the picture (its centre crop, by the
+    prediction's preprocessing) at `side` pixels, with the map upsampled onto it. The one renderer of it: the judge
+    stage, the report and the rating page all call this."""
+    from ..vision.preprocess import model_view
+
+    return judge_image(model_view(picture, preprocessing, side), saliency, mode, alpha, beta)

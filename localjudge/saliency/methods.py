@@ -12,6 +12,10 @@ EPS = 1e-7
 
 
 class CamMethod:
+    """A method's map, before ReLU and normalisation: L = sum_k w_k A_k over the K channels of the target layer's
+    activations A (B, K, h, w), with channel weights w from the gradient dS/dA of the explained score S (or, for
+    methods that weigh each position, L = sum_k (weight map)_k * A_k). Each subclass is one formula."""
+
     name = ""
     needs_gradients = True
     needs_forward = False  # ScoreCAM runs the model again on masked inputs
@@ -25,7 +29,7 @@ class CamMethod:
 
 
 class GradCAM(CamMethod):
-    """Selvaraju et al.: channel weight = spatial mean of the gradient."""
+    """Grad-CAM (Selvaraju et al., ICCV 2017): w_k = (1/hw) sum_ij dS/dA_kij, the spatial mean of the gradient."""
 
     name = "gradcam"
 
@@ -34,9 +38,9 @@ class GradCAM(CamMethod):
 
 
 class CAM(GradCAM):
-    """Zhou et al.: channel weight = the classifier's weight for the class, w_k^c. For a global-average-pool + linear
-    head (the only heads CAM is defined for) dS/dA_k = w_k^c / (h*w) everywhere, so the gradient's spatial mean
-    times h*w is exactly w_k^c; the card says whether a model's head has that form."""
+    """CAM (Zhou et al., CVPR 2016): w_k = w_k^c, the classifier's weight for class c. For a global-average-pool +
+    linear head (the only heads CAM is defined for) dS/dA_k = w_k^c / (h*w) everywhere, so the gradient's spatial
+    mean times h*w is exactly w_k^c; the card says whether a model's head has that form."""
 
     name = "cam"
 
@@ -46,6 +50,10 @@ class CAM(GradCAM):
 
 
 class GradCAMPlusPlus(CamMethod):
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018): w_k = sum_ij a_kij relu(g_kij) with g = dS/dA and
+    a_kij = g_kij^2 / (2 g_kij^2 + (sum_ab A_kab) g_kij^3), the closed form for an exponential score; it assumes
+    non-negative activations (their sum is a denominator)."""
+
     name = "gradcam++"
 
     def weights(self, activations, gradients):
@@ -59,6 +67,9 @@ class GradCAMPlusPlus(CamMethod):
 
 
 class XGradCAM(CamMethod):
+    """XGrad-CAM (Fu et al., BMVC 2020): w_k = sum_ij (A_kij / sum_ab A_kab) dS/dA_kij, the gradient averaged with
+    the activations' own weights (which assumes them non-negative)."""
+
     name = "xgradcam"
 
     def weights(self, activations, gradients):
@@ -67,6 +78,8 @@ class XGradCAM(CamMethod):
 
 
 class LayerCAM(CamMethod):
+    """LayerCAM (Jiang et al., IEEE TIP 2021): L_ij = sum_k relu(dS/dA_kij) A_kij, a weight per position."""
+
     name = "layercam"
 
     def cam_image(self, activations, gradients):
@@ -74,6 +87,9 @@ class LayerCAM(CamMethod):
 
 
 class HiResCAM(CamMethod):
+    """HiResCAM (Draelos & Carin, 2020): L_ij = sum_k dS/dA_kij A_kij, the element-wise product summed over
+    channels (faithful to the score for heads that end in a linear layer)."""
+
     name = "hirescam"
 
     def cam_image(self, activations, gradients):
@@ -81,7 +97,8 @@ class HiResCAM(CamMethod):
 
 
 class EigenCAM(CamMethod):
-    """Projection of the activations on their first principal component; no gradients, no target.
+    """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): L = the activations (positions x channels, centred) projected on
+    their first principal component V_1, L_ij = A_ij . V_1; no gradients, no target.
 
     numpy's SVD (LAPACK gesdd, as pytorch-grad-cam uses) keeps the sign of the component the same as there."""
 
@@ -101,8 +118,9 @@ class EigenCAM(CamMethod):
 
 
 class ScoreCAM(CamMethod):
-    """Wang et al.: each channel, upsampled and min-max normalised, masks the input; the channel's weight is the
-    softmax (over channels) of the explained score on that masked input."""
+    """Score-CAM (Wang et al., CVPR Workshops 2020): w_k = softmax_k S(X * norm(up(A_k))), each channel, upsampled
+    to the input and min-max normalised, masks the input X, and its weight is the softmax (over channels) of the
+    explained score on that masked input."""
 
     name = "scorecam"
     needs_gradients = False

@@ -1,18 +1,19 @@
-"""Vision models behind one small protocol, on two backends: torch (the reference) and ONNX Runtime."""
+"""Vision models behind one small protocol, on two backends: torch (the reference) and ONNX Runtime. The backends
+are imported when a model is opened, so cards, hashes and backend names load without torch."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
-import torch
 
-from .cards import CardError, ModelCard, list_cards, load_card
-from .torch_backend import TorchVisionModel, WeightsError, embedded_weights_path
+from .cards import CardError, ModelCard, WeightsError, embedded_weights_path, list_cards, load_card
+
+if TYPE_CHECKING:
+    import torch
 
 BACKENDS = ("torch", "onnx")
 EXPORT_FORMAT = "localjudge-onnx-v1"  # bump when the exported graph's contract changes
@@ -34,6 +35,16 @@ class VisionModel(Protocol):
 
     def activations_and_gradients(self, batch: torch.Tensor, cotangent: torch.Tensor | None): ...
 
+    def outputs_and_gradients(self, batch: torch.Tensor, cotangent_for: Callable, gradients: bool): ...
+
+
+def main_class(scores: np.ndarray, task: str) -> int:
+    """A classifier's top class; for segmentation the class with the largest predicted area other than the
+    background (index 0), unless the model sees nothing but background."""
+    if task == "segmentation" and scores[1:].sum() > 0:
+        return int(np.argmax(scores[1:]) + 1)
+    return int(np.argmax(scores))
+
 
 def resolve_card(model: str, card: str | None = None) -> ModelCard:
     """--model NAME (a registered card), --model CARD.json, or --model FILE.onnx [--card CARD.json]."""
@@ -51,11 +62,15 @@ def resolve_card(model: str, card: str | None = None) -> ModelCard:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LOCALJUDGE_HOME", Path.home() / ".cache" / "localjudge")) / "onnx"
+    from ..config import home
+
+    return home() / "onnx"
 
 
 def exported_card(card: ModelCard, weights: Path | None, source_hash: str) -> ModelCard:
     """The ONNX export of a registered torch model, made once into the cache (for --backend onnx)."""
+    import torch
+
     from .onnx_export import export_onnx
 
     key = hashlib.sha256(f"{source_hash}:{EXPORT_FORMAT}:{torch.__version__}".encode()).hexdigest()[:16]
@@ -75,6 +90,8 @@ def open_model(card: ModelCard, weights: Path | None, device: str, backend: str 
         if card.framework != "onnx":
             card = exported_card(card, weights, model_hash(card, weights, hash_file or _sha256))
         return OnnxVisionModel(card, device=device)
+    from .torch_backend import TorchVisionModel
+
     return TorchVisionModel(card, weights=weights, device=device)
 
 
@@ -111,4 +128,4 @@ def _sha256(path: Path) -> str:
 
 
 __all__ = ["VisionModel", "ModelCard", "CardError", "WeightsError", "list_cards", "load_card", "resolve_card",
-           "open_model", "model_hash", "backend_of", "BACKENDS"]
+           "open_model", "model_hash", "backend_of", "main_class", "BACKENDS"]

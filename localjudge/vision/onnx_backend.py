@@ -148,6 +148,15 @@ class OnnxVisionModel:
         outputs = self._run(batch, cotangent, names)
         return outputs[0], outputs[1], outputs[2] if cotangent is not None else None
 
+    def outputs_and_gradients(self, batch: torch.Tensor, cotangent_for, gradients: bool = True):
+        """As the torch backend's, but the graph takes the cotangent as an input: the outputs come from a plain run
+        first, then the gradient run gets the cotangent chosen from them (two runs, as predicting and explaining
+        apart)."""
+        outputs = self.forward_outputs(batch)
+        cotangent = cotangent_for(outputs)
+        _, activations, found = self.activations_and_gradients(batch, cotangent if gradients else None)
+        return outputs, activations, found, cotangent
+
 
 def has_reducing_scatter(path: Path) -> bool:
     """Whether the graph holds a ScatterND or ScatterElements that accumulates (reduction other than none)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .cards import ModelCard
 from .torch_backend import build_module, find_layer
 
@@ -33,7 +34,7 @@ TOLERANCE = {"output": 1e-3, "activations": 1e-3, "gradients": 5e-2}
 MIN_GRADIENT_CORRELATION = 0.999
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     pass
 
 

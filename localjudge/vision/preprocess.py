@@ -1,12 +1,17 @@
-"""The geometry shared by the model's input and the judge's image: resize the short side, crop the centre."""
+"""The geometry shared by the model's input and the judge's image: resize the short side, crop the centre. (torch
+is imported by the one function that makes tensors: the report and the rating page render views without it.)"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
 
 from .cards import ModelCard
+
+if TYPE_CHECKING:
+    import torch
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
@@ -36,6 +41,8 @@ def mask_view(mask: np.ndarray, geometry: dict, side: int | None = None) -> np.n
 
 def to_tensor(images: list[Image.Image], card: ModelCard) -> torch.Tensor:
     """Batch of model inputs, normalised as the card says."""
+    import torch
+
     arrays = np.stack([np.asarray(model_view(img, card.preprocessing()), dtype=np.float32) / 255.0 for img in images])
     mean = np.asarray(card.mean, dtype=np.float32)
     std = np.asarray(card.std, dtype=np.float32)

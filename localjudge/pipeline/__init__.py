@@ -1,5 +1,9 @@
 """The stages of an audit. Each reads its inputs from the store, works out the keys of what it would write, and
-loads its model only when some of those rows are missing; each batch is written in one transaction."""
+loads its model only when some of those rows are missing; each batch is written in one transaction.
+
+`open_audit` is the one place a run's configuration is settled. An `Audit` holds the stages; the executors that
+drive them over a whole dataset live beside it: `local` (this machine's threads) and `distributed` (a Ray cluster),
+both through the public `plan` and `vision_batch`."""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import functools
 import hashlib
 import json
 import platform
-import queue
-import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -23,16 +25,27 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .config import RunConfig
-from .data import (IMAGE_SUFFIXES, ChangedImage, IngestError, ReadFailure, discover, is_redacted, load_verified,
-                   read_image, redacted_path, resolve_label)
-from .judge import (JudgeError, JudgeRequest, JudgeStopped, decoding_params, open_judge, parse_answer, vlm_family,
-                    vlm_hash)
-from .judge.prompts import prompt_hash, prompt_template, render
-from .saliency import CamEngine, judge_image
-from .store import Store, content_key, now, pack_array, sha256_file, unpack_array
-from .vision import backend_of, model_hash, open_model, resolve_card
-from .vision.preprocess import mask_view, model_view, to_tensor
+from ..config import DEFAULTS, RunConfig
+from ..data import (
+    IMAGE_SUFFIXES,
+    ChangedImage,
+    IngestError,
+    InputItem,
+    ReadFailure,
+    discover,
+    is_redacted,
+    load_verified,
+    read_image,
+    redacted_path,
+    resolve_label,
+)
+from ..errors import OptionError
+from ..judge import AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeRequest, JudgeStopped, auto_judge, parse_answer
+from ..judge.prompts import prompt_hash, prompt_template, render
+from ..saliency.masking import judge_image
+from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
+from ..vision import ModelCard, backend_of, main_class, model_hash, open_model, resolve_card
+from ..vision.preprocess import mask_view, model_view, to_tensor
 
 PACKAGES = ("localjudge", "torch", "torchvision", "transformers", "xgrammar", "grad-cam", "numpy", "pillow",
             "sqlite-utils", "click")
@@ -70,14 +83,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-def main_class(scores: np.ndarray, task: str) -> int:
-    """A classifier's top class; for segmentation the class with the largest predicted area other than the
-    background (index 0), unless the model sees nothing but background."""
-    if task == "segmentation" and scores[1:].sum() > 0:
-        return int(np.argmax(scores[1:]) + 1)
-    return int(np.argmax(scores))
-
-
 @dataclass
 class Stage:
     """What a stage did: ids it covers, how many it computed now, and whether it had to load a model."""
@@ -92,95 +97,156 @@ class Stage:
     waited_seconds: float = 0.0  # of which the judge sat idle waiting for the vision stage
 
 
-class Audit:
-    """One audit over one store with one configuration; `run` is all stages in order."""
+@dataclass
+class Chunk:
+    """Ingested images (up to a vision batch of them, in input order) with the pictures read at ingest."""
 
-    def __init__(self, store: Store, config: RunConfig, show_progress: bool = True):
-        if config.judge == "auto":  # a VLM directory given: the VLM judges; none: the recognizer does
-            config = config.replace(judge="transformers" if config.vlm else "recognizer")
+    ids: list[str]
+    pictures: dict[str, Image.Image]
+
+
+@dataclass
+class Plan:
+    """What the vision and judge stages must compute for some stored images (in their order): each image's
+    prediction key, the predictions and maps already stored, and so what is missing."""
+
+    image_ids: list[str]
+    predictions: dict[str, str]  # image -> prediction key
+    stored: dict[str, dict]  # image -> its stored prediction
+    maps: dict[str, str]  # image -> map key, where its prediction is stored
+    stored_maps: set[str]
+
+    @property
+    def ready_maps(self) -> list[str]:
+        return [self.maps[sha] for sha in self.image_ids if self.maps.get(sha) in self.stored_maps]
+
+    @property
+    def need_prediction(self) -> list[str]:
+        return [sha for sha in self.image_ids if sha not in self.stored]
+
+    @property
+    def need_map(self) -> list[str]:
+        """Images whose prediction is stored but not its map."""
+        return [sha for sha in self.image_ids if sha in self.stored and self.maps[sha] not in self.stored_maps]
+
+    @property
+    def need_vision(self) -> list[str]:
+        return [sha for sha in self.image_ids if self.maps.get(sha) not in self.stored_maps]
+
+
+def open_audit(db_path: str | Path, source: str | Path | None = None, stages: Iterable[str] = (),
+               show_progress: bool = True, **given) -> "Audit":
+    """The one place a run's configuration is settled, from the options given (None: not given), for the `stages`
+    that will run (ingest, predict, explain, judge, regions, faithfulness):
+    - data-parallel copies of the judge of a whole run are Ray actors (a local cluster unless --ray names one);
+    - --mask-column reads the CSV manifest the images come from; --redact-paths refuses ground-truth regions;
+    - a model bundle is verified file by file and gives its model, weights and VLM (a --vlm DIR given wins);
+    - --judge auto becomes a backend (`judge.auto_judge`), and where the judge runs its spec checks the whole
+      configuration before any work (an image never leaves before its server is known to be allowed).
+    The store is opened only once those checks have passed (a bundle is verified against the store's hash cache,
+    so with one it is opened first)."""
+    stages = set(stages)
+    config = DEFAULTS.replace(**given)
+    if config.data_parallel_size > 1 and {"ingest", "judge"} <= stages:
+        config = config.replace(ray=config.ray or "local", ray_workers=config.ray_workers or config.data_parallel_size)
+    if config.mask_column and "ingest" in stages and not (
+            Path(source).is_file() and Path(source).suffix.lower() == ".csv"):
+        raise OptionError("--mask-column reads the CSV manifest the images come from; IMAGES is not one")
+    if source and config.redact_paths and any((config.masks, config.mask_column, config.boxes)):
+        raise ValueError("--redact-paths with ground-truth regions is not supported yet: their masks and boxes are "
+                         "matched by image path")
+    store = None
+    try:
+        if config.bundle:
+            from ..bundle import bundle_options
+
+            store = Store(db_path)
+            overlay = bundle_options(Path(config.bundle), lambda path: store.cached_file_hash(path, sha256_file))
+            if config.vlm:  # a VLM directory given on the command line wins over the bundle's
+                overlay.pop("vlm", None)
+            config = config.replace(**overlay)
+        if config.judge == AUTO:
+            config = config.replace(judge=auto_judge(config))
+        card = resolve_card(config.model, config.card)
+        if "judge" in stages:
+            JUDGES[config.judge].check(config, card.label_list().names)
+        store = store or Store(db_path)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    return Audit(store, config, card=card, stages=stages, show_progress=show_progress)
+
+
+class Audit:
+    """One audit over one store with one settled configuration (see `open_audit`)."""
+
+    def __init__(self, store: Store, config: RunConfig, card: ModelCard | None = None, stages: Iterable[str] = (),
+                 show_progress: bool = True):
+        if config.judge not in JUDGES:
+            raise ValueError(f"judge {config.judge!r} is not settled: open audits with open_audit")
         self.store = store
         self.config = config
+        self.stages = set(stages)
         self.show_progress = show_progress
         self.run_id: str | None = None
-        self.card = resolve_card(config.model, config.card)
+        self.card = card or resolve_card(config.model, config.card)
+        self.judge_spec = JUDGES[config.judge]
         self._backend = backend_of(self.card, config.backend)
         self._weights = Path(config.weights) if config.weights else None
         self._vision = None
-        self._judge = None
-        self._judge_identity: tuple[str, str] | None = None
-        self._served_model: str | None = None  # --judge openai: the model name the server answers to
-        self._judgment_key_parts: tuple[str, str, dict] | None = None  # prompt template, its hash, decoding
-        self._judgments_failed = 0  # failed judgments stored by this audit (a stage's `failed` also counts inputs)
-        self._endpoint = None
-        self._real_paths: dict[str, str] = {}  # --redact-paths: the files this process ingested, by image sha256
+        self._judge: Judge | None = None
         self._owns_judge = True
+        self._identity: JudgeIdentity | None = None
+        self._judgment_key_parts: tuple[str, str, dict] | None = None  # prompt template, its hash, decoding
         self._prompt_stored = False
-        if config.judge == "openai":
-            from .judge.openai_backend import check_endpoint
+        self._judgments_failed = 0  # failed judgments stored by this audit (a stage's `failed` also counts inputs)
+        self._files: dict[str, str] = {}  # the files this process read, by image sha256 (paths may be redacted)
 
-            self._endpoint = check_endpoint(config.base_url, config.allow_hosts)  # before any image is read or sent
+    def on_store(self, store: Store, show_progress: bool = False) -> "Audit":
+        """This audit over another connection to its store (a thread's own): the same run and the files read."""
+        sibling = Audit(store, self.config, self.card, self.stages, show_progress)
+        sibling.run_id = self.run_id
+        sibling._files = self._files
+        sibling._identity = self._identity  # a server is asked its model once per run
+        return sibling
+
+    def add_files(self, files: dict[str, str]) -> None:
+        """Where the pictures of some stored images are (by sha256), for a process that did not ingest them."""
+        self._files.update(files)
+
+    def file_of(self, sha256: str, stored_path: str) -> str:
+        """The file to read an image from: the one this process ingested, else its stored path."""
+        return self._files.get(sha256, stored_path)
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def vision_hash(self) -> str:
         return model_hash(self.card, self._weights, self._hash_file, self._backend)
 
+    def judge_identity(self) -> JudgeIdentity:
+        """The judge's name and hash as its backend defines them (asked once: a server may be asked its model)."""
+        if self._identity is None:
+            self._identity = self.judge_spec.identity(self.config, self._hash_file)
+        return self._identity
+
     def judge_hash(self) -> str:
-        return self.judge_identity()[1]
+        return self.judge_identity().hash
 
     def judge_name(self) -> str:
-        return self.judge_identity()[0]
-
-    def judge_identity(self) -> tuple[str, str]:
-        """The judge's name and hash. A local directory is hashed file by file. A server's weights cannot be
-        seen from here: its judge is the model name it serves (asked once when --api-model is not given), plus the
-        hash of --vlm DIR when the user points at the weights the server loaded. The server's address is not part
-        of it (a restart on another port is the same judge); it is recorded with the run."""
-        if self._judge_identity is None:
-            config = self.config
-            if config.judge == "recognizer":
-                from .judge.recognizer import RECOGNIZER_MODEL
-
-                weights = model_hash(resolve_card(RECOGNIZER_MODEL), None, self._hash_file, "torch")
-                self._judge_identity = (f"recognizer:{RECOGNIZER_MODEL}", content_key("recognizer", weights))
-            elif config.judge == "openai":
-                from .judge.openai_backend import OpenAIClient, resolve_model
-
-                served = resolve_model(OpenAIClient(self._endpoint, config.api_timeout), config.api_model)
-                weights = vlm_hash(Path(config.vlm), self._hash_file) if config.vlm else None
-                self._judge_identity = (Path(served).name or served,
-                                        "served:" + content_key("openai", served, weights))
-                self._served_model = served
-            else:
-                if not config.vlm:
-                    raise ValueError("no judge model: pass --vlm DIR")
-                self._judge_identity = (Path(config.vlm).name, vlm_hash(Path(config.vlm), self._hash_file))
-        return self._judge_identity
+        return self.judge_identity().name
 
     def _hash_file(self, path: Path) -> str:
         return self.store.cached_file_hash(path, sha256_file)
 
-    def begin(self, command: str, source: str | None, stages: Iterable[str]) -> str:
-        stages = list(stages)
+    def begin(self, command: str, source: str | None) -> str:
         model_hashes = {"vision": self.vision_hash()}
         if self.config.bundle_hash:
             model_hashes["bundle_manifest"] = self.config.bundle_hash
-        if "judge" in stages and self.config.judge == "recognizer":
-            from .judge.recognizer import check_labels
-
-            check_labels(self.card.label_list().names)  # before any work is done
-            if self.config.image_mode != "masked":
-                raise ValueError("the recognizer judge reads the masked image; a heatmap overlay would only "
-                                 "mislead it (use --image-mode masked, or a VLM for heatmaps)")
-        if "judge" in stages and (self.config.vlm or self.config.judge in ("openai", "recognizer")):
-            if self.config.judge not in ("openai", "recognizer"):
-                vlm_family(Path(self.config.vlm))  # refuse an unsupported judge before any work is done
+        if "judge" in self.stages:
             model_hashes["judge"] = self.judge_hash()
         inputs = str(Path(source).resolve()) if source else None
         if inputs and self.config.redact_paths:
             inputs = redacted_path(inputs)
-            if self.config.masks or self.config.mask_column or self.config.boxes:
-                raise ValueError("--redact-paths with ground-truth regions is not supported yet: their masks and "
-                                 "boxes are matched by image path")
         config = self.config.to_json()
         versions = package_versions()
         self.run_id = content_key("run", command, config, inputs, model_hashes, versions)
@@ -191,15 +257,15 @@ class Audit:
         return self.run_id
 
     def end(self, status: str = "finished") -> None:
-        if self._judge is not None and self._owns_judge and hasattr(self._judge, "close"):
+        if self._judge is not None and self._owns_judge:
             self._judge.close(cancel=status != "finished")  # a failed or interrupted run sends nothing more
         if self.run_id:
             self.store.finish_run(self.run_id, status)
 
     @contextmanager
-    def recorded(self, command: str, source: str | None, stages: Iterable[str]):
+    def recorded(self, command: str, source: str | None):
         """A run row for the block: finished when it completes, failed when it raises (its stored batches stay)."""
-        self.begin(command, source, stages)
+        self.begin(command, source)
         try:
             yield self
         except BaseException:
@@ -215,16 +281,29 @@ class Audit:
         k, n = parse_shard(self.config.shard)
         return int(key[:16], 16) % n == k - 1
 
-    def ingest(self, source: str | Path) -> Stage:
+    def discover(self, source: str | Path) -> list[InputItem]:
         items = discover(source, self.config.path_column, self.config.label_column)
         if not items:
             raise IngestError(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        known_errors = self.store.known_error_ids()
+        return items
+
+    def ingest(self, source: str | Path) -> Stage:
+        """Every image of `source` read, hashed and stored (the pictures are not kept)."""
         stage = Stage()
-        images: list[dict] = []
-        errors: list[dict] = []
+        for _ in self.read_chunks(self.discover(source), stage, keep_pictures=False):
+            pass
+        return stage
+
+    def read_chunks(self, items: list[InputItem], stage: Stage, keep_pictures: bool = True) -> Iterator[Chunk]:
+        """Read each input file once (bytes, hash, decode), store the rows of a vision batch of images at a time
+        (and the read errors met on the way), and yield each batch with its pictures. The same picture twice in one
+        dataset is ingested once; another shard's picture not at all."""
+        known_errors = self.store.known_error_ids()
         seen: set[str] = set()
         class_names = self.card.label_list() if self.config.redact_paths else None
+        images: list[dict] = []
+        errors: list[dict] = []
+        pictures: dict[str, Image.Image] = {}
         for item in progress(items, len(items), "ingest", self.show_progress, unit="image"):
             result = read_image(item.path, self.config.dicom_window)
             shown = self.shown_path(item.path)
@@ -244,15 +323,27 @@ class Audit:
                                    "created_at": now()})
                 continue
             if result.sha256 in seen or not self.in_shard(result.sha256):
-                continue  # the same picture twice in one dataset is judged once; another shard's is not ours
+                continue
             seen.add(result.sha256)
-            stage.ids.append(result.sha256)
-            self._real_paths[result.sha256] = str(item.path)
+            self._files[result.sha256] = str(item.path)
             images.append({"sha256": result.sha256, "path": shown, "size_bytes": result.size_bytes,
                            "width": result.width, "height": result.height, "mode": result.mode,
                            "format": result.format, "label": item.label, "run_id": self.run_id,
                            "created_at": now()})
-        stored = {row["sha256"]: row for row in self.store.images(stage.ids)}
+            if keep_pictures:
+                pictures[result.sha256] = result.picture
+            if len(images) == self.config.batch_size:
+                yield self._store_ingested(images, errors, pictures, stage)
+                images, errors, pictures = [], [], {}
+        if images or errors:
+            chunk = self._store_ingested(images, errors, pictures, stage)
+            if chunk.ids:
+                yield chunk
+
+    def _store_ingested(self, images: list[dict], errors: list[dict], pictures: dict, stage: Stage) -> Chunk:
+        ids = [row["sha256"] for row in images]
+        stage.ids.extend(ids)
+        stored = {row["sha256"]: row for row in self.store.images(ids)}
         new_images = [row for row in images if row["sha256"] not in stored]
         # A moved file or a corrected label updates the image's row; it is the same picture, not a new one.
         # A source without a label for an image (a plain folder) keeps the label it had.
@@ -267,8 +358,8 @@ class Audit:
             if update:
                 changed.append({"sha256": row["sha256"], **update})
         self.store.add_images(new_images, errors, changed)
-        stage.computed = len(new_images)
-        return stage
+        stage.computed += len(new_images)
+        return Chunk(ids, pictures)
 
     def shown_path(self, path: Path) -> str:
         """A path as it may be stored, printed or logged."""
@@ -282,7 +373,7 @@ class Audit:
         images, kept = [], []
         for row, sha in zip(rows, shas):
             try:
-                path = self._real_paths.get(sha, paths[sha])
+                path = self.file_of(sha, paths[sha])
                 if is_redacted(path):
                     raise ChangedImage(f"{path}: the path was redacted at ingest (--redact-paths); run every stage "
                                        "in one `localjudge run`, or ingest the images again in this command")
@@ -294,13 +385,18 @@ class Audit:
                 stage.errors.append({"path": paths[sha], "reason": str(error).replace(path, paths[sha])})
         return images, kept
 
-    # --- predict ----------------------------------------------------------------------------------------
+    # --- the vision stage: predict and explain ------------------------------------------------------------
     def vision_model(self):
         if self._vision is None:
             self._vision = open_model(self.card, self._weights, self.config.device, self._backend, self._hash_file)
             if self.run_id:
                 self.store.set_run_provider(self.run_id, self._vision.execution_provider)
         return self._vision
+
+    @property
+    def execution_provider(self) -> str | None:
+        """Where the vision model computes (None until it is loaded)."""
+        return self._vision.execution_provider if self._vision is not None else None
 
     def preprocessing(self) -> dict:
         """How pixels become the model's input: the card's geometry, and a DICOM window where one is given."""
@@ -312,53 +408,112 @@ class Audit:
     def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
         return content_key("prediction", image_sha256, vision_hash, self.preprocessing())
 
-    def predict(self, image_shas: list[str], stage: Stage | None = None) -> Stage:
-        """Predictions for the images; with `stage`, added to it (an overlapped run calls this batch by batch)."""
-        standalone = stage is None
-        stage = Stage() if standalone else stage
+    def saliency_key(self, prediction: dict) -> str:
+        """A map is (prediction, method, layer, target class)."""
+        return content_key("saliency", prediction["id"], self.config.cam, self.card.target_layer,
+                           prediction["predicted_index"])
+
+    def plan(self, image_ids: list[str]) -> Plan:
+        """The keys of the stored images' predictions, their predictions and maps already stored, and so what is
+        missing. Stored predictions follow the images' current labels (a fixed label needs no new prediction)."""
         vision_hash = self.vision_hash()
-        keys = {sha: self.prediction_key(sha, vision_hash) for sha in image_shas}
-        existing = self.store.existing_ids("predictions", keys.values())
-        stage.ids.extend(keys[s] for s in image_shas)
+        keys = {sha: self.prediction_key(sha, vision_hash) for sha in image_ids}
+        stored = {p["image_sha256"]: p for p in self.store.predictions(keys.values())}
+        self.refresh_correctness([p["id"] for p in stored.values()])
+        maps = {sha: self.saliency_key(p) for sha, p in stored.items()}
+        return Plan(list(image_ids), keys, stored, maps, self.store.existing_ids("saliency_maps", maps.values()))
+
+    def vision_batch(self, image_ids: list[str], predict: Stage, explain: Stage | None = None,
+                     pictures: dict[str, Image.Image] | None = None) -> None:
+        """The vision stage on one batch of stored images, as `plan` finds it: the missing predictions (and, with
+        `explain`, maps) computed and stored. Each picture is read and verified once (none at all where `pictures`,
+        read at ingest, has it), made into one input tensor, and predicted and explained from it, in one forward
+        pass where both are missing and the backend can choose the explained class from that pass (torch). Adds
+        every prediction key to `predict` and every map key to `explain`."""
+        plan = self.plan(image_ids)
+        predict.ids.extend(plan.predictions[sha] for sha in image_ids)
+        stored = dict(plan.stored)
+        need_prediction = plan.need_prediction
+        need_map = plan.need_map if explain is not None else []
+        wanted = [sha for sha in image_ids if sha in set(need_prediction) | set(need_map)]
+        loaded = self._pictures(wanted, pictures or {}, predict if need_prediction else explain)
+        predicted = [sha for sha in need_prediction if sha in loaded]
+        explained = [sha for sha in need_map if sha in loaded]
+        if predicted or explained:
+            model = self.vision_model()
+            order = [sha for sha in wanted if sha in loaded]
+            inputs = to_tensor([loaded[sha] for sha in order], self.card)
+            position = {sha: n for n, sha in enumerate(order)}
+            predict.model_loaded |= bool(predicted)
+            new_maps: dict[str, np.ndarray] = {}
+            if explain is not None:
+                from ..saliency.engine import CamEngine
+
+                explain.model_loaded = True
+                with CamEngine(self.config.cam, model) as cam:
+                    if predicted:
+                        scores, maps = cam.predict_and_compute(inputs[[position[sha] for sha in predicted]])
+                        new_maps.update(zip(predicted, maps))
+                    if explained:
+                        targets = [stored[sha]["predicted_index"] for sha in explained]
+                        maps = cam.compute(inputs[[position[sha] for sha in explained]], targets)
+                        new_maps.update(zip(explained, maps))
+            elif predicted:
+                scores = model.predict(inputs[[position[sha] for sha in predicted]])
+            if predicted:
+                rows = self._prediction_rows(predicted, plan.predictions, scores, predict)
+                self.store.insert_rows("predictions", rows)
+                predict.computed += len(rows)
+                stored.update({row["image_sha256"]: row for row in rows})
+            if new_maps:
+                rows = [self._map_row(stored[sha], new_maps[sha]) for sha in image_ids if sha in new_maps]
+                self.store.insert_rows("saliency_maps", rows)
+                explain.computed += len(rows)
+        if explain is not None:
+            explain.ids.extend(self.saliency_key(stored[sha]) for sha in image_ids if sha in stored)
+
+    def _pictures(self, image_ids: list[str], given: dict[str, Image.Image], stage: Stage | None) -> dict:
+        """The pictures of `image_ids`: those given, the others read and verified (failures reported to `stage`)."""
+        found = {sha: given[sha] for sha in image_ids if sha in given}
+        missing = [{"sha256": sha} for sha in image_ids if sha not in given]
+        if missing:
+            pictures, kept = self.load_images(missing, stage if stage is not None else Stage())
+            found.update({row["sha256"]: picture for row, picture in zip(kept, pictures)})
+        return found
+
+    def _prediction_rows(self, image_ids: list[str], keys: dict[str, str], scores: np.ndarray,
+                         stage: Stage) -> list[dict]:
         labels = self.card.label_list()
-        self.refresh_correctness([keys[s] for s in image_shas if keys[s] in existing], labels)
-        missing = [row for row in self.store.images(image_shas) if keys[row["sha256"]] not in existing]
-        if not missing:
-            return stage
-        model = self.vision_model()
-        stage.model_loaded = True
-        unmapped = stage.unmapped_labels
+        images = {row["sha256"]: row for row in self.store.images(image_ids)}
         preprocessing = json.dumps(self.preprocessing(), sort_keys=True)
-        for batch in progress(batched(missing, self.config.batch_size), -(-len(missing) // self.config.batch_size),
-                              "predict", self.show_progress):
-            pictures, batch = self.load_images(list(batch), stage)
-            if not batch:
-                continue
-            probs = model.predict(to_tensor(pictures, self.card))
-            rows = []
-            for row, p in zip(batch, probs):
-                top5 = np.argsort(-p)[:5]
-                predicted = main_class(p, self.card.task)
-                label_indices = resolve_label(row["label"], labels)
-                if row["label"] is not None and label_indices is None:
-                    unmapped.add(row["label"])
-                rows.append({
-                    "id": keys[row["sha256"]], "image_sha256": row["sha256"], "model": self.card.name,
-                    "model_hash": vision_hash, "backend": self._backend, "preprocessing": preprocessing,
-                    "predicted_index": predicted,
-                    "predicted_label": labels.names[predicted], "confidence": float(p[predicted]),
-                    "top5": json.dumps([{"index": int(i), "label": labels.names[int(i)], "probability": float(p[i])}
-                                        for i in top5]),
-                    "probs": pack_array(p, np.float32),
-                    "label_indices": json.dumps(label_indices) if label_indices is not None else None,
-                    "correct": None if label_indices is None else int(predicted in label_indices),
-                    "run_id": self.run_id, "created_at": now(),
-                })
-            self.store.insert_rows("predictions", rows)
-            stage.computed += len(rows)
-        if standalone:
-            self.warn_unmapped(stage)
-        return stage
+        vision_hash = self.vision_hash()
+        rows = []
+        for sha, p in zip(image_ids, scores):
+            label = images[sha]["label"]
+            top5 = np.argsort(-p)[:5]
+            predicted = main_class(p, self.card.task)
+            label_indices = resolve_label(label, labels)
+            if label is not None and label_indices is None:
+                stage.unmapped_labels.add(label)
+            rows.append({
+                "id": keys[sha], "image_sha256": sha, "model": self.card.name, "model_hash": vision_hash,
+                "backend": self._backend, "preprocessing": preprocessing, "predicted_index": predicted,
+                "predicted_label": labels.names[predicted], "confidence": float(p[predicted]),
+                "top5": json.dumps([{"index": int(i), "label": labels.names[int(i)], "probability": float(p[i])}
+                                    for i in top5]),
+                "probs": pack_array(p, np.float32),
+                "label_indices": json.dumps(label_indices) if label_indices is not None else None,
+                "correct": None if label_indices is None else int(predicted in label_indices),
+                "run_id": self.run_id, "created_at": now(),
+            })
+        return rows
+
+    def _map_row(self, prediction: dict, saliency: np.ndarray) -> dict:
+        return {"id": self.saliency_key(prediction), "prediction_id": prediction["id"],
+                "image_sha256": prediction["image_sha256"], "method": self.config.cam,
+                "target_layer": self.card.target_layer, "target_index": prediction["predicted_index"],
+                "height": int(saliency.shape[0]), "width": int(saliency.shape[1]), "map": pack_array(saliency),
+                "run_id": self.run_id, "created_at": now()}
 
     def warn_unmapped(self, stage: Stage) -> None:
         unmapped = stage.unmapped_labels
@@ -368,8 +523,9 @@ class Audit:
                           "count as unlabelled. Use class indices, WordNet ids or the model's class names.",
                           stacklevel=3)
 
-    def refresh_correctness(self, prediction_ids: list[str], labels) -> None:
+    def refresh_correctness(self, prediction_ids: list[str]) -> None:
         """Correctness follows the image's current label, so a fixed label needs no new prediction."""
+        labels = self.card.label_list()
         updates = []
         for row in self.store.predictions_with_labels(prediction_ids):
             label_indices = resolve_label(row["label"], labels)
@@ -381,19 +537,12 @@ class Audit:
 
     def stored_predictions(self) -> list[str]:
         """Every prediction of this configuration's model in the store (for `explain` on its own)."""
-        vision_hash = self.vision_hash()
-        return [r["id"] for r in self.store.query(
-            "select p.id from predictions p join images i on i.sha256 = p.image_sha256 "
-            "where p.model_hash = ? and p.preprocessing = ? order by i.path",
-            [vision_hash, json.dumps(self.preprocessing(), sort_keys=True)])]
-
-    # --- explain ----------------------------------------------------------------------------------------
-    def saliency_key(self, prediction: dict) -> str:
-        """A map is (prediction, method, layer, target class)."""
-        return content_key("saliency", prediction["id"], self.config.cam, self.card.target_layer,
-                           prediction["predicted_index"])
+        return self.store.prediction_ids(self.vision_hash(), json.dumps(self.preprocessing(), sort_keys=True))
 
     def explain(self, prediction_ids: list[str], stage: Stage | None = None) -> Stage:
+        """Maps for stored predictions (`localjudge explain`), a batch at a time."""
+        from ..saliency.engine import CamEngine
+
         stage = Stage() if stage is None else stage
         predictions = self.store.predictions(prediction_ids)
         keys = {p["id"]: self.saliency_key(p) for p in predictions}
@@ -411,22 +560,13 @@ class Audit:
                 if not batch:
                     continue
                 maps = cam.compute(to_tensor(pictures, self.card), [p["predicted_index"] for p in batch])
-                rows = [{
-                    "id": keys[p["id"]], "prediction_id": p["id"], "image_sha256": p["image_sha256"],
-                    "method": self.config.cam, "target_layer": self.card.target_layer,
-                    "target_index": p["predicted_index"], "height": int(m.shape[0]), "width": int(m.shape[1]),
-                    "map": pack_array(m), "run_id": self.run_id, "created_at": now(),
-                } for p, m in zip(batch, maps)]
+                rows = [self._map_row(p, m) for p, m in zip(batch, maps)]
                 self.store.insert_rows("saliency_maps", rows)
                 stage.computed += len(rows)
         return stage
 
     def stored_saliency_maps(self) -> list[str]:
-        prediction_ids = self.stored_predictions()
-        return [r["id"] for r in self.store.query(
-            "select id from saliency_maps where method = ? and target_layer = ? and prediction_id in "
-            "(select value from json_each(?))",
-            [self.config.cam, self.card.target_layer, json.dumps(prediction_ids)])]
+        return self.store.saliency_ids(self.config.cam, self.card.target_layer, self.stored_predictions())
 
     # --- ground truth and region agreement ----------------------------------------------------------------
     def has_ground_truth_source(self) -> bool:
@@ -435,8 +575,13 @@ class Audit:
     def add_ground_truth(self, image_ids: list[str], manifest: str | Path | None = None) -> Stage:
         """Read the configured ground-truth regions of `image_ids` (stored images) and store them. A mask that cannot
         be read is reported with its file and reason; the other images go on."""
-        from .ground_truth import (GroundTruthError, RegionFailure, from_coco_boxes, from_manifest_column,
-                                   from_mask_folder)
+        from ..ground_truth import (
+            GroundTruthError,
+            RegionFailure,
+            from_coco_boxes,
+            from_manifest_column,
+            from_mask_folder,
+        )
 
         config = self.config
         stage = Stage()
@@ -479,7 +624,7 @@ class Audit:
         """IoU, Dice, pixel accuracy, F1 (and precision, recall) of each map's attention mask (map >= beta) against
         its image's ground-truth region, compared in the model's view (the region resized and centre-cropped as the
         image was, nearest neighbour). Maps whose image has no region are skipped."""
-        from .analysis.regions import attention_mask, region_scores
+        from ..analysis.regions import attention_mask, region_scores
 
         stage = Stage() if stage is None else stage
         maps = self.store.saliency_maps(saliency_ids)
@@ -513,8 +658,15 @@ class Audit:
     def faithfulness(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:
         """Deletion and insertion AUC, AOPC (most relevant first), Average Drop and Increase in Confidence of each
         map (see analysis.faithfulness), on the vision backend, many perturbed inputs per forward pass."""
-        from .analysis.faithfulness import (area, aopc, confidence_change, curves, perturbed_inputs,
-                                            relevance_ranks, step_counts)
+        from ..analysis.faithfulness import (
+            aopc,
+            area,
+            confidence_change,
+            curves,
+            perturbed_inputs,
+            relevance_ranks,
+            step_counts,
+        )
 
         stage = Stage() if stage is None else stage
         config = self.config
@@ -587,6 +739,7 @@ class Audit:
 
     # --- judge ------------------------------------------------------------------------------------------
     def judge(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:
+        """Judge stored maps (`localjudge judge`, a sweep's setting), --judge-batch-size at a time."""
         stage = Stage() if stage is None else stage
         missing = self.judgments_missing(saliency_ids, stage)
         batches = batched(missing, self.config.judge_batch_size)
@@ -600,8 +753,7 @@ class Audit:
         if self._judgment_key_parts is None:
             config = self.config
             template = prompt_template(config.image_mode, config.prompt_style)
-            self._judgment_key_parts = (template, prompt_hash(template),
-                                        decoding_params(config.judge, config.max_new_tokens, config.temperature))
+            self._judgment_key_parts = (template, prompt_hash(template), self.judge_spec.decoding(config))
         return self._judgment_key_parts
 
     def judgment_keys(self, saliency_ids: list[str]) -> dict[str, str]:
@@ -610,13 +762,14 @@ class Audit:
         return {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, self.judge_hash(),
                                  template_hash, decoding, config.judge_image_size) for sid in saliency_ids}
 
-    def judgments_missing(self, saliency_ids: list[str], stage: Stage) -> list[str]:
+    def judgments_missing(self, saliency_ids: list[str], stage: Stage | None = None) -> list[str]:
         """The maps still to judge: no judgment yet, or one whose backend failed (worth another try). Adds every
-        judgment key to the stage."""
+        judgment key to `stage`, where one is given."""
         keys = self.judgment_keys(saliency_ids)
         existing = self.store.existing_ids("judgments", keys.values())
         retry = self.store.retryable_judgments(keys.values())
-        stage.ids.extend(keys[s] for s in saliency_ids)
+        if stage is not None:
+            stage.ids.extend(keys[s] for s in saliency_ids)
         return [sid for sid in saliency_ids if keys[sid] not in existing or keys[sid] in retry]
 
     def use_judge(self, judge) -> None:
@@ -625,25 +778,26 @@ class Audit:
         self._judge = judge
         self._owns_judge = False
 
-    def judge_model(self):
+    def judge_model(self) -> Judge:
         config = self.config
         if self._judge is None:
-            self.judge_identity()
-            self._judge = open_judge(config, Path(config.vlm) if config.vlm else None, api_model=self._served_model)
+            self._judge = self.judge_spec.open(config, self.judge_identity())
         if not self._prompt_stored:
             template, template_hash, _ = self.judgment_key_parts()
             self.store.add_prompt(template_hash, config.image_mode, template)
             self._prompt_stored = True
         return self._judge
 
-    def judge_batch(self, saliency_ids: Sequence[str], stage: Stage) -> None:
-        """Judge one batch and store it in one transaction. A server that stopped answering (or refuses every
-        request) ends the stage after its failures are stored."""
+    def judge_batch(self, saliency_ids: Sequence[str], stage: Stage,
+                    views: dict[str, Image.Image] | None = None) -> None:
+        """Judge one batch and store it in one transaction. `views` are the model's views of some images at the
+        judge's image size (by sha256), rendered from the pictures read at ingest; the others are read here. A
+        server that stopped answering (or refuses every request) ends the stage after its failures are stored."""
         if not saliency_ids:
             return
         judge = self.judge_model()
         stage.model_loaded = True
-        rows, stop = self._judge_batch(judge, list(saliency_ids), stage)
+        rows, stop = self._judge_batch(judge, list(saliency_ids), stage, views or {})
         self.store.upsert_judgments(rows)
         failed = sum(r["status"] == "failed" for r in rows)
         stage.computed += len(rows)
@@ -653,22 +807,34 @@ class Audit:
             raise JudgeError(f"{stop} ({stage.computed - self._judgments_failed} judged and {self._judgments_failed} "
                              "stored as failures in this run so far)") from stop
 
-    def _judge_batch(self, judge, saliency_ids: list[str], stage: Stage) -> tuple[list[dict], JudgeStopped | None]:
+    def judge_views(self, image_ids: Iterable[str], pictures: dict[str, Image.Image]) -> dict[str, Image.Image]:
+        """The model's views of these pictures at the judge's image size: what the judge's image is drawn on."""
+        geometry = self.preprocessing()
+        return {sha: model_view(pictures[sha], geometry, self.config.judge_image_size) for sha in image_ids
+                if sha in pictures}
+
+    def _judge_batch(self, judge: Judge, saliency_ids: list[str], stage: Stage,
+                     views: dict[str, Image.Image]) -> tuple[list[dict], JudgeStopped | None]:
         """The rows of one batch's judgments, and the reason to stop the stage if the judge gave one."""
         config = self.config
         keys = self.judgment_keys(saliency_ids)
         template, template_hash, decoding = self.judgment_key_parts()
         maps = self.store.saliency_maps(saliency_ids)
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
-        pictures, maps = self.load_images(maps, stage)
+        unseen = list({m["image_sha256"]: m for m in maps if m["image_sha256"] not in views}.values())
+        if unseen:
+            pictures, kept = self.load_images(unseen, stage)
+            views = {**views, **{m["image_sha256"]: model_view(picture, json.loads(
+                predictions[m["prediction_id"]]["preprocessing"]), config.judge_image_size)
+                for m, picture in zip(kept, pictures)}}
+        maps = [m for m in maps if m["image_sha256"] in views]
         if not maps:
             return [], None
         requests = []
-        for m, picture in zip(maps, pictures):
+        for m in maps:
             prediction = predictions[m["prediction_id"]]
             saliency = unpack_array(m["map"], (m["height"], m["width"]))
-            view = model_view(picture, json.loads(prediction["preprocessing"]), config.judge_image_size)
-            image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta)
+            image = judge_image(views[m["image_sha256"]], saliency, config.image_mode, config.alpha, config.beta)
             requests.append(JudgeRequest(image=image, label=prediction["predicted_label"],
                                          prompt=render(template, prediction["predicted_label"]),
                                          label_index=prediction["predicted_index"]))
@@ -715,85 +881,3 @@ class Audit:
                     row.update(status="failed", failure_kind="parse", error=parsed.error)
             rows.append(row)
         return rows, stop
-
-    # --- all stages -------------------------------------------------------------------------------------
-    def run(self, source: str | Path) -> dict[str, Stage]:
-        """Ingest, then the vision stage (predict + explain) and the judge stage at the same time: the vision
-        stage stores each batch of maps and hands their ids to the judge through a bounded queue, so the judge is
-        busy while CAMs are computed, and the vision stage never runs more than `queue_batches` batches ahead."""
-        stages = {"ingest": self.ingest(source), "predict": Stage(), "explain": Stage(), "judge": Stage()}
-        judge_stage = stages["judge"]
-        handoff: queue.Queue = queue.Queue(maxsize=self.config.queue_batches)
-        stop = threading.Event()
-        worker = threading.Thread(target=self._vision_worker, name="localjudge-vision", daemon=True,
-                                  args=(stages["ingest"].ids, handoff, stop, stages["predict"], stages["explain"]))
-        started = time.perf_counter()
-        bar = tqdm(total=len(stages["ingest"].ids), desc="run", unit="image", leave=False,
-                   disable=None if self.show_progress else True)
-        worker.start()
-        try:
-            pending: list[str] = []
-            while True:
-                waiting = time.perf_counter()
-                item = self._next_from(handoff, worker)
-                judge_stage.waited_seconds += time.perf_counter() - waiting
-                if isinstance(item, BaseException):
-                    raise item
-                if item is None:
-                    break
-                missing = self.judgments_missing(item, judge_stage)
-                bar.update(len(item) - len(missing))
-                pending.extend(missing)
-                while len(pending) >= self.config.judge_batch_size:
-                    batch, pending = pending[:self.config.judge_batch_size], pending[self.config.judge_batch_size:]
-                    self.judge_batch(batch, judge_stage)
-                    bar.update(len(batch))
-            self.judge_batch(pending, judge_stage)
-            bar.update(len(pending))
-        finally:
-            stop.set()
-            worker.join()
-            bar.close()
-        judge_stage.seconds = time.perf_counter() - started
-        self.warn_unmapped(stages["predict"])
-        return stages
-
-    @staticmethod
-    def _next_from(handoff: queue.Queue, worker: threading.Thread):
-        while True:
-            try:
-                return handoff.get(timeout=1.0)
-            except queue.Empty:
-                if not worker.is_alive() and handoff.empty():
-                    raise RuntimeError("the vision stage ended without a word")  # never expected; never hang
-
-    def _vision_worker(self, image_ids: list[str], handoff: queue.Queue, stop: threading.Event, predict: Stage,
-                       explain: Stage) -> None:
-        """The vision stage of an overlapped run, on its own thread and its own connection to the store."""
-        def hand_over(item) -> None:
-            while not stop.is_set():
-                try:
-                    handoff.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        store = None
-        try:
-            store = Store(self.store.path)
-            vision = Audit(store, self.config, show_progress=False)
-            vision.run_id = self.run_id
-            vision._real_paths = self._real_paths  # the files this run ingested (redacted paths cannot be opened)
-            for chunk in batched(image_ids, self.config.batch_size):
-                if stop.is_set():
-                    return
-                first_prediction, first_map = len(predict.ids), len(explain.ids)
-                vision.predict(list(chunk), predict)
-                vision.explain(predict.ids[first_prediction:], explain)
-                hand_over(explain.ids[first_map:])
-            hand_over(None)
-        except BaseException as error:  # the judge side raises it, so the run fails with the real reason
-            hand_over(error)
-        finally:
-            if store is not None:
-                store.close()

@@ -3,9 +3,10 @@ each actor loading its model once; the driver ingests, decides what is missing (
 is the only writer of the store.
 
 Inside an actor the existing stages run unchanged: each actor keeps an Audit over a private scratch store, puts
-the rows it is handed into it, runs `predict` + `explain` (vision actors) or `judge_batch` (judge actors) there,
-and sends back the rows those wrote. So a row made on the cluster is the row a local run makes, key for key and
-value for value (a model's floats to their last bits, which depend on the batch they were computed in).
+the rows it is handed into it, runs `vision_batch` (vision actors) or `judge_batch` (judge actors) there, and sends
+back the rows those wrote; the driver plans with the same `Audit.plan` a local run uses. So a row made on the
+cluster is the row a local run makes, key for key and value for value (a model's floats to their last bits, which
+depend on the batch they were computed in).
 
 What crosses the cluster: image rows (hash, path, label) to the vision actors, which read the files from the
 shared storage they name; predictions, maps (float16, compressed) and judgments back. No image travels, and the
@@ -23,20 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RunConfig
-from .judge import JudgeError
-from .store import Store
+from ..config import RunConfig
+from ..judge import JUDGES, JudgeError
+from ..store import Store
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
-
-
-def _config_from_json(text: str) -> RunConfig:
-    fields = json.loads(text)
-    for name in ("allow_hosts",):
-        fields[name] = tuple(fields.get(name) or ())
-    if fields.get("dicom_window"):
-        fields["dicom_window"] = tuple(fields["dicom_window"])
-    return RunConfig(**fields)
 
 
 class _Worker:
@@ -45,12 +37,12 @@ class _Worker:
     def __init__(self, config_json: str, run_id: str, threads: int):
         import torch
 
-        from .pipeline import Audit
+        from . import Audit
 
         torch.set_num_threads(max(1, threads))
         self.folder = tempfile.mkdtemp(prefix="localjudge-worker-")
         self.store = Store(Path(self.folder) / "scratch.db", any_thread=True)
-        self.audit = Audit(self.store, _config_from_json(config_json), show_progress=False)
+        self.audit = Audit(self.store, RunConfig.from_json(config_json), show_progress=False)
         self.audit.run_id = run_id
         # the driver's run, so what the stages record about it (the execution provider) has a row to go to
         self.store.record_run({"id": run_id, "command": "run", "config": config_json, "model_hashes": "{}",
@@ -69,7 +61,7 @@ class _Worker:
             self.store.add_images(payload["images"], [])
         for table in ("predictions", "saliency_maps"):
             self.store.insert_rows(table, payload.get(table) or [])
-        self.audit._real_paths.update(payload.get("files") or {})
+        self.audit.add_files(payload.get("files") or {})
 
 
 class VisionWorker(_Worker):
@@ -79,28 +71,27 @@ class VisionWorker(_Worker):
         return {"payload": np.array([self.vision_batch(json.loads(text)) for text in batch["chunk"]], dtype=object)}
 
     def vision_batch(self, items: list[dict]) -> bytes:
-        from .pipeline import Stage
+        from . import Stage
 
         images = [item["image"] for item in items]
         self.take({"images": images, "files": {item["image"]["sha256"]: item["file"] for item in items}})
         predict, explain = Stage(), Stage()
-        self.audit.predict([image["sha256"] for image in images], predict)
-        self.audit.explain(predict.ids, explain)
+        self.audit.vision_batch([image["sha256"] for image in images], predict, explain)
         payload = {"images": images, "files": {item["image"]["sha256"]: item["file"] for item in items},
                    "predictions": self.store.predictions(predict.ids),
                    "saliency_maps": self.store.saliency_maps(explain.ids),
                    "computed": {"predict": predict.computed, "explain": explain.computed},
                    "errors": predict.errors + explain.errors}
         payload["to_judge"] = [m["id"] for m in payload["saliency_maps"]]  # fresh maps: all to be judged
-        if self.audit._vision is not None:
-            payload["execution_provider"] = self.audit._vision.execution_provider
+        if self.audit.execution_provider is not None:
+            payload["execution_provider"] = self.audit.execution_provider
         self.clear()
         return pickle.dumps(payload)
 
 
 class JudgeWorker(_Worker):
     def __call__(self, batch: dict) -> dict:
-        from .pipeline import Stage
+        from . import Stage
 
         payloads = [pickle.loads(blob) for blob in batch["payload"]]
         maps = []
@@ -115,8 +106,8 @@ class JudgeWorker(_Worker):
         except JudgeError as error:  # a server that stopped: its failures are stored, then the run stops
             stopped = str(error)
         keys = self.audit.judgment_keys(maps)
-        judgments = [row for row in self.store._rows_by_id("judgments", [keys[m] for m in maps]) if row]
-        prompts = list(self.store.query("select * from prompts"))
+        judgments = self.store.judgments([keys[m] for m in maps])
+        prompts = self.store.prompts()
         answers = []
         for number, payload in enumerate(payloads):
             mine = {keys[m["id"]] for m in payload.get("saliency_maps") or []}
@@ -129,12 +120,13 @@ class JudgeWorker(_Worker):
         return {"payload": np.array(answers, dtype=object)}
 
 
-def actor_resources(gpus: int, cpus: float, workers: int, local: bool, judge: str,
+def actor_resources(gpus: int, cpus: float, workers: int, local: bool, reserves_gpu: bool,
                     tensor_parallel_size: int = 1) -> tuple[dict, dict]:
-    """What each vision and each judge actor asks of the cluster. The two pools share it: a vLLM judge takes 0.9 of
-    a GPU (its memory share) and leaves 0.1 to a vision actor, or whole GPUs for tensor parallelism (the vision
-    actors then on CPUs); other judges split each GPU with the vision actors; without GPUs, the CPUs are split."""
-    if gpus and judge == "vllm":
+    """What each vision and each judge actor asks of the cluster. The two pools share it: a judge that reserves its
+    GPU memory up front (vLLM) takes 0.9 of a GPU and leaves 0.1 to a vision actor, or whole GPUs for tensor
+    parallelism (the vision actors then on CPUs); other judges split each GPU with the vision actors; without GPUs,
+    the CPUs are split."""
+    if gpus and reserves_gpu:
         if tensor_parallel_size > 1:
             return {"num_cpus": 1}, {"num_gpus": tensor_parallel_size, "num_cpus": 0}
         return {"num_gpus": 0.1, "num_cpus": 0}, {"num_gpus": 0.9, "num_cpus": 0}
@@ -164,7 +156,8 @@ def connect(address: str, workers: int | None, config: RunConfig) -> dict:
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
     workers = workers or (gpus // max(1, config.tensor_parallel_size) if gpus else max(1, int(cpus) // 2)) or 1
-    vision, judge = actor_resources(gpus, cpus, workers, local, config.judge, config.tensor_parallel_size)
+    vision, judge = actor_resources(gpus, cpus, workers, local, JUDGES[config.judge].reserves_gpu,
+                                    config.tensor_parallel_size)
     return {"workers": workers, "vision": vision, "judge": judge, "gpus": gpus, "cpus": cpus, "local": local}
 
 
@@ -173,23 +166,16 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
     import ray
     import ray.data
 
-    from .pipeline import Stage
+    from . import Stage
 
     stages = {"ingest": audit.ingest(source), "predict": Stage(), "explain": Stage(), "judge": Stage()}
     store, config = audit.store, audit.config
     image_ids = stages["ingest"].ids
-    vision_hash = audit.vision_hash()
-    prediction_keys = {sha: audit.prediction_key(sha, vision_hash) for sha in image_ids}
-    predictions = {p["image_sha256"]: p for p in store.predictions(prediction_keys.values())}
-    # labels may have changed since those predictions were made (a local run's predict does the same)
-    audit.refresh_correctness([p["id"] for p in predictions.values()], audit.card.label_list())
-    map_keys = {sha: audit.saliency_key(p) for sha, p in predictions.items()}
-    stored_maps = store.existing_ids("saliency_maps", map_keys.values())
-    ready = [map_keys[sha] for sha in image_ids if map_keys.get(sha) in stored_maps]
-    need_vision = [sha for sha in image_ids if map_keys.get(sha) not in stored_maps]
-    judge_only = audit.judgments_missing(ready, stages["judge"])
-    stages["predict"].ids = list(prediction_keys.values())
-    stages["explain"].ids = list(ready)  # maps made before (a killed run's) count as the local run counts them
+    plan = audit.plan(image_ids)
+    need_vision = plan.need_vision
+    judge_only = audit.judgments_missing(plan.ready_maps, stages["judge"])
+    stages["predict"].ids = list(plan.predictions.values())
+    stages["explain"].ids = plan.ready_maps  # maps made before (a killed run's) count as a local run counts them
     if not need_vision and not judge_only:
         return stages
 
@@ -203,7 +189,7 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
     pool = ray.data.ActorPoolStrategy(size=cluster["workers"])
     arguments = (config_json, audit.run_id, threads)
     images = {row["sha256"]: row for row in store.images(image_ids)}
-    files = {sha: audit._real_paths.get(sha, images[sha]["path"]) for sha in images}
+    files = {sha: audit.file_of(sha, images[sha]["path"]) for sha in images}
 
     parts = []
     if need_vision:

@@ -1,4 +1,8 @@
-"""Read-only views of a store for people: the summary and the 2x2 matrices, as dicts ready for text or JSON."""
+"""Every read of the store for people, as dicts ready for text or JSON: the 2x2 matrices and the summary, region
+and faithfulness means, per-map signals for correlations, label-issue tables, and samples: one judgment with
+everything the stages know of it (the image, the prediction, the map, the judge's answer, region and faithfulness
+scores, people's ratings and the parameters of the runs that made it), which the report, the export, the rating
+page and the calibration read."""
 
 from __future__ import annotations
 
@@ -109,32 +113,6 @@ def summary(store: Store) -> dict:
     }
 
 
-MAP_INDEX_COLUMNS = ("image_path", "image_sha256", "model", "model_hash", "backend", "method", "target_layer",
-                     "target_class", "target_label", "file")
-
-
-def export_maps(store: Store, out: Path) -> int:
-    """Every stored map as float32 .npy (named by the map's key) plus index.csv, for other tools to check or reuse."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows = store.query(
-        "select s.id, s.map, s.height, s.width, s.method, s.target_layer, s.target_index, p.model, p.model_hash, "
-        "p.backend, p.top5, i.path, i.sha256 from saliency_maps s join predictions p on p.id = s.prediction_id "
-        "join images i on i.sha256 = s.image_sha256 order by i.path, p.model, s.method")
-    count = 0
-    with open(out / "index.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(MAP_INDEX_COLUMNS)
-        for row in rows:
-            name = f"{row['id']}.npy"
-            np.save(out / name, unpack_array(row["map"], (row["height"], row["width"])).astype(np.float32))
-            labels = {entry["index"]: entry["label"] for entry in json.loads(row["top5"])}
-            writer.writerow([row["path"], row["sha256"], row["model"], row["model_hash"], row["backend"] or "torch",
-                             row["method"], row["target_layer"], row["target_index"],
-                             labels.get(row["target_index"], ""), name])
-            count += 1
-    return count
-
-
 def region_means(store: Store, score_ids: list[str]) -> dict:
     """Mean IoU, Dice, pixel accuracy and F1 over the given region scores."""
     from .analysis.regions import REGION_METRICS
@@ -242,7 +220,7 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
                       image_mode: str | None = None, cam: str | None = None, probs_model: str | None = None) -> dict:
     """Every method's verdicts on the images of the truth file that have a label, a prediction of `model` and a
     successful judgment: the shape of the paper's Tables 5 and 6."""
-    from .analysis.label_issues import (CLEANLAB_FILTERS, cleanlab_flags, detection_scores, judge_flags)
+    from .analysis.label_issues import CLEANLAB_FILTERS, cleanlab_flags, detection_scores, judge_flags
 
     truth = read_truth(truth_path)
     images = {str(Path(i["path"]).resolve()): i["sha256"] for i in store.images()}
@@ -284,3 +262,95 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
             "threshold": threshold, "judge": {k: setting[k] for k in ("judge_model", "image_mode", "alpha", "beta",
                                                                        "cam", "prompt_hash")},
             "methods": [{"method": name, **detection_scores(label_ok, flags)} for name, flags in methods.items()]}
+
+
+# --- samples ------------------------------------------------------------------------------------------
+_SAMPLE_SQL = """
+select j.id as judgment_id, j.status, j.failure_kind, j.score, j.evaluation, j.justification, j.error,
+       j.alpha, j.beta, j.image_mode, j.judge_backend, j.judge_model, j.judge_model_hash, j.prompt_hash, j.decoding,
+       j.judge_image_size, j.input_tokens, j.output_tokens, j.run_id as judge_run_id, j.created_at as judged_at,
+       j.saliency_id, s.method as cam, s.target_layer, s.target_index,
+       p.id as prediction_id, p.model, p.model_hash, p.backend, p.preprocessing, p.predicted_index,
+       p.predicted_label, p.confidence, p.correct, p.label_indices, p.top5, p.run_id as predict_run_id,
+       i.sha256 as image_sha256, i.path, i.label, i.width, i.height,
+       r.iou, r.dice, r.pixel_accuracy, r.f1,
+       f.deletion_auc, f.insertion_auc, f.aopc, f.average_drop, f.increase_in_confidence,
+       f.steps as faithfulness_steps, f.baseline as faithfulness_baseline
+from judgments j
+join predictions p on p.id = j.prediction_id
+join saliency_maps s on s.id = j.saliency_id
+join images i on i.sha256 = j.image_sha256
+-- the newest region score of the map at the judgment's beta, and the map's newest faithfulness row
+left join region_scores r on r.id = (select id from region_scores where saliency_id = j.saliency_id
+                                     and beta = j.beta order by created_at desc, id limit 1)
+left join faithfulness f on f.id = (select id from faithfulness where saliency_id = j.saliency_id
+                                    order by created_at desc, id limit 1)
+{where}
+order by i.path, p.model, s.method, j.judge_model, j.alpha, j.beta, j.id
+"""
+
+
+def view_id(saliency_id: str, alpha: float, beta: float, image_mode: str) -> str:
+    """What a judge was shown (and what a person rates): the map, rendered with alpha, beta in one image mode."""
+    return content_key("view", saliency_id, float(alpha), float(beta), image_mode)
+
+
+def quadrant(status: str, correct, score, threshold: int) -> str:
+    """CH/CL/WH/WL for a successful judgment of a labelled image; 'unlabelled' or 'failed' otherwise."""
+    if status != "ok":
+        return "failed"
+    if correct is None:
+        return "unlabelled"
+    return ("C" if correct else "W") + ("H" if score >= threshold else "L")
+
+
+def _where(filters: dict) -> tuple[str, list]:
+    clauses, params = filter_clauses(filters)
+    return ("where " + " and ".join(clauses)) if clauses else "", params
+
+
+def samples(store: Store, threshold: int, thresholds: dict[str, int] | None = None, **filters) -> list[dict]:
+    """Every judgment as a sample, in a stable order. `thresholds` maps a setting key (queries.setting_key) to a
+    calibrated threshold that replaces `threshold` for that setting."""
+    where, params = _where(filters)
+    rows = [dict(r) for r in store.query(_SAMPLE_SQL.format(where=where), params)]
+    ratings: dict[str, list[dict]] = {}
+    for r in store.query("select view_id, rater, score, updated_at from ratings order by rater"):
+        ratings.setdefault(r["view_id"], []).append({"rater": r["rater"], "score": r["score"]})
+    for row in rows:
+        row["view_id"] = view_id(row["saliency_id"], row["alpha"], row["beta"], row["image_mode"])
+        row["threshold"] = (thresholds or {}).get(setting_key(row), threshold)
+        row["quadrant"] = quadrant(row["status"], row["correct"], row["score"], row["threshold"])
+        row["ratings"] = ratings.get(row["view_id"], [])
+        row["human_mean"] = (sum(r["score"] for r in row["ratings"]) / len(row["ratings"])
+                             if row["ratings"] else None)
+    return rows
+
+
+def run_parameters(store: Store) -> dict[str, dict]:
+    """Each run's whole configuration (and command, status and provider), by run id."""
+    result = {}
+    for run in store.query("select id, command, config, started_at, finished_at, status, execution_provider "
+                           "from runs"):
+        result[run["id"]] = {**run, "config": json.loads(run["config"]) if run["config"] else None}
+    return result
+
+
+def views(store: Store, **filters) -> list[dict]:
+    """The distinct views judges were shown, each with what a person needs to rate it (but its map, which is read
+    when it is shown), in a fixed pseudo-random order (by view id): any prefix a person rates is a fair sample of
+    the whole."""
+    where, params = _where(filters)
+    rows = store.query(
+        "select distinct j.saliency_id, j.alpha, j.beta, j.image_mode, j.prompt_hash, j.judge_image_size, "
+        "j.image_sha256, p.predicted_label, p.preprocessing, i.path "
+        "from judgments j join predictions p on p.id = j.prediction_id "
+        "join saliency_maps s on s.id = j.saliency_id join images i on i.sha256 = j.image_sha256 " + where, params)
+    found: dict[str, dict] = {}
+    for row in rows:
+        key = view_id(row["saliency_id"], row["alpha"], row["beta"], row["image_mode"])
+        # The same view judged under several prompts (or image sizes): people see it once, with the first one's.
+        if key not in found or (row["prompt_hash"], row["judge_image_size"]) < (
+                found[key]["prompt_hash"], found[key]["judge_image_size"]):
+            found[key] = {**row, "view_id": key}
+    return [found[k] for k in sorted(found)]

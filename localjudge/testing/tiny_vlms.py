@@ -17,16 +17,12 @@ Usage::
 
     python scripts/make_tiny_vlms.py OUT_DIR
 
-writes OUT_DIR/tiny-qwen2.5-vl and OUT_DIR/tiny-gemma3 (`ensure_tiny_vlm` caches one for benchmarks and
-smoke checks). Recipe: shared/docs/tiny-vlm-recipe.md.
+writes OUT_DIR/tiny-qwen2.5-vl and OUT_DIR/tiny-gemma3. Recipe: shared/docs/tiny-vlm-recipe.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -401,30 +397,6 @@ def build_tiny_vlms(out_dir: Path) -> dict[str, Path]:
         "qwen2_5_vl": build_tiny_qwen2_5_vl(out_dir / "tiny-qwen2.5-vl"),
         "gemma3": build_tiny_gemma3(out_dir / "tiny-gemma3"),
     }
-
-
-BUILDERS = {"qwen2_5_vl": ("tiny-qwen2.5-vl", build_tiny_qwen2_5_vl), "gemma3": ("tiny-gemma3", build_tiny_gemma3)}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LOCALJUDGE_HOME", Path.home() / ".cache" / "localjudge")) / "tiny-vlms"
-
-
-def ensure_tiny_vlm(family: str = "qwen2_5_vl") -> Path:
-    """The tiny checkpoint of `family` in the cache, built once (into a temporary folder, then renamed, so an
-    interrupted build never leaves a half-written model that later runs would load)."""
-    name, build = BUILDERS[family]
-    target = cache_dir() / name
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        build(staging / name)
-        os.replace(staging / name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def main(argv: list[str] | None = None) -> None:

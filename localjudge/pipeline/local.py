@@ -1,0 +1,126 @@
+"""The one-machine executor: a whole run on this machine's threads.
+
+The vision thread reads each input file once (ingest), and on each batch of ingested images runs the vision stage
+from the pictures it read (predict and explain) and renders the model's view of each picture still to be judged; it
+hands the batch's maps and views to the judge through a bounded queue, so the judge is busy while CAMs are computed
+and the vision stage never runs more than `queue_batches` batches ahead. Each thread has its own connection to the
+store; every batch is stored in one transaction."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..store import Store
+from . import Audit, Stage
+
+
+def run_local(audit: Audit, source: str | Path) -> dict[str, Stage]:
+    """Ingest, predict, explain and judge every image of `source`; the stages' reports."""
+    items = audit.discover(source)
+    stages = {"ingest": Stage(), "predict": Stage(), "explain": Stage(), "judge": Stage()}
+    judge_stage = stages["judge"]
+    handoff: queue.Queue = queue.Queue(maxsize=audit.config.queue_batches)
+    stop = threading.Event()
+    worker = threading.Thread(target=_vision_worker, name="localjudge-vision", daemon=True,
+                              args=(audit, items, handoff, stop, stages))
+    started = time.perf_counter()
+    bar = tqdm(total=len(items), desc="run", unit="image", leave=False,
+               disable=None if audit.show_progress else True)
+    batch_size = audit.config.judge_batch_size
+    worker.start()
+    try:
+        pending: list[str] = []
+        views: dict = {}
+        while True:
+            waiting = time.perf_counter()
+            item = _next_from(handoff, worker)
+            judge_stage.waited_seconds += time.perf_counter() - waiting
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                break
+            maps, missing, chunk_views = item
+            keys = audit.judgment_keys(maps)
+            judge_stage.ids.extend(keys[m] for m in maps)
+            bar.update(len(maps) - len(missing))
+            pending.extend(missing)
+            views.update(chunk_views)
+            while len(pending) >= batch_size:
+                batch, pending = pending[:batch_size], pending[batch_size:]
+                audit.judge_batch(batch, judge_stage, views)
+                views = _still_needed(audit, views, pending)
+                bar.update(len(batch))
+        audit.judge_batch(pending, judge_stage, views)
+        bar.update(len(pending))
+    finally:
+        stop.set()
+        worker.join()
+        bar.close()
+    judge_stage.seconds = time.perf_counter() - started
+    audit.warn_unmapped(stages["predict"])
+    return stages
+
+
+def run_vision(audit: Audit, source: str | Path, explain: bool = False) -> dict[str, Stage]:
+    """Ingest and predict (and with `explain`, explain) every image of `source`, each file read once; no judge
+    (`localjudge predict`, and benchmarks that time the stages one after another)."""
+    stages = {"ingest": Stage(), "predict": Stage(), **({"explain": Stage()} if explain else {})}
+    for chunk in audit.read_chunks(audit.discover(source), stages["ingest"]):
+        audit.vision_batch(chunk.ids, stages["predict"], stages.get("explain"), pictures=chunk.pictures)
+    audit.warn_unmapped(stages["predict"])
+    return stages
+
+
+def _still_needed(audit: Audit, views: dict, pending: list[str]) -> dict:
+    """The views the pending maps still need (a judged image's view is let go)."""
+    if not views:
+        return views
+    wanted = {m["image_sha256"] for m in audit.store.saliency_maps(pending)}
+    return {sha: view for sha, view in views.items() if sha in wanted}
+
+
+def _next_from(handoff: queue.Queue, worker: threading.Thread):
+    while True:
+        try:
+            return handoff.get(timeout=1.0)
+        except queue.Empty:
+            if not worker.is_alive() and handoff.empty():
+                raise RuntimeError("the vision stage ended without a word")  # never expected; never hang
+
+
+def _vision_worker(audit: Audit, items: list, handoff: queue.Queue, stop: threading.Event,
+                   stages: dict[str, Stage]) -> None:
+    """The ingest and vision stages of an overlapped run, on their own thread and connection to the store."""
+    def hand_over(item) -> None:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    store = None
+    try:
+        store = Store(audit.store.path)
+        vision = audit.on_store(store)
+        explain = stages["explain"]
+        for chunk in vision.read_chunks(items, stages["ingest"]):
+            if stop.is_set():
+                return
+            first_map = len(explain.ids)
+            vision.vision_batch(chunk.ids, stages["predict"], explain, pictures=chunk.pictures)
+            maps = explain.ids[first_map:]
+            missing = vision.judgments_missing(maps)
+            to_view = {m["image_sha256"] for m in store.saliency_maps(missing)}
+            hand_over((maps, missing, vision.judge_views(to_view, chunk.pictures)))
+        hand_over(None)
+    except BaseException as error:  # the judge side raises it, so the run fails with the real reason
+        hand_over(error)
+    finally:
+        if store is not None:
+            store.close()

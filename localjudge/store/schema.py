@@ -1,0 +1,155 @@
+"""The store's schema: migrations as ordered functions, each applied once and recorded in `_migrations` (the
+simonw/llm pattern), and `TABLES`, the one list of the tables a store holds (used by merge, by clearing a Ray
+worker's scratch store and by the doctor)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn: Callable[[sqlite_utils.Database], None]):
+    """Register a schema change; migrations run once each, in the order they are defined (simonw/llm pattern)."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": str, "command": str, "config": str, "model_hashes": str, "package_versions": str,
+            "inputs": str, "started_at": str, "finished_at": str, "status": str,
+        },
+        pk="id",
+    )
+    db["images"].create(
+        {
+            "sha256": str, "path": str, "size_bytes": int, "width": int, "height": int, "mode": str,
+            "format": str, "label": str, "run_id": str, "created_at": str,
+        },
+        pk="sha256",
+    )
+    db["read_errors"].create(
+        {"id": str, "path": str, "size_bytes": int, "sha256": str, "reason": str, "run_id": str, "created_at": str},
+        pk="id",
+    )
+    db["predictions"].create(
+        {
+            "id": str, "image_sha256": str, "model": str, "model_hash": str, "preprocessing": str,
+            "predicted_index": int, "predicted_label": str, "confidence": float, "top5": str,
+            "probs": bytes, "label_indices": str, "correct": int, "run_id": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("image_sha256", "images", "sha256")],
+    )
+    db["saliency_maps"].create(
+        {
+            "id": str, "prediction_id": str, "image_sha256": str, "method": str, "target_layer": str,
+            "target_index": int, "height": int, "width": int, "map": bytes, "run_id": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("prediction_id", "predictions", "id")],
+    )
+    db["prompts"].create({"hash": str, "image_mode": str, "text": str, "created_at": str}, pk="hash")
+    db["judgments"].create(
+        {
+            "id": str, "saliency_id": str, "prediction_id": str, "image_sha256": str, "alpha": float,
+            "beta": float, "image_mode": str, "judge_backend": str, "judge_model": str, "judge_model_hash": str,
+            "prompt_hash": str, "decoding": str, "status": str, "failure_kind": str, "score": int, "evaluation": str,
+            "justification": str, "raw_text": str, "error": str, "input_tokens": int, "output_tokens": int,
+            "batch_size": int, "batch_seconds": float, "run_id": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id"), ("prompt_hash", "prompts", "hash")],
+    )
+    db["file_hashes"].create(
+        {"path": str, "size_bytes": int, "mtime_ns": int, "sha256": str}, pk=("path", "size_bytes", "mtime_ns")
+    )
+    db["predictions"].create_index(["image_sha256"])
+    db["saliency_maps"].create_index(["prediction_id"])
+    db["judgments"].create_index(["saliency_id"])
+
+
+@migration
+def m002_execution_provider_and_backend(db: sqlite_utils.Database) -> None:
+    # Which engine produced a row: the run's execution provider (e.g. CUDAExecutionProvider) and each
+    # prediction's backend (torch or onnx).
+    db["runs"].add_column("execution_provider", str)
+    db["predictions"].add_column("backend", str)
+
+
+@migration
+def m003_judge_image_size(db: sqlite_utils.Database) -> None:
+    # The judge's image size decides what it sees, so it is part of a judgment's key and recorded with it.
+    db["judgments"].add_column("judge_image_size", int)
+
+
+@migration
+def m004_ground_truth_and_region_scores(db: sqlite_utils.Database) -> None:
+    # An image's object region (one per image; a new source replaces it) and, per saliency map, how the binarised
+    # attention mask agrees with it. A score is keyed by the map, the region's hash and beta.
+    db["ground_truth"].create(
+        {"image_sha256": str, "source": str, "reference": str, "height": int, "width": int, "mask": bytes,
+         "mask_sha256": str, "area_fraction": float, "run_id": str, "created_at": str},
+        pk="image_sha256",
+        foreign_keys=[("image_sha256", "images", "sha256")],
+    )
+    db["region_scores"].create(
+        {"id": str, "saliency_id": str, "image_sha256": str, "mask_sha256": str, "beta": float, "iou": float,
+         "dice": float, "pixel_accuracy": float, "f1": float, "precision": float, "recall": float,
+         "attended_fraction": float, "run_id": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id")],
+    )
+    db["region_scores"].create_index(["saliency_id"])
+
+
+@migration
+def m005_faithfulness(db: sqlite_utils.Database) -> None:
+    # Perturbation metrics of a saliency map, keyed by the map, the step count and the baseline fill; the curves are
+    # kept (JSON lists) so other summaries can be computed later without the model.
+    db["faithfulness"].create(
+        {"id": str, "saliency_id": str, "image_sha256": str, "target_index": int, "steps": int, "baseline": str,
+         "backend": str, "original_score": float, "explanation_score": float, "deletion_auc": float,
+         "insertion_auc": float, "aopc": float, "average_drop": float, "increase_in_confidence": float,
+         "deletion_curve": str, "insertion_curve": str, "run_id": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id")],
+    )
+    db["faithfulness"].create_index(["saliency_id"])
+
+
+@migration
+def m006_ratings_and_calibrations(db: sqlite_utils.Database) -> None:
+    # A person's 0-5 rating of a view (what a judge was shown: a map, alpha, beta, image mode), one per rater and
+    # view (rating again replaces it); every judge that saw the same view is compared with it. A calibration is the
+    # judge threshold fitted to people's ratings for one judge setting (queries.GROUP_COLUMNS).
+    db["ratings"].create(
+        {"id": str, "view_id": str, "saliency_id": str, "image_sha256": str, "alpha": float, "beta": float,
+         "image_mode": str, "rater": str, "score": int, "created_at": str, "updated_at": str},
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id")],
+    )
+    db["ratings"].create_index(["saliency_id"])
+    db["ratings"].create_index(["rater"])
+    db["calibrations"].create(
+        {"id": str, "setting_key": str, "setting": str, "raters": str, "human_threshold": int, "threshold": int,
+         "n": int, "kappa": float, "weighted_kappa": float, "accuracy": float, "pearson": float, "spearman": float,
+         "details": str, "created_at": str},
+        pk="id",
+    )
+    db["calibrations"].create_index(["setting_key"])
+
+
+# The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
+# them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
+TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
+          ("saliency_maps", ("id",)), ("prompts", ("hash",)), ("judgments", ("id",)),
+          ("ground_truth", ("image_sha256",)), ("region_scores", ("id",)), ("faithfulness", ("id",)),
+          ("ratings", ("id",)), ("calibrations", ("id",)))
+# What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
+SCRATCH_KEPT = ("runs", "prompts")

@@ -1,0 +1,81 @@
+"""A run reads and decodes each image once: ingest keeps the picture it decoded to hash and check the file, the
+vision stage predicts and explains from it, and the judge is handed the model's view of it. Counted with the one
+function every image read goes through (`data.read_file`) and the one that decodes (`data.decode`), wrapped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import localjudge.data as data
+
+from .conftest import invoke, invoke_json, seg_photos_manifest
+from .malformed import build_corpus
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    reads: Counter = Counter()
+    decodes: list[int] = []
+    read_file, decode = data.read_file, data.decode
+
+    def counted_read(path):
+        reads[str(Path(path).resolve())] += 1
+        return read_file(path)
+
+    def counted_decode(blob):
+        decodes.append(len(blob))
+        return decode(blob)
+
+    monkeypatch.setattr(data, "read_file", counted_read)
+    monkeypatch.setattr(data, "decode", counted_decode)
+    return reads, decodes
+
+
+def test_a_run_reads_and_decodes_each_image_once(counted, data_dir, tmp_path):
+    reads, decodes = counted
+    manifest = seg_photos_manifest(data_dir, tmp_path / "twenty.csv", 20)
+    photos = {str(Path(line.split(",")[0]).resolve()) for line in manifest.read_text().splitlines()[1:]}
+    db = tmp_path / "once.db"
+    common = ["--db", db, "--batch-size", "8", "--judge-batch-size", "8"]  # several vision and judge batches
+    stages = invoke_json("run", manifest, *common)
+    assert stages["predict"]["computed"] == stages["explain"]["computed"] == stages["judge"]["computed"] == 20
+    assert reads == {photo: 1 for photo in photos}
+    assert len(decodes) == 20
+    # Stored maps judged under another mask setting: the maps are not computed again, and each picture the judge
+    # needs is still the one read at ingest.
+    reads.clear()
+    decodes.clear()
+    stages = invoke_json("run", manifest, *common, "--alpha", "25")
+    assert stages["explain"]["computed"] == 0 and stages["judge"]["computed"] == 20
+    assert reads == {photo: 1 for photo in photos} and len(decodes) == 20
+    # The stand-alone stages read what they need: `judge` alone reads each image once, for the judge's view.
+    reads.clear()
+    decodes.clear()
+    assert invoke_json("judge", "--db", db, "--alpha", "35")["judge"]["computed"] == 20
+    assert reads == {photo: 1 for photo in photos} and len(decodes) == 20
+
+
+def test_the_picture_read_at_ingest_is_the_one_a_later_stage_loads(data_dir, tmp_path):
+    """The picture a run keeps from ingest (orientation, first frame, colour conversions) is pixel for pixel the
+    one a stand-alone stage loads from the file again."""
+    corpus = build_corpus(data_dir, tmp_path / "corpus")
+    files = [path for path, expected in corpus.values() if expected == "read"]
+    files += sorted((data_dir / "seg-photos" / "images").glob("*.jpg"))[:5]
+    for path in files:
+        found = data.read_image(path)
+        assert isinstance(found, data.ReadImage), path
+        again = data.load_verified(path, found.sha256)
+        assert found.picture.mode == again.mode == "RGB"
+        assert np.array_equal(np.asarray(found.picture), np.asarray(again)), path
+    assert len(files) >= 10
+
+
+def test_a_predict_reads_each_image_once(counted, data_dir, tmp_path):
+    reads, decodes = counted
+    manifest = seg_photos_manifest(data_dir, tmp_path / "five.csv", 5)
+    invoke("predict", manifest, "--db", tmp_path / "p.db", "--batch-size", "2")
+    assert sorted(reads.values()) == [1] * 5 and len(decodes) == 5
