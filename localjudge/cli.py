@@ -20,16 +20,8 @@ from .errors import OptionError, UserError
 from .export import FORMATS
 from .judge import JUDGE_CHOICES
 from .judge.prompts import PROMPT_STYLES
-from .queries import (
-    calibrated_thresholds,
-    describe_setting,
-    faithfulness_means,
-    label_issue_table,
-    map_signals,
-    matrices,
-    region_means,
-    summary,
-)
+from .queries import (calibrated_thresholds, describe_setting, faithfulness_means, label_issue_table, map_signals,
+                      matrices, region_means, summary)
 from .store import Store
 from .vision import BACKENDS, list_cards
 

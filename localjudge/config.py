@@ -103,7 +103,7 @@ class RunConfig:
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(RunConfig))
-TUPLE_FIELDS = ("allow_hosts", "dicom_window")
+TUPLE_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if str(f.type).startswith("tuple"))
 DEFAULTS = RunConfig()
 
 IMAGE_MODES = ("masked", "heatmap")

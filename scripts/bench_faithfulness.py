@@ -27,13 +27,7 @@ import numpy as np
 import torch
 from sample_data import imagenet_manifest
 
-from localjudge.analysis.faithfulness import (
-    area,
-    curves,
-    perturbed_inputs,
-    relevance_ranks,
-    step_counts,
-)
+from localjudge.analysis.faithfulness import area, curves, perturbed_inputs, relevance_ranks, step_counts
 from localjudge.data import load_rgb
 from localjudge.pipeline import open_audit
 from localjudge.pipeline.local import run_vision

@@ -9,8 +9,8 @@ stage, for one backend and model, one-at-a-time versus batched.
    On the transformers backend "N at a time" is --max-num-seqs N: a row whose answer has ended leaves the batch and
    a waiting request of the same call takes its place (continuous batching), so long answers do not keep finished
    rows busy and the batch stays full.
-2. Whole run: `localjudge run`'s executor from an empty store (vision and judge overlapped through a bounded queue) against the
-   stages one after another, with the share of the judge stage spent waiting for maps.
+2. Whole run: `localjudge run`'s executor from an empty store (vision and judge overlapped through a bounded
+   queue) against the stages one after another, with the share of the judge stage spent waiting for maps.
 
     python scripts/bench_judge.py                                    # tiny Qwen2.5-VL and Gemma3, transformers
     python scripts/bench_judge.py --vlm DIR --device cuda --images 200

@@ -7,8 +7,9 @@ this environment, with the same tiny Qwen2.5-VL. Into one store per revision:
   1. `run` on the 70 seg-photos with the recognizer judge (the README's main job),
   2. `run` on them again with the tiny Qwen2.5-VL judge,
   3. `eval regions` against their object masks, 4. `eval faithfulness`.
-Then `db merge` of each store into a copy of the other (both directions: rows added and conflicts must be 0),
-`matrix --json`, `compare --json`, `summary --json` and `export --format jsonl` compared apart from times, and every
+Then `db merge` of each store into a copy of the other (both directions: rows added and conflicts must be 0), the
+floats merge leaves out (probability vectors, maps, faithfulness curves) compared bit for bit by key, `matrix
+--json`, `compare --json`, `summary --json` and `export --format jsonl` compared apart from times, and every
 command's `--help` compared apart from its `Example:` lines. Prints one table; exits 1 on any difference."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -117,6 +119,20 @@ def merged(source: Path, target: Path, tree: Path, home: Path, scratch: Path) ->
     return json.loads(check(localjudge(tree, "db", "merge", source, "--into", copy, "--json", home=home)))
 
 
+# What `db merge` does not compare (a model's floats depend in their last bits on the batch): compared here bit for bit.
+BLOBS = (("predictions", "probs"), ("saliency_maps", "map"), ("faithfulness", "deletion_curve"),
+         ("faithfulness", "insertion_curve"))
+
+
+def bitwise(before: Path, after: Path) -> dict[str, tuple[int, int]]:
+    """For each stored float vector: (rows with the same key in both stores, of which differ in any bit)."""
+    with sqlite3.connect(after) as conn:
+        conn.execute("attach database ? as before", [str(before)])
+        return {f"{table}.{column}": conn.execute(
+            f"select count(*), coalesce(sum(a.[{column}] is not b.[{column}]), 0) from main.[{table}] a "
+            f"join before.[{table}] b on a.id = b.id").fetchone() for table, column in BLOBS}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision of the code before the change")
@@ -144,6 +160,10 @@ def main(argv=None) -> int:
     for label, report in (("db merge before -> after", forward), ("db merge after -> before", backward)):
         rows.append((label, f"{report['added']} rows added, {len(report['conflicts'])} conflicts",
                      report["added"] == 0 and not report["conflicts"]))
+    compared = bitwise(stores["before"], stores["after"])
+    rows.append(("stored floats bit for bit", ", ".join(f"{name}: {same - differ} of {same} equal"
+                                                       for name, (same, differ) in compared.items()),
+                 all(differ == 0 and same for same, differ in compared.values())))
     old, new = readings(before, stores["before"], home), readings(after, stores["after"], home)
     for name in ("matrix", "compare", "summary", "export"):
         size = len(old[name]) if isinstance(old[name], list) else len(json.dumps(old[name]))
@@ -156,10 +176,12 @@ def main(argv=None) -> int:
     different = [name for name, (old_help, new_help) in helps.items()
                  if without_examples(new_help).rstrip("\n") != old_help.rstrip("\n")]
     with_examples = sum("Example:" in new_help for _, new_help in helps.values())
+    differ = f"; differ: {', '.join(different)}" if different else ""
     rows.append(("--help of every command", f"{len(paths) - len(different)} of {len(paths)} identical apart from "
-                 f"the examples ({with_examples} have one)" + (f"; differ: {', '.join(different)}" if different else ""),
-                 not different))
+                 f"the examples ({with_examples} have one){differ}", not different))
     counts = json.loads(check(localjudge(after, "summary", "--db", stores["after"], "--json", home=home)))
+    if not args.out:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)], capture_output=True)
     print(f"stores: {stores['before']} (before, {args.before}) and {stores['after']} (after, {after}); "
           f"{counts['images']} images, {counts['predictions']} predictions, {counts['cams']} maps, "
           f"{counts['judgments']} judgments each")

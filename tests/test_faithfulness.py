@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from localjudge.analysis.faithfulness import (
-    aopc,
-    area,
-    confidence_change,
-    curves,
-    perturbed_inputs,
-    relevance_ranks,
-    step_counts,
-)
+from localjudge.analysis.faithfulness import (aopc, area, confidence_change, curves, perturbed_inputs, relevance_ranks,
+                                              step_counts)
 from localjudge.data import load_rgb
 from localjudge.store import Store, unpack_array
 from localjudge.testing.torchcam_reference import StoredMaps

@@ -125,7 +125,7 @@ def backend_settings(request, tiny_vlms, monkeypatch):
         from .model_server import ScriptedServer
 
         server = ScriptedServer(lists_models=True)
-    given = {"transformers": {"vlm": str(tiny_vlms["qwen2_5_vl"])}, "vllm": {"vlm": str(tiny_vlms["gemma3"])},
+    given = {"transformers": {"vlm": str(tiny_vlms["qwen2_5_vl"])}, "vllm": {"vlm": str(tiny_vlms["qwen2_5_vl"])},
              "openai": {"base_url": server.url if server else None}, "recognizer": {}}[name]
     yield name, {"judge": name, "device": "cpu", "max_new_tokens": 1024, **given}
     if server is not None:
@@ -153,5 +153,6 @@ def test_every_backend_opens_judges_two_images_and_closes(backend_settings, two_
         assert output.error is None and output.raw_text
         # a finished answer was written under the schema (or templated): it parses
         assert parse_answer(output.raw_text).ok or not output.finished
+    assert any(output.finished and parse_answer(output.raw_text).ok for output in outputs)
     if name == "recognizer":  # the visible centre of a real photo: scored from measured probabilities
         assert all(0 <= parse_answer(o.raw_text).score <= 5 for o in outputs)

@@ -155,15 +155,32 @@ def test_onnx_gradients_are_the_same_on_every_run(pictures, tmp_path):
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "deeplabv3_resnet50"])
 def test_predicting_and_explaining_in_one_pass_gives_the_two_passes_results(name, pictures, tmp_path):
     """A run predicts a class and explains it from one forward pass (torch: the explained class is chosen from that
-    pass's own outputs; ONNX Runtime: a plain run, then the gradient run). Scores and maps are bit for bit those of
-    `predict` and then `compute` on its classes, for classifiers and a segmenter, gradient and forward-only methods."""
-    card = small_card(name, tmp_path, side=224) if name.startswith("deeplab") else load_card(name)
-    batch = to_tensor(pictures[:4], card)
-    for model in (open_model(card, None, "cpu", "torch"), open_model(card, None, "cpu", "onnx")):
+    pass's own outputs; ONNX Runtime: a plain run, then the gradient run). The scores are bit for bit `predict`'s
+    (a separate inference-mode pass), the maps bit for bit `compute`'s on those classes, and they match
+    pytorch-grad-cam's own hooks and backward pass on them (an independent implementation)."""
+    segmenter = name.startswith("deeplab")
+    card = small_card(name, tmp_path, side=224) if segmenter else load_card(name)
+    batch = to_tensor(pictures[:2 if segmenter else 4], card)
+    torch_model = open_model(card, None, "cpu", "torch")
+    for model in (torch_model, open_model(card, None, "cpu", "onnx")):
         scores = model.predict(batch)
         targets = [main_class(s, card.task) for s in scores]
-        for method in ("gradcam", "gradcam++", "eigencam"):
+        for method in ("gradcam", "eigencam") if segmenter else ("gradcam", "gradcam++", "eigencam"):
             engine = CamEngine(method, model)
             one_scores, one_maps = engine.predict_and_compute(batch)
-            assert np.array_equal(one_scores, scores), f"{name} {method} {model.backend}"
-            assert np.array_equal(one_maps, engine.compute(batch, targets)), f"{name} {method} {model.backend}"
+            what = f"{name} {method} {model.backend}"
+            assert np.array_equal(one_scores, scores), what
+            assert np.array_equal(one_maps, engine.compute(batch, targets)), what
+            if method != "eigencam":
+                with PytorchGradCam(method, torch_model) as reference:
+                    assert_maps_match(one_maps, reference.compute(batch, targets), what)
+
+
+def test_scorecam_in_one_pass_gives_the_two_passes_results(pictures):
+    """ScoreCAM runs forward passes of its own (one per channel) after the one that predicts."""
+    card = load_card("resnet18")
+    model = open_model(card, None, "cpu", "torch")
+    batch = to_tensor(pictures[:1], card)
+    scores, maps = CamEngine("scorecam", model).predict_and_compute(batch)
+    assert np.array_equal(scores, model.predict(batch))
+    assert np.array_equal(maps, CamEngine("scorecam", model).compute(batch, scores.argmax(axis=1).tolist()))

@@ -1,170 +1,25 @@
 """Judges: a vision-language model (or the recognizer) that reads a masked (or heatmap) image and the predicted
 class, and answers with an evaluation, a justification and a 0-5 score.
 
-One small protocol (`Judge`) and one module per backend; each backend module owns its `JudgeSpec`: its name, what
-it can do (capabilities), the checks a configuration must pass before any work, its identity (which feeds every
+One small protocol (`base.Judge`) and one module per backend; each backend module owns its `JudgeSpec`: its name,
+what it can do (capabilities), the checks a configuration must pass before any work, its identity (which feeds every
 judgment's key), its decoding parameters (also part of the key) and how it is opened. `JUDGES` maps each name to its
 spec; code outside a backend's own module asks a spec for a capability, never for its name. Backend modules load
 their model libraries (torch, transformers, vLLM) when a judge is opened, so the registry loads without them."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
-
-from PIL import Image
-
-from ..errors import OptionError, UserError
+from .base import (Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec, JudgeStopped,
+                   JudgeUnavailable, imagenet_labels, vlm_family, vlm_hash)
+from .openai_backend import SPEC as _OPENAI
 from .parsing import JUDGMENT_SCHEMA, ParsedAnswer, parse_answer
+from .recognizer import SPEC as _RECOGNIZER
+from .transformers_backend import SPEC as _TRANSFORMERS
+from .vllm_backend import SPEC as _VLLM
 
-
-@dataclass(frozen=True)
-class JudgeRequest:
-    image: Image.Image
-    label: str
-    prompt: str
-    label_index: int | None = None  # the predicted class's index in the vision model's label list
-
-
-@dataclass(frozen=True)
-class JudgeOutput:
-    raw_text: str
-    input_tokens: int | None
-    output_tokens: int | None
-    finished: bool = True  # False when generation stopped at max_new_tokens before the end of the answer
-    error: str | None = None  # the backend failed for this request (not a parse failure)
-    rejected: bool = False  # the failure is a server refusing this request (4xx), not a server gone quiet
-
-
-class Judge:
-    """What every backend's judge does: answers for a batch of requests, in their order."""
-
-    backend: str = ""
-
-    def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
-        raise NotImplementedError
-
-    def close(self, cancel: bool = False) -> None:
-        """Let go of what the judge holds; with `cancel` (a failed or interrupted run), send nothing more. Most
-        judges hold nothing that needs it."""
-
-
-class JudgeError(UserError):
-    pass
-
-
-class JudgeStopped(JudgeError):
-    """A batch whose every request failed in a way the next batch would repeat: its failures (`outputs`) are
-    stored with their reasons, then the stage stops rather than send the rest of the dataset the same way."""
-
-    def __init__(self, message: str, outputs: list[JudgeOutput]):
-        super().__init__(message)
-        self.outputs = outputs
-
-
-class JudgeUnavailable(JudgeStopped):
-    """Every request of a batch went unanswered and the server does not answer at all (it stopped)."""
-
-    def __init__(self, outputs: list[JudgeOutput], reason: str):
-        super().__init__(f"the judge stopped answering: {reason}. The failed judgments are stored; run the same "
-                         "command again once it answers, to complete them", outputs)
-
-
-SUPPORTED_FAMILIES = {"qwen2_5_vl": "Qwen2.5-VL", "gemma3": "Gemma-3"}
-
-
-def vlm_family(vlm_dir: Path) -> str:
-    config_path = Path(vlm_dir) / "config.json"
-    if not config_path.is_file():
-        raise JudgeError(f"{vlm_dir}: not a model directory (no config.json)")
-    try:
-        model_type = json.loads(config_path.read_text()).get("model_type")
-    except json.JSONDecodeError as error:
-        raise JudgeError(f"{config_path}: unreadable config ({error})") from error
-    if model_type not in SUPPORTED_FAMILIES:
-        raise JudgeError(f"{vlm_dir}: model_type {model_type!r} is not supported; "
-                         f"supported: {', '.join(SUPPORTED_FAMILIES.values())}")
-    return model_type
-
-
-def vlm_hash(vlm_dir: Path, hash_file: Callable[[Path], str]) -> str:
-    """Identity of a model directory without loading it: every file's sha256 (cached by the store)."""
-    vlm_dir = Path(vlm_dir)
-    digest = hashlib.sha256()
-    # Hidden folders (.cache, .git) and documents (README.md, LICENSE) do not change an answer.
-    relevant = (p for p in vlm_dir.rglob("*") if p.is_file() and p.suffix.lower() not in {".md", ""}
-                and not any(part.startswith(".") for part in p.relative_to(vlm_dir).parts))
-    for path in sorted(relevant):
-        digest.update(f"{path.relative_to(vlm_dir).as_posix()}\0{hash_file(path)}\n".encode())
-    return "sha256:" + digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class JudgeIdentity:
-    """Who judges, as the store keeps it: a name for people and a hash that tells judges apart (part of every
-    judgment's key). `served_model` is the model name a server answers to, where the judge is a server."""
-
-    name: str
-    hash: str
-    served_model: str | None = None
-
-
-class JudgeSpec:
-    """A backend as the rest of localjudge sees it. The defaults describe a local VLM directory decoded under the
-    judgment schema; a backend overrides what differs."""
-
-    name = ""
-    # Capabilities.
-    needs_vlm = True  # the judge is a local model directory (--vlm DIR)
-    reads_heatmaps = True  # it can judge --image-mode heatmap, not only the masked image
-    needs_imagenet_labels = False  # it reads ImageNet-1k classes only: the audited model must predict those
-    structured_output = "xgrammar-json-schema"  # how its answer is held to the schema (part of the decoding key)
-    reserves_gpu = False  # it takes a fixed share of a GPU's memory up front (a Ray actor asks for that share)
-
-    def check(self, config, labels: list[str] | None) -> None:
-        """Refuse, before any work is done or any image leaves, a configuration this judge cannot serve. `labels`
-        are the audited model's class names (None where the model is not known yet)."""
-        if self.needs_vlm:
-            if not config.vlm:
-                raise OptionError(f"--judge {self.name} needs --vlm DIR (a local Gemma-3 or Qwen2.5-VL directory); "
-                                  "without one, the recognizer judges (--judge auto or recognizer)")
-            vlm_family(Path(config.vlm))
-        if self.needs_imagenet_labels and labels is not None and tuple(labels) != imagenet_labels():
-            raise JudgeError(f"the {self.name} judge reads ImageNet-1k classes, and this vision model predicts other "
-                             "labels; pass --vlm DIR (a Gemma-3 or Qwen2.5-VL directory) or --judge openai instead")
-        if not self.reads_heatmaps and config.image_mode != "masked":
-            raise ValueError(f"the {self.name} judge reads the masked image; a heatmap overlay would only mislead "
-                             "it (use --image-mode masked, or a VLM for heatmaps)")
-
-    def identity(self, config, hash_file: Callable[[Path], str]) -> JudgeIdentity:
-        """A local directory is its name and the hash of its files."""
-        if not config.vlm:
-            raise ValueError("no judge model: pass --vlm DIR")
-        return JudgeIdentity(Path(config.vlm).name, vlm_hash(Path(config.vlm), hash_file))
-
-    def decoding(self, config) -> dict:
-        """Everything about decoding that changes an answer; part of a judgment's key."""
-        schema_hash = hashlib.sha256(json.dumps(JUDGMENT_SCHEMA, sort_keys=True).encode()).hexdigest()[:16]
-        return {"backend": self.name, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                "structured_output": self.structured_output, "schema": schema_hash}
-
-    def open(self, config, identity: JudgeIdentity) -> Judge:
-        """The judge, loaded (for a server: its address checked and its model known)."""
-        raise NotImplementedError
-
-
-def imagenet_labels() -> tuple[str, ...]:
-    """The ImageNet-1k class names in index order (the label list the embedded models' cards name)."""
-    from ..data import LabelList
-    from ..vision.cards import IMAGENET_LABELS, cards_dir
-
-    return LabelList.from_csv(Path(str(cards_dir() / IMAGENET_LABELS))).names
-
-
+JUDGES: dict[str, JudgeSpec] = {spec.name: spec for spec in (_TRANSFORMERS, _VLLM, _OPENAI, _RECOGNIZER)}
 AUTO = "auto"
+JUDGE_CHOICES = (AUTO, *JUDGES)
 
 
 def auto_judge(config) -> str:
@@ -172,15 +27,6 @@ def auto_judge(config) -> str:
     return "transformers" if config.vlm else "recognizer"
 
 
-# The backends import the names above, so they are registered last.
-from .openai_backend import SPEC as _OPENAI  # noqa: E402
-from .recognizer import SPEC as _RECOGNIZER  # noqa: E402
-from .transformers_backend import SPEC as _TRANSFORMERS  # noqa: E402
-from .vllm_backend import SPEC as _VLLM  # noqa: E402
-
-JUDGES: dict[str, JudgeSpec] = {spec.name: spec for spec in (_TRANSFORMERS, _VLLM, _OPENAI, _RECOGNIZER)}
-JUDGE_CHOICES = (AUTO, *JUDGES)
-
 __all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "JudgeStopped", "JudgeUnavailable", "JudgeSpec",
-           "JudgeIdentity", "ParsedAnswer", "parse_answer", "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash", "JUDGES",
-           "JUDGE_CHOICES", "AUTO", "auto_judge"]
+           "JudgeIdentity", "ParsedAnswer", "parse_answer", "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash",
+           "imagenet_labels", "JUDGES", "JUDGE_CHOICES", "AUTO", "auto_judge"]

@@ -26,17 +26,8 @@ from urllib.parse import urlsplit
 
 from ..offline import loopback_address
 from ..store import content_key
-from . import (
-    Judge,
-    JudgeError,
-    JudgeIdentity,
-    JudgeOutput,
-    JudgeRequest,
-    JudgeSpec,
-    JudgeStopped,
-    JudgeUnavailable,
-    vlm_hash,
-)
+from .base import (Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec, JudgeStopped,
+                   JudgeUnavailable, vlm_hash)
 from .parsing import JUDGMENT_SCHEMA
 
 # A key some servers ask for (`vllm serve --api-key`); read from the environment so it never lands in the DB.

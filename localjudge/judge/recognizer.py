@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..store import content_key
-from . import Judge, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec
+from .base import Judge, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec
 
 if TYPE_CHECKING:
     import torch

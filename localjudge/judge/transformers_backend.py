@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import offline
-from . import Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec, vlm_family
+from .base import Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec, vlm_family
 from .parsing import JUDGMENT_SCHEMA
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 
 from .. import offline
-from . import Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec, vlm_family
+from .base import Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec, vlm_family
 from .parsing import JUDGMENT_SCHEMA
 
 # Per-family image processing: cap Qwen2.5-VL's image tokens; no Gemma-3 pan-and-scan (one view per image).

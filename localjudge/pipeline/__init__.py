@@ -26,19 +26,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..config import DEFAULTS, RunConfig
-from ..data import (
-    IMAGE_SUFFIXES,
-    ChangedImage,
-    IngestError,
-    InputItem,
-    ReadFailure,
-    discover,
-    is_redacted,
-    load_verified,
-    read_image,
-    redacted_path,
-    resolve_label,
-)
+from ..data import (IMAGE_SUFFIXES, ChangedImage, IngestError, InputItem, ReadFailure, discover, is_redacted,
+                    load_verified, read_image, redacted_path, resolve_label)
 from ..errors import OptionError
 from ..judge import AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeRequest, JudgeStopped, auto_judge, parse_answer
 from ..judge.prompts import prompt_hash, prompt_template, render
@@ -171,11 +160,11 @@ def open_audit(db_path: str | Path, source: str | Path | None = None, stages: It
         if "judge" in stages:
             JUDGES[config.judge].check(config, card.label_list().names)
         store = store or Store(db_path)
+        return Audit(store, config, card=card, stages=stages, show_progress=show_progress)
     except BaseException:
         if store is not None:
             store.close()
         raise
-    return Audit(store, config, card=card, stages=stages, show_progress=show_progress)
 
 
 class Audit:
@@ -575,13 +564,8 @@ class Audit:
     def add_ground_truth(self, image_ids: list[str], manifest: str | Path | None = None) -> Stage:
         """Read the configured ground-truth regions of `image_ids` (stored images) and store them. A mask that cannot
         be read is reported with its file and reason; the other images go on."""
-        from ..ground_truth import (
-            GroundTruthError,
-            RegionFailure,
-            from_coco_boxes,
-            from_manifest_column,
-            from_mask_folder,
-        )
+        from ..ground_truth import (GroundTruthError, RegionFailure, from_coco_boxes, from_manifest_column,
+                                    from_mask_folder)
 
         config = self.config
         stage = Stage()
@@ -658,15 +642,8 @@ class Audit:
     def faithfulness(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:
         """Deletion and insertion AUC, AOPC (most relevant first), Average Drop and Increase in Confidence of each
         map (see analysis.faithfulness), on the vision backend, many perturbed inputs per forward pass."""
-        from ..analysis.faithfulness import (
-            aopc,
-            area,
-            confidence_change,
-            curves,
-            perturbed_inputs,
-            relevance_ranks,
-            step_counts,
-        )
+        from ..analysis.faithfulness import (aopc, area, confidence_change, curves, perturbed_inputs, relevance_ranks,
+                                             step_counts)
 
         stage = Stage() if stage is None else stage
         config = self.config
@@ -808,7 +785,8 @@ class Audit:
                              "stored as failures in this run so far)") from stop
 
     def judge_views(self, image_ids: Iterable[str], pictures: dict[str, Image.Image]) -> dict[str, Image.Image]:
-        """The model's views of these pictures at the judge's image size: what the judge's image is drawn on."""
+        """The model's views of these pictures at the judge's image size: what the judge's image is drawn on. By
+        this audit's preprocessing, which is every one of its predictions' (it is part of their key)."""
         geometry = self.preprocessing()
         return {sha: model_view(pictures[sha], geometry, self.config.judge_image_size) for sha in image_ids
                 if sha in pictures}
@@ -824,9 +802,8 @@ class Audit:
         unseen = list({m["image_sha256"]: m for m in maps if m["image_sha256"] not in views}.values())
         if unseen:
             pictures, kept = self.load_images(unseen, stage)
-            views = {**views, **{m["image_sha256"]: model_view(picture, json.loads(
-                predictions[m["prediction_id"]]["preprocessing"]), config.judge_image_size)
-                for m, picture in zip(kept, pictures)}}
+            views = {**views, **self.judge_views([m["image_sha256"] for m in kept],
+                                                 {m["image_sha256"]: p for m, p in zip(kept, pictures)})}
         maps = [m for m in maps if m["image_sha256"] in views]
         if not maps:
             return [], None

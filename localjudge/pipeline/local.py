@@ -110,14 +110,15 @@ def _vision_worker(audit: Audit, items: list, handoff: queue.Queue, stop: thread
         vision = audit.on_store(store)
         explain = stages["explain"]
         for chunk in vision.read_chunks(items, stages["ingest"]):
-            if stop.is_set():
-                return
             first_map = len(explain.ids)
             vision.vision_batch(chunk.ids, stages["predict"], explain, pictures=chunk.pictures)
             maps = explain.ids[first_map:]
             missing = vision.judgments_missing(maps)
             to_view = {m["image_sha256"] for m in store.saliency_maps(missing)}
             hand_over((maps, missing, vision.judge_views(to_view, chunk.pictures)))
+            chunk.pictures.clear()  # full-size pictures: let them go before the next batch is read
+            if stop.is_set():  # the judge side failed: read nothing more
+                return
         hand_over(None)
     except BaseException as error:  # the judge side raises it, so the run fails with the real reason
         hand_over(error)

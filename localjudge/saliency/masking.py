@@ -51,8 +51,9 @@ def judge_image(image: Image.Image, saliency: np.ndarray, mode: str, alpha: floa
 def judge_view(picture: Image.Image, preprocessing: dict, saliency: np.ndarray, mode: str, alpha: float, beta: float,
                side: int) -> Image.Image:
     """Exactly what a judge of this view is shown: the model's view of the picture (its centre crop, by the
-    prediction's preprocessing) at `side` pixels, with the map upsampled onto it. The one renderer of it: the judge
-    stage, the report and the rating page all call this."""
+    prediction's preprocessing) at `side` pixels, drawn on by `judge_image`. The rating page calls this; the judge
+    stage and the report render the model's view once per picture (several maps and modes are drawn on one view)
+    and call `judge_image` on it, so all three draw what the judge saw with the same two functions."""
     from ..vision.preprocess import model_view
 
     return judge_image(model_view(picture, preprocessing, side), saliency, mode, alpha, beta)

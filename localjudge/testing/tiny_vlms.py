@@ -155,12 +155,8 @@ QWEN_SPECIALS = [
 
 
 def build_tiny_qwen2_5_vl(out: Path) -> Path:
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-    )
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor)
 
     torch.manual_seed(SEED)
     tokenizer = _wrap_tokenizer(
@@ -305,12 +301,7 @@ GEMMA_SPECIALS = [
 
 
 def build_tiny_gemma3(out: Path) -> Path:
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3ImageProcessor,
-        Gemma3Processor,
-    )
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
     torch.manual_seed(SEED)
     tokenizer = _wrap_tokenizer(
