@@ -294,8 +294,8 @@ def run(images, db_path, as_json, threshold, **given):
     if not as_json:
         config = audit.config
         print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
-                                judge_model=audit.judge_name(), image_mode=config.image_mode,
-                                alpha=config.alpha, beta=config.beta))
+                                target_layer=audit.card.target_tensor, judge_model=audit.judge_name(),
+                                image_mode=config.image_mode, alpha=config.alpha, beta=config.beta))
 
 
 def perform(command, source, stages, work, db_path, as_json, **given):
@@ -372,15 +372,25 @@ def print_matrices(found: list[dict]) -> None:
         click.echo("No successful judgments yet.")
         return
     for m in found:
-        click.echo(f"\n{m['model']} / {m['cam']} judged by {m['judge_model']} ({m['image_mode']}, "
-                   f"alpha={m['alpha']}, beta={m['beta']}), score >= {m['threshold']} is high")
-        c, p = m["counts"], m["percent"]
-        click.echo(f"{'':10}{'high':>16}{'low':>16}")
-        click.echo(f"{'correct':10}{c['CH']:>8} ({p['CH']:5.1f}%){c['CL']:>8} ({p['CL']:5.1f}%)")
-        click.echo(f"{'wrong':10}{c['WH']:>8} ({p['WH']:5.1f}%){c['WL']:>8} ({p['WL']:5.1f}%)")
+        click.echo(f"\n{m['model']} / {m['cam']} at {m['target_layer']} judged by {m['judge_model']} "
+                   f"({m['image_mode']}, alpha={m['alpha']}, beta={m['beta']}), score >= {m['threshold']} is high")
+        c, p, ci = m["counts"], m["percent"], m["intervals"]
+
+        def cell(q: str) -> str:
+            low, high = ci[q]["ci_low"], ci[q]["ci_high"]
+            interval = "" if low is None else f" [{low:4.1f}, {high:4.1f}]"
+            return f"{c[q]:>6} ({p[q]:5.1f}%{interval})"
+
+        click.echo(f"{'':10}{'high':>28}{'low':>28}")
+        click.echo(f"{'correct':10}{cell('CH'):>28}{cell('CL'):>28}")
+        click.echo(f"{'wrong':10}{cell('WH'):>28}{cell('WL'):>28}")
         if m["unlabelled"]["high"] or m["unlabelled"]["low"]:
-            click.echo(f"{'no label':10}{m['unlabelled']['high']:>16}{m['unlabelled']['low']:>16}")
-        click.echo(f"average score {m['average_score']:.2f} over {m['judgments']} judgments")
+            click.echo(f"{'no label':10}{m['unlabelled']['high']:>28}{m['unlabelled']['low']:>28}")
+        average = ci["average_score"]
+        interval = "" if average["ci_low"] is None else f" [{average['ci_low']:.2f}, {average['ci_high']:.2f}]"
+        click.echo(f"average score {m['average_score']:.2f}{interval} over {m['judgments']} judgments "
+                   f"(95 % bootstrap intervals, {m['bootstrap']['resamples']} resamples, seed "
+                   f"{m['bootstrap']['seed']})")
 
 
 sample_filter_options = options(
@@ -415,36 +425,57 @@ def matrix(db_path, threshold, as_json, **filters):
 @cli.command()
 @db_option
 @reading_threshold_option
+@click.option("--against", metavar="KEY", help="Also each setting minus this one (a setting_key from `compare --json`, "
+                                               "or its start), on the images both judged, with paired bootstrap "
+                                               "intervals.")
 @json_option
 @user_errors
-def compare(db_path, threshold, as_json):
+def compare(db_path, threshold, against, as_json):
     """Every model x CAM x judge setting in the store side by side: CH/CL/WH/WL % and the average score (the shape of
-    the paper's Table 4).
+    the paper's Table 4), with 95 % bootstrap intervals.
 
     \b
     Example:
-        localjudge compare --db audit.db
+        localjudge compare --db audit.db --against 3f2a9c1e
     """
+    from .queries import paired_differences
+
     store, threshold, thresholds = open_with_threshold(db_path, threshold)
     found = matrices(store, threshold, thresholds)
-    rows = [{"model": m["model"], "cam": m["cam"], "judge_model": m["judge_model"], "image_mode": m["image_mode"],
+    rows = [{"setting_key": m["setting_key"], "model": m["model"], "cam": m["cam"], "target_layer": m["target_layer"],
+             "judge_model": m["judge_model"], "image_mode": m["image_mode"],
              "alpha": m["alpha"], "beta": m["beta"], "prompt_hash": m["prompt_hash"],
              "judge_image_size": m["judge_image_size"], "judgments": m["judgments"], "threshold": m["threshold"],
-             **m["percent"], "average_score": m["average_score"]} for m in found]
+             **m["percent"], "average_score": m["average_score"], "intervals": m["intervals"],
+             "bootstrap": m["bootstrap"]} for m in found]
+    paired = paired_differences(store, against, threshold) if against else None
     if as_json:
-        click.echo(json.dumps({"threshold": threshold, "settings": rows}, indent=2))
+        click.echo(json.dumps({"threshold": threshold, "settings": rows,
+                               **({"paired": paired} if paired else {})}, indent=2))
         return
     if not rows:
         click.echo("No successful judgments yet.")
         return
-    click.echo(f"{'model':22}{'cam':10}{'judge':22}{'mode':9}{'a/b':>10} {'prompt':9}{'size':>5}{'n':>6}"
-               f"{'CH%':>7}{'CL%':>7}{'WH%':>7}{'WL%':>7}{'avg':>6}")
+    click.echo(f"{'key':9}{'model':22}{'cam':10}{'judge':22}{'mode':9}{'a/b':>10} {'prompt':9}{'size':>5}{'n':>6}"
+               f"{'CH%':>7}{'CL%':>7}{'WH%':>7}{'WL%':>7}{'avg [95% CI]':>20}")
     for r in rows:
-        average = "n/a" if r["average_score"] is None else f"{r['average_score']:.2f}"
-        click.echo(f"{r['model'][:21]:22}{r['cam'][:9]:10}{r['judge_model'][:21]:22}{r['image_mode']:9}"
-                   f"{r['alpha']:>5g}/{r['beta']:<4g} {r['prompt_hash'][:8]:9}{r['judge_image_size']:>5}"
-                   f"{r['judgments']:>6}{r['CH']:>7.1f}{r['CL']:>7.1f}"
-                   f"{r['WH']:>7.1f}{r['WL']:>7.1f}{average:>6}")
+        low, high = r["intervals"]["average_score"]["ci_low"], r["intervals"]["average_score"]["ci_high"]
+        average = "n/a" if r["average_score"] is None else f"{r['average_score']:.2f}" + (
+            f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+        click.echo(f"{r['setting_key'][:8]:9}{r['model'][:21]:22}{r['cam'][:9]:10}{r['judge_model'][:21]:22}"
+                   f"{r['image_mode']:9}{r['alpha']:>5g}/{r['beta']:<4g} {r['prompt_hash'][:8]:9}"
+                   f"{r['judge_image_size']:>5}{r['judgments']:>6}{r['CH']:>7.1f}{r['CL']:>7.1f}"
+                   f"{r['WH']:>7.1f}{r['WL']:>7.1f}{average:>20}")
+    if paired:
+        click.echo(f"\nminus {paired['against'][:8]} on the images both judged (paired bootstrap 95 % intervals):")
+        for d in paired["differences"]:
+            parts = []
+            for name in ("average_score", "CH", "CL", "WH", "WL"):
+                x = d[name]
+                if x["difference"] is not None:
+                    parts.append(f"{name if name != 'average_score' else 'avg'} {x['difference']:+.2f}"
+                                 + (f" [{x['ci_low']:+.2f}, {x['ci_high']:+.2f}]" if x["ci_low"] is not None else ""))
+            click.echo(f"  {d['setting_key'][:8]} ({d['images']} images): " + "; ".join(parts))
 
 
 @cli.command(name="summary")
@@ -469,7 +500,9 @@ def summary_command(db_path, as_json):
         click.echo(f"  {error['path']}: {error['reason']}")
     click.echo(f"predictions       {result['predictions']} ({result['labelled_predictions']} labelled)")
     click.echo(f"top-1 accuracy    {'n/a' if accuracy is None else f'{accuracy:.3f}'}")
-    click.echo(f"CAMs              {result['cams']}")
+    click.echo(f"CAMs              {result['cams']} ({result['maps_failed']} degenerate, not judged)")
+    for failure in result["map_failures"][:20]:
+        click.echo(f"  {failure['path']} ({failure['cam']} at {failure['target_layer']}): {failure['reason']}")
     click.echo(f"judgments         {result['judgments_succeeded']} succeeded, {result['judgments_failed']} failed")
 
 
@@ -532,8 +565,7 @@ def eval_regions(db_path, manifest, as_json, **given):
             click.echo(f"ground truth error: {error['path']}: {error['reason']}", err=True)
     click.echo(f"{len(stages['truth'].ids)} ground-truth regions, {means['maps']} maps scored at beta={given['beta']}")
     for metric in ("iou", "dice", "pixel_accuracy", "f1"):
-        value = means[metric]
-        click.echo(f"  mean {metric:15} {'n/a' if value is None else f'{value:.4f}'}")
+        click.echo(f"  mean {metric:15} {mean_text(means, metric)}")
 
 
 @evaluate.command(name="faithfulness")
@@ -564,9 +596,17 @@ def eval_faithfulness(db_path, as_json, **given):
         click.echo(json.dumps({**stages_json({"faithfulness": stage}), "means": means}, indent=2))
         return
     click.echo(f"{means['maps']} maps, {given['faithfulness_steps']} steps, {given['faithfulness_baseline']} baseline")
-    for metric, value in means.items():
-        if metric != "maps":
-            click.echo(f"  mean {metric:24} {'n/a' if value is None else f'{value:.4f}'}")
+    for metric in means["intervals"]:
+        click.echo(f"  mean {metric:24} {mean_text(means, metric)}")
+
+
+def mean_text(means: dict, metric: str) -> str:
+    """A mean with its bootstrap 95 % interval, for text output."""
+    value, interval = means[metric], means["intervals"][metric]
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" + ("" if interval["ci_low"] is None else
+                             f" [{interval['ci_low']:.4f}, {interval['ci_high']:.4f}]")
 
 
 def float_list(text: str) -> list[float]:
@@ -622,7 +662,8 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
                 config = audit.config
                 _, template_hash, decoding = audit.judgment_key_parts()
                 found = matrices(audit.store, threshold, model=audit.card.name, model_hash=audit.vision_hash(),
-                                 cam=config.cam, judge_model=audit.judge_name(), judge_model_hash=audit.judge_hash(),
+                                 cam=config.cam, target_layer=audit.card.target_tensor,
+                                 judge_model=audit.judge_name(), judge_model_hash=audit.judge_hash(),
                                  image_mode=config.image_mode, alpha=alpha, beta=beta, prompt_hash=template_hash,
                                  judge_image_size=config.judge_image_size,
                                  decoding=json.dumps(decoding, sort_keys=True))
@@ -678,12 +719,14 @@ def eval_correlate(db_path, target, model, cam, beta, steps, baseline, as_json):
         click.echo(json.dumps({"target": target, "signals": list(signals), "correlations": table}, indent=2))
         return
     click.echo(f"correlation with {target}")
-    click.echo(f"{'signal':24}{'n':>5}   {'Pearson r [95% CI]':28}{'Spearman rho [95% CI]':28}")
+    click.echo(f"{'signal':24}{'n':>5}   {'Pearson r [Fisher 95%] [bootstrap]':44}"
+               f"{'Spearman rho [Fisher 95%] [bootstrap]':44}")
     for row in table:
         cells = [("n/a" if c["r"] is None else f"{c['r']:+.3f}")
                  + ("" if c["low"] is None else f" [{c['low']:+.2f}, {c['high']:+.2f}]")
+                 + ("" if c["ci_low"] is None else f" [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]")
                  for c in (row["pearson"], row["spearman"])]
-        click.echo(f"{row['signal']:24}{row['pearson']['n']:>5}   {cells[0]:28}{cells[1]:28}")
+        click.echo(f"{row['signal']:24}{row['pearson']['n']:>5}   {cells[0]:44}{cells[1]:44}")
 
 
 @evaluate.command(name="label-issues")
@@ -1025,7 +1068,7 @@ def models_list(as_json):
         return
     for card in cards:
         weights = "embedded" if card.weights.startswith("package:") else "--weights FILE"
-        click.echo(f"{card.name:20} {card.task:15} {card.framework:26} {card.crop}px  layer={card.target_layer:10} "
+        click.echo(f"{card.name:20} {card.task:15} {card.framework:26} {card.crop}px  layer={card.target_tensor:12} "
                    f"weights: {weights}")
 
 

@@ -72,16 +72,17 @@ def write_export(rows: list[dict], fmt: str, handle: IO[str]) -> None:
 
 
 MAP_INDEX_COLUMNS = ("image_path", "image_sha256", "model", "model_hash", "backend", "method", "target_layer",
-                     "target_class", "target_label", "file")
+                     "target_class", "target_label", "file", "failure")
 
 
 def export_maps(store: Store, out: Path) -> int:
     """Every stored map as float32 .npy (named by the map's key) plus index.csv, for other tools to check or reuse."""
     out.mkdir(parents=True, exist_ok=True)
     rows = store.query(
-        "select s.id, s.map, s.height, s.width, s.method, s.target_layer, s.target_index, p.model, p.model_hash, "
-        "p.backend, p.top5, i.path, i.sha256 from saliency_maps s join predictions p on p.id = s.prediction_id "
-        "join images i on i.sha256 = s.image_sha256 order by i.path, p.model, s.method")
+        "select s.id, s.map, s.height, s.width, s.method, s.target_layer, s.target_index, s.failure, p.model, "
+        "p.model_hash, p.backend, p.top5, i.path, i.sha256 from saliency_maps s "
+        "join predictions p on p.id = s.prediction_id join images i on i.sha256 = s.image_sha256 "
+        "order by i.path, p.model, s.method")
     count = 0
     with open(out / "index.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -92,6 +93,6 @@ def export_maps(store: Store, out: Path) -> int:
             labels = {entry["index"]: entry["label"] for entry in json.loads(row["top5"])}
             writer.writerow([row["path"], row["sha256"], row["model"], row["model_hash"], row["backend"] or "torch",
                              row["method"], row["target_layer"], row["target_index"],
-                             labels.get(row["target_index"], ""), name])
+                             labels.get(row["target_index"], ""), name, row["failure"] or ""])
             count += 1
     return count

@@ -16,17 +16,18 @@ from .analysis import attention_matrix
 from .store import Store, content_key, unpack_array
 
 # Everything that makes two judgments incomparable; the names are for people, the hashes keep same-named
-# models with other weights apart.
-GROUP_COLUMNS = ("model", "model_hash", "cam", "judge_model", "judge_model_hash", "image_mode", "alpha", "beta",
-                 "judge_image_size", "prompt_hash", "decoding")
+# models with other weights apart. The target tensor is part of it: maps of one method at two layers (a card's
+# target moved to the post-activation tensor) are other maps.
+GROUP_COLUMNS = ("model", "model_hash", "cam", "target_layer", "judge_model", "judge_model_hash", "image_mode",
+                 "alpha", "beta", "judge_image_size", "prompt_hash", "decoding")
 # The columns of GROUP_COLUMNS from judgments j, predictions p and saliency_maps s.
-SETTING_SELECT = ("p.model, p.model_hash, s.method as cam, j.judge_model, j.judge_model_hash, j.image_mode, j.alpha, "
-                  "j.beta, j.judge_image_size, j.prompt_hash, j.decoding")
+SETTING_SELECT = ("p.model, p.model_hash, s.method as cam, s.target_layer, j.judge_model, j.judge_model_hash, "
+                  "j.image_mode, j.alpha, j.beta, j.judge_image_size, j.prompt_hash, j.decoding")
 
 
 def describe_setting(setting: dict) -> str:
-    return (f"{setting['model']} {setting['cam']} {setting['judge_model']} {setting['image_mode']} "
-            f"a={setting['alpha']} b={setting['beta']} prompt={setting['prompt_hash'][:8]} "
+    return (f"{setting['model']} {setting['cam']}@{setting['target_layer']} {setting['judge_model']} "
+            f"{setting['image_mode']} a={setting['alpha']} b={setting['beta']} prompt={setting['prompt_hash'][:8]} "
             f"size={setting['judge_image_size']}")
 
 
@@ -45,7 +46,8 @@ def calibrated_thresholds(store: Store) -> dict[str, int]:
 
 
 # What judgments can be filtered by, and the column each filter reads (judgments j, predictions p, maps s).
-FILTER_COLUMNS = {"model": "p.model", "cam": "s.method", "judge_model": "j.judge_model", "image_mode": "j.image_mode",
+FILTER_COLUMNS = {"model": "p.model", "cam": "s.method", "target_layer": "s.target_layer",
+                  "judge_model": "j.judge_model", "image_mode": "j.image_mode",
                   "alpha": "j.alpha", "beta": "j.beta", "prompt_hash": "j.prompt_hash",
                   "judge_model_hash": "j.judge_model_hash", "judge_image_size": "j.judge_image_size",
                   "decoding": "j.decoding", "model_hash": "p.model_hash"}
@@ -65,27 +67,79 @@ def filter_clauses(filters: dict) -> tuple[list[str], list]:
 
 
 def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = None, **filters) -> list[dict]:
-    """One matrix per (vision model, CAM, judge, image mode, alpha, beta, prompt): they are never mixed. A setting
-    with a threshold in `thresholds` (by setting_key) uses it instead of `threshold`."""
+    """One matrix per (vision model, CAM, target, judge, image mode, alpha, beta, prompt): they are never mixed, each
+    with bootstrap intervals of its percentages and average score. A setting with a threshold in `thresholds` (by
+    setting_key) uses it instead of `threshold`."""
+    from .analysis.matrix import matrix_intervals
+
+    result = []
+    for setting, members in _judged_settings(store, filters):
+        correct = np.array([np.nan if r["correct"] is None else r["correct"] for r in members], dtype=float)
+        scores = np.array([r["score"] for r in members], dtype=float)
+        calibrated = (thresholds or {}).get(setting_key(setting))
+        used = threshold if calibrated is None else calibrated
+        result.append({**setting, "setting_key": setting_key(setting), **attention_matrix(correct, scores, used),
+                       **matrix_intervals(correct, scores, used),
+                       "threshold_source": "given" if calibrated is None else "calibrated"})
+    return result
+
+
+def _judged_settings(store: Store, filters: dict) -> list[tuple[dict, list[dict]]]:
+    """The successful judgments matching `filters`, by setting (GROUP_COLUMNS): image, score and correctness."""
     clauses, params = filter_clauses(filters)
     where = ["j.status = 'ok'", *clauses]
     rows = list(store.query(
-        "select " + SETTING_SELECT + ", j.score, p.correct from judgments j "
+        "select " + SETTING_SELECT + ", j.image_sha256, j.score, p.correct from judgments j "
         "join predictions p on p.id = j.prediction_id "
         "join saliency_maps s on s.id = j.saliency_id where " + " and ".join(where) +
-        " order by p.model, s.method, j.judge_model, j.image_mode", params))
+        " order by p.model, s.method, s.target_layer, j.judge_model, j.image_mode", params))
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row[c] for c in GROUP_COLUMNS), []).append(row)
-    result = []
-    for key, members in groups.items():
-        correct = np.array([np.nan if r["correct"] is None else r["correct"] for r in members], dtype=float)
-        scores = np.array([r["score"] for r in members], dtype=float)
-        setting = dict(zip(GROUP_COLUMNS, key))
-        calibrated = (thresholds or {}).get(setting_key(setting))
-        result.append({**setting, **attention_matrix(correct, scores, threshold if calibrated is None else calibrated),
-                       "threshold_source": "given" if calibrated is None else "calibrated"})
-    return result
+    return [(dict(zip(GROUP_COLUMNS, key)), members) for key, members in groups.items()]
+
+
+def paired_differences(store: Store, against: str, threshold: int, **filters) -> dict:
+    """Every setting against the one whose key starts with `against`, on the images both judged: the difference of
+    each quadrant's percentage and of the average score (other minus reference), with paired bootstrap intervals
+    (the images resampled once for both settings)."""
+    from .analysis.bootstrap import LEVEL, RESAMPLES, SEED, paired_difference_interval
+    from .analysis.matrix import QUADRANTS, quadrant_labels
+
+    keys = {setting_key(setting): (setting, members) for setting, members in _judged_settings(store, filters)}
+    found = [key for key in keys if key.startswith(against)]
+    if len(found) != 1:
+        raise ValueError(f"--against {against}: {'no' if not found else 'more than one'} setting has a key starting "
+                         "with it; `localjudge compare --json` lists each setting's setting_key")
+    reference_key = found[0]
+
+    def by_image(members: list[dict]) -> dict[str, tuple]:
+        return {r["image_sha256"]: (np.nan if r["correct"] is None else r["correct"], r["score"]) for r in members}
+
+    reference = by_image(keys[reference_key][1])
+    differences = []
+    for key, (setting, members) in keys.items():
+        if key == reference_key:
+            continue
+        other = by_image(members)
+        shared = [sha for sha in reference if sha in other]
+        first = np.array([reference[sha] for sha in shared], dtype=float).reshape(-1, 2)
+        second = np.array([other[sha] for sha in shared], dtype=float).reshape(-1, 2)
+
+        def share_of(quadrant: str):
+            def statistic(rows: np.ndarray) -> float:
+                labels = quadrant_labels(rows[:, 0], rows[:, 1], threshold)
+                placed = np.isin(labels, QUADRANTS).sum()
+                return 100.0 * float((labels == quadrant).sum()) / placed if placed else float("nan")
+            return statistic
+
+        entry = {"setting_key": key, **{c: setting[c] for c in GROUP_COLUMNS}, "images": len(shared),
+                 "average_score": paired_difference_interval(first, second, lambda rows: float(rows[:, 1].mean()))}
+        for quadrant in QUADRANTS:
+            entry[quadrant] = paired_difference_interval(first, second, share_of(quadrant))
+        differences.append(entry)
+    return {"against": reference_key, "setting": keys[reference_key][0], "threshold": threshold,
+            "differences": differences, "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}}
 
 
 def summary(store: Store) -> dict:
@@ -106,11 +160,23 @@ def summary(store: Store) -> dict:
         "top1_accuracy": labelled["accuracy"],
         "models": models,
         "cams": one("select count(*) as n from saliency_maps")["n"],
+        "maps_failed": one("select count(*) as n from saliency_maps where failure is not null")["n"],
+        "map_failures": map_failures(store),
         "judgments": one("select count(*) as n from judgments")["n"],
         "judgments_succeeded": one("select count(*) as n from judgments where status = 'ok'")["n"],
         "judgments_failed": one("select count(*) as n from judgments where status = 'failed'")["n"],
         "judgments_by_judge": judgments,
     }
+
+
+def map_failures(store: Store, model: str | None = None, cam: str | None = None) -> list[dict]:
+    """The degenerate maps (stored as map failures, never judged): file, model, CAM, target and why."""
+    clauses, params = filter_clauses({"model": model, "cam": cam})
+    return [dict(r) for r in store.query(
+        "select i.path, p.model, s.method as cam, s.target_layer, s.failure as reason from saliency_maps s "
+        "join predictions p on p.id = s.prediction_id join images i on i.sha256 = s.image_sha256 "
+        "where " + " and ".join(["s.failure is not null", *clauses]) + " order by i.path, p.model, s.method",
+        params)]
 
 
 def region_means(store: Store, score_ids: list[str]) -> dict:
@@ -125,17 +191,23 @@ def faithfulness_means(store: Store, ids: list[str]) -> dict:
     (means over images, in %)."""
     from .analysis.faithfulness import FAITHFULNESS_METRICS
 
-    means = _means(store, "faithfulness", ids, FAITHFULNESS_METRICS)
-    for metric in ("average_drop", "increase_in_confidence"):
-        if means[metric] is not None:
-            means[metric] *= 100
-    return means
+    return _means(store, "faithfulness", ids, FAITHFULNESS_METRICS, percent=("average_drop", "increase_in_confidence"))
 
 
-def _means(store: Store, table: str, ids: list[str], metrics) -> dict:
+def _means(store: Store, table: str, ids: list[str], metrics, percent: tuple[str, ...] = ()) -> dict:
+    """Each metric's mean over the rows, with its bootstrap interval (the maps resampled); `percent` metrics in %."""
+    from .analysis.bootstrap import LEVEL, RESAMPLES, SEED, mean_interval
+
     rows = list(store.query(f"select * from [{table}] where id in (select value from json_each(?))",
                             [json.dumps(list(ids))]))
-    return {"maps": len(rows), **{m: (sum(r[m] for r in rows) / len(rows) if rows else None) for m in metrics}}
+    means, intervals = {"maps": len(rows)}, {}
+    for metric in metrics:
+        scale = 100.0 if metric in percent else 1.0
+        values = np.array([np.nan if r[metric] is None else r[metric] * scale for r in rows], dtype=float)
+        means[metric] = float(np.nanmean(values)) if rows and not np.isnan(values).all() else None
+        low, high = mean_interval(values)
+        intervals[metric] = {"ci_low": low, "ci_high": high}
+    return {**means, "intervals": intervals, "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}}
 
 
 def map_signals(store: Store, beta: float, steps: int, baseline: str, model: str | None = None,

@@ -60,7 +60,7 @@ def test_correlate_over_a_run(tmp_path, data_dir, tiny_vlms):
     dice = next(row for row in table["correlations"] if row["signal"] == "dice")
     assert dice["spearman"]["r"] > 0.9  # Dice is a monotone function of IoU
     text = invoke("eval", "correlate", "--db", db, "--steps", "5", "--target", "iou").output
-    assert "Pearson r [95% CI]" in text and "deletion" in text
+    assert "Pearson r [Fisher 95%] [bootstrap]" in text and "deletion" in text
 
 
 def test_compare_puts_every_setting_side_by_side(tmp_path, data_dir, tiny_vlms):

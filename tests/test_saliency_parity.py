@@ -167,7 +167,7 @@ def test_predicting_and_explaining_in_one_pass_gives_the_two_passes_results(name
         targets = [main_class(s, card.task) for s in scores]
         for method in ("gradcam", "eigencam") if segmenter else ("gradcam", "gradcam++", "eigencam"):
             engine = CamEngine(method, model)
-            one_scores, one_maps = engine.predict_and_compute(batch)
+            one_scores, one_maps, _ = engine.predict_and_compute(batch)
             what = f"{name} {method} {model.backend}"
             assert np.array_equal(one_scores, scores), what
             assert np.array_equal(one_maps, engine.compute(batch, targets)), what
@@ -181,6 +181,6 @@ def test_scorecam_in_one_pass_gives_the_two_passes_results(pictures):
     card = load_card("resnet18")
     model = open_model(card, None, "cpu", "torch")
     batch = to_tensor(pictures[:1], card)
-    scores, maps = CamEngine("scorecam", model).predict_and_compute(batch)
+    scores, maps, _ = CamEngine("scorecam", model).predict_and_compute(batch)
     assert np.array_equal(scores, model.predict(batch))
     assert np.array_equal(maps, CamEngine("scorecam", model).compute(batch, scores.argmax(axis=1).tolist()))

@@ -2,7 +2,9 @@
 
 Pearson's r with the Fisher z interval (se = 1/sqrt(n-3)), the interval scipy's `pearsonr(...).confidence_interval()`
 gives; Spearman's rho (Pearson's r of average ranks) with the Fisher z interval and Fieller et al.'s
-se = sqrt(1.06/(n-3)). Pairs where either value is missing (NaN) are left out, so n is per pair of signals."""
+se = sqrt(1.06/(n-3)). Beside them (`ci_low`, `ci_high`), the percentile bootstrap interval (analysis.bootstrap:
+the pairs resampled, seeded), which assumes no normality. Pairs where either value is missing (NaN) are left out, so
+n is per pair of signals."""
 
 from __future__ import annotations
 
@@ -70,9 +72,47 @@ def spearman(x, y) -> dict:
     return _result(r, int(len(x)), 1.06)
 
 
+def _rows_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row of `a` with the same row of `b` (NaN where a row is constant)."""
+    da, db = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((da * da).sum(axis=1) * (db * db).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (da * db).sum(axis=1) / denominator, np.nan)
+
+
+def _rows_ranks(rows: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based, ties sharing their mean rank) within each row."""
+    ranked = np.empty_like(rows, dtype=np.float64)
+    for index, row in enumerate(rows):
+        ordered = np.sort(row)
+        ranked[index] = (np.searchsorted(ordered, row, "left") + np.searchsorted(ordered, row, "right") + 1) / 2
+    return ranked
+
+
+def bootstrap_intervals(x, y) -> dict[str, tuple[float | None, float | None]]:
+    """Percentile bootstrap intervals of Pearson's r and Spearman's rho (pairs resampled; see analysis.bootstrap)."""
+    from .bootstrap import percentile_interval, resample_indices
+
+    x, y = _paired(x, y)
+    if len(x) < 4:
+        return {"pearson": (None, None), "spearman": (None, None)}
+    rows = resample_indices(len(x))
+    xs, ys = x[rows], y[rows]
+    return {"pearson": percentile_interval(_rows_pearson(xs, ys)),
+            "spearman": percentile_interval(_rows_pearson(_rows_ranks(xs), _rows_ranks(ys)))}
+
+
 def correlation_table(signals: dict[str, np.ndarray], target: str) -> list[dict]:
-    """Pearson and Spearman of every other signal against `target` (the shape of the paper's Table 1)."""
+    """Pearson and Spearman of every other signal against `target` (the shape of the paper's Table 1), each with
+    its Fisher interval (`low`, `high`) and its bootstrap interval (`ci_low`, `ci_high`)."""
     if target not in signals:
         raise ValueError(f"no signal {target!r}; available: {', '.join(signals) or 'none'}")
-    return [{"signal": name, "pearson": pearson(signals[target], values), "spearman": spearman(signals[target], values)}
-            for name, values in signals.items() if name != target]
+    table = []
+    for name, values in signals.items():
+        if name == target:
+            continue
+        boot = bootstrap_intervals(signals[target], values)
+        table.append({"signal": name, **{kind: {**found(signals[target], values), "ci_low": boot[kind][0],
+                                                "ci_high": boot[kind][1]}
+                                         for kind, found in (("pearson", pearson), ("spearman", spearman))}})
+    return table

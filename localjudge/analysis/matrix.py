@@ -41,3 +41,24 @@ def attention_matrix(correct: np.ndarray, scores: np.ndarray, threshold: int = 3
         "unlabelled": {"high": int(np.sum(~labelled & high)), "low": int(np.sum(~labelled & ~high))},
         "average_score": float(scores.mean()) if scores.size else None,
     }
+
+
+def quadrant_labels(correct: np.ndarray, scores: np.ndarray, threshold: int = 3) -> np.ndarray:
+    """Each judgment's quadrant (CH/CL/WH/WL), or 'unlabelled' where its image has no label."""
+    correct = np.asarray(correct, dtype=np.float64)
+    high = np.asarray(scores, dtype=np.float64) >= threshold
+    first = np.where(correct == 1, "C", "W")
+    labels = np.char.add(first, np.where(high, "H", "L")).astype(object)
+    labels[np.isnan(correct)] = "unlabelled"
+    return labels
+
+
+def matrix_intervals(correct: np.ndarray, scores: np.ndarray, threshold: int = 3) -> dict:
+    """Bootstrap 95 % intervals (images resampled) of each quadrant's percentage and of the average score."""
+    from .bootstrap import LEVEL, RESAMPLES, SEED, mean_interval, share_intervals
+
+    shares = share_intervals(quadrant_labels(correct, scores, threshold), QUADRANTS)
+    low, high = mean_interval(scores)
+    return {"intervals": {**{q: {"ci_low": shares[q][0], "ci_high": shares[q][1]} for q in QUADRANTS},
+                          "average_score": {"ci_low": low, "ci_high": high}},
+            "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}}

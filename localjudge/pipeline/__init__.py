@@ -399,7 +399,7 @@ class Audit:
 
     def saliency_key(self, prediction: dict) -> str:
         """A map is (prediction, method, layer, target class)."""
-        return content_key("saliency", prediction["id"], self.config.cam, self.card.target_layer,
+        return content_key("saliency", prediction["id"], self.config.cam, self.card.target_tensor,
                            prediction["predicted_index"])
 
     def plan(self, image_ids: list[str]) -> Plan:
@@ -434,19 +434,19 @@ class Audit:
             inputs = to_tensor([loaded[sha] for sha in order], self.card)
             position = {sha: n for n, sha in enumerate(order)}
             predict.model_loaded |= bool(predicted)
-            new_maps: dict[str, np.ndarray] = {}
+            new_maps: dict[str, tuple[np.ndarray, str | None]] = {}
             if explain is not None:
                 from ..saliency.engine import CamEngine
 
                 explain.model_loaded = True
                 with CamEngine(self.config.cam, model) as cam:
                     if predicted:
-                        scores, maps = cam.predict_and_compute(inputs[[position[sha] for sha in predicted]])
-                        new_maps.update(zip(predicted, maps))
+                        scores, maps, reasons = cam.predict_and_compute(inputs[[position[sha] for sha in predicted]])
+                        new_maps.update(zip(predicted, zip(maps, reasons)))
                     if explained:
                         targets = [stored[sha]["predicted_index"] for sha in explained]
-                        maps = cam.compute(inputs[[position[sha] for sha in explained]], targets)
-                        new_maps.update(zip(explained, maps))
+                        maps, reasons = cam.compute_checked(inputs[[position[sha] for sha in explained]], targets)
+                        new_maps.update(zip(explained, zip(maps, reasons)))
             elif predicted:
                 scores = model.predict(inputs[[position[sha] for sha in predicted]])
             if predicted:
@@ -455,7 +455,7 @@ class Audit:
                 predict.computed += len(rows)
                 stored.update({row["image_sha256"]: row for row in rows})
             if new_maps:
-                rows = [self._map_row(stored[sha], new_maps[sha]) for sha in image_ids if sha in new_maps]
+                rows = [self._map_row(stored[sha], *new_maps[sha]) for sha in image_ids if sha in new_maps]
                 self.store.insert_rows("saliency_maps", rows)
                 explain.computed += len(rows)
         if explain is not None:
@@ -497,12 +497,13 @@ class Audit:
             })
         return rows
 
-    def _map_row(self, prediction: dict, saliency: np.ndarray) -> dict:
+    def _map_row(self, prediction: dict, saliency: np.ndarray, failure: str | None) -> dict:
+        """A map as it is stored; `failure` is why it is no finding (a degenerate map, kept and never judged)."""
         return {"id": self.saliency_key(prediction), "prediction_id": prediction["id"],
                 "image_sha256": prediction["image_sha256"], "method": self.config.cam,
-                "target_layer": self.card.target_layer, "target_index": prediction["predicted_index"],
+                "target_layer": self.card.target_tensor, "target_index": prediction["predicted_index"],
                 "height": int(saliency.shape[0]), "width": int(saliency.shape[1]), "map": pack_array(saliency),
-                "run_id": self.run_id, "created_at": now()}
+                "failure": failure, "run_id": self.run_id, "created_at": now()}
 
     def warn_unmapped(self, stage: Stage) -> None:
         unmapped = stage.unmapped_labels
@@ -548,14 +549,15 @@ class Audit:
                 pictures, batch = self.load_images(list(batch), stage)
                 if not batch:
                     continue
-                maps = cam.compute(to_tensor(pictures, self.card), [p["predicted_index"] for p in batch])
-                rows = [self._map_row(p, m) for p, m in zip(batch, maps)]
+                maps, reasons = cam.compute_checked(to_tensor(pictures, self.card),
+                                                    [p["predicted_index"] for p in batch])
+                rows = [self._map_row(p, m, reason) for p, m, reason in zip(batch, maps, reasons)]
                 self.store.insert_rows("saliency_maps", rows)
                 stage.computed += len(rows)
         return stage
 
     def stored_saliency_maps(self) -> list[str]:
-        return self.store.saliency_ids(self.config.cam, self.card.target_layer, self.stored_predictions())
+        return self.store.saliency_ids(self.config.cam, self.card.target_tensor, self.stored_predictions())
 
     # --- ground truth and region agreement ----------------------------------------------------------------
     def has_ground_truth_source(self) -> bool:
@@ -739,9 +741,16 @@ class Audit:
         return {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, self.judge_hash(),
                                  template_hash, decoding, config.judge_image_size) for sid in saliency_ids}
 
+    def judgeable(self, saliency_ids: Iterable[str]) -> list[str]:
+        """The maps a judge is shown: all but the degenerate ones (stored as map failures)."""
+        saliency_ids = list(saliency_ids)
+        failed = self.store.failed_maps(saliency_ids)
+        return [sid for sid in saliency_ids if sid not in failed]
+
     def judgments_missing(self, saliency_ids: list[str], stage: Stage | None = None) -> list[str]:
-        """The maps still to judge: no judgment yet, or one whose backend failed (worth another try). Adds every
-        judgment key to `stage`, where one is given."""
+        """The maps still to judge: no judgment yet, or one whose backend failed (worth another try); degenerate
+        maps are never judged. Adds every judgment key to `stage`, where one is given."""
+        saliency_ids = self.judgeable(saliency_ids)
         keys = self.judgment_keys(saliency_ids)
         existing = self.store.existing_ids("judgments", keys.values())
         retry = self.store.retryable_judgments(keys.values())

@@ -82,7 +82,8 @@ class VisionWorker(_Worker):
                    "saliency_maps": self.store.saliency_maps(explain.ids),
                    "computed": {"predict": predict.computed, "explain": explain.computed},
                    "errors": predict.errors + explain.errors}
-        payload["to_judge"] = [m["id"] for m in payload["saliency_maps"]]  # fresh maps: all to be judged
+        # fresh maps: all to be judged, but the degenerate ones (stored as map failures)
+        payload["to_judge"] = [m["id"] for m in payload["saliency_maps"] if not m.get("failure")]
         if self.audit.execution_provider is not None:
             payload["execution_provider"] = self.audit.execution_provider
         self.clear()
@@ -110,7 +111,7 @@ class JudgeWorker(_Worker):
         prompts = self.store.prompts()
         answers = []
         for number, payload in enumerate(payloads):
-            mine = {keys[m["id"]] for m in payload.get("saliency_maps") or []}
+            mine = {keys[m["id"]] for m in payload.get("saliency_maps") or [] if m["id"] in keys}
             payload["judgments"] = [row for row in judgments if row["id"] in mine]
             payload["prompts"] = prompts
             payload["errors"] = (payload.get("errors") or []) + (stage.errors if number == 0 else [])

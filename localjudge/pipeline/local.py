@@ -44,7 +44,7 @@ def run_local(audit: Audit, source: str | Path) -> dict[str, Stage]:
                 raise item
             if item is None:
                 break
-            maps, missing, chunk_views = item
+            maps, missing, chunk_views = item  # maps to judge (degenerate ones are not), those without a judgment
             keys = audit.judgment_keys(maps)
             judge_stage.ids.extend(keys[m] for m in maps)
             bar.update(len(maps) - len(missing))
@@ -112,7 +112,7 @@ def _vision_worker(audit: Audit, items: list, handoff: queue.Queue, stop: thread
         for chunk in vision.read_chunks(items, stages["ingest"]):
             first_map = len(explain.ids)
             vision.vision_batch(chunk.ids, stages["predict"], explain, pictures=chunk.pictures)
-            maps = explain.ids[first_map:]
+            maps = vision.judgeable(explain.ids[first_map:])
             missing = vision.judgments_missing(maps)
             to_view = {m["image_sha256"] for m in store.saliency_maps(missing)}
             hand_over((maps, missing, vision.judge_views(to_view, chunk.pictures)))

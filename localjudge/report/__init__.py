@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..data import ChangedImage, jpeg_bytes, load_verified
+from ..queries import map_failures
 from ..queries import samples as read_samples
 from ..store import Store, content_key, unpack_array
 from ..vision.preprocess import model_view
@@ -167,8 +168,10 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     meta = {"generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "database": store.path.name, "threshold": threshold, "calibrated": bool(thresholds),
             "samples": len(data_rows), "images": len(by_image), "thumbnail_side": side}
+    failures = map_failures(store, filters.get("model"), filters.get("cam"))
     (out / "data.js").write_text(
-        "window.LOCALJUDGE_REPORT = " + _script_json({"meta": meta, "fields": FIELDS, "rows": data_rows}) + ";\n",
+        "window.LOCALJUDGE_REPORT = " + _script_json({"meta": meta, "fields": FIELDS, "rows": data_rows,
+                                                      "map_failures": failures}) + ";\n",
         encoding="utf-8")
     assets = resources.files(__package__) / "assets"
     for name in ASSETS:
@@ -182,6 +185,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     thumbnails = sorted((out / THUMBNAIL_DIR).glob("*.jpg"))
     return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
             "images_unavailable": len(image_errors), "unavailable": sorted(image_errors.values()),
+            "map_failures": len(failures),
             "thumbnails": len(thumbnails), "thumbnail_bytes": sum(p.stat().st_size for p in thumbnails),
             "data_bytes": (out / "data.js").stat().st_size,
             "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),

@@ -54,6 +54,10 @@ class CamEngine:
 
     def compute(self, batch: torch.Tensor, targets: list[int]) -> np.ndarray:
         """Maps in [0, 1] at the model's input resolution, one per image, explaining the target classes."""
+        return self.compute_checked(batch, targets)[0]
+
+    def compute_checked(self, batch: torch.Tensor, targets: list[int]) -> tuple[np.ndarray, list[str | None]]:
+        """The maps, and for each why it is degenerate (see `degenerate`), or None."""
         model = self.model
         batch = batch.to(model.device)
         task = model.card.task
@@ -64,10 +68,10 @@ class CamEngine:
             batch, cotangent if self.method.needs_gradients else None)
         return self._maps(batch, activations, gradients, cotangent)
 
-    def predict_and_compute(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Class scores of a batch and maps explaining each image's main class, from one forward pass where the
-        backend can choose the explained class from that pass's own outputs (torch); the same scores and maps as
-        `model.predict` and then `compute` on its classes."""
+    def predict_and_compute(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Class scores of a batch, maps explaining each image's main class and why each map is degenerate (or
+        None), from one forward pass where the backend can choose the explained class from that pass's own outputs
+        (torch); the same scores and maps as `model.predict` and then `compute` on its classes."""
         from ..vision import main_class
         from ..vision.torch_backend import class_scores
 
@@ -83,13 +87,37 @@ class CamEngine:
 
         _, activations, gradients, cotangent = model.outputs_and_gradients(batch, explained,
                                                                           self.method.needs_gradients)
-        return scores[0], self._maps(batch, activations, gradients, cotangent)
+        maps, reasons = self._maps(batch, activations, gradients, cotangent)
+        return scores[0], maps, reasons
 
-    def _maps(self, batch, activations, gradients, cotangent) -> np.ndarray:
+    def _maps(self, batch, activations, gradients, cotangent) -> tuple[np.ndarray, list[str | None]]:
         if self.method.needs_forward:
             weights = self.method.scores(self.model, batch, activations, cotangent)
             cams = (weights[:, :, None, None] * activations).sum(dim=1)
         else:
             cams = self.method.cam_image(activations, gradients)
+        reasons = degenerate(cams)
         maps = normalise_and_upsample(cams, tuple(batch.shape[2:]))
-        return np.nan_to_num(maps.detach().cpu().numpy().astype(np.float32))
+        return np.nan_to_num(maps.detach().cpu().numpy().astype(np.float32)), reasons
+
+
+# A map (after its ReLU, before normalisation) whose values span less than this share of its largest value is flat:
+# min-max normalisation would stretch float noise into a picture, or return all zeros.
+FLAT_SPAN = 1e-6
+
+
+def degenerate(cams: torch.Tensor) -> list[str | None]:
+    """Why each raw map is no finding (all zero, or flat), or None: such a map shows the judge nothing of the model's
+    evidence (an all-zero map masks the whole image black), so it is stored as a map failure and never judged."""
+    positive = torch.clamp(torch.nan_to_num(cams.detach().float()), min=0).flatten(1)
+    peaks, lows = positive.amax(dim=1).tolist(), positive.amin(dim=1).tolist()
+    reasons: list[str | None] = []
+    for peak, low in zip(peaks, lows):
+        if peak <= 0.0:
+            reasons.append("all-zero map: no positive evidence for the class at the target tensor")
+        elif peak - low <= FLAT_SPAN * peak:
+            reasons.append(f"flat map: its values span {peak - low:.3g}, less than {FLAT_SPAN:g} of its largest "
+                           f"({peak:.3g})")
+        else:
+            reasons.append(None)
+    return reasons

@@ -229,6 +229,10 @@ class Store:
             "select id from saliency_maps where method = ? and target_layer = ? and prediction_id in "
             "(select value from json_each(?))", [method, target_layer, json.dumps(list(prediction_ids))])]
 
+    def failed_maps(self, ids: Iterable[str]) -> set[str]:
+        """Those of these maps that are stored as map failures (degenerate)."""
+        return self.existing_ids("saliency_maps", ids, where="and failure is not null")
+
     def judgments(self, ids: Iterable[str]) -> list[dict]:
         return self._rows_by_id("judgments", ids)
 

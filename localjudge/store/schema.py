@@ -145,6 +145,13 @@ def m006_ratings_and_calibrations(db: sqlite_utils.Database) -> None:
     db["calibrations"].create_index(["setting_key"])
 
 
+@migration
+def m007_map_failures(db: sqlite_utils.Database) -> None:
+    # A map that shows nothing (all zero, or flat: see saliency.engine.degenerate) is kept with the reason it is no
+    # finding; it is never judged, and summaries count it apart. NULL: a map to judge.
+    db["saliency_maps"].add_column("failure", str)
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),

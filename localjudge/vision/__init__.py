@@ -73,7 +73,9 @@ def exported_card(card: ModelCard, weights: Path | None, source_hash: str) -> Mo
 
     from .onnx_export import export_onnx
 
-    key = hashlib.sha256(f"{source_hash}:{EXPORT_FORMAT}:{torch.__version__}".encode()).hexdigest()[:16]
+    # The graph's activations output is the card's target tensor: another target is another export.
+    key = hashlib.sha256(f"{source_hash}:{EXPORT_FORMAT}:{torch.__version__}:{card.target_tensor}".encode()
+                         ).hexdigest()[:16]
     target = cache_dir() / f"{card.name}-{key}.onnx"
     if not target.with_suffix(".json").is_file():
         export_onnx(card, weights, target)

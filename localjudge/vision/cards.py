@@ -32,7 +32,15 @@ class ModelCard:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     labels: str
+    # The tensor a CAM reads: the output of the module `target_layer`, with `target_activation` applied where the
+    # architecture applies an activation to that output with a module it also uses elsewhere (`activation_module`:
+    # EfficientNet-Lite's stem and head share one ReLU6), so the post-activation tensor is no module's output of its
+    # own. CAM methods are defined on the post-activation map: Grad-CAM++ and XGradCAM divide by sums of
+    # activations and assume them non-negative. The activation must be idempotent (relu, relu6); see
+    # torch_backend.prepare_target for how both backends and the ONNX export take that tensor.
     target_layer: str
+    target_activation: str | None = None
+    activation_module: str | None = None
     description: str = ""
     input_size: int = 224
     # True when the target layer feeds a global-average-pool + linear classifier: plain CAM is defined then.
@@ -51,11 +59,18 @@ class ModelCard:
         return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
                 "mean": list(self.mean), "std": list(self.std)}
 
+    @property
+    def target_tensor(self) -> str:
+        """The target tensor by name, as maps are keyed and stored: `relu6(_bn1)`, or the module's name."""
+        return f"{self.target_activation}({self.target_layer})" if self.target_activation else self.target_layer
+
     def label_list(self) -> LabelList:
         return LabelList.from_csv(_resolve(self.card_path, self.labels))
 
 
 IMAGENET_LABELS = "labels/imagenet-1k.csv"  # relative to cards_dir()
+# Activations a card may apply to its target layer's output: idempotent, so the model's outputs stay as they were.
+TARGET_ACTIVATIONS = ("relu", "relu6")
 
 
 def cards_dir():
@@ -88,9 +103,16 @@ def load_card(name_or_path: str) -> ModelCard:
         fields["mean"] = tuple(fields["mean"])
         fields["std"] = tuple(fields["std"])
         fields.pop("card_path", None)
-        return ModelCard(**fields, card_path=str(path))
+        card = ModelCard(**fields, card_path=str(path))
     except (KeyError, TypeError, json.JSONDecodeError) as error:
         raise CardError(f"{path}: not a valid model card ({error})") from error
+    if card.target_activation not in (None, *TARGET_ACTIVATIONS):
+        raise CardError(f"{path}: target_activation {card.target_activation!r} is not one of "
+                        f"{', '.join(TARGET_ACTIVATIONS)}")
+    if bool(card.target_activation) != bool(card.activation_module):
+        raise CardError(f"{path}: target_activation and activation_module go together (the activation, and the "
+                        "module of the architecture that applies it after the target layer)")
+    return card
 
 
 def embedded_weights_path(card: ModelCard) -> Path | None:

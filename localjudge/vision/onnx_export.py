@@ -22,7 +22,7 @@ import torch
 
 from ..errors import UserError
 from .cards import ModelCard
-from .torch_backend import build_module, find_layer
+from .torch_backend import build_module, prepare_target
 
 ONNX_NAMES = {"input": "input", "cotangent": "cotangent", "output": "output", "activations": "activations",
               "gradients": "gradients"}
@@ -104,7 +104,7 @@ def trace(card: ModelCard, weights: Path | None, static_batch: int | None = None
     from torch.fx.experimental.proxy_tensor import make_fx
 
     module = build_module(card, weights)
-    wrapper = _OutputsWithGradient(module, find_layer(module, card.target_layer)).eval()
+    wrapper = _OutputsWithGradient(module, prepare_target(module, card)).eval()
 
     def outputs_with_gradient(x, cotangent):
         with torch.enable_grad():

@@ -75,6 +75,42 @@ def find_layer(module: torch.nn.Module, dotted: str) -> torch.nn.Module:
     return layer
 
 
+ACTIVATIONS = {"relu": (torch.nn.functional.relu, 0.0, float("inf")),  # cards.TARGET_ACTIVATIONS: (fn, range)
+               "relu6": (torch.nn.functional.relu6, 0.0, 6.0)}
+
+
+class ReappliedActivation(torch.nn.Module):
+    """An idempotent activation (relu, relu6) as the architecture's own module, applied again after the target
+    tensor was made post-activation: the same values everywhere (where the input already lies in the activation's
+    range, the input itself), and there the gradient passes unchanged, bounds included. The plain activation would
+    zero the gradient where the target tensor sits exactly on a bound (0 for most of a ReLU6 map, 6 where it
+    saturates), which is not the gradient of the head after that tensor (for GAP + linear: w_k / hw everywhere)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.function, self.low, self.high = ACTIVATIONS[name]
+
+    def forward(self, x):
+        return torch.where((x >= self.low) & (x <= self.high), x, self.function(x))
+
+
+def prepare_target(module: torch.nn.Module, card: ModelCard) -> torch.nn.Module:
+    """The module whose output, as the rest of the model sees it, is the card's target tensor. Where the card names
+    an activation, a forward hook applies it to that output for good and the architecture's own module that
+    applies it next becomes a `ReappliedActivation`; the model's outputs stay bit for bit what they were, and every
+    later hook (ours, pytorch-grad-cam's, the ONNX export's) sees the post-activation tensor and its gradient."""
+    layer = find_layer(module, card.target_layer)
+    if card.target_activation:
+        function = ACTIVATIONS[card.target_activation][0]
+        layer.register_forward_hook(lambda _module, _inputs, output: function(output))
+        parent_name, _, name = card.activation_module.rpartition(".")
+        parent = find_layer(module, parent_name) if parent_name else module
+        find_layer(module, card.activation_module)  # a clear error where the card names no such module
+        setattr(parent, name, ReappliedActivation(card.target_activation))
+    return layer
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,7 +163,7 @@ class TorchVisionModel:
         self.card = card
         self.device = resolve_device(device)
         self.module = build_module(card, weights).to(self.device)
-        self.target_layer = find_layer(self.module, card.target_layer)
+        self.target_layer = prepare_target(self.module, card)
         self.source = f"the torch model {card.name}"
         self.execution_provider = f"torch:{self.device.type}"
         self._output_shape: tuple[int, ...] | None = None

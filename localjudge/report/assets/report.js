@@ -216,6 +216,20 @@
     });
   }
 
+  const failures = DATA.map_failures || [];
+  if (failures.length) {
+    const table = byId("map-failures");
+    const head = element("tr");
+    ["file", "CAM", "target", "why"].forEach(function (name) { head.appendChild(element("th", {}, name)); });
+    table.appendChild(head);
+    failures.forEach(function (f) {
+      const row = element("tr");
+      [f.path, f.cam, f.target_layer, f.reason].forEach(function (text) { row.appendChild(element("td", {}, text)); });
+      table.appendChild(row);
+    });
+    byId("map-failures-figure").hidden = false;
+  }
+
   const meta = DATA.meta;
   byId("meta").textContent = meta.samples + " judgments of " + meta.images + " images from " + meta.database +
     ", built " + meta.generated_at + "; a score at or above " + meta.threshold + " is high" +

@@ -1,0 +1,84 @@
+"""Bootstrap intervals, checked against closed forms: a proportion's resampled share is Binomial(n, p)/n, so its
+percentile interval is the binomial's quantiles (close to the Wald interval p +- 1.96 sqrt(p(1-p)/n) at n = 400); a
+mean's matches the normal interval; a correlation's matches Fisher's z interval on a bivariate normal sample."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from localjudge.analysis.bootstrap import (correlation_interval, mean_interval, paired_difference_interval,
+                                           share_intervals)
+from localjudge.analysis.correlation import pearson
+
+Z = 1.959963984540054
+
+
+def test_a_proportions_interval_is_the_closed_form():
+    n, hits = 400, 120
+    p = hits / n
+    half = Z * math.sqrt(p * (1 - p) / n)  # 0.0449
+    groups = np.array(["CH"] * hits + ["CL"] * (n - hits))
+    low, high = share_intervals(groups, ("CH", "CL", "WH", "WL"))["CH"]
+    assert abs(low - 100 * (p - half)) < 0.6 and abs(high - 100 * (p + half)) < 0.6  # in %, 1000 resamples
+    # the same seed gives the same interval; another seed nearly the same
+    assert share_intervals(groups, ("CH", "CL"))["CH"] == (low, high)
+    other = share_intervals(groups, ("CH", "CL"), seed=7)["CH"]
+    assert abs(other[0] - low) < 1.0 and abs(other[1] - high) < 1.0
+
+
+def test_units_outside_every_share_are_resampled_but_not_counted():
+    groups = np.array(["CH"] * 50 + ["WL"] * 50 + ["unlabelled"] * 100)
+    low, high = share_intervals(groups, ("CH", "CL", "WH", "WL"))["CH"]
+    assert low < 50 < high and high - low < 25  # a share of the ~100 placed, not of 200
+
+
+def test_a_means_interval_is_the_normal_one():
+    values = np.random.default_rng(3).normal(2.0, 1.0, size=500)
+    low, high = mean_interval(values)
+    se = values.std(ddof=1) / math.sqrt(len(values))
+    assert abs(low - (values.mean() - Z * se)) < 0.02 and abs(high - (values.mean() + Z * se)) < 0.02
+    assert mean_interval([np.nan, 1.0, 1.0, 1.0]) == (1.0, 1.0) and mean_interval([]) == (None, None)
+
+
+def test_a_correlations_interval_matches_fishers():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=300)
+    y = 0.5 * x + math.sqrt(0.75) * rng.normal(size=300)
+    fisher = pearson(x, y)
+    low, high = correlation_interval(x, y, lambda a, b: float(np.corrcoef(a, b)[0, 1]))
+    assert abs(low - fisher["low"]) < 0.03 and abs(high - fisher["high"]) < 0.03
+
+
+def test_the_paired_bootstrap_sees_a_difference_the_unpaired_spread_hides():
+    """Two settings judged on the same 200 images: the second scores every image 0.2 higher, on top of a large
+    per-image spread. Paired, the interval is tight around 0.2; each mean's own interval is ten times wider."""
+    rng = np.random.default_rng(11)
+    first = rng.normal(2.5, 1.5, size=200)
+    second = first + 0.2 + rng.normal(0, 0.05, size=200)
+    found = paired_difference_interval(first, second, lambda v: float(v.mean()))
+    assert abs(found["difference"] - 0.2) < 0.02 and found["ci_low"] > 0.15 and found["ci_high"] < 0.25
+    own = mean_interval(first)
+    assert own[1] - own[0] > 10 * (found["ci_high"] - found["ci_low"])
+
+
+def test_the_correlation_table_carries_both_intervals():
+    from localjudge.analysis.correlation import average_ranks, bootstrap_intervals, correlation_table
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=120)
+    signals = {"score": x, "iou": x + rng.normal(size=120), "flat": np.ones(120)}
+    table = {row["signal"]: row for row in correlation_table(signals, "score")}
+    iou = table["iou"]
+    for kind in ("pearson", "spearman"):
+        found = iou[kind]
+        assert found["ci_low"] < found["r"] < found["ci_high"]
+        assert abs(found["ci_low"] - found["low"]) < 0.06 and abs(found["ci_high"] - found["high"]) < 0.06
+    assert table["flat"]["pearson"]["ci_low"] is None  # a constant signal has no correlation, nor an interval
+    # the vectorised ranks are the reference ranks, ties included
+    values = np.array([3.0, 1.0, 3.0, 2.0, 3.0])
+    from localjudge.analysis.correlation import _rows_ranks
+
+    assert np.array_equal(_rows_ranks(values[None])[0], average_ranks(values))
+    assert bootstrap_intervals([1.0, 2.0], [2.0, 1.0]) == {"pearson": (None, None), "spearman": (None, None)}
