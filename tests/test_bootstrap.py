@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from localjudge.analysis.bootstrap import (correlation_interval, mean_interval, paired_difference_interval,
                                            share_intervals)
@@ -82,3 +83,33 @@ def test_the_correlation_table_carries_both_intervals():
 
     assert np.array_equal(_rows_ranks(values[None])[0], average_ranks(values))
     assert bootstrap_intervals([1.0, 2.0], [2.0, 1.0]) == {"pearson": (None, None), "spearman": (None, None)}
+
+
+def test_every_dataset_figure_of_the_commands_carries_its_interval(data_dir, tmp_path):
+    from .conftest import invoke, invoke_json
+
+    manifest = data_dir / "seg-photos" / "labels.csv"
+    db = tmp_path / "ci.db"
+    common = ["--path-column", "file", "--label-column", "imagenet_indices", "--db", db]
+    invoke("run", manifest, *common, "--shard", "1/4")  # 18 photos, two mask settings
+    invoke("run", manifest, *common, "--shard", "1/4", "--alpha", "25")
+    (matrix, other) = invoke_json("matrix", "--db", db)["matrices"]
+    for found in (matrix, other):
+        for name in ("CH", "CL", "WH", "WL", "average_score"):
+            interval = found["intervals"][name]
+            assert set(interval) == {"ci_low", "ci_high"}
+        assert found["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
+        low, high = found["intervals"]["average_score"]["ci_low"], found["intervals"]["average_score"]["ci_high"]
+        assert low <= found["average_score"] <= high
+    compared = invoke_json("compare", "--db", db, "--against", matrix["setting_key"][:8])
+    assert {s["setting_key"] for s in compared["settings"]} == {matrix["setting_key"], other["setting_key"]}
+    (difference,) = compared["paired"]["differences"]
+    assert difference["setting_key"] == other["setting_key"] and difference["images"] == matrix["judgments"]
+    assert difference["average_score"]["difference"] == pytest.approx(other["average_score"] - matrix["average_score"])
+    text = invoke("compare", "--db", db, "--against", matrix["setting_key"][:8]).output
+    assert "paired bootstrap 95 % intervals" in text
+    regions = invoke_json("eval", "regions", "--db", db, "--mask-column", "mask", "--manifest", manifest,
+                          "--path-column", "file")
+    assert set(regions["means"]["intervals"]) >= {"iou", "dice", "pixel_accuracy", "f1"}
+    bad = invoke("compare", "--db", db, "--against", "zzzz", expect_ok=False)
+    assert bad.exit_code == 1 and "no setting has a key starting with it" in bad.output
