@@ -557,8 +557,9 @@ def eval_regions(db_path, manifest, as_json, **given):
         images = [row["sha256"] for row in audit.store.images()]
         stages = audit.evaluate_regions(images, audit.stored_saliency_maps(), manifest=manifest)
     means = region_means(audit.store, stages["regions"].ids)
+    table = audit.localisation(audit.stored_saliency_maps())
     if as_json:
-        click.echo(json.dumps({"stages": stages_json(stages), "means": means}, indent=2))
+        click.echo(json.dumps({"stages": stages_json(stages), "means": means, "localisation": table}, indent=2))
         return
     for stage in stages.values():
         for error in stage.errors:
@@ -566,6 +567,34 @@ def eval_regions(db_path, manifest, as_json, **given):
     click.echo(f"{len(stages['truth'].ids)} ground-truth regions, {means['maps']} maps scored at beta={given['beta']}")
     for metric in ("iou", "dice", "pixel_accuracy", "f1"):
         click.echo(f"  mean {metric:15} {mean_text(means, metric)}")
+    print_localisation(table)
+
+
+def print_localisation(table: dict) -> None:
+    """The localisation suite: each metric of the maps beside its baselines on the same regions."""
+    columns = ("maps", "centre point", "centred gaussian", "uniform")
+    click.echo(f"\nlocalisation of {table['maps']['images']} maps against their regions (mean region area "
+               f"{(table['mean_region_area'] or 0):.1%}; 95 % bootstrap intervals)")
+    click.echo(f"{'metric':34}" + "".join(f"{c:>24}" for c in columns))
+
+    def cell(found) -> str:
+        if isinstance(found, dict) and "mean" in found:
+            if found["mean"] is None:
+                return "n/a"
+            return f"{found['mean']:.3f}" + ("" if found.get("ci_low") is None else
+                                              f" [{found['ci_low']:.2f},{found['ci_high']:.2f}]")
+        return "n/a" if found is None else f"{found:.3f}"
+
+    rows = [(f"pointing game ({table['pointing_tolerance']} px)", lambda t: t["pointing_game"]),
+            ("energy pointing game (mass share)", lambda t: t["energy_pointing_game"]),
+            ("relevance rank accuracy", lambda t: t["rank_accuracy"]),
+            ("PxAP", lambda t: t.get("pxap")),
+            (f"IoU at beta={table['beta']:g}", lambda t: t.get("at_beta", {}).get("iou")),
+            (f"Dice at beta={table['beta']:g}", lambda t: t.get("at_beta", {}).get("dice")),
+            ("IoU at the best threshold", lambda t: t.get("at_best_threshold", {}).get("iou")),
+            ("Dice at the best threshold", lambda t: t.get("at_best_threshold", {}).get("dice"))]
+    for label, pick in rows:
+        click.echo(f"{label:34}" + "".join(f"{cell(pick(table[c])):>24}" for c in columns))
 
 
 @evaluate.command(name="faithfulness")

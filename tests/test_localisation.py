@@ -1,0 +1,98 @@
+"""Localisation metrics by known answers on hand-made maps and regions, and their baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from localjudge.analysis.localisation import (energy_pointing, gaussian_map, localisation, localisation_table, pxap,
+                                              pointing_hit, rank_accuracy, threshold_counts, uniform_map)
+
+
+def square(size: int, top: int, left: int, side: int) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+def test_the_pointing_game_hits_within_15_pixels():
+    saliency = np.zeros((64, 64), dtype=np.float32)
+    saliency[10, 10] = 1.0
+    region = np.zeros((64, 64), dtype=bool)
+    region[10, 25] = True  # 15 px away: a hit
+    assert pointing_hit(saliency, region) == 1.0
+    region[:] = False
+    region[10, 26] = True  # 16 px: a miss
+    assert pointing_hit(saliency, region) == 0.0
+    assert pointing_hit(saliency, np.zeros_like(region)) is None  # no object
+    assert pointing_hit(np.ones((64, 64)), region) is None  # a flat map points nowhere
+
+
+def test_mass_and_rank_by_hand():
+    region = square(8, 0, 0, 2)  # 4 pixels
+    saliency = np.zeros((8, 8))
+    saliency[0, 0:2] = 1.0  # two in the region
+    saliency[7, 7] = 2.0  # one outside, twice as strong
+    assert energy_pointing(saliency, region) == pytest.approx(0.5)
+    # the top 4 are the three non-zero pixels and one of the 61 tied at 0, of which 2 are in the region
+    assert rank_accuracy(saliency, region) == pytest.approx((2 + 2 / 61) / 4)
+    saliency[1, 0] = 0.5  # now the fourth best is in the region too
+    assert rank_accuracy(saliency, region) == pytest.approx(3 / 4)
+    assert rank_accuracy(uniform_map(8, 8), region) == pytest.approx(4 / 64)  # a uniform map: the area fraction
+    assert energy_pointing(uniform_map(8, 8), region) == pytest.approx(4 / 64)
+    assert energy_pointing(np.zeros((8, 8)), region) is None
+
+
+def test_pxap_of_a_perfect_and_a_uniform_map():
+    region = square(32, 8, 8, 16)
+    perfect = region.astype(np.float32)
+    assert pxap(threshold_counts(perfect, region)) == pytest.approx(1.0)
+    assert pxap(threshold_counts(uniform_map(32, 32), region)) == pytest.approx(region.mean())  # the prevalence
+    assert pxap(threshold_counts(perfect, np.zeros_like(region))) is None
+
+
+def test_a_dataset_table_with_its_baselines():
+    rng = np.random.default_rng(0)
+    pairs = []
+    for n in range(12):  # objects off centre; maps on the objects, with noise
+        region = square(64, 4 + n, 30, 20)
+        saliency = np.clip(region * 0.8 + rng.random((64, 64)) * 0.3, 0, 1).astype(np.float32)
+        pairs.append((saliency, region))
+    table = localisation_table(pairs, beta=0.6)
+    maps, gaussian, uniform = table["maps"], table["centred gaussian"], table["uniform"]
+    assert maps["pointing_game"]["mean"] == 1.0 and maps["pointing_game"]["n"] == 12
+    assert maps["energy_pointing_game"]["mean"] > gaussian["energy_pointing_game"]["mean"]
+    assert uniform["energy_pointing_game"]["mean"] == pytest.approx(table["mean_region_area"])
+    assert uniform["rank_accuracy"]["mean"] == pytest.approx(table["mean_region_area"])
+    assert uniform["pointing_game"]["mean"] is None
+    assert maps["pxap"] > gaussian["pxap"] > 0 and uniform["pxap"] == pytest.approx(table["mean_region_area"])
+    assert maps["at_best_threshold"]["iou"]["mean"] >= maps["at_beta"]["iou"]["mean"]
+    assert maps["at_beta"]["threshold"] == 0.6
+    low, high = maps["energy_pointing_game"]["ci_low"], maps["energy_pointing_game"]["ci_high"]
+    assert low <= maps["energy_pointing_game"]["mean"] <= high
+    assert gaussian_map(5, 5).argmax() == 12  # the centre
+    assert localisation([], 0.6) == {"images": 0, "pointing_game": {"mean": None, "ci_low": None, "ci_high": None,
+                                                                    "n": 0},
+                                     "energy_pointing_game": {"mean": None, "ci_low": None, "ci_high": None, "n": 0},
+                                     "rank_accuracy": {"mean": None, "ci_low": None, "ci_high": None, "n": 0}}
+
+
+def test_eval_regions_prints_the_suite_beside_its_baselines(data_dir, tmp_path):
+    from .conftest import invoke, invoke_json
+
+    manifest = data_dir / "seg-photos" / "labels.csv"
+    db = tmp_path / "loc.db"
+    invoke("run", manifest, "--path-column", "file", "--label-column", "imagenet_indices", "--db", db,
+           "--shard", "2/5")
+    found = invoke_json("eval", "regions", "--db", db, "--mask-column", "mask", "--manifest", manifest,
+                        "--path-column", "file")
+    table = found["localisation"]
+    assert table["maps"]["images"] == found["means"]["maps"] > 5
+    for column in ("maps", "centre point", "centred gaussian", "uniform"):
+        assert table[column]["images"] == table["maps"]["images"]
+        assert 0 <= table[column]["energy_pointing_game"]["mean"] <= 1
+    # the IoU at beta is the stored region scores' mean
+    assert table["maps"]["at_beta"]["iou"]["mean"] == pytest.approx(found["means"]["iou"], abs=1e-12)
+    text = invoke("eval", "regions", "--db", db, "--mask-column", "mask", "--manifest", manifest, "--path-column",
+                  "file").output
+    assert "centred gaussian" in text and "pointing game (15 px)" in text and "PxAP" in text
