@@ -638,6 +638,49 @@ def mean_text(means: dict, metric: str) -> str:
                              f" [{interval['ci_low']:.4f}, {interval['ci_high']:.4f}]")
 
 
+@evaluate.command(name="sanity")
+@db_option
+@vision_options
+@click.option("--cam", "cams", default="gradcam,gradcam++,xgradcam,layercam,hirescam,eigencam", show_default=True,
+              help="CAM methods to check, comma-separated.")
+@click.option("--images", type=click.IntRange(1), default=20, show_default=True,
+              help="The first N stored predictions of the model (by image path).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random layers and classes.")
+@json_option
+@user_errors
+def eval_sanity(db_path, cams, images, seed, as_json, **given):
+    """Adebayo et al.'s sanity checks of each CAM method on the model's stored predictions: the layers after the
+    target tensor randomised, cascading from the head, and a random class explained instead of the predicted one.
+    A method whose maps keep a median |rank correlation| >= 0.5 with the original once every layer after the target
+    is random does not depend on what the model learnt: it is flagged (here and in the report).
+
+    \b
+    Example:
+        localjudge eval sanity --db audit.db --cam gradcam,eigencam --images 20
+    """
+    methods = [c.strip() for c in cams.split(",") if c.strip()]
+    unknown = [m for m in methods if m not in cam_methods()]
+    if unknown:
+        raise click.BadParameter(f"unknown CAM method {', '.join(unknown)}; use {', '.join(cam_methods())}",
+                                 param_hint="--cam")
+    audit = open_audit(db_path, None, ("sanity",), show_progress=not as_json, **given)
+    with audit.recorded("eval sanity", None):
+        found = audit.sanity(audit.stored_predictions()[:images], methods, seed)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    click.echo(f"{found['model']} at {found['target']}, {found['images']} images, seed {found['seed']}; randomised "
+               f"after the target: {', '.join(found['layers_after_target']) or 'nothing (no layer after it)'}")
+    click.echo(f"{'method':12}{'random logit |rho| / SSIM':>28}{'all randomised |rho| / SSIM':>30}  verdict")
+    for method, result in found["methods"].items():
+        logit = result["random_logit"]
+        last = result["cascade"][-1] if result["cascade"] else None
+        randomised = "n/a" if last is None else f"{last['median_rank_correlation']:.2f} / {last['median_ssim']:.2f}"
+        verdict = "FLAGGED: maps do not depend on the model" if result["flagged"] else "ok"
+        click.echo(f"{method:12}{logit['median_rank_correlation']:>19.2f} / {logit['median_ssim']:.2f}"
+                   f"{randomised:>30}  {verdict}")
+
+
 def float_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]

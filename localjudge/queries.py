@@ -179,6 +179,19 @@ def map_failures(store: Store, model: str | None = None, cam: str | None = None)
         params)]
 
 
+def sanity_checks(store: Store, model: str | None = None, cam: str | None = None) -> list[dict]:
+    """The newest sanity check of each model file, target and method (eval sanity)."""
+    rows = store.query("select * from sanity_checks order by created_at, rowid")
+    newest = {}
+    for row in rows:
+        if (model is None or row["model"] == model) and (cam is None or row["method"] == cam):
+            newest[(row["model_hash"], row["target_layer"], row["method"])] = {
+                k: row[k] for k in ("model", "target_layer", "method", "images", "seed", "random_logit_rank",
+                                    "random_logit_ssim", "randomised_rank", "randomised_ssim")} | {
+                "flagged": bool(row["flagged"])}
+    return list(newest.values())
+
+
 def region_means(store: Store, score_ids: list[str]) -> dict:
     """Mean IoU, Dice, pixel accuracy and F1 over the given region scores."""
     from .analysis.regions import REGION_METRICS

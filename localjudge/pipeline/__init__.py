@@ -659,6 +659,56 @@ class Audit:
         pairs = [self._map_and_region(m, truths[m["image_sha256"]], geometry[m["prediction_id"]]) for m in maps]
         return localisation_table(pairs, self.config.beta)
 
+    # --- sanity checks ------------------------------------------------------------------------------------
+    def sanity(self, prediction_ids: list[str], methods: list[str], seed: int = 0) -> dict:
+        """Adebayo et al.'s model-parameter randomisation (the layers after the target tensor, cascading from the
+        head) and random-logit tests of each method on these stored predictions' images (see analysis.sanity).
+        The torch backend only: its parameters are what is randomised."""
+        from ..analysis.sanity import compare_maps, insensitive
+        from ..saliency.engine import CamEngine
+
+        if self._backend != "torch":
+            raise ValueError("eval sanity randomises the model's parameters: use --backend torch")
+        stage = Stage()
+        predictions = self.store.predictions(prediction_ids)
+        pictures, predictions = self.load_images(predictions, stage)
+        if not predictions:
+            raise ValueError("no stored predictions of this model whose images can be read")
+        inputs = to_tensor(pictures, self.card)
+        targets = [p["predicted_index"] for p in predictions]
+        rng = np.random.default_rng(seed)
+        classes = len(self.card.label_list().names)
+        others = [int((t + rng.integers(1, classes)) % classes) for t in targets]  # never the predicted class
+        model = self.vision_model()
+        after = layers_after_target(model.module, model.target_layer, inputs[:1])
+        results = {}
+        for method in methods:
+            original = list(CamEngine(method, model).compute(inputs, targets))
+            random_logit = compare_maps(original, list(CamEngine(method, model).compute(inputs, others)))
+            cascade = []
+            for step in range(1, len(after) + 1):
+                randomised = after[-step:]  # from the head back
+                changed = open_model(self.card, self._weights, self.config.device, "torch")
+                randomise(changed.module, randomised, seed)
+                cascade.append({"randomised": randomised,
+                                **compare_maps(original, list(CamEngine(method, changed).compute(inputs, targets)))})
+            flagged = bool(cascade) and insensitive(cascade[-1])
+            results[method] = {"random_logit": random_logit, "cascade": cascade, "flagged": flagged}
+        images = [p["image_sha256"] for p in predictions]
+        vision_hash = self.vision_hash()
+        self.store.insert_rows("sanity_checks", [{
+            "id": content_key("sanity", vision_hash, self.card.target_tensor, method, images, seed),
+            "model": self.card.name, "model_hash": vision_hash, "target_layer": self.card.target_tensor,
+            "method": method, "images": len(images), "seed": seed,
+            "random_logit_rank": found["random_logit"]["median_rank_correlation"],
+            "random_logit_ssim": found["random_logit"]["median_ssim"],
+            "randomised_rank": found["cascade"][-1]["median_rank_correlation"] if found["cascade"] else None,
+            "randomised_ssim": found["cascade"][-1]["median_ssim"] if found["cascade"] else None,
+            "cascade": json.dumps(found["cascade"]), "flagged": int(found["flagged"]), "run_id": self.run_id,
+            "created_at": now()} for method, found in results.items()])
+        return {"model": self.card.name, "target": self.card.target_tensor, "images": len(predictions),
+                "layers_after_target": after, "seed": seed, "methods": results, "errors": stage.errors}
+
     # --- faithfulness -------------------------------------------------------------------------------------
     def faithfulness(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:
         """Deletion and insertion AUC, AOPC (most relevant first), Average Drop and Increase in Confidence of each
@@ -886,3 +936,36 @@ class Audit:
                     row.update(status="failed", failure_kind="parse", error=parsed.error)
             rows.append(row)
         return rows, stop
+
+
+def layers_after_target(module: torch.nn.Module, target: torch.nn.Module, example: torch.Tensor) -> list[str]:
+    """The names of the modules with parameters of their own that one forward pass runs after the target layer, in
+    the order they run."""
+    names = {m: name for name, m in module.named_modules()}
+    order: list[str] = []
+    passed = []
+    handles = [target.register_forward_hook(lambda *_: passed.append(len(order)))]
+    for child in names:
+        if any(True for _ in child.parameters(recurse=False)):
+            handles.append(child.register_forward_hook(lambda m, *_: order.append(names[m])))
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    start = passed[-1] if passed else len(order)
+    return list(dict.fromkeys(name for name in order[start:] if name != names.get(target)))
+
+
+def randomise(module: torch.nn.Module, names: list[str], seed: int) -> None:
+    """Re-draw the named modules' parameters from a normal distribution of each tensor's own mean and spread
+    (seeded): the architecture and scale stay, what training put there goes."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = dict(module.named_modules())
+    with torch.no_grad():
+        for name in names:
+            for parameter in modules[name].parameters(recurse=False):
+                spread = float(parameter.std()) if parameter.numel() > 1 else 1.0
+                drawn = torch.randn(parameter.shape, generator=generator) * spread + float(parameter.mean())
+                parameter.copy_(drawn.to(parameter.device, parameter.dtype))

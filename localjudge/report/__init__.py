@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..data import ChangedImage, jpeg_bytes, load_verified
-from ..queries import map_failures
+from ..queries import map_failures, sanity_checks
 from ..queries import samples as read_samples
 from ..store import Store, content_key, unpack_array
 from ..vision.preprocess import model_view
@@ -169,9 +169,10 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
             "database": store.path.name, "threshold": threshold, "calibrated": bool(thresholds),
             "samples": len(data_rows), "images": len(by_image), "thumbnail_side": side}
     failures = map_failures(store, filters.get("model"), filters.get("cam"))
+    checks = sanity_checks(store, filters.get("model"), filters.get("cam"))
     (out / "data.js").write_text(
         "window.LOCALJUDGE_REPORT = " + _script_json({"meta": meta, "fields": FIELDS, "rows": data_rows,
-                                                      "map_failures": failures}) + ";\n",
+                                                      "map_failures": failures, "sanity": checks}) + ";\n",
         encoding="utf-8")
     assets = resources.files(__package__) / "assets"
     for name in ASSETS:
@@ -185,7 +186,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     thumbnails = sorted((out / THUMBNAIL_DIR).glob("*.jpg"))
     return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
             "images_unavailable": len(image_errors), "unavailable": sorted(image_errors.values()),
-            "map_failures": len(failures),
+            "map_failures": len(failures), "sanity_flagged": sorted(c["method"] for c in checks if c["flagged"]),
             "thumbnails": len(thumbnails), "thumbnail_bytes": sum(p.stat().st_size for p in thumbnails),
             "data_bytes": (out / "data.js").stat().st_size,
             "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),

@@ -152,11 +152,23 @@ def m007_map_failures(db: sqlite_utils.Database) -> None:
     db["saliency_maps"].add_column("failure", str)
 
 
+@migration
+def m008_sanity_checks(db: sqlite_utils.Database) -> None:
+    # Adebayo et al.'s randomisation tests of one CAM method on one model's maps (eval sanity): keyed by the model
+    # file, the target tensor, the method, the images and the seed; the cascade's steps kept as JSON.
+    db["sanity_checks"].create(
+        {"id": str, "model": str, "model_hash": str, "target_layer": str, "method": str, "images": int, "seed": int,
+         "random_logit_rank": float, "random_logit_ssim": float, "randomised_rank": float, "randomised_ssim": float,
+         "cascade": str, "flagged": int, "run_id": str, "created_at": str},
+        pk="id",
+    )
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
           ("saliency_maps", ("id",)), ("prompts", ("hash",)), ("judgments", ("id",)),
           ("ground_truth", ("image_sha256",)), ("region_scores", ("id",)), ("faithfulness", ("id",)),
-          ("ratings", ("id",)), ("calibrations", ("id",)))
+          ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)))
 # What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
 SCRATCH_KEPT = ("runs", "prompts")

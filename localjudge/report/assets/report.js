@@ -216,6 +216,24 @@
     });
   }
 
+  const checks = DATA.sanity || [];
+  if (checks.length) {
+    const table = byId("sanity");
+    const head = element("tr");
+    ["model", "target", "CAM", "images", "random class |rho|", "model randomised |rho|", "verdict"]
+      .forEach(function (name) { head.appendChild(element("th", {}, name)); });
+    table.appendChild(head);
+    const number = function (value) { return value === null || value === undefined ? "n/a" : value.toFixed(2); };
+    checks.forEach(function (c) {
+      const row = element("tr", c.flagged ? { "class": "flagged" } : {});
+      [c.model, c.target_layer, c.method, c.images, number(c.random_logit_rank), number(c.randomised_rank),
+       c.flagged ? "flagged: its maps do not depend on the model" : "ok"]
+        .forEach(function (text) { row.appendChild(element("td", {}, text)); });
+      table.appendChild(row);
+    });
+    byId("sanity-figure").hidden = false;
+  }
+
   const failures = DATA.map_failures || [];
   if (failures.length) {
     const table = byId("map-failures");

@@ -1,0 +1,47 @@
+"""Sanity checks (Adebayo et al.): maps must change when the model does. EigenCAM reads only the activations, so
+randomising every layer after the target leaves its maps as they were: the check must flag it. Grad-CAM on
+EfficientNet-Lite0 depends on the classifier's weights: it must pass. Known answers for the similarity measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from localjudge.analysis.sanity import rank_similarity, ssim
+
+from .conftest import invoke, invoke_json, write_manifest
+
+
+def test_ssim_and_rank_similarity_by_definition():
+    rng = np.random.default_rng(0)
+    a = rng.random((32, 32))
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert rank_similarity(a, a) == pytest.approx(1.0) and rank_similarity(a, 1 - a) == pytest.approx(1.0)
+    noise = rng.random((32, 32))
+    assert ssim(a, noise) < 0.2 and rank_similarity(a, noise) < 0.1
+    assert rank_similarity(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0
+    assert rank_similarity(np.zeros((4, 4)), a[:4, :4]) == 0.0
+
+
+def test_eval_sanity_flags_an_insensitive_method_and_passes_gradcam(data_dir, tmp_path):
+    import csv
+
+    with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[3::40][:12]
+    manifest = write_manifest(tmp_path / "twelve.csv", [
+        {"path": str(data_dir / "imagenet-sample" / r["file"]), "label": r["imagenet_index"]} for r in rows])
+    db = tmp_path / "sanity.db"
+    invoke("predict", manifest, "--db", db)
+    found = invoke_json("eval", "sanity", "--db", db, "--cam", "gradcam,eigencam", "--images", "12")
+    assert found["target"] == "relu6(_bn1)" and found["layers_after_target"] == ["_fc"] and found["images"] == 12
+    gradcam, eigencam = found["methods"]["gradcam"], found["methods"]["eigencam"]
+    assert not gradcam["flagged"] and gradcam["cascade"][-1]["median_rank_correlation"] < 0.5
+    assert eigencam["flagged"] and eigencam["cascade"][-1]["median_rank_correlation"] > 0.99
+    assert eigencam["random_logit"]["median_ssim"] > 0.99  # class-agnostic: another class, the same map
+    text = invoke("eval", "sanity", "--db", db, "--cam", "gradcam,eigencam", "--images", "12").output
+    assert "FLAGGED" in text.splitlines()[-1] and "ok" in text.splitlines()[-2]
+    invoke("explain", "--db", db)
+    report = invoke_json("report", "--db", db, "--out", tmp_path / "report")
+    assert report["sanity_flagged"] == ["eigencam"]
+    bad = invoke("eval", "sanity", "--db", db, "--cam", "nosuch", expect_ok=False)
+    assert bad.exit_code == 2 and "unknown CAM method nosuch" in bad.output
