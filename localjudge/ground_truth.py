@@ -158,3 +158,17 @@ def _read(path: Path, image: dict, source: str) -> Region | RegionFailure:
 def _resolved(manifest: Path, value: str) -> str:
     path = Path(value)
     return str((path if path.is_absolute() else manifest.absolute().parent / path).resolve())
+
+
+def region_in_view(truth: dict, geometry: dict, saliency_shape: tuple[int, int]) -> np.ndarray:
+    """A stored region (a `ground_truth` row) in the model's view of its image, at a map's size: cut and resized as
+    the image was (the prediction's preprocessing `geometry`), nearest neighbour."""
+    from .store import unpack_array
+    from .vision.preprocess import mask_view
+
+    region = unpack_array(truth["mask"], (truth["height"], truth["width"]), dtype=np.uint8) > 0.5
+    height, width = saliency_shape
+    view = mask_view(region, geometry, width)
+    if view.shape != (height, width):  # a non-square map: compare at the map's own size
+        view = np.asarray(Image.fromarray(view).resize((width, height), Image.NEAREST))
+    return view

@@ -192,6 +192,37 @@ def sanity_checks(store: Store, model: str | None = None, cam: str | None = None
     return list(newest.values())
 
 
+def localisation(store: Store, saliency_ids: list[str], beta: float) -> dict:
+    """The localisation suite (analysis.localisation) of these stored maps against their images' regions, beside the
+    trivial baselines on the same regions. Maps whose image has no region, and degenerate maps, are left out."""
+    from .analysis.localisation import localisation_table
+    from .ground_truth import region_in_view
+
+    maps = [m for m in store.saliency_maps(saliency_ids) if not m.get("failure")]
+    truths = {t["image_sha256"]: t for t in store.ground_truth({m["image_sha256"] for m in maps})}
+    maps = [m for m in maps if m["image_sha256"] in truths]
+    geometry = {p["id"]: json.loads(p["preprocessing"]) for p in store.predictions({m["prediction_id"] for m in maps})}
+    pairs = []
+    for m in maps:
+        saliency = unpack_array(m["map"], (m["height"], m["width"]))
+        pairs.append((saliency, region_in_view(truths[m["image_sha256"]], geometry[m["prediction_id"]],
+                                               saliency.shape)))
+    return localisation_table(pairs, beta)
+
+
+def localisation_by_setting(store: Store, beta: float, model: str | None = None, cam: str | None = None) -> list[dict]:
+    """The localisation suite of each model file, CAM method and target tensor with ground-truth regions stored."""
+    clauses, params = filter_clauses({"model": model, "cam": cam})
+    groups: dict[tuple, list[str]] = {}
+    for row in store.query(
+            "select s.id, p.model, p.model_hash, s.method, s.target_layer from saliency_maps s "
+            "join predictions p on p.id = s.prediction_id join ground_truth g on g.image_sha256 = s.image_sha256"
+            + (" where " + " and ".join(clauses) if clauses else "") + " order by p.model, s.method, s.id", params):
+        groups.setdefault((row["model"], row["model_hash"], row["method"], row["target_layer"]), []).append(row["id"])
+    return [{"model": model_name, "cam": method, "target_layer": target, **localisation(store, ids, beta)}
+            for (model_name, _, method, target), ids in groups.items()]
+
+
 def region_means(store: Store, score_ids: list[str]) -> dict:
     """Mean IoU, Dice, pixel accuracy and F1 over the given region scores."""
     from .analysis.regions import REGION_METRICS

@@ -96,3 +96,23 @@ def test_eval_regions_prints_the_suite_beside_its_baselines(data_dir, tmp_path):
     text = invoke("eval", "regions", "--db", db, "--mask-column", "mask", "--manifest", manifest, "--path-column",
                   "file").output
     assert "centred gaussian" in text and "pointing game (15 px)" in text and "PxAP" in text
+
+
+def test_the_report_shows_localisation_beside_the_baselines(data_dir, tmp_path, browser):
+    from .conftest import invoke, invoke_json
+
+    manifest = data_dir / "seg-photos" / "labels.csv"
+    db = tmp_path / "loc.db"
+    invoke("run", manifest, "--path-column", "file", "--label-column", "imagenet_indices", "--db", db,
+           "--shard", "3/5", "--mask-column", "mask")  # ground truth from the manifest
+    written = invoke_json("report", "--db", db, "--out", tmp_path / "report")
+    assert written["localisation_settings"] == 1
+    page = browser.new_page()
+    try:
+        page.goto((tmp_path / "report" / "index.html").as_uri())
+        figure = page.locator("#localisation-figure")
+        assert figure.is_visible()
+        text = figure.inner_text()
+        assert "relu6(_bn1)" in text and "centred gaussian" in text and "PxAP" in text
+    finally:
+        page.close()

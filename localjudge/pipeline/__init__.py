@@ -611,6 +611,7 @@ class Audit:
         its image's ground-truth region, compared in the model's view (the region resized and centre-cropped as the
         image was, nearest neighbour). Maps whose image has no region are skipped."""
         from ..analysis.regions import attention_mask, region_scores
+        from ..ground_truth import region_in_view
 
         stage = Stage() if stage is None else stage
         maps = self.store.saliency_maps(saliency_ids)
@@ -627,7 +628,8 @@ class Audit:
         rows = []
         for m in missing:
             truth = truths[m["image_sha256"]]
-            saliency, truth_view = self._map_and_region(m, truth, geometry[m["prediction_id"]])
+            saliency = unpack_array(m["map"], (m["height"], m["width"]))
+            truth_view = region_in_view(truth, geometry[m["prediction_id"]], saliency.shape)
             attended = attention_mask(saliency, beta)
             rows.append({"id": keys[m["id"]], "saliency_id": m["id"], "image_sha256": m["image_sha256"],
                          "mask_sha256": truth["mask_sha256"], "beta": beta, **region_scores(attended, truth_view),
@@ -636,28 +638,12 @@ class Audit:
         stage.computed += len(rows)
         return stage
 
-    @staticmethod
-    def _map_and_region(saliency_row: dict, truth: dict, geometry: dict) -> tuple[np.ndarray, np.ndarray]:
-        """A stored map and its image's region in the model's view at the map's size (nearest neighbour)."""
-        region = unpack_array(truth["mask"], (truth["height"], truth["width"]), dtype=np.uint8) > 0.5
-        saliency = unpack_array(saliency_row["map"], (saliency_row["height"], saliency_row["width"]))
-        truth_view = mask_view(region, geometry, saliency_row["width"])
-        if truth_view.shape != saliency.shape:  # a non-square map: compare at the map's own size
-            truth_view = np.asarray(Image.fromarray(truth_view).resize(saliency.shape[::-1], Image.NEAREST))
-        return saliency, truth_view
-
     def localisation(self, saliency_ids: list[str]) -> dict:
         """The localisation suite (analysis.localisation) of these maps against their images' regions, beside the
-        trivial baselines on the same regions. Maps whose image has no region, and degenerate maps, are left out."""
-        from ..analysis.localisation import localisation_table
+        trivial baselines on the same regions (queries.localisation)."""
+        from ..queries import localisation
 
-        maps = [m for m in self.store.saliency_maps(saliency_ids) if not m.get("failure")]
-        truths = {t["image_sha256"]: t for t in self.store.ground_truth({m["image_sha256"] for m in maps})}
-        maps = [m for m in maps if m["image_sha256"] in truths]
-        geometry = {p["id"]: json.loads(p["preprocessing"])
-                    for p in self.store.predictions({m["prediction_id"] for m in maps})}
-        pairs = [self._map_and_region(m, truths[m["image_sha256"]], geometry[m["prediction_id"]]) for m in maps]
-        return localisation_table(pairs, self.config.beta)
+        return localisation(self.store, saliency_ids, self.config.beta)
 
     # --- sanity checks ------------------------------------------------------------------------------------
     def sanity(self, prediction_ids: list[str], methods: list[str], seed: int = 0) -> dict:

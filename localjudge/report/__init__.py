@@ -17,7 +17,8 @@ from importlib import resources
 from pathlib import Path
 
 from ..data import ChangedImage, jpeg_bytes, load_verified
-from ..queries import map_failures, sanity_checks
+from ..config import DEFAULTS
+from ..queries import localisation_by_setting, map_failures, sanity_checks
 from ..queries import samples as read_samples
 from ..store import Store, content_key, unpack_array
 from ..vision.preprocess import model_view
@@ -112,6 +113,18 @@ def _render_image(out: Path, rows: list[dict], maps: dict[str, dict], side: int)
     return None
 
 
+def _localisation_summary(found: dict) -> dict:
+    """A setting's localisation against its regions, maps beside each baseline, for the page."""
+    metrics = {"pointing game": lambda t: t["pointing_game"]["mean"],
+               "mass share": lambda t: t["energy_pointing_game"]["mean"],
+               "rank accuracy": lambda t: t["rank_accuracy"]["mean"], "PxAP": lambda t: t.get("pxap"),
+               "best IoU": lambda t: t.get("at_best_threshold", {}).get("iou", {}).get("mean")}
+    columns = ("maps", "centre point", "centred gaussian", "uniform")
+    return {"setting": f"{found['model']} {found['cam']} at {found['target_layer']}", "images": found["maps"]["images"],
+            "columns": list(columns),
+            "metrics": [[name, *[pick(found[c]) for c in columns]] for name, pick in metrics.items()]}
+
+
 def _script_json(value) -> str:
     """JSON that is also safe inside a script: no character of it can end the script or start markup."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -170,9 +183,12 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
             "samples": len(data_rows), "images": len(by_image), "thumbnail_side": side}
     failures = map_failures(store, filters.get("model"), filters.get("cam"))
     checks = sanity_checks(store, filters.get("model"), filters.get("cam"))
+    localised = [_localisation_summary(found) for found in
+                 localisation_by_setting(store, DEFAULTS.beta, filters.get("model"), filters.get("cam"))]
     (out / "data.js").write_text(
         "window.LOCALJUDGE_REPORT = " + _script_json({"meta": meta, "fields": FIELDS, "rows": data_rows,
-                                                      "map_failures": failures, "sanity": checks}) + ";\n",
+                                                      "map_failures": failures, "sanity": checks,
+                                                      "localisation": localised}) + ";\n",
         encoding="utf-8")
     assets = resources.files(__package__) / "assets"
     for name in ASSETS:
@@ -186,7 +202,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     thumbnails = sorted((out / THUMBNAIL_DIR).glob("*.jpg"))
     return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
             "images_unavailable": len(image_errors), "unavailable": sorted(image_errors.values()),
-            "map_failures": len(failures), "sanity_flagged": sorted(c["method"] for c in checks if c["flagged"]),
+            "map_failures": len(failures), "localisation_settings": len(localised), "sanity_flagged": sorted(c["method"] for c in checks if c["flagged"]),
             "thumbnails": len(thumbnails), "thumbnail_bytes": sum(p.stat().st_size for p in thumbnails),
             "data_bytes": (out / "data.js").stat().st_size,
             "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),

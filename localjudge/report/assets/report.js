@@ -216,6 +216,29 @@
     });
   }
 
+  const localised = DATA.localisation || [];
+  if (localised.length) {
+    const holder = byId("localisation");
+    const number = function (value) { return value === null || value === undefined ? "n/a" : value.toFixed(3); };
+    localised.forEach(function (found) {
+      const table = element("table");
+      const caption = element("caption", {}, found.setting + " (" + found.images + " images)");
+      table.appendChild(caption);
+      const head = element("tr");
+      head.appendChild(element("th", {}, "metric"));
+      found.columns.forEach(function (name) { head.appendChild(element("th", {}, name)); });
+      table.appendChild(head);
+      found.metrics.forEach(function (metric) {
+        const row = element("tr");
+        row.appendChild(element("td", {}, metric[0]));
+        metric.slice(1).forEach(function (value) { row.appendChild(element("td", {}, number(value))); });
+        table.appendChild(row);
+      });
+      holder.appendChild(table);
+    });
+    byId("localisation-figure").hidden = false;
+  }
+
   const checks = DATA.sanity || [];
   if (checks.length) {
     const table = byId("sanity");
