@@ -26,6 +26,7 @@ def small_manifest(tmp_path_factory, data_dir):
         {"path": str(data_dir / "imagenet-sample" / r["file"]), "label": r["wnid"]} for r in rows])
 
 
+@pytest.mark.slow
 def test_predict_efficientnet_lite0_top1_on_imagenet_sample(tmp_path, imagenet_manifest):
     db = tmp_path / "imagenet.db"
     invoke("predict", imagenet_manifest, "--db", db, "--batch-size", "32")

@@ -49,6 +49,7 @@ def test_cleanlab_flags_are_cleanlab_s_when_every_class_is_used():
     assert cleanlab_flags(labels, probs, "prune_by_noise_rate")[:8].mean() > 0.5
 
 
+@pytest.mark.slow
 def test_imagenet_label_noise_experiment(tmp_path):
     db = tmp_path / "noise.db"
     result = subprocess.run([sys.executable, ROOT / "scripts" / "label_issues_imagenet.py", "--images", "60",

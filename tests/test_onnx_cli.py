@@ -19,6 +19,7 @@ from localjudge.vision.torch_backend import build_module, find_layer
 from .conftest import invoke, invoke_json
 
 
+@pytest.mark.slow
 def test_onnx_backend_gives_the_torch_top1_on_all_500_images(tmp_path, imagenet_manifest):
     db = tmp_path / "backends.db"
     invoke("predict", imagenet_manifest, "--db", db, "--batch-size", "32")

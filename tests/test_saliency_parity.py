@@ -75,6 +75,7 @@ def our_maps(model, method, batch, targets) -> np.ndarray:
                            for s in range(0, len(targets), CHUNK)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_parity_with_pytorch_grad_cam_on_both_backends(name, pictures):
     card = load_card(name)
@@ -90,6 +91,7 @@ def test_parity_with_pytorch_grad_cam_on_both_backends(name, pictures):
             assert_maps_match(ours, reference[method], f"{name} {method} on {model.backend}")
 
 
+@pytest.mark.slow
 def test_scorecam_parity_on_both_backends(pictures):
     # One image: ScoreCAM runs one forward pass per channel (512 for ResNet18), on every implementation.
     card = load_card("resnet18")
@@ -125,6 +127,7 @@ def test_cam_is_refused_without_a_linear_head():
         CamEngine("cam", model)
 
 
+@pytest.mark.slow
 def test_segmentation_parity_with_semantic_segmentation_target(pictures, tmp_path):
     card = small_card("deeplabv3_resnet50", tmp_path, side=224)
     torch_model = open_model(card, None, "cpu", "torch")
