@@ -396,6 +396,8 @@ def print_matrices(found: list[dict]) -> None:
 sample_filter_options = options(
     click.option("--model", help="Only this vision model."),
     click.option("--cam", help="Only this CAM method."),
+    click.option("--target-layer", help="Only maps of this target tensor (e.g. relu6(_bn1)), where a store holds "
+                                        "maps of one method at several."),
     click.option("--judge-model", help="Only this judge (its directory name)."),
     click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Only this image mode."),
 )
@@ -448,7 +450,7 @@ def compare(db_path, threshold, against, as_json):
              "judge_image_size": m["judge_image_size"], "judgments": m["judgments"], "threshold": m["threshold"],
              **m["percent"], "average_score": m["average_score"], "intervals": m["intervals"],
              "bootstrap": m["bootstrap"]} for m in found]
-    paired = paired_differences(store, against, threshold) if against else None
+    paired = paired_differences(store, against, threshold, thresholds) if against else None
     if as_json:
         click.echo(json.dumps({"threshold": threshold, "settings": rows,
                                **({"paired": paired} if paired else {})}, indent=2))
@@ -573,8 +575,10 @@ def eval_regions(db_path, manifest, as_json, **given):
 def print_localisation(table: dict) -> None:
     """The localisation suite: each metric of the maps beside its baselines on the same regions."""
     columns = ("maps", "centre point", "centred gaussian", "uniform")
+    boot = table["maps"]["bootstrap"]
     click.echo(f"\nlocalisation of {table['maps']['images']} maps against their regions (mean region area "
-               f"{(table['mean_region_area'] or 0):.1%}; 95 % bootstrap intervals)")
+               f"{(table['mean_region_area'] or 0):.1%}; 95 % bootstrap intervals, {boot['resamples']} resamples, "
+               f"seed {boot['seed']})")
     click.echo(f"{'metric':34}" + "".join(f"{c:>24}" for c in columns))
 
     def cell(found) -> str:
@@ -588,7 +592,7 @@ def print_localisation(table: dict) -> None:
     rows = [(f"pointing game ({table['pointing_tolerance']} px)", lambda t: t["pointing_game"]),
             ("energy pointing game (mass share)", lambda t: t["energy_pointing_game"]),
             ("relevance rank accuracy", lambda t: t["rank_accuracy"]),
-            ("PxAP", lambda t: t.get("pxap")),
+            ("PxAP", lambda t: t.get("pxap")),  # a pooled figure, with its bootstrap interval
             (f"IoU at beta={table['beta']:g}", lambda t: t.get("at_beta", {}).get("iou")),
             (f"Dice at beta={table['beta']:g}", lambda t: t.get("at_beta", {}).get("dice")),
             ("IoU at the best threshold", lambda t: t.get("at_best_threshold", {}).get("iou")),
@@ -810,12 +814,14 @@ def eval_correlate(db_path, target, model, cam, beta, steps, baseline, as_json):
 @click.option("--judge-model", help="Judgments of this judge (needed when the store holds several).")
 @click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Judgments of this image mode.")
 @click.option("--cam", help="Judgments of maps of this CAM method.")
+@click.option("--target-layer", help="Judgments of maps of this target tensor.")
 @click.option("--probs-model", help="cleanlab reads this model's stored probabilities (default: --model's). "
                                     "cleanlab expects out-of-sample probabilities: where the labels are --model's own "
                                     "predictions, its probabilities can find nothing.")
 @json_option
 @user_errors
-def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode, cam, probs_model, as_json):
+def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode, cam, target_layer, probs_model,
+                      as_json):
     """Suspected label errors by the judge (WH, and CL where labels are the model's own predictions) against
     cleanlab's filters (CL, PNR, LSC, LNM) on the same probabilities: accuracy, precision, recall, F1 per method
     (the label is right = positive), the shape of the paper's Tables 5-6.
@@ -825,7 +831,7 @@ def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode,
         localjudge eval label-issues --db audit.db --truth truth.csv --probs-model efficientnet-lite2
     """
     table = label_issue_table(Store(db_path, create=False), Path(truth), threshold, model, judge_model, image_mode,
-                              cam, probs_model)
+                              cam, probs_model, target_layer)
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return

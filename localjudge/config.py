@@ -107,6 +107,14 @@ TUPLE_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if str(f.type
 DEFAULTS = RunConfig()
 
 IMAGE_MODES = ("masked", "heatmap")
+# Reading the store: bootstrap intervals (analysis.bootstrap) and sanity checks (eval sanity). Not run parameters:
+# they are reported beside the numbers they produce.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CONFIDENCE_LEVEL = 0.95
+SANITY_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+SANITY_IMAGES = 20
+SANITY_SEED = 0
 FAITHFULNESS_BASELINES = ("zeros", "black")
 
 

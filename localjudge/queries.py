@@ -87,7 +87,8 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
 def _judged_settings(store: Store, filters: dict) -> list[tuple[dict, list[dict]]]:
     """The successful judgments matching `filters`, by setting (GROUP_COLUMNS): image, score and correctness."""
     clauses, params = filter_clauses(filters)
-    where = ["j.status = 'ok'", *clauses]
+    # judgments of maps found degenerate after they were judged (a store made before) are no finding either
+    where = ["j.status = 'ok'", "s.failure is null", *clauses]
     rows = list(store.query(
         "select " + SETTING_SELECT + ", j.image_sha256, j.score, p.correct from judgments j "
         "join predictions p on p.id = j.prediction_id "
@@ -99,10 +100,12 @@ def _judged_settings(store: Store, filters: dict) -> list[tuple[dict, list[dict]
     return [(dict(zip(GROUP_COLUMNS, key)), members) for key, members in groups.items()]
 
 
-def paired_differences(store: Store, against: str, threshold: int, **filters) -> dict:
+def paired_differences(store: Store, against: str, threshold: int, thresholds: dict[str, int] | None = None,
+                       **filters) -> dict:
     """Every setting against the one whose key starts with `against`, on the images both judged: the difference of
     each quadrant's percentage and of the average score (other minus reference), with paired bootstrap intervals
-    (the images resampled once for both settings)."""
+    (the images resampled once for both settings). Each setting is split high/low at its own threshold (its
+    calibrated one where `thresholds` has it)."""
     from .analysis.bootstrap import LEVEL, RESAMPLES, SEED, paired_difference_interval
     from .analysis.matrix import QUADRANTS, quadrant_labels
 
@@ -116,7 +119,11 @@ def paired_differences(store: Store, against: str, threshold: int, **filters) ->
     def by_image(members: list[dict]) -> dict[str, tuple]:
         return {r["image_sha256"]: (np.nan if r["correct"] is None else r["correct"], r["score"]) for r in members}
 
+    def threshold_of(key: str) -> int:
+        return (thresholds or {}).get(key, threshold)
+
     reference = by_image(keys[reference_key][1])
+    reference_threshold = threshold_of(reference_key)
     differences = []
     for key, (setting, members) in keys.items():
         if key == reference_key:
@@ -126,17 +133,21 @@ def paired_differences(store: Store, against: str, threshold: int, **filters) ->
         first = np.array([reference[sha] for sha in shared], dtype=float).reshape(-1, 2)
         second = np.array([other[sha] for sha in shared], dtype=float).reshape(-1, 2)
 
+        # Each side's quadrant labels at its own threshold, then shares compared on the same resampled images.
+        first_labels = quadrant_labels(first[:, 0], first[:, 1], reference_threshold)
+        second_labels = quadrant_labels(second[:, 0], second[:, 1], threshold_of(key))
+
         def share_of(quadrant: str):
-            def statistic(rows: np.ndarray) -> float:
-                labels = quadrant_labels(rows[:, 0], rows[:, 1], threshold)
+            def statistic(labels: np.ndarray) -> float:
                 placed = np.isin(labels, QUADRANTS).sum()
                 return 100.0 * float((labels == quadrant).sum()) / placed if placed else float("nan")
             return statistic
 
         entry = {"setting_key": key, **{c: setting[c] for c in GROUP_COLUMNS}, "images": len(shared),
-                 "average_score": paired_difference_interval(first, second, lambda rows: float(rows[:, 1].mean()))}
+                 "thresholds": [reference_threshold, threshold_of(key)],
+                 "average_score": paired_difference_interval(first[:, 1], second[:, 1], lambda v: float(v.mean()))}
         for quadrant in QUADRANTS:
-            entry[quadrant] = paired_difference_interval(first, second, share_of(quadrant))
+            entry[quadrant] = paired_difference_interval(first_labels, second_labels, share_of(quadrant))
         differences.append(entry)
     return {"against": reference_key, "setting": keys[reference_key][0], "threshold": threshold,
             "differences": differences, "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}}
@@ -194,20 +205,24 @@ def sanity_checks(store: Store, model: str | None = None, cam: str | None = None
 
 def localisation(store: Store, saliency_ids: list[str], beta: float) -> dict:
     """The localisation suite (analysis.localisation) of these stored maps against their images' regions, beside the
-    trivial baselines on the same regions. Maps whose image has no region, and degenerate maps, are left out."""
+    trivial baselines on the same regions. Maps whose image has no region, and degenerate maps, are left out. Maps
+    are read a few hundred at a time and let go once measured."""
     from .analysis.localisation import localisation_table
     from .ground_truth import region_in_view
 
-    maps = [m for m in store.saliency_maps(saliency_ids) if not m.get("failure")]
-    truths = {t["image_sha256"]: t for t in store.ground_truth({m["image_sha256"] for m in maps})}
-    maps = [m for m in maps if m["image_sha256"] in truths]
-    geometry = {p["id"]: json.loads(p["preprocessing"]) for p in store.predictions({m["prediction_id"] for m in maps})}
-    pairs = []
-    for m in maps:
-        saliency = unpack_array(m["map"], (m["height"], m["width"]))
-        pairs.append((saliency, region_in_view(truths[m["image_sha256"]], geometry[m["prediction_id"]],
-                                               saliency.shape)))
-    return localisation_table(pairs, beta)
+    def pairs():
+        for start in range(0, len(saliency_ids), 256):
+            maps = [m for m in store.saliency_maps(saliency_ids[start:start + 256]) if not m.get("failure")]
+            truths = {t["image_sha256"]: t for t in store.ground_truth({m["image_sha256"] for m in maps})}
+            maps = [m for m in maps if m["image_sha256"] in truths]
+            geometry = {p["id"]: json.loads(p["preprocessing"])
+                        for p in store.predictions({m["prediction_id"] for m in maps})}
+            for m in maps:
+                saliency = unpack_array(m["map"], (m["height"], m["width"]))
+                yield saliency, region_in_view(truths[m["image_sha256"]], geometry[m["prediction_id"]],
+                                               saliency.shape)
+
+    return localisation_table(pairs(), beta)
 
 
 def localisation_by_setting(store: Store, beta: float, model: str | None = None, cam: str | None = None) -> list[dict]:
@@ -267,8 +282,9 @@ def map_signals(store: Store, beta: float, steps: int, baseline: str, model: str
         where.append("s.method = ?")
         params.append(cam)
     clause = f"where {' and '.join(where)}" if where else ""
-    maps = list(store.query(f"select s.id, p.confidence from saliency_maps s join predictions p on p.id = s.prediction_id "
-                            f"{clause} order by s.id", params))
+    clause = f"{clause} and s.failure is null" if clause else "where s.failure is null"  # degenerate maps: no signal
+    maps = list(store.query("select s.id, p.confidence from saliency_maps s join predictions p on "
+                            f"p.id = s.prediction_id {clause} order by s.id", params))
     index = {m["id"]: i for i, m in enumerate(maps)}
     signals: dict[str, np.ndarray] = {}
 
@@ -333,7 +349,8 @@ def stored_probabilities(store: Store, image_shas: list[str], model: str) -> np.
 
 
 def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str, judge_model: str | None = None,
-                      image_mode: str | None = None, cam: str | None = None, probs_model: str | None = None) -> dict:
+                      image_mode: str | None = None, cam: str | None = None, probs_model: str | None = None,
+                      target_layer: str | None = None) -> dict:
     """Every method's verdicts on the images of the truth file that have a label, a prediction of `model` and a
     successful judgment: the shape of the paper's Tables 5 and 6."""
     from .analysis.label_issues import CLEANLAB_FILTERS, cleanlab_flags, detection_scores, judge_flags
@@ -341,8 +358,9 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
     truth = read_truth(truth_path)
     images = {str(Path(i["path"]).resolve()): i["sha256"] for i in store.images()}
     by_sha = {images[p]: ok for p, ok in truth.items() if p in images}
-    where, params = ["j.status = 'ok'", "p.model = ?", "p.label_indices is not null"], [model]
-    for column, value in (("j.judge_model", judge_model), ("j.image_mode", image_mode), ("s.method", cam)):
+    where, params = ["j.status = 'ok'", "s.failure is null", "p.model = ?", "p.label_indices is not null"], [model]
+    for column, value in (("j.judge_model", judge_model), ("j.image_mode", image_mode), ("s.method", cam),
+                          ("s.target_layer", target_layer)):
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
@@ -352,8 +370,9 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
         "where " + " and ".join(where) + " order by p.image_sha256", params) if r["image_sha256"] in by_sha]
     settings = {tuple(r[c] for c in GROUP_COLUMNS) for r in rows}
     if len(settings) > 1:
-        raise ValueError("judgments of several settings (model, CAM, judge, image mode, alpha, beta, prompt, judge "
-                         "image size, decoding); choose one with --cam, --judge-model and --image-mode: "
+        raise ValueError("judgments of several settings (model, CAM, target, judge, image mode, alpha, beta, prompt, "
+                         "judge image size, decoding); choose one with --cam, --target-layer, --judge-model and "
+                         "--image-mode: "
                          + "; ".join(describe_setting(dict(zip(GROUP_COLUMNS, s))) for s in sorted(settings, key=str)))
     if not rows:
         raise ValueError(f"{truth_path}: none of its images has a label, a prediction of {model} and a successful "

@@ -34,7 +34,7 @@ CAMS = ("gradcam", "gradcam++", "layercam", "scorecam", "eigencam")
 METRICS = (("pointing game", lambda t: t["pointing_game"]["mean"]),
            ("mass share", lambda t: t["energy_pointing_game"]["mean"]),
            ("rank acc.", lambda t: t["rank_accuracy"]["mean"]),
-           ("PxAP", lambda t: t.get("pxap")),
+           ("PxAP", lambda t: (t.get("pxap") or {}).get("mean")),
            ("IoU@β", lambda t: t["at_beta"]["iou"]["mean"]),
            ("best IoU", lambda t: t["at_best_threshold"]["iou"]["mean"]))
 

@@ -15,15 +15,20 @@ def square(size: int, top: int, left: int, side: int) -> np.ndarray:
     return mask
 
 
-def test_the_pointing_game_hits_within_15_pixels():
+def test_the_pointing_game_hits_closer_than_15_pixels_as_torchray():
     saliency = np.zeros((64, 64), dtype=np.float32)
     saliency[10, 10] = 1.0
     region = np.zeros((64, 64), dtype=bool)
-    region[10, 25] = True  # 15 px away: a hit
+    region[10, 24] = True  # 14 px away: a hit
     assert pointing_hit(saliency, region) == 1.0
     region[:] = False
-    region[10, 26] = True  # 16 px: a miss
+    region[10, 25] = True  # 15 px: TorchRay's acceptance region is (u^2 + v^2) < 15^2, a miss
     assert pointing_hit(saliency, region) == 0.0
+    region[:] = False
+    region[19, 21] = True  # 9^2 + 11^2 = 202 < 225: a hit off the axes
+    assert pointing_hit(saliency, region) == 1.0
+    region[:] = False
+    region[10, 25] = True
     assert pointing_hit(saliency, np.zeros_like(region)) is None  # no object
     assert pointing_hit(np.ones((64, 64)), region) is None  # a flat map points nowhere
 
@@ -41,6 +46,38 @@ def test_mass_and_rank_by_hand():
     assert rank_accuracy(uniform_map(8, 8), region) == pytest.approx(4 / 64)  # a uniform map: the area fraction
     assert energy_pointing(uniform_map(8, 8), region) == pytest.approx(4 / 64)
     assert energy_pointing(np.zeros((8, 8)), region) is None
+    assert energy_pointing(saliency, np.zeros_like(region)) is None  # no object: no share, like the other metrics
+
+
+def wsolevaluation_pxap(pairs, interval: float = 0.01) -> float:
+    """A port of wsolevaluation's MaskEvaluator (accumulate + compute, clovaai/wsolevaluation evaluation.py), kept
+    here as the reference: score histograms of region and background pixels, bins [0, bw), ..., [1-bw, 1), [1, 2),
+    [2, 3]; tp and fp counted from the top bin down; AP = sum of precision times the recall gained."""
+    thresholds = list(np.arange(0, 1, interval))
+    edges = np.append(thresholds, [1.0, 2.0, 3.0])
+    true_hist = np.zeros(len(thresholds) + 2)
+    false_hist = np.zeros(len(thresholds) + 2)
+    for saliency, truth in pairs:
+        true_hist += np.histogram(saliency[truth], bins=edges)[0]
+        false_hist += np.histogram(saliency[~truth], bins=edges)[0]
+    tp, fp = true_hist[::-1].cumsum(), false_hist[::-1].cumsum()
+    fn = true_hist.sum() - tp
+    nonzero = (tp + fp) != 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision, recall = tp / (tp + fp), tp / (tp + fn)
+    return float((precision[1:] * np.diff(recall))[nonzero[1:]].sum())
+
+
+def test_pxap_is_wsolevaluations():
+    rng = np.random.default_rng(4)
+    pairs = []
+    for n in range(6):
+        region = square(40, 5 + n, 8, 15)
+        saliency = np.clip(region * 0.5 + rng.random((40, 40)).astype(np.float32) * 0.6, 0, 1).astype(np.float32)
+        saliency[0, 0], saliency[1, 1] = 1.0, 0.0  # values on the outer bins' edges
+        pairs.append((saliency, region))
+    ours = pxap(sum(threshold_counts(s, t) for s, t in pairs))
+    assert 0.4 < ours < 1 and ours == pytest.approx(wsolevaluation_pxap(pairs), abs=1e-9)
 
 
 def test_pxap_of_a_perfect_and_a_uniform_map():
@@ -65,16 +102,17 @@ def test_a_dataset_table_with_its_baselines():
     assert uniform["energy_pointing_game"]["mean"] == pytest.approx(table["mean_region_area"])
     assert uniform["rank_accuracy"]["mean"] == pytest.approx(table["mean_region_area"])
     assert uniform["pointing_game"]["mean"] is None
-    assert maps["pxap"] > gaussian["pxap"] > 0 and uniform["pxap"] == pytest.approx(table["mean_region_area"])
+    assert maps["pxap"]["mean"] > gaussian["pxap"]["mean"] > 0
+    assert uniform["pxap"]["mean"] == pytest.approx(table["mean_region_area"])
+    assert maps["pxap"]["ci_low"] <= maps["pxap"]["mean"] <= maps["pxap"]["ci_high"]
+    assert maps["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
     assert maps["at_best_threshold"]["iou"]["mean"] >= maps["at_beta"]["iou"]["mean"]
     assert maps["at_beta"]["threshold"] == 0.6
     low, high = maps["energy_pointing_game"]["ci_low"], maps["energy_pointing_game"]["ci_high"]
     assert low <= maps["energy_pointing_game"]["mean"] <= high
     assert gaussian_map(5, 5).argmax() == 12  # the centre
-    assert localisation([], 0.6) == {"images": 0, "pointing_game": {"mean": None, "ci_low": None, "ci_high": None,
-                                                                    "n": 0},
-                                     "energy_pointing_game": {"mean": None, "ci_low": None, "ci_high": None, "n": 0},
-                                     "rank_accuracy": {"mean": None, "ci_low": None, "ci_high": None, "n": 0}}
+    empty = localisation([], 0.6)
+    assert empty["images"] == 0 and empty["pointing_game"]["mean"] is None and "pxap" not in empty
 
 
 def test_eval_regions_prints_the_suite_beside_its_baselines(data_dir, tmp_path):

@@ -45,3 +45,11 @@ def test_eval_sanity_flags_an_insensitive_method_and_passes_gradcam(data_dir, tm
     assert report["sanity_flagged"] == ["eigencam"]
     bad = invoke("eval", "sanity", "--db", db, "--cam", "nosuch", expect_ok=False)
     assert bad.exit_code == 2 and "unknown CAM method nosuch" in bad.output
+
+
+def test_the_flag_rule_is_the_documented_threshold():
+    from localjudge.analysis.sanity import INSENSITIVE, insensitive
+
+    assert insensitive({"median_rank_correlation": INSENSITIVE}) and not insensitive(
+        {"median_rank_correlation": INSENSITIVE - 1e-9}) and not insensitive({"median_rank_correlation": None})
+    assert INSENSITIVE == 0.5

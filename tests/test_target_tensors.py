@@ -196,3 +196,17 @@ def test_all_zero_maps_are_stored_as_map_failures_and_never_judged(data_dir, tmp
     assert report["map_failures"] == 4 and "all-zero map" in (tmp_path / "report" / "data.js").read_text()
     # the healthy model in the same store is judged as ever
     assert invoke_json("run", manifest, "--db", db)["judge"]["computed"] == 4
+
+
+def test_a_card_whose_activation_claim_is_false_is_refused(tmp_path):
+    """The first block's projection BatchNorm feeds a linear bottleneck: no ReLU6 follows it, so a card claiming one
+    would change the model. The check forward pass sees the outputs change and refuses the card."""
+    from localjudge.vision.cards import WeightsError
+
+    card = json.loads(open(load_card("efficientnet-lite0").card_path).read())
+    card.update(target_layer="_blocks.0._bn2", labels=str(load_card("efficientnet-lite0").card_path).replace(
+        "efficientnet-lite0.json", "labels/imagenet-1k.csv"))
+    path = tmp_path / "wrong.json"
+    path.write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="changes the model's outputs"):
+        open_model(load_card(str(path)), None, "cpu", "torch")

@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-RESAMPLES = 1000
-SEED = 0
-LEVEL = 0.95
+from ..config import BOOTSTRAP_RESAMPLES as RESAMPLES
+from ..config import BOOTSTRAP_SEED as SEED
+from ..config import CONFIDENCE_LEVEL as LEVEL
 
 
 def resample_indices(n: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:

@@ -34,7 +34,7 @@ from ..judge.prompts import prompt_hash, prompt_template, render
 from ..saliency.masking import judge_image
 from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
 from ..vision import ModelCard, backend_of, main_class, model_hash, open_model, resolve_card
-from ..vision.preprocess import mask_view, model_view, to_tensor
+from ..vision.preprocess import model_view, to_tensor
 
 PACKAGES = ("localjudge", "torch", "torchvision", "transformers", "xgrammar", "grad-cam", "numpy", "pillow",
             "sqlite-utils", "click")
@@ -614,7 +614,7 @@ class Audit:
         from ..ground_truth import region_in_view
 
         stage = Stage() if stage is None else stage
-        maps = self.store.saliency_maps(saliency_ids)
+        maps = [m for m in self.store.saliency_maps(saliency_ids) if not m.get("failure")]  # degenerate: no finding
         truths = {t["image_sha256"]: t for t in self.store.ground_truth({m["image_sha256"] for m in maps})}
         maps = [m for m in maps if m["image_sha256"] in truths]
         beta = self.config.beta
@@ -708,7 +708,7 @@ class Audit:
             raise ValueError(f"{self.card.name}: faithfulness metrics are for classifiers (its task is "
                              f"{self.card.task})")
         steps, fill = config.faithfulness_steps, config.faithfulness_baseline
-        maps = self.store.saliency_maps(saliency_ids)
+        maps = [m for m in self.store.saliency_maps(saliency_ids) if not m.get("failure")]  # degenerate: no ranking
         keys = {m["id"]: content_key("faithfulness", m["id"], steps, fill) for m in maps}
         stage.ids.extend(keys.values())
         existing = self.store.existing_ids("faithfulness", keys.values())
@@ -861,7 +861,7 @@ class Audit:
         config = self.config
         keys = self.judgment_keys(saliency_ids)
         template, template_hash, decoding = self.judgment_key_parts()
-        maps = self.store.saliency_maps(saliency_ids)
+        maps = [m for m in self.store.saliency_maps(saliency_ids) if not m.get("failure")]  # never shown to a judge
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
         unseen = list({m["image_sha256"]: m for m in maps if m["image_sha256"] not in views}.values())
         if unseen:

@@ -117,11 +117,12 @@ def _localisation_summary(found: dict) -> dict:
     """A setting's localisation against its regions, maps beside each baseline, for the page."""
     metrics = {"pointing game": lambda t: t["pointing_game"]["mean"],
                "mass share": lambda t: t["energy_pointing_game"]["mean"],
-               "rank accuracy": lambda t: t["rank_accuracy"]["mean"], "PxAP": lambda t: t.get("pxap"),
+               "rank accuracy": lambda t: t["rank_accuracy"]["mean"],
+               "PxAP": lambda t: (t.get("pxap") or {}).get("mean"),
                "best IoU": lambda t: t.get("at_best_threshold", {}).get("iou", {}).get("mean")}
     columns = ("maps", "centre point", "centred gaussian", "uniform")
-    return {"setting": f"{found['model']} {found['cam']} at {found['target_layer']}", "images": found["maps"]["images"],
-            "columns": list(columns),
+    return {"setting": f"{found['model']} {found['cam']} at {found['target_layer']}, beta {found['beta']:g}",
+            "images": found["maps"]["images"], "columns": list(columns),
             "metrics": [[name, *[pick(found[c]) for c in columns]] for name, pick in metrics.items()]}
 
 
@@ -202,7 +203,8 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     thumbnails = sorted((out / THUMBNAIL_DIR).glob("*.jpg"))
     return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
             "images_unavailable": len(image_errors), "unavailable": sorted(image_errors.values()),
-            "map_failures": len(failures), "localisation_settings": len(localised), "sanity_flagged": sorted(c["method"] for c in checks if c["flagged"]),
+            "map_failures": len(failures), "localisation_settings": len(localised),
+            "sanity_flagged": sorted(c["method"] for c in checks if c["flagged"]),
             "thumbnails": len(thumbnails), "thumbnail_bytes": sum(p.stat().st_size for p in thumbnails),
             "data_bytes": (out / "data.js").stat().st_size,
             "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),

@@ -22,7 +22,7 @@ PROVENANCE = frozenset({"run_id", "created_at", "updated_at", "started_at", "fin
 # A model's float outputs depend in their last bits on the batch they were computed in (another batch size, another
 # kernel): a probability vector, a map or a curve computed twice is never byte-equal. They are not compared; floats
 # are compared to a relative 1e-4; what decides (a class, a score, an answer, a quadrant) must be equal.
-NUMERIC_NOISE = frozenset({"probs", "map", "top5", "deletion_curve", "insertion_curve", "details"})
+NUMERIC_NOISE = frozenset({"probs", "map", "top5", "deletion_curve", "insertion_curve", "details", "cascade"})
 FLOAT_TOLERANCE = 1e-4
 
 

@@ -150,6 +150,14 @@ def m007_map_failures(db: sqlite_utils.Database) -> None:
     # A map that shows nothing (all zero, or flat: see saliency.engine.degenerate) is kept with the reason it is no
     # finding; it is never judged, and summaries count it apart. NULL: a map to judge.
     db["saliency_maps"].add_column("failure", str)
+    # Maps stored before: a degenerate map was normalised to all zeros (min-max of a constant), so those are found.
+    from . import unpack_array
+
+    found = [row["id"] for row in db.query("select id, map, height, width from saliency_maps")
+             if not unpack_array(row["map"], (row["height"], row["width"])).any()]
+    for map_id in found:
+        db["saliency_maps"].update(map_id, {"failure": "all-zero or flat map (found in a store made before degenerate "
+                                                       "maps were caught)"})
 
 
 @migration
@@ -162,6 +170,35 @@ def m008_sanity_checks(db: sqlite_utils.Database) -> None:
          "cascade": str, "flagged": int, "run_id": str, "created_at": str},
         pk="id",
     )
+
+
+@migration
+def m009_calibrations_keyed_with_the_target(db: sqlite_utils.Database) -> None:
+    # A judge setting now includes the maps' target tensor (queries.GROUP_COLUMNS): a calibration stored before is
+    # keyed again with the target of the maps its setting's judgments were made on (one target per setting then).
+    import json
+
+    from . import content_key
+
+    columns = ("model", "model_hash", "cam", "target_layer", "judge_model", "judge_model_hash", "image_mode", "alpha",
+               "beta", "judge_image_size", "prompt_hash", "decoding")  # GROUP_COLUMNS as this migration writes them
+    for row in list(db.query("select id, setting from calibrations")):
+        setting = json.loads(row["setting"])
+        if "target_layer" in setting:
+            continue
+        targets = [r["target_layer"] for r in db.query(
+            "select distinct s.target_layer from judgments j join predictions p on p.id = j.prediction_id "
+            "join saliency_maps s on s.id = j.saliency_id where p.model_hash = ? and s.method = ? "
+            "and j.judge_model_hash = ? and j.image_mode = ? and j.alpha = ? and j.beta = ? and j.prompt_hash = ? "
+            "and j.judge_image_size = ? and j.decoding = ?",
+            [setting["model_hash"], setting["cam"], setting["judge_model_hash"], setting["image_mode"],
+             setting["alpha"], setting["beta"], setting["prompt_hash"], setting["judge_image_size"],
+             setting["decoding"]])]
+        if len(targets) != 1:
+            continue  # no judgment left to tell (or several): the calibration stays as it was
+        setting["target_layer"] = targets[0]
+        db["calibrations"].update(row["id"], {"setting": json.dumps(setting, sort_keys=True),
+                                             "setting_key": content_key("setting", *[setting[c] for c in columns])})
 
 
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides

@@ -103,11 +103,20 @@ def prepare_target(module: torch.nn.Module, card: ModelCard) -> torch.nn.Module:
     layer = find_layer(module, card.target_layer)
     if card.target_activation:
         function = ACTIVATIONS[card.target_activation][0]
+        example = torch.randn(1, 3, card.crop, card.crop, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            before = module(example)
         layer.register_forward_hook(lambda _module, _inputs, output: function(output))
         parent_name, _, name = card.activation_module.rpartition(".")
         parent = find_layer(module, parent_name) if parent_name else module
         find_layer(module, card.activation_module)  # a clear error where the card names no such module
         setattr(parent, name, ReappliedActivation(card.target_activation))
+        with torch.no_grad():
+            after = module(example)
+        if not torch.equal(before, after):  # the card's claim, checked: the activation is applied right after
+            raise WeightsError(f"{card.card_path}: applying {card.target_activation} to {card.target_layer} changes "
+                               f"the model's outputs: {card.activation_module} does not apply it right after "
+                               "that layer; fix target_activation and activation_module")
     return layer
 
 

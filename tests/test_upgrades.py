@@ -1,0 +1,51 @@
+"""A store made before this version is upgraded in place: degenerate maps it holds are found (m007), calibrations
+are keyed with the target tensor (m009), and what was judged of degenerate maps stays out of the matrices."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+
+from localjudge.queries import GROUP_COLUMNS, calibrated_thresholds, setting_key
+from localjudge.store import Store, pack_array
+
+from .conftest import invoke, invoke_json, seg_photos_manifest
+
+
+def forget(db, migration: str, sql: str = "") -> None:
+    """Make the store look as a store made before `migration` (its change undone, its record gone)."""
+    with sqlite3.connect(db) as conn:
+        if sql:
+            conn.execute(sql)
+        conn.execute("delete from _migrations where name = ?", [migration])
+
+
+def test_an_old_stores_degenerate_maps_are_found_and_its_calibrations_keyed_again(data_dir, tmp_path):
+    manifest = seg_photos_manifest(data_dir, tmp_path / "four.csv", 4)
+    db = tmp_path / "old.db"
+    invoke("run", manifest, "--db", db)
+    store = Store(db)
+    (one, *_) = store.query("select id, height, width from saliency_maps order by id")
+    # as an old store held it: a flat map, normalised to all zeros, and judged
+    store.db["saliency_maps"].update(one["id"], {"map": pack_array(np.zeros((one["height"], one["width"])))})
+    (sample,) = [s for s in store.query(
+        "select p.model, p.model_hash, s.method as cam, s.target_layer, j.judge_model, j.judge_model_hash, "
+        "j.image_mode, j.alpha, j.beta, j.judge_image_size, j.prompt_hash, j.decoding from judgments j "
+        "join predictions p on p.id = j.prediction_id join saliency_maps s on s.id = j.saliency_id limit 1")]
+    old_setting = {c: sample[c] for c in GROUP_COLUMNS if c != "target_layer"}
+    store.add_calibration({"id": "c1", "setting_key": "an-old-key", "setting": json.dumps(old_setting),
+                           "raters": "[]", "human_threshold": 3, "threshold": 2, "n": 10, "created_at": "then"})
+    store.close()
+    forget(db, "m007_map_failures", "alter table saliency_maps drop column failure")
+    forget(db, "m009_calibrations_keyed_with_the_target")
+
+    store = Store(db)  # migrates
+    failures = {r["id"]: r["failure"] for r in store.query("select id, failure from saliency_maps")}
+    assert failures[one["id"]].startswith("all-zero or flat map") and sum(f is not None for f in failures.values()) == 1
+    assert calibrated_thresholds(store) == {setting_key(dict(sample)): 2}
+    store.close()
+    matrix = invoke_json("matrix", "--db", db)["matrices"][0]
+    assert matrix["judgments"] == 3  # the degenerate map's judgment is no finding
+    assert invoke_json("matrix", "--db", db, "--threshold", "calibrated")["matrices"][0]["threshold"] == 2
