@@ -660,24 +660,31 @@ class Audit:
         pictures, predictions = self.load_images(predictions, stage)
         if not predictions:
             raise ValueError("no stored predictions of this model whose images can be read")
-        inputs = to_tensor(pictures, self.card)
         targets = [p["predicted_index"] for p in predictions]
         rng = np.random.default_rng(seed)
         classes = len(self.card.label_list().names)
         others = [int((t + rng.integers(1, classes)) % classes) for t in targets]  # never the predicted class
         model = self.vision_model()
-        after = layers_after_target(model.module, model.target_layer, inputs[:1])
+        size = self.config.batch_size
+
+        def maps(method: str, of_model, classes_: list[int]) -> list[np.ndarray]:
+            """The method's maps of every image for these classes, a batch at a time."""
+            engine = CamEngine(method, of_model)
+            return [m for start in range(0, len(pictures), size)
+                    for m in engine.compute(to_tensor(pictures[start:start + size], self.card),
+                                            classes_[start:start + size])]
+
+        after = layers_after_target(model.module, model.target_layer, to_tensor(pictures[:1], self.card))
         results = {}
         for method in methods:
-            original = list(CamEngine(method, model).compute(inputs, targets))
-            random_logit = compare_maps(original, list(CamEngine(method, model).compute(inputs, others)))
+            original = maps(method, model, targets)
+            random_logit = compare_maps(original, maps(method, model, others))
             cascade = []
             for step in range(1, len(after) + 1):
                 randomised = after[-step:]  # from the head back
                 changed = open_model(self.card, self._weights, self.config.device, "torch")
                 randomise(changed.module, randomised, seed)
-                cascade.append({"randomised": randomised,
-                                **compare_maps(original, list(CamEngine(method, changed).compute(inputs, targets)))})
+                cascade.append({"randomised": randomised, **compare_maps(original, maps(method, changed, targets))})
             flagged = bool(cascade) and insensitive(cascade[-1])
             results[method] = {"random_logit": random_logit, "cascade": cascade, "flagged": flagged}
         images = [p["image_sha256"] for p in predictions]
