@@ -108,8 +108,23 @@ def test_every_dataset_figure_of_the_commands_carries_its_interval(data_dir, tmp
     assert difference["average_score"]["difference"] == pytest.approx(other["average_score"] - matrix["average_score"])
     text = invoke("compare", "--db", db, "--against", matrix["setting_key"][:8]).output
     assert "paired bootstrap 95 % intervals" in text
+    for found in (matrix, other):  # the intervals are numbers around their figures, not placeholders
+        for quadrant, count in found["counts"].items():
+            interval = found["intervals"][quadrant]
+            if count:
+                assert interval["ci_low"] <= found["percent"][quadrant] <= interval["ci_high"]
     regions = invoke_json("eval", "regions", "--db", db, "--mask-column", "mask", "--manifest", manifest,
                           "--path-column", "file")
     assert set(regions["means"]["intervals"]) >= {"iou", "dice", "pixel_accuracy", "f1"}
+    iou = regions["means"]["intervals"]["iou"]
+    assert iou["ci_low"] <= regions["means"]["iou"] <= iou["ci_high"]
+    for metric in ("pointing_game", "energy_pointing_game", "rank_accuracy", "pxap"):
+        found = regions["localisation"]["maps"][metric]
+        assert found["ci_low"] <= found["mean"] <= found["ci_high"], metric
+    correlations = invoke_json("eval", "correlate", "--db", db, "--target", "iou")
+    for row in correlations["correlations"]:
+        for kind in ("pearson", "spearman"):
+            if row[kind]["r"] is not None and row[kind]["n"] > 10:
+                assert row[kind]["ci_low"] <= row[kind]["r"] <= row[kind]["ci_high"], row["signal"]
     bad = invoke("compare", "--db", db, "--against", "zzzz", expect_ok=False)
     assert bad.exit_code == 1 and "no setting has a key starting with it" in bad.output
