@@ -216,58 +216,49 @@
     });
   }
 
+  // A table of rows of text (never HTML); `flagged[i]` marks row i.
+  function fillTable(table, headers, rows, flagged) {
+    const head = element("tr");
+    headers.forEach(function (name) { head.appendChild(element("th", {}, name)); });
+    table.appendChild(head);
+    rows.forEach(function (cells, index) {
+      const row = element("tr", flagged && flagged[index] ? { "class": "flagged" } : {});
+      cells.forEach(function (text) { row.appendChild(element("td", {}, text)); });
+      table.appendChild(row);
+    });
+  }
+  function fixed(digits) {
+    return function (value) { return value === null || value === undefined ? "n/a" : value.toFixed(digits); };
+  }
+
   const localised = DATA.localisation || [];
   if (localised.length) {
-    const holder = byId("localisation");
-    const number = function (value) { return value === null || value === undefined ? "n/a" : value.toFixed(3); };
     localised.forEach(function (found) {
       const table = element("table");
-      const caption = element("caption", {}, found.setting + " (" + found.images + " images)");
-      table.appendChild(caption);
-      const head = element("tr");
-      head.appendChild(element("th", {}, "metric"));
-      found.columns.forEach(function (name) { head.appendChild(element("th", {}, name)); });
-      table.appendChild(head);
-      found.metrics.forEach(function (metric) {
-        const row = element("tr");
-        row.appendChild(element("td", {}, metric[0]));
-        metric.slice(1).forEach(function (value) { row.appendChild(element("td", {}, number(value))); });
-        table.appendChild(row);
-      });
-      holder.appendChild(table);
+      table.appendChild(element("caption", {}, found.setting + " (" + found.images + " images)"));
+      fillTable(table, ["metric"].concat(found.columns), found.metrics.map(function (metric) {
+        return [metric[0]].concat(metric.slice(1).map(fixed(3)));
+      }));
+      byId("localisation").appendChild(table);
     });
     byId("localisation-figure").hidden = false;
   }
 
   const checks = DATA.sanity || [];
   if (checks.length) {
-    const table = byId("sanity");
-    const head = element("tr");
-    ["model", "target", "CAM", "images", "random class |rho|", "model randomised |rho|", "verdict"]
-      .forEach(function (name) { head.appendChild(element("th", {}, name)); });
-    table.appendChild(head);
-    const number = function (value) { return value === null || value === undefined ? "n/a" : value.toFixed(2); };
-    checks.forEach(function (c) {
-      const row = element("tr", c.flagged ? { "class": "flagged" } : {});
-      [c.model, c.target_layer, c.method, c.images, number(c.random_logit_rank), number(c.randomised_rank),
-       c.flagged ? "flagged: its maps do not depend on the model" : "ok"]
-        .forEach(function (text) { row.appendChild(element("td", {}, text)); });
-      table.appendChild(row);
-    });
+    fillTable(byId("sanity"), ["model", "target", "CAM", "images", "random class |rho|", "model randomised |rho|",
+                               "verdict"], checks.map(function (c) {
+      return [c.model, c.target_layer, c.method, c.images, fixed(2)(c.random_logit_rank), fixed(2)(c.randomised_rank),
+              c.flagged ? "flagged: its maps do not depend on the model" : "ok"];
+    }), checks.map(function (c) { return c.flagged; }));
     byId("sanity-figure").hidden = false;
   }
 
   const failures = DATA.map_failures || [];
   if (failures.length) {
-    const table = byId("map-failures");
-    const head = element("tr");
-    ["file", "CAM", "target", "why"].forEach(function (name) { head.appendChild(element("th", {}, name)); });
-    table.appendChild(head);
-    failures.forEach(function (f) {
-      const row = element("tr");
-      [f.path, f.cam, f.target_layer, f.reason].forEach(function (text) { row.appendChild(element("td", {}, text)); });
-      table.appendChild(row);
-    });
+    fillTable(byId("map-failures"), ["file", "CAM", "target", "why"], failures.map(function (f) {
+      return [f.path, f.cam, f.target_layer, f.reason];
+    }));
     byId("map-failures-figure").hidden = false;
   }
 
