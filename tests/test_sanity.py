@@ -23,7 +23,7 @@ def test_ssim_and_rank_similarity_by_definition():
     assert rank_similarity(np.zeros((4, 4)), a[:4, :4]) == 0.0
 
 
-def test_eval_sanity_flags_an_insensitive_method_and_passes_gradcam(data_dir, tmp_path):
+def test_eval_sanity_flags_an_insensitive_method_and_passes_gradcam(data_dir, tmp_path, browser):
     import csv
 
     with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
@@ -43,6 +43,14 @@ def test_eval_sanity_flags_an_insensitive_method_and_passes_gradcam(data_dir, tm
     invoke("explain", "--db", db)
     report = invoke_json("report", "--db", db, "--out", tmp_path / "report")
     assert report["sanity_flagged"] == ["eigencam"]
+    page = browser.new_page()
+    try:
+        page.goto((tmp_path / "report" / "index.html").as_uri())
+        rows = page.locator("#sanity tr").all_inner_texts()
+        assert any("eigencam" in r and "flagged" in r for r in rows) and any("gradcam" in r and "ok" in r for r in rows)
+        assert page.locator("#sanity tr.flagged").count() == 1
+    finally:
+        page.close()
     bad = invoke("eval", "sanity", "--db", db, "--cam", "nosuch", expect_ok=False)
     assert bad.exit_code == 2 and "unknown CAM method nosuch" in bad.output
 
