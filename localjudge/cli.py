@@ -747,7 +747,9 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
                 results.append({"alpha": alpha, "beta": beta, "prompt_style": style, "judged_now": stage.computed,
                                 "failed_now": stage.failed, "judgments": matrix["judgments"] if matrix else 0,
                                 "percent": matrix["percent"] if matrix else None,
-                                "average_score": matrix["average_score"] if matrix else None})
+                                "average_score": matrix["average_score"] if matrix else None,
+                                "intervals": matrix["intervals"] if matrix else None,
+                                "bootstrap": matrix["bootstrap"] if matrix else None})
                 audit.store.close()
     judge.close(cancel=False)
     if as_json:

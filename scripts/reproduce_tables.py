@@ -53,11 +53,27 @@ def with_interval(c: dict) -> str:
     return number(c["r"]) + ("" if c["low"] is None else f" [{c['low']:.2f}, {c['high']:.2f}]")
 
 
+def bootstrap_interval(c: dict) -> str:
+    return "n/a" if c.get("ci_low") is None else f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+
+
+def with_ci(value, interval: dict | None, digits: int) -> str:
+    """A figure with its bootstrap 95 % interval."""
+    if value is None:
+        return "n/a"
+    if not interval or interval.get("ci_low") is None:
+        return number(value, digits)
+    return f"{value:.{digits}f} [{interval['ci_low']:.{digits}f}, {interval['ci_high']:.{digits}f}]"
+
+
 def quadrants(setting: dict) -> str:
-    """judgments | CH % | CL % | WH % | WL % | average score, of one `eval sweep` setting."""
-    percent = setting["percent"] or {}
-    return " | ".join([str(setting["judgments"]), *(number(percent.get(q), 1) for q in ("CH", "CL", "WH", "WL")),
-                       number(setting["average_score"], 2)])
+    """judgments | CH % | CL % | WH % | WL % | average score, of one `eval sweep` or `compare` setting, each with its
+    bootstrap 95 % interval."""
+    percent = setting.get("percent") or {q: setting.get(q) for q in ("CH", "CL", "WH", "WL")}
+    intervals = setting.get("intervals") or {}
+    return " | ".join([str(setting["judgments"]),
+                       *(with_ci(percent.get(q), intervals.get(q), 1) for q in ("CH", "CL", "WH", "WL")),
+                       with_ci(setting["average_score"], intervals.get("average_score"), 2)])
 
 
 def main() -> None:
@@ -78,10 +94,25 @@ def main() -> None:
         localjudge_json("eval", "faithfulness", "--db", seg_db)
         table = localjudge_json("eval", "correlate", "--db", seg_db)
         lines += ["## Table 1: the judge score against ground truth and faithfulness (seg-photos, 70 photos)", "",
-                  f"Correlation with `{table['target']}`; 95 % intervals; attention mask = map >= 0.6.", "",
-                  "| signal | n | Pearson r | Spearman rho |", "|---|---|---|---|"]
+                  f"Correlation with `{table['target']}`; Fisher 95 % intervals, then bootstrap ones; attention "
+                  "mask = map >= 0.6.", "",
+                  "| signal | n | Pearson r | bootstrap | Spearman rho | bootstrap |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['signal']} | {r['pearson']['n']} | {with_interval(r['pearson'])} | "
-                  f"{with_interval(r['spearman'])} |" for r in table["correlations"]]
+                  f"{bootstrap_interval(r['pearson'])} | {with_interval(r['spearman'])} | "
+                  f"{bootstrap_interval(r['spearman'])} |" for r in table["correlations"]]
+        regions = localjudge_json("eval", "regions", "--db", seg_db, "--masks", DATA / "seg-photos" / "masks")
+        localisation = regions["localisation"]
+        lines += ["", "Localisation of the maps against the masks, beside trivial baselines on the same regions "
+                  f"(mean region area {localisation['mean_region_area']:.1%}):", "",
+                  "| map | pointing game | mass share | rank accuracy | PxAP | IoU at beta |",
+                  "|---|---|---|---|---|---|"]
+        for name in ("maps", "centre point", "centred gaussian", "uniform"):
+            found = localisation[name]
+            lines.append(f"| {name} | {with_ci(found['pointing_game']['mean'], found['pointing_game'], 3)} | "
+                         f"{with_ci(found['energy_pointing_game']['mean'], found['energy_pointing_game'], 3)} | "
+                         f"{with_ci(found['rank_accuracy']['mean'], found['rank_accuracy'], 3)} | "
+                         f"{with_ci(found['pxap']['mean'], found['pxap'], 3)} | "
+                         f"{with_ci(found['at_beta']['iou']['mean'], found['at_beta']['iou'], 3)} |")
 
         sweep = localjudge_json("eval", "sweep", "--db", seg_db, *judge, "--alpha", "15,25", "--beta", "0.4,0.6,0.7")
         lines += ["", "## Table 2: mask steepness alpha and threshold beta (seg-photos)", "",
@@ -104,11 +135,12 @@ def main() -> None:
                 localjudge_json("run", imagenet, "--db", compare_db, "--model", model, "--cam", cam, *judge)
         compare = localjudge_json("compare", "--db", compare_db)
         lines += ["", f"## Table 4: models and CAM methods side by side (imagenet-sample, {args.images} images)", "",
-                  "| model | CAM | judge | judgments | CH % | CL % | WH % | WL % | average score |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {s['model']} | {s['cam']} | {s['judge_model']} | {s['judgments']} | "
-                  + " | ".join(number(s[q], 1) for q in ("CH", "CL", "WH", "WL"))
-                  + f" | {number(s['average_score'], 2)} |" for s in compare["settings"]]
+                  "Bootstrap 95 % intervals (images resampled). The recognizer is EfficientNet-Lite2: the Lite2 rows "
+                  "are Lite2 judged by itself.", "",
+                  "| model | CAM | target | judge | judgments | CH % | CL % | WH % | WL % | average score |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['model']} | {s['cam']} | {s['target_layer']} | {s['judge_model']} | {quadrants(s)} |"
+                  for s in compare["settings"]]
 
         experiment = subprocess.run([sys.executable, Path(__file__).with_name("label_issues_imagenet.py"), "--images",
                                      str(args.images), "--json", *judge], capture_output=True, text=True, check=True)
