@@ -79,3 +79,31 @@ def test_the_recognizer_refuses_a_model_with_other_labels(tmp_path, data_dir):
     image = data_dir / "seg-photos" / "images"
     result = invoke("run", image, "--db", voc, "--model", "lraspp_mobilenet_v3_large", expect_ok=False)
     assert result.exit_code != 0 and "recognizer judge reads ImageNet-1k classes" in result.output
+
+
+def test_the_recognizer_never_grades_its_own_weights(data_dir, tmp_path):
+    """Auditing EfficientNet-Lite2 (the recognizer's model) with the recognizer: EfficientNet-Lite1 judges, and the
+    judgments say so (name, hash and decoding); any other model is still judged by Lite2."""
+    manifest = seg_photos_manifest(data_dir, tmp_path / "three.csv", 3)
+    db = tmp_path / "self.db"
+    invoke("run", manifest, "--db", db, "--model", "efficientnet-lite2")
+    invoke("run", manifest, "--db", db)
+    with sqlite3.connect(db) as conn:
+        judges = dict(conn.execute("select distinct p.model, j.judge_model || ' ' || j.decoding from judgments j "
+                                   "join predictions p on p.id = j.prediction_id").fetchall())
+    assert judges["efficientnet-lite2"].startswith("recognizer:efficientnet-lite1 ")
+    assert json.loads(judges["efficientnet-lite2"].split(" ", 1)[1])["model"] == "efficientnet-lite1"
+    assert judges["efficientnet-lite0"].startswith("recognizer:efficientnet-lite2 ")
+    # Lite2's weights under a card of another name are still Lite2's
+    from localjudge.vision import load_card
+
+    copy = json.loads(open(load_card("efficientnet-lite2").card_path).read())
+    copy.update(name="my-classifier", labels=str(load_card("efficientnet-lite2").card_path).replace(
+        "efficientnet-lite2.json", "labels/imagenet-1k.csv"))
+    (tmp_path / "mine.json").write_text(json.dumps(copy))
+    other = tmp_path / "mine.db"
+    invoke("run", manifest, "--db", other, "--model", tmp_path / "mine.json")
+    with sqlite3.connect(other) as conn:
+        (judge,) = conn.execute("select distinct j.judge_model from judgments j join predictions p on "
+                                "p.id = j.prediction_id where p.model = 'my-classifier'").fetchone()
+    assert judge == "recognizer:efficientnet-lite1"

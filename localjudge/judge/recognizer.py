@@ -1,6 +1,8 @@
 """The recognizer judge: a second, independent classifier (EfficientNet-Lite2, real ImageNet-1k weights) looks at
 the masked image and says how much of its probability falls on the predicted class and its siblings. No VLM, no
-text generation: the audit still has a real judge where no vision-language model is available.
+text generation: the audit still has a real judge where no vision-language model is available. A judge must not
+grade itself: when the audited model's weights are Lite2's own, EfficientNet-Lite1 judges instead (its identity,
+and so every judgment's key, says which).
 
 Score (0-5) from that probability mass m, by fixed thresholds: m >= 0.50 -> 5, >= 0.25 -> 4, >= 0.10 -> 3,
 >= 0.03 -> 2, >= 0.01 -> 1, else 0. So a score of 3 or more (high) means the visible region alone still makes the
@@ -13,20 +15,23 @@ torch is imported where it is used, so the judge registry loads without it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from ..store import content_key
+from ..store import content_key, sha256_file
 from .base import Judge, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec
 
 if TYPE_CHECKING:
     import torch
 
 RECOGNIZER_MODEL = "efficientnet-lite2"
+INDEPENDENT_MODEL = "efficientnet-lite1"  # the recognizer when the audited model is RECOGNIZER_MODEL itself
 SCORE_THRESHOLDS = ((0.50, 5), (0.25, 4), (0.10, 3), (0.03, 2), (0.01, 1))
 GROUPS_FILE = "labels/imagenet-1k-groups.json"
 
@@ -51,10 +56,28 @@ def sibling_groups() -> tuple[dict[int, set[int]], dict[int, list[str]], str]:
     return siblings, names, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def recognizer_params() -> dict:
+def recognizer_params(model: str = RECOGNIZER_MODEL) -> dict:
     """What decides a recognizer judgment besides its weights: part of a judgment's key."""
-    return {"backend": "recognizer", "model": RECOGNIZER_MODEL, "thresholds": [list(t) for t in SCORE_THRESHOLDS],
+    return {"backend": "recognizer", "model": model, "thresholds": [list(t) for t in SCORE_THRESHOLDS],
             "siblings": sibling_groups()[2]}
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_sha256(path: Path) -> str:
+    return sha256_file(path)  # weights files are tens of megabytes: hashed once per process
+
+
+def recognizer_for(config) -> str:
+    """The recognizer's model for an audit: EfficientNet-Lite2, or Lite1 where the audited model's weights are Lite2's
+    (compared by the weights' sha256: the same weights under another card's name are still the same judge)."""
+    from ..vision import model_hash, resolve_card
+
+    audited = resolve_card(config.model, config.card)
+    if audited.framework != "efficientnet-lite-pytorch":
+        return RECOGNIZER_MODEL  # no other architecture can hold Lite2's weights
+    own = model_hash(audited, Path(config.weights) if config.weights else None, _weights_sha256, "torch")
+    judge = model_hash(resolve_card(RECOGNIZER_MODEL), None, _weights_sha256, "torch")
+    return INDEPENDENT_MODEL if own == judge else RECOGNIZER_MODEL
 
 
 class RecognizerSpec(JudgeSpec):
@@ -67,23 +90,25 @@ class RecognizerSpec(JudgeSpec):
     def identity(self, config, hash_file) -> JudgeIdentity:
         from ..vision import model_hash, resolve_card
 
-        weights = model_hash(resolve_card(RECOGNIZER_MODEL), None, hash_file, "torch")
-        return JudgeIdentity(f"recognizer:{RECOGNIZER_MODEL}", content_key("recognizer", weights))
+        model = recognizer_for(config)
+        weights = model_hash(resolve_card(model), None, hash_file, "torch")
+        return JudgeIdentity(f"recognizer:{model}", content_key("recognizer", weights))
 
     def decoding(self, config) -> dict:
-        return recognizer_params()  # no decoding: its thresholds and sibling groups decide
+        return recognizer_params(recognizer_for(config))  # no decoding: its thresholds and sibling groups decide
 
     def open(self, config, identity: JudgeIdentity) -> Judge:
-        return RecognizerJudge(device=config.device)
+        return RecognizerJudge(device=config.device, model=recognizer_for(config))
 
 
 class RecognizerJudge(Judge):
     backend = "recognizer"
 
-    def __init__(self, device: str = "auto"):
+    def __init__(self, device: str = "auto", model: str = RECOGNIZER_MODEL):
         from ..vision import open_model, resolve_card
 
-        self.card = resolve_card(RECOGNIZER_MODEL)
+        self.name = model
+        self.card = resolve_card(model)
         self.model = open_model(self.card, None, device, "torch")
         self.labels = self.card.label_list().names
         self.siblings, self.group_names, _ = sibling_groups()
@@ -117,7 +142,7 @@ class RecognizerJudge(Judge):
         with_group = (f", and the classes of its group ({', '.join(self.group_names[target])}: {len(group)} classes) "
                       f"{mass:.1%} together" if len(group) > 1 else "")
         evaluation = (f"[templated by the recognizer judge] With only the attended regions visible, "
-                      f"{RECOGNIZER_MODEL} gives \"{label}\" a probability of {own:.1%}{with_group}. Its most likely "
+                      f"{self.name} gives \"{label}\" a probability of {own:.1%}{with_group}. Its most likely "
                       f"class for the visible region is \"{self.labels[top].replace('_', ' ')}\" "
                       f"({float(probabilities[top]):.1%}).")
         reached = next((t for t, s in SCORE_THRESHOLDS if s == score), None)

