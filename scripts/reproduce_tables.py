@@ -135,8 +135,8 @@ def main() -> None:
                 localjudge_json("run", imagenet, "--db", compare_db, "--model", model, "--cam", cam, *judge)
         compare = localjudge_json("compare", "--db", compare_db)
         lines += ["", f"## Table 4: models and CAM methods side by side (imagenet-sample, {args.images} images)", "",
-                  "Bootstrap 95 % intervals (images resampled). The recognizer is EfficientNet-Lite2: the Lite2 rows "
-                  "are Lite2 judged by itself.", "",
+                  "Bootstrap 95 % intervals (images resampled). The recognizer is EfficientNet-Lite2, and "
+                  "EfficientNet-Lite1 for the Lite2 rows (a judge never grades its own weights).", "",
                   "| model | CAM | target | judge | judgments | CH % | CL % | WH % | WL % | average score |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {s['model']} | {s['cam']} | {s['target_layer']} | {s['judge_model']} | {quadrants(s)} |"
