@@ -15,7 +15,8 @@ from typing import Callable, Iterable
 import click
 
 from . import __version__
-from .config import DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES
+from .config import (DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES, JUDGE_CHECK_SAMPLE, JUDGE_CHECK_SEED, SANITY_IMAGES,
+                     SANITY_METHODS, SANITY_SEED)
 from .errors import OptionError, UserError
 from .export import FORMATS
 from .judge import JUDGE_CHOICES
@@ -296,6 +297,21 @@ def run(images, db_path, as_json, threshold, **given):
         print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
                                 target_layer=audit.card.target_tensor, judge_model=audit.judge_name(),
                                 image_mode=config.image_mode, alpha=config.alpha, beta=config.beta))
+    warn_about_the_judge(audit)
+
+
+def warn_about_the_judge(audit) -> None:
+    """One line when the judge of this run has no reliability card, or an unusable one."""
+    from .queries import card_of, judge_cards
+
+    _, _, decoding = audit.judgment_key_parts()
+    card = card_of(judge_cards(audit.store), audit.judge_hash(), json.dumps(decoding, sort_keys=True))
+    if card is None:
+        click.echo(f"warning: the judge {audit.judge_name()} has not been checked: run `localjudge eval judge-check` "
+                   "with the same judge options before reading its matrix", err=True)
+    elif card["verdict"] == "unusable":
+        click.echo(f"warning: the judge {audit.judge_name()} is UNUSABLE by its reliability card "
+                   f"({'; '.join(card['reasons'])}): its matrix says nothing", err=True)
 
 
 def perform(command, source, stages, work, db_path, as_json, **given):
@@ -449,7 +465,7 @@ def compare(db_path, threshold, against, as_json):
              "alpha": m["alpha"], "beta": m["beta"], "prompt_hash": m["prompt_hash"],
              "judge_image_size": m["judge_image_size"], "judgments": m["judgments"], "threshold": m["threshold"],
              **m["percent"], "average_score": m["average_score"], "intervals": m["intervals"],
-             "bootstrap": m["bootstrap"]} for m in found]
+             "bootstrap": m["bootstrap"], "judge_verdict": m["judge_verdict"]} for m in found]
     paired = paired_differences(store, against, threshold, thresholds) if against else None
     if as_json:
         click.echo(json.dumps({"threshold": threshold, "settings": rows,
@@ -506,6 +522,8 @@ def summary_command(db_path, as_json):
     for failure in result["map_failures"][:20]:
         click.echo(f"  {failure['path']} ({failure['cam']} at {failure['target_layer']}): {failure['reason']}")
     click.echo(f"judgments         {result['judgments_succeeded']} succeeded, {result['judgments_failed']} failed")
+    for card in result["judge_cards"]:
+        click.echo(f"  judge {card['judge_model']}: {card['verdict']} (reliability card on {card['sample']} maps)")
 
 
 @cli.command(name="maps")
@@ -642,21 +660,66 @@ def mean_text(means: dict, metric: str) -> str:
                              f" [{interval['ci_low']:.4f}, {interval['ci_high']:.4f}]")
 
 
+@evaluate.command(name="judge-check")
+@db_option
+@vision_options
+@cam_options
+@judge_options
+@click.option("--sample", type=click.IntRange(1), default=JUDGE_CHECK_SAMPLE, show_default=True,
+              help="Stored maps to draw the canaries on (a seeded sample).")
+@click.option("--seed", type=int, default=JUDGE_CHECK_SEED, show_default=True,
+              help="Seeds the sample and the absent classes.")
+@json_option
+@user_errors
+def eval_judge_check(db_path, sample, seed, as_json, **given):
+    """Known-answer canaries for the judge on a sample of the stored maps (blank images, the full view of correct
+    predictions, an absent class, the inverse mask, paraphrased prompts, batch invariance, test-retest at a
+    temperature), and its reliability card: each canary's pass rate with an interval and a verdict (usable,
+    doubtful, unusable), stored and shown beside every matrix that judge made.
+
+    \b
+    Example:
+        localjudge eval judge-check --db audit.db --vlm /models/Qwen2.5-VL-7B-Instruct --sample 50
+    """
+    from .pipeline.judge_check import check_judge
+
+    audit = open_audit(db_path, None, ("judge",), show_progress=not as_json, **given)
+    with audit.recorded("eval judge-check", None):
+        card = check_judge(audit, sample, seed)
+    if as_json:
+        click.echo(json.dumps(card, indent=2))
+        return
+    click.echo(f"judge {card['judge_model']} on {card['sample']} maps of {card['model']} / {card['cam']} "
+               f"(seed {card['seed']}; a score >= {card['threshold']} is high)")
+    for name, found in card["canaries"].items():
+        rate = "n/a" if found["rate"] is None else f"{found['rate']:.2f}"
+        interval = "" if found["ci_low"] is None else f" [{found['ci_low']:.2f}, {found['ci_high']:.2f}]"
+        click.echo(f"  {name:18} pass rate {rate}{interval} over {found['maps']} maps")
+    inverse = card["inverse_mask"]
+    if inverse["masked_mean"] is not None and inverse["inverse_mean"] is not None:
+        click.echo(f"  inverse mask       mean score {inverse['inverse_mean']:.2f} (the masked image: "
+                   f"{inverse['masked_mean']:.2f})")
+    if card["test_retest"]:
+        click.echo(f"  test-retest        mean spread {card['test_retest']['mean_std']:.2f}")
+    click.echo(f"verdict: {card['verdict'].upper()}" + (f" ({'; '.join(card['reasons'])})" if card["reasons"] else ""))
+
+
 @evaluate.command(name="sanity")
 @db_option
 @vision_options
-@click.option("--cam", "cams", default="gradcam,gradcam++,xgradcam,layercam,hirescam,eigencam", show_default=True,
+@click.option("--cam", "cams", default=",".join(SANITY_METHODS), show_default=True,
               help="CAM methods to check, comma-separated.")
-@click.option("--images", type=click.IntRange(1), default=20, show_default=True,
+@click.option("--images", type=click.IntRange(1), default=SANITY_IMAGES, show_default=True,
               help="The first N stored predictions of the model (by image path).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random layers and classes.")
+@click.option("--seed", type=int, default=SANITY_SEED, show_default=True, help="Seeds the random layers and classes.")
 @json_option
 @user_errors
 def eval_sanity(db_path, cams, images, seed, as_json, **given):
     """Adebayo et al.'s sanity checks of each CAM method on the model's stored predictions: the layers after the
     target tensor randomised, cascading from the head, and a random class explained instead of the predicted one.
-    A method whose maps keep a median |rank correlation| >= 0.5 with the original once every layer after the target
-    is random does not depend on what the model learnt: it is flagged (here and in the report).
+    A method whose maps keep a median |rank correlation| of at least 0.5 (analysis.sanity.INSENSITIVE) with the
+    originals once every layer after the target is random does not depend on what the model learnt: it is flagged
+    (here and in the report).
 
     \b
     Example:

@@ -115,6 +115,8 @@ CONFIDENCE_LEVEL = 0.95
 SANITY_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
 SANITY_IMAGES = 20
 SANITY_SEED = 0
+JUDGE_CHECK_SAMPLE = 50  # stored maps the judge's canaries are drawn on (eval judge-check)
+JUDGE_CHECK_SEED = 0
 FAITHFULNESS_BASELINES = ("zeros", "black")
 
 

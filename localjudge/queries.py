@@ -72,15 +72,18 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
     setting_key) uses it instead of `threshold`."""
     from .analysis.matrix import matrix_intervals
 
+    cards = judge_cards(store)
     result = []
     for setting, members in _judged_settings(store, filters):
         correct = np.array([np.nan if r["correct"] is None else r["correct"] for r in members], dtype=float)
         scores = np.array([r["score"] for r in members], dtype=float)
         calibrated = (thresholds or {}).get(setting_key(setting))
         used = threshold if calibrated is None else calibrated
+        card = card_of(cards, setting["judge_model_hash"], setting["decoding"])
         result.append({**setting, "setting_key": setting_key(setting), **attention_matrix(correct, scores, used),
                        **matrix_intervals(correct, scores, used),
-                       "threshold_source": "given" if calibrated is None else "calibrated"})
+                       "threshold_source": "given" if calibrated is None else "calibrated",
+                       "judge_verdict": card["verdict"] if card else "not checked"})
     return result
 
 
@@ -177,6 +180,8 @@ def summary(store: Store) -> dict:
         "judgments_succeeded": one("select count(*) as n from judgments where status = 'ok'")["n"],
         "judgments_failed": one("select count(*) as n from judgments where status = 'failed'")["n"],
         "judgments_by_judge": judgments,
+        "judge_cards": [{"judge_model": c["judge_model"], "verdict": c["verdict"], "reasons": c["reasons"],
+                         "sample": c["sample"]} for c in judge_cards(store).values()],
     }
 
 
@@ -236,6 +241,19 @@ def localisation_by_setting(store: Store, beta: float, model: str | None = None,
         groups.setdefault((row["model"], row["model_hash"], row["method"], row["target_layer"]), []).append(row["id"])
     return [{"model": model_name, "cam": method, "target_layer": target, **localisation(store, ids, beta)}
             for (model_name, _, method, target), ids in groups.items()]
+
+
+def judge_cards(store: Store) -> dict[str, dict]:
+    """Each judge's newest reliability card (eval judge-check), by judge hash and decoding (its setting)."""
+    cards = {}
+    for row in store.query("select judge_model_hash, decoding, card from judge_checks order by created_at, rowid"):
+        cards[row["judge_model_hash"] + " " + row["decoding"]] = json.loads(row["card"])
+    return cards
+
+
+def card_of(cards: dict[str, dict], judge_model_hash: str, decoding: str) -> dict | None:
+    """The card of one judge setting (its hash and decoding, as a judgment stores them), if it has one."""
+    return cards.get(judge_model_hash + " " + decoding)
 
 
 def region_means(store: Store, score_ids: list[str]) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..data import ChangedImage, jpeg_bytes, load_verified
 from ..config import DEFAULTS
-from ..queries import localisation_by_setting, map_failures, sanity_checks
+from ..queries import card_of, judge_cards, localisation_by_setting, map_failures, sanity_checks
 from ..queries import samples as read_samples
 from ..store import Store, content_key, unpack_array
 from ..vision.preprocess import model_view
@@ -182,6 +182,13 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     meta = {"generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "database": store.path.name, "threshold": threshold, "calibrated": bool(thresholds),
             "samples": len(data_rows), "images": len(by_image), "thumbnail_side": side}
+    cards = judge_cards(store)
+    judges = {}
+    for row in rows:  # every judge setting in the report, with its card's verdict
+        card = card_of(cards, row["judge_model_hash"], row["decoding"])
+        judges[(row["judge_model"], row["judge_model_hash"], row["decoding"])] = {
+            "judge_model": row["judge_model"], "verdict": card["verdict"] if card else "not checked",
+            "reasons": card["reasons"] if card else []}
     failures = map_failures(store, filters.get("model"), filters.get("cam"))
     checks = sanity_checks(store, filters.get("model"), filters.get("cam"))
     localised = [_localisation_summary(found) for found in
@@ -189,7 +196,8 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     (out / "data.js").write_text(
         "window.LOCALJUDGE_REPORT = " + _script_json({"meta": meta, "fields": FIELDS, "rows": data_rows,
                                                       "map_failures": failures, "sanity": checks,
-                                                      "localisation": localised}) + ";\n",
+                                                      "localisation": localised,
+                                                      "judges": list(judges.values())}) + ";\n",
         encoding="utf-8")
     assets = resources.files(__package__) / "assets"
     for name in ASSETS:
@@ -204,6 +212,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
             "images_unavailable": len(image_errors), "unavailable": sorted(image_errors.values()),
             "map_failures": len(failures), "localisation_settings": len(localised),
+            "judge_verdicts": sorted({(j["judge_model"], j["verdict"]) for j in judges.values()}),
             "sanity_flagged": sorted(c["method"] for c in checks if c["flagged"]),
             "thumbnails": len(thumbnails), "thumbnail_bytes": sum(p.stat().st_size for p in thumbnails),
             "data_bytes": (out / "data.js").stat().st_size,

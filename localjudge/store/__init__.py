@@ -236,6 +236,9 @@ class Store:
     def judgments(self, ids: Iterable[str]) -> list[dict]:
         return self._rows_by_id("judgments", ids)
 
+    def canary_judgments(self, ids: Iterable[str]) -> list[dict]:
+        return self._rows_by_id("canary_judgments", ids)
+
     def prompts(self) -> list[dict]:
         return list(self.db.query("select * from prompts"))
 

@@ -201,11 +201,31 @@ def m009_calibrations_keyed_with_the_target(db: sqlite_utils.Database) -> None:
                                              "setting_key": content_key("setting", *[setting[c] for c in columns])})
 
 
+@migration
+def m010_judge_checks(db: sqlite_utils.Database) -> None:
+    # A judge's known-answer canaries (eval judge-check): each answer keyed by what was asked of which judge, and the
+    # reliability card made of them.
+    db["canary_judgments"].create(
+        {"id": str, "judge_model": str, "judge_model_hash": str, "decoding": str, "kind": str, "variant": str,
+         "saliency_id": str, "label": str, "prompt": str, "status": str, "score": int, "raw_text": str, "error": str,
+         "run_id": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id")],
+    )
+    db["judge_checks"].create(
+        {"id": str, "judge_model": str, "judge_model_hash": str, "decoding": str, "verdict": str, "card": str,
+         "run_id": str, "created_at": str},
+        pk="id",
+    )
+    db["judge_checks"].create_index(["judge_model_hash"])
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
           ("saliency_maps", ("id",)), ("prompts", ("hash",)), ("judgments", ("id",)),
           ("ground_truth", ("image_sha256",)), ("region_scores", ("id",)), ("faithfulness", ("id",)),
-          ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)))
+          ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)),
+          ("canary_judgments", ("id",)), ("judge_checks", ("id",)))
 # What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
 SCRATCH_KEPT = ("runs", "prompts")

@@ -262,6 +262,13 @@
     byId("map-failures-figure").hidden = false;
   }
 
+  // Each judge's reliability card (eval judge-check): the matrices are only as good as it.
+  const judges = DATA.judges || [];
+  byId("judges").textContent = judges.length ? "Judge reliability (eval judge-check): " + judges.map(function (j) {
+    return j.judge_model + ": " + j.verdict + (j.reasons.length ? " (" + j.reasons.join("; ") + ")" : "");
+  }).join("; ") + "." : "";
+  if (judges.some(function (j) { return j.verdict !== "usable"; })) byId("judges").setAttribute("class", "flagged");
+
   const meta = DATA.meta;
   byId("meta").textContent = meta.samples + " judgments of " + meta.images + " images from " + meta.database +
     ", built " + meta.generated_at + "; a score at or above " + meta.threshold + " is high" +
