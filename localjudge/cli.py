@@ -456,7 +456,7 @@ def compare(db_path, threshold, against, as_json):
     Example:
         localjudge compare --db audit.db --against 3f2a9c1e
     """
-    from .queries import paired_differences
+    from .queries import judge_agreement, paired_differences
 
     store, threshold, thresholds = open_with_threshold(db_path, threshold)
     found = matrices(store, threshold, thresholds)
@@ -467,8 +467,9 @@ def compare(db_path, threshold, against, as_json):
              **m["percent"], "average_score": m["average_score"], "intervals": m["intervals"],
              "bootstrap": m["bootstrap"], "judge_verdict": m["judge_verdict"]} for m in found]
     paired = paired_differences(store, against, threshold, thresholds) if against else None
+    agreement = judge_agreement(store)
     if as_json:
-        click.echo(json.dumps({"threshold": threshold, "settings": rows,
+        click.echo(json.dumps({"threshold": threshold, "settings": rows, "judge_agreement": agreement,
                                **({"paired": paired} if paired else {})}, indent=2))
         return
     if not rows:
@@ -494,6 +495,20 @@ def compare(db_path, threshold, against, as_json):
                     parts.append(f"{name if name != 'average_score' else 'avg'} {x['difference']:+.2f}"
                                  + (f" [{x['ci_low']:+.2f}, {x['ci_high']:+.2f}]" if x["ci_low"] is not None else ""))
             click.echo(f"  {d['setting_key'][:8]} ({d['images']} images): " + "; ".join(parts))
+    if agreement:
+        click.echo("\njudges that scored the same views (95 % bootstrap intervals):")
+        for a in agreement:
+            kappa, icc = a["weighted_kappa"], a["icc"]
+            click.echo(f"  {a['first'][:8]} {a['judges'][0]} vs {a['second'][:8]} {a['judges'][1]}: {a['views']} "
+                       f"views, weighted kappa {number_with_interval(kappa)}, ICC {number_with_interval(icc)}, "
+                       f"Spearman {number_with_interval(a['spearman'], 'r')}")
+
+
+def number_with_interval(found: dict, key: str = "value") -> str:
+    value = found.get(key)
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" + ("" if found.get("ci_low") is None else f" [{found['ci_low']:.2f}, {found['ci_high']:.2f}]")
 
 
 @cli.command(name="summary")
@@ -957,9 +972,13 @@ def report(db_path, out_dir, threshold, thumbnail_size, images_source, path_colu
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to serve on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
 @click.option("--rater", help="The rater's name, filled in on the page.")
+@click.option("--order", type=click.Choice(("random", "disagreement")), default="random", show_default=True,
+              help="random: a fixed pseudo-random order (any prefix is a fair sample); disagreement: the views two "
+                   "judges (--judges) scored most differently first.")
+@click.option("--judges", metavar="A,B", help="--order disagreement: the two judges, by name, comma-separated.")
 @sample_filter_options
 @user_errors
-def rate(db_path, host, port, rater, **filters):
+def rate(db_path, host, port, rater, order, judges, **filters):
     """A page on this machine where people rate what the judges were shown, 0-5 with the judge's rubric (keys 0-5,
     back, skip); ratings are stored in the DB at once, and a rater continues where they stopped.
 
@@ -969,8 +988,12 @@ def rate(db_path, host, port, rater, **filters):
     """
     from .rating import RatingError, RatingServer
 
+    pair = tuple(j.strip() for j in (judges or "").split(",") if j.strip())
+    if order == "disagreement" and len(pair) != 2:
+        raise click.UsageError("--order disagreement needs --judges A,B: the two judges' names")
     try:
-        server = RatingServer(db_path, host, port, rater, **filters)
+        server = RatingServer(db_path, host, port, rater, disagreement=pair if order == "disagreement" else None,
+                              **filters)
     except (RatingError, OSError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"rating {len(server.order)} views from {db_path} at {server.url} (Ctrl-C to stop)", err=True)
@@ -1001,11 +1024,17 @@ def calibrate(db_path, raters, human_threshold, as_json, **filters):
     """
     from .calibration import calibrate_settings
 
+    from .queries import rater_agreement
+
     store = Store(db_path, create=False)
     found = calibrate_settings(store, raters, human_threshold, DEFAULTS.threshold, **filters)
+    people = rater_agreement(store, raters)
     if as_json:
-        click.echo(json.dumps({"human_threshold": human_threshold, "settings": found}, indent=2))
+        click.echo(json.dumps({"human_threshold": human_threshold, "settings": found, "people": people}, indent=2))
         return
+    for pair in people:
+        click.echo(f"people: {pair['raters'][0]} and {pair['raters'][1]} on {pair['views']} views: weighted kappa "
+                   f"{number_with_interval(pair['weighted_kappa'])}, ICC {number_with_interval(pair['icc'])}")
     if not found:
         click.echo("No rated judgments yet: rate some with `localjudge rate`.")
         return

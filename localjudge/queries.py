@@ -243,6 +243,56 @@ def localisation_by_setting(store: Store, beta: float, model: str | None = None,
             for (model_name, _, method, target), ids in groups.items()]
 
 
+def judge_agreement(store: Store, **filters) -> list[dict]:
+    """How every two judge settings that scored the same views (the same map, alpha, beta and image mode) agree:
+    weighted kappa, ICC, Pearson and Spearman with intervals (analysis.agreement.score_agreement)."""
+    from .analysis.agreement import score_agreement
+
+    clauses, params = filter_clauses(filters)
+    scores: dict[str, dict[str, int]] = {}
+    settings: dict[str, dict] = {}
+    for row in store.query(
+            "select " + SETTING_SELECT + ", j.saliency_id, j.score from judgments j join predictions p on "
+            "p.id = j.prediction_id join saliency_maps s on s.id = j.saliency_id where "
+            + " and ".join(["j.status = 'ok'", "s.failure is null", *clauses]), params):
+        key = setting_key(row)
+        settings.setdefault(key, {c: row[c] for c in GROUP_COLUMNS})
+        view = view_id(row["saliency_id"], row["alpha"], row["beta"], row["image_mode"])
+        scores.setdefault(key, {})[view] = row["score"]
+    found = []
+    keys = sorted(settings)
+    for n, first in enumerate(keys):
+        for second in keys[n + 1:]:
+            shared = sorted(set(scores[first]) & set(scores[second]))
+            if len(shared) < 2:
+                continue
+            found.append({"first": first, "second": second, "judges": [settings[first]["judge_model"],
+                                                                      settings[second]["judge_model"]],
+                          "views": len(shared), **score_agreement([scores[first][v] for v in shared],
+                                                                  [scores[second][v] for v in shared])})
+    return found
+
+
+def rater_agreement(store: Store, raters: tuple[str, ...] = ()) -> list[dict]:
+    """How every two people who rated the same views agree (analysis.agreement.score_agreement)."""
+    from .analysis.agreement import score_agreement
+
+    ratings: dict[str, dict[str, int]] = {}
+    for row in store.query("select rater, view_id, score from ratings order by rater, view_id"):
+        if not raters or row["rater"] in raters:
+            ratings.setdefault(row["rater"], {})[row["view_id"]] = row["score"]
+    names = sorted(ratings)
+    found = []
+    for n, first in enumerate(names):
+        for second in names[n + 1:]:
+            shared = sorted(set(ratings[first]) & set(ratings[second]))
+            if len(shared) >= 2:
+                found.append({"raters": [first, second], "views": len(shared),
+                              **score_agreement([ratings[first][v] for v in shared],
+                                                [ratings[second][v] for v in shared])})
+    return found
+
+
 def judge_cards(store: Store) -> dict[str, dict]:
     """Each judge's newest reliability card (eval judge-check), by judge hash and decoding (its setting)."""
     cards = {}
@@ -487,6 +537,25 @@ def run_parameters(store: Store) -> dict[str, dict]:
                            "from runs"):
         result[run["id"]] = {**run, "config": json.loads(run["config"]) if run["config"] else None}
     return result
+
+
+def by_disagreement(store: Store, view_ids: list[str], judges: tuple[str, str]) -> list[str]:
+    """`view_ids` with those both judges (by name) scored first, the largest difference between their scores first
+    (a judge with several settings on a view: its mean score), the rest after them in their given order."""
+    scores: dict[str, dict[str, list[int]]] = {}
+    for row in store.query("select j.saliency_id, j.alpha, j.beta, j.image_mode, j.judge_model, j.score "
+                           "from judgments j where j.status = 'ok' and j.judge_model in (?, ?)", list(judges)):
+        view = view_id(row["saliency_id"], row["alpha"], row["beta"], row["image_mode"])
+        scores.setdefault(view, {}).setdefault(row["judge_model"], []).append(row["score"])
+    gap = {view: abs(np.mean(found[judges[0]]) - np.mean(found[judges[1]])) for view, found in scores.items()
+           if judges[0] in found and judges[1] in found}
+    missing = [name for name in judges if not any(name in found for found in scores.values())]
+    if missing:
+        raise ValueError(f"no successful judgment by {', '.join(missing)} in this store (judges are named as "
+                         "`localjudge compare` shows them)")
+    position = {view: n for n, view in enumerate(view_ids)}
+    both = sorted((v for v in view_ids if v in gap), key=lambda v: (-gap[v], position[v]))
+    return both + [v for v in view_ids if v not in gap]
 
 
 def views(store: Store, **filters) -> list[dict]:

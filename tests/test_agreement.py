@@ -49,3 +49,27 @@ def test_ties_go_to_the_default_threshold_and_no_contrast_means_no_threshold():
     assert fitted["threshold"] == 3 and fitted["kappa"] == 1.0
     everyone_high = calibrate_threshold([1, 2, 3], [4, 4, 5])
     assert everyone_high["threshold"] is None and everyone_high["kappa"] is None
+
+
+def test_icc_by_shrout_and_fleiss():
+    """Shrout & Fleiss's (1979) worked example: 6 targets, 4 judges; ICC(2,1) = 0.29."""
+    from localjudge.analysis.agreement import icc
+
+    ratings = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+    assert icc(ratings) == pytest.approx(0.29, abs=0.005)
+    assert icc([[1, 1], [3, 3], [5, 5]]) == pytest.approx(1.0)  # perfect agreement
+    assert icc([[2, 2]]) is None
+
+
+def test_score_agreement_of_two_raters():
+    from localjudge.analysis.agreement import score_agreement
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 6, size=80)
+    other = np.clip(truth + rng.integers(-1, 2, size=80), 0, 5)
+    found = score_agreement(truth, other)
+    assert found["n"] == 80 and found["weighted_kappa"]["value"] > 0.8
+    assert found["weighted_kappa"]["ci_low"] <= found["weighted_kappa"]["value"] <= found["weighted_kappa"]["ci_high"]
+    assert found["icc"]["ci_low"] <= found["icc"]["value"] <= found["icc"]["ci_high"]
+    noise = score_agreement(truth, rng.integers(0, 6, size=80))
+    assert abs(noise["weighted_kappa"]["value"]) < 0.3 and noise["icc"]["ci_low"] < 0.2

@@ -257,3 +257,62 @@ def _saliency_of(db: Path, view_id: str) -> str:
         if make_view_id(saliency_id, alpha, beta, "masked") == view_id:
             return saliency_id
     raise AssertionError(f"no view {view_id}")
+
+
+def test_two_raters_agreement_and_the_disagreement_order_through_the_page(data_dir, tmp_path, browser):
+    """Two judges score the same views (the recognizer and a loopback server); the page orders the views by how
+    much they disagree; two people rate through it; calibrate reports how the people agree."""
+    from localjudge.analysis.agreement import score_agreement
+    from localjudge.queries import view_id
+
+    from .conftest import no_network, seg_photos_manifest
+    from .model_server import ScriptedServer
+
+    manifest = seg_photos_manifest(data_dir, tmp_path / "six.csv", 6)
+    db = tmp_path / "two-judges.db"
+    invoke("run", manifest, "--db", db)
+    server = ScriptedServer(lists_models=True, answer=lambda n: json.dumps(
+        {"evaluation": "e", "justification": "j", "score": (5 * n) % 6}))
+    try:
+        with no_network(allow=server.address):
+            invoke("judge", "--db", db, "--judge", "openai", "--base-url", server.url, "--api-concurrency", "1")
+    finally:
+        server.shutdown()
+    with sqlite3.connect(db) as conn:
+        scores = {}
+        for saliency, alpha, beta, mode, judge, score in conn.execute(
+                "select saliency_id, alpha, beta, image_mode, judge_model, score from judgments"):
+            scores.setdefault(view_id(saliency, alpha, beta, mode), {})[judge] = score
+    gaps = {v: abs(s["recognizer:efficientnet-lite2"] - s["m"]) for v, s in scores.items()}
+    page_server = RatingPage(db, "--order", "disagreement", "--judges", "recognizer:efficientnet-lite2,m")
+    given = {"A": [5, 4, 1, 0], "B": [4, 4, 2, 1]}
+    rated = {}
+    try:
+        for rater, marks in given.items():
+            page, seen = open_page(browser, page_server.url)
+            try:
+                page.fill("#rater", rater)
+                page.press("#rater", "Enter")
+                view = current_view(page)
+                if rater == "A":  # the first view is where the judges differ most
+                    assert gaps[view] == max(gaps.values())
+                for mark in marks:
+                    rated.setdefault(rater, []).append(view)
+                    page.keyboard.press(str(mark))
+                    view = next_view(page, view)  # six views: there is always a next one
+                assert seen["errors"] == []
+            finally:
+                page.close()
+    finally:
+        page_server.stop()
+    assert rated["A"] == rated["B"]  # both saw the same views, in the same order
+    assert [gaps[v] for v in rated["A"]] == sorted((gaps[v] for v in rated["A"]), reverse=True)
+    people = invoke_json("calibrate", "--db", db)["people"]
+    (pair,) = people
+    assert pair["raters"] == ["A", "B"] and pair["views"] == 4
+    expected = score_agreement(given["A"], given["B"])
+    assert pair["weighted_kappa"]["value"] == pytest.approx(expected["weighted_kappa"]["value"])
+    assert pair["icc"]["value"] == pytest.approx(expected["icc"]["value"])
+    agreement = invoke_json("compare", "--db", db)["judge_agreement"]
+    assert len(agreement) == 1 and agreement[0]["views"] == len(scores)
+    assert set(agreement[0]["judges"]) == {"recognizer:efficientnet-lite2", "m"}

@@ -77,3 +77,48 @@ def calibrate_threshold(judge_scores, human_scores, human_threshold: int = 3, de
         "mean_judge": float(judge.mean()) if judge.size else None,
         "mean_human": float(human.mean()) if human.size else None,
     }
+
+
+def icc(ratings) -> float | None:
+    """ICC(2,1) (Shrout & Fleiss, 1979): two-way random effects, absolute agreement, one rater; rows are the items,
+    columns the raters (every rater rated every item). None where undefined (fewer than 2 items or raters, or no
+    variance at all)."""
+    x = np.asarray(ratings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
+        return None
+    n, k = x.shape
+    grand = x.mean()
+    rows = k * np.sum((x.mean(axis=1) - grand) ** 2) / (n - 1)  # between items
+    columns = n * np.sum((x.mean(axis=0) - grand) ** 2) / (k - 1)  # between raters
+    residual = (np.sum((x - grand) ** 2) - (n - 1) * rows - (k - 1) * columns) / ((n - 1) * (k - 1))
+    denominator = rows + (k - 1) * residual + k * (columns - residual) / n
+    return float((rows - residual) / denominator) if denominator > 0 else None
+
+
+def score_agreement(a, b) -> dict:
+    """How two raters of the same items (judges or people, scores 0-5) agree: quadratic-weighted kappa and ICC(2,1)
+    with bootstrap 95 % intervals (the items resampled), Pearson and Spearman with Fisher's and bootstrap intervals."""
+    from .bootstrap import LEVEL, RESAMPLES, SEED, interval
+    from .correlation import bootstrap_intervals
+
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    pairs = np.stack([a, b], axis=1)
+
+    def kappa(rows) -> float:
+        found = cohen_kappa(pairs[rows, 0], pairs[rows, 1], labels=SCORES, weights="quadratic")
+        return np.nan if found is None else found
+
+    def agreement(rows) -> float:
+        found = icc(pairs[rows])
+        return np.nan if found is None else found
+
+    boot = bootstrap_intervals(a, b)
+    kappa_ci = interval(kappa, len(a)) if len(a) >= 2 else (None, None)
+    icc_ci = interval(agreement, len(a)) if len(a) >= 2 else (None, None)
+    return {"n": int(len(a)),
+            "weighted_kappa": {"value": cohen_kappa(a, b, labels=SCORES, weights="quadratic"),
+                               "ci_low": kappa_ci[0], "ci_high": kappa_ci[1]},
+            "icc": {"value": icc(pairs), "ci_low": icc_ci[0], "ci_high": icc_ci[1]},
+            "pearson": {**pearson(a, b), "ci_low": boot["pearson"][0], "ci_high": boot["pearson"][1]},
+            "spearman": {**spearman(a, b), "ci_low": boot["spearman"][0], "ci_high": boot["spearman"][1]},
+            "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}}

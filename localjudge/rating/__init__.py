@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..data import ChangedImage, jpeg_bytes, load_verified
 from ..judge.prompts import render
 from ..offline import loopback_address
-from ..queries import views
+from ..queries import by_disagreement, views
 from ..saliency.masking import judge_view
 from ..store import Store, unpack_array
 
@@ -50,20 +50,26 @@ def rater_name(raw) -> str:
 class RatingServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, db_path, host: str = "127.0.0.1", port: int = 0, rater: str | None = None, **filters):
+    def __init__(self, db_path, host: str = "127.0.0.1", port: int = 0, rater: str | None = None,
+                 disagreement: tuple[str, str] | None = None, **filters):
         address = loopback_address(host)
         if address is None:
             raise RatingError(f"{host}: the rating page serves this machine only (a loopback address such as "
                               "127.0.0.1); the images must not leave it")
         store = Store(db_path, create=False)
         self.db_path = store.path
-        found = views(store, **filters)
-        self.prompts = {r["hash"]: r["text"] for r in store.query("select hash, text from prompts")}
-        store.close()
-        if not found:
-            raise RatingError(f"{self.db_path}: no judged samples to rate (run `localjudge run` or `judge` first)")
-        self.views = {v["view_id"]: v for v in found}
-        self.order = [v["view_id"] for v in found]
+        try:
+            found = views(store, **filters)
+            self.prompts = {r["hash"]: r["text"] for r in store.query("select hash, text from prompts")}
+            if not found:
+                raise RatingError(f"{self.db_path}: no judged samples to rate (run `localjudge run` or `judge` "
+                                  "first)")
+            self.views = {v["view_id"]: v for v in found}
+            self.order = [v["view_id"] for v in found]
+            if disagreement:  # people look first where the two judges differ most
+                self.order = by_disagreement(store, self.order, disagreement)
+        finally:
+            store.close()
         self.position = {view_id: n for n, view_id in enumerate(self.order)}
         self.default_rater = rater
         self.lock = threading.Lock()  # one writer at a time from this server's threads
