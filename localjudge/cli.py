@@ -297,6 +297,8 @@ def run(images, db_path, as_json, threshold, **given):
         print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
                                 target_layer=audit.card.target_tensor, judge_model=audit.judge_name(),
                                 image_mode=config.image_mode, alpha=config.alpha, beta=config.beta))
+        if audit.judge_spec.caveat:
+            click.echo(f"note: {audit.judge_spec.caveat}")
     warn_about_the_judge(audit)
 
 

@@ -64,6 +64,8 @@ def test_run_without_a_vlm_is_judged_by_the_recognizer(tmp_path, data_dir):
     db = tmp_path / "recognizer.db"
     result = invoke("run", manifest, "--db", db)
     assert "recognizer:efficientnet-lite2" in result.stdout  # the matrix names its judge
+    assert "note: the recognizer is a classifier standing in for a VLM judge" in result.stdout  # and its worth
+    assert "has not been checked" in result.stderr  # no reliability card yet
     with sqlite3.connect(db) as conn:
         judged = conn.execute("select judge_backend, judge_model, status, score, decoding from judgments").fetchall()
         config, = conn.execute("select config from runs where command = 'run'").fetchone()

@@ -118,6 +118,7 @@ class JudgeSpec:
     needs_imagenet_labels = False  # it reads ImageNet-1k classes only: the audited model must predict those
     structured_output = "xgrammar-json-schema"  # how its answer is held to the schema (part of the decoding key)
     reserves_gpu = False  # it takes a fixed share of a GPU's memory up front (a Ray actor asks for that share)
+    caveat = ""  # what its scores are worth, printed under every matrix it made
 
     def check(self, config, labels: list[str] | None) -> None:
         """Refuse, before any work is done or any image leaves, a configuration this judge cannot serve. `labels`

@@ -86,6 +86,9 @@ class RecognizerSpec(JudgeSpec):
     reads_heatmaps = False  # a heatmap overlay would only mislead a classifier
     needs_imagenet_labels = True
     structured_output = "templated"
+    caveat = ("the recognizer is a classifier standing in for a VLM judge: on the 70 seg-photos its score barely "
+              "tracks where the object is (Pearson 0.03 [-0.24, 0.34] with the attention mask's IoU; the paper's "
+              "best VLM judge: 0.37). Read its matrix as a floor, not a verdict; give --vlm DIR for the paper's judge")
 
     def identity(self, config, hash_file) -> JudgeIdentity:
         from ..vision import model_hash, resolve_card
