@@ -20,6 +20,7 @@ from .config import (DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES, JUDGE_CHECK_
 from .errors import OptionError, UserError
 from .export import FORMATS
 from .judge import JUDGE_CHOICES
+from .judge.recognizer import DESIGNS as RECOGNIZER_DESIGNS
 from .judge.prompts import PROMPT_STYLES
 from .queries import (calibrated_thresholds, describe_setting, faithfulness_means, label_issue_table, map_signals,
                       matrices, region_means, summary)
@@ -140,6 +141,10 @@ judge_backend_options = options(
                       "image); vllm; openai (a local server)."),
     click.option("--image-mode", type=click.Choice(IMAGE_MODES), default=DEFAULTS.image_mode, show_default=True,
                  help="What the judge sees: the masked image (paper Eq. 1-2) or a heatmap overlay."),
+    click.option("--recognizer-design", type=click.Choice(RECOGNIZER_DESIGNS), default=DEFAULTS.recognizer_design,
+                 show_default=True, help="The recognizer: classify the masked image on black, on the normalisation "
+                                         "mean, the view cropped to the attended region, or score the masked "
+                                         "image's class mass relative to the whole view's."),
     click.option("--judge-batch-size", type=click.IntRange(1), default=DEFAULTS.judge_batch_size,
                  show_default=True, help="Requests handed to the judge at once (and stored together)."),
     click.option("--max-new-tokens", type=click.IntRange(1), default=DEFAULTS.max_new_tokens, show_default=True),
@@ -857,8 +862,8 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
 @user_errors
 def eval_correlate(db_path, target, model, cam, beta, steps, baseline, as_json):
     """Pearson and Spearman correlations, with 95 % intervals and n, between the judge score and every other
-    per-map signal in the store (confidence, IoU, Dice, pixel accuracy, F1, deletion, insertion, Average Drop,
-    AOPC): the shape of the paper's Table 1.
+    per-map signal in the store (confidence, IoU, Dice, pixel accuracy, F1, the share of the map's mass inside the
+    region, deletion, insertion, Average Drop, AOPC): the shape of the paper's Table 1.
 
     \b
     Example:
@@ -920,10 +925,15 @@ def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode,
     click.echo(f"{table['samples']} samples, {table['labels_wrong']} with a wrong label; judge "
                f"{table['judge']['judge_model']} ({table['judge']['image_mode']}), score >= {threshold} is high; "
                f"cleanlab reads {table['cleanlab_probabilities']}'s probabilities")
-    click.echo(f"{'method':44}{'acc':>7}{'prec':>7}{'recall':>8}{'F1':>7}{'flagged':>9}")
+    click.echo(f"{'method':44}{'acc':>7}{'prec':>7}{'recall':>8}{'F1 [95% bootstrap]':>22}{'flagged':>9}"
+               f"   F1 - keep-all [95%]")
     for m in table["methods"]:
-        click.echo(f"{m['method']:44}{m['accuracy']:>7.3f}{m['precision']:>7.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
-                   f"{m['flagged']:>9}")
+        f1 = f"{m['f1']:.3f}" + ("" if m["f1_ci_low"] is None else f" [{m['f1_ci_low']:.2f}, {m['f1_ci_high']:.2f}]")
+        gap = f"{m['f1_minus_keep_all']:+.3f}" + ("" if m["f1_minus_keep_all_ci_low"] is None else
+                                                  f" [{m['f1_minus_keep_all_ci_low']:+.2f}, "
+                                                  f"{m['f1_minus_keep_all_ci_high']:+.2f}]")
+        click.echo(f"{m['method']:44}{m['accuracy']:>7.3f}{m['precision']:>7.3f}{m['recall']:>8.3f}{f1:>22}"
+                   f"{m['flagged']:>9}   {gap}")
 
 
 @cli.command()

@@ -371,12 +371,13 @@ def map_signals(store: Store, beta: float, steps: int, baseline: str, model: str
     for m in maps:
         column("confidence")[index[m["id"]]] = m["confidence"]
     # Scores against each image's current region (a replaced mask leaves its old scores behind).
-    for row in store.query("select r.saliency_id, r.iou, r.dice, r.pixel_accuracy, r.f1 from region_scores r join "
-                           "ground_truth g on g.image_sha256 = r.image_sha256 and g.mask_sha256 = r.mask_sha256 "
-                           "where r.beta = ?", [beta]):
+    for row in store.query("select r.saliency_id, r.iou, r.dice, r.pixel_accuracy, r.f1, r.mass_share from "
+                           "region_scores r join ground_truth g on g.image_sha256 = r.image_sha256 and "
+                           "g.mask_sha256 = r.mask_sha256 where r.beta = ?", [beta]):
         if row["saliency_id"] in index:
-            for metric in ("iou", "dice", "pixel_accuracy", "f1"):
-                column(metric)[index[row["saliency_id"]]] = row[metric]
+            for metric in ("iou", "dice", "pixel_accuracy", "f1", "mass_share"):
+                if row[metric] is not None:
+                    column(metric)[index[row["saliency_id"]]] = row[metric]
     for row in store.query("select * from faithfulness where steps = ? and baseline = ?", [steps, baseline]):
         if row["saliency_id"] in index:
             for metric, name in (("deletion_auc", "deletion"), ("insertion_auc", "insertion"),
@@ -421,7 +422,8 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
                       target_layer: str | None = None) -> dict:
     """Every method's verdicts on the images of the truth file that have a label, a prediction of `model` and a
     successful judgment: the shape of the paper's Tables 5 and 6."""
-    from .analysis.label_issues import CLEANLAB_FILTERS, cleanlab_flags, detection_scores, judge_flags
+    from .analysis.bootstrap import LEVEL, RESAMPLES, SEED
+    from .analysis.label_issues import CLEANLAB_FILTERS, cleanlab_flags, detection_scores, f1_intervals, judge_flags
 
     truth = read_truth(truth_path)
     images = {str(Path(i["path"]).resolve()): i["sha256"] for i in store.images()}
@@ -464,7 +466,9 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
             "cleanlab_probabilities": probs_model or model,
             "threshold": threshold, "judge": {k: setting[k] for k in ("judge_model", "image_mode", "alpha", "beta",
                                                                        "cam", "prompt_hash")},
-            "methods": [{"method": name, **detection_scores(label_ok, flags)} for name, flags in methods.items()]}
+            "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL},
+            "methods": [{"method": name, **detection_scores(label_ok, flags),
+                         **f1_intervals(label_ok, flags, methods["keep-all"])} for name, flags in methods.items()]}
 
 
 # --- samples ------------------------------------------------------------------------------------------

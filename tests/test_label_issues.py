@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localjudge.analysis.label_issues import cleanlab_flags, detection_scores, judge_flags
+from localjudge.analysis.label_issues import cleanlab_flags, detection_scores, f1_intervals, judge_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,25 @@ def test_detection_scores_treat_a_right_label_as_positive():
     assert scores["accuracy"] == pytest.approx(3 / 5) and scores["flagged"] == 2 and scores["n"] == 5
     keep_all = detection_scores(label_ok, np.zeros(5, dtype=bool))
     assert keep_all["recall"] == 1.0 and keep_all["precision"] == pytest.approx(3 / 5)
+
+
+def test_f1_intervals_against_a_closed_form():
+    """Keeping every label, F1 = 2p / (1 + p) with p the share of right labels: a monotone function of a proportion,
+    so its percentile-bootstrap interval is that function of the proportion's interval, which for n = 400 and
+    p = 0.8 is close to the normal closed form p +- 1.96 sqrt(p(1-p)/n). A method that flags what keep-all flags
+    differs from it by exactly 0, on every resample."""
+    label_ok = np.array([True] * 320 + [False] * 80)
+    keep_all = np.zeros(400, dtype=bool)
+    found = f1_intervals(label_ok, keep_all, keep_all)
+    half = 1.96 * np.sqrt(0.8 * 0.2 / 400)
+    expected = [2 * p / (1 + p) for p in (0.8 - half, 0.8 + half)]
+    assert found["f1_ci_low"] == pytest.approx(expected[0], abs=0.004)
+    assert found["f1_ci_high"] == pytest.approx(expected[1], abs=0.004)
+    assert (found["f1_minus_keep_all"], found["f1_minus_keep_all_ci_low"], found["f1_minus_keep_all_ci_high"]) == (
+        0.0, 0.0, 0.0)
+    perfect = f1_intervals(label_ok, ~label_ok, keep_all)  # flags exactly the wrong labels: F1 1.0 on every resample
+    assert perfect["f1_ci_low"] == perfect["f1_ci_high"] == 1.0
+    assert perfect["f1_minus_keep_all_ci_low"] > 0
 
 
 def test_cleanlab_flags_are_cleanlab_s_when_every_class_is_used():

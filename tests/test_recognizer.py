@@ -109,3 +109,54 @@ def test_the_recognizer_never_grades_its_own_weights(data_dir, tmp_path):
         (judge,) = conn.execute("select distinct j.judge_model from judgments j join predictions p on "
                                 "p.id = j.prediction_id where p.model = 'my-classifier'").fetchone()
     assert judge == "recognizer:efficientnet-lite1"
+
+
+@pytest.fixture(scope="module")
+def designs():
+    return {design: RecognizerJudge(device="cpu", design=design) for design in ("mean", "crop", "relative")}
+
+
+def _scores(judge, requests):
+    return [json.loads(o.raw_text)["score"] for o in judge.judge(requests)]
+
+
+def test_each_design_classifies_what_it_says(designs, recognizer, photos):
+    """Known answers per design. A mask of ones hides nothing: every design sees the whole view, and 'relative' keeps
+    all of the class's mass (score 5). A square mask: 'crop' classifies exactly that square of the view. A mask of
+    zeros: 'mean' classifies a plain image of the normalisation mean, and its class mass is small."""
+    image, index, name = photos[0]
+    ones, zeros = np.ones((448, 448), np.float32), np.zeros((448, 448), np.float32)
+    square = zeros.copy()
+    square[100:300, 50:250] = 1.0
+
+    def ask(view, mask, shown):
+        return JudgeRequest(image=shown, label=name, prompt="", label_index=index, view=view, mask=mask)
+
+    whole = _scores(recognizer, [ask(None, None, image)])
+    assert _scores(designs["mean"], [ask(image, ones, image)]) == whole
+    assert _scores(designs["crop"], [ask(image, ones, image)]) == whole
+    assert _scores(designs["relative"], [ask(image, ones, image)]) == [5]
+    black_square = Image.fromarray((np.asarray(image) * square[..., None]).astype(np.uint8))
+    assert (designs["crop"].judge([ask(image, square, black_square)])[0].raw_text
+            == recognizer.judge([ask(None, None, image.crop((50, 100, 250, 300)))])[0].raw_text)
+    mean = Image.new("RGB", (448, 448), tuple(int(c * 255 + 0.5) for c in designs["mean"].card.mean))
+    assert (designs["mean"].judge([ask(image, zeros, Image.new("RGB", (448, 448)))])[0].raw_text
+            == recognizer.judge([ask(None, None, mean)])[0].raw_text)
+    # without a view (a canary's blank image) every design classifies the image it is handed
+    blank = Image.new("RGB", (448, 448), (128, 128, 128))
+    assert {d: _scores(j, [ask(None, None, blank)]) for d, j in designs.items()} == {
+        d: _scores(recognizer, [ask(None, None, blank)]) for d in designs}
+
+
+def test_the_design_is_recorded_and_keys_its_judgments(tmp_path, data_dir):
+    manifest = seg_photos_manifest(data_dir, tmp_path / "three.csv", 3)
+    db = tmp_path / "designs.db"
+    invoke("run", manifest, "--db", db)
+    invoke("judge", "--db", db, "--recognizer-design", "crop")
+    with sqlite3.connect(db) as conn:
+        decodings = [json.loads(d) for (d,) in conn.execute("select decoding from judgments")]
+        configs = [json.loads(c)["recognizer_design"] for (c,) in conn.execute("select config from runs")]
+    assert sorted(d.get("design", "black") for d in decodings) == ["black"] * 3 + ["crop"] * 3
+    assert "crop" in configs
+    result = invoke("judge", "--db", db, "--recognizer-design", "sepia", expect_ok=False)
+    assert result.exit_code == 2 and "sepia" in result.output

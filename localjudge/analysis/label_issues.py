@@ -59,3 +59,22 @@ def detection_scores(label_ok: np.ndarray, flagged: np.ndarray) -> dict[str, flo
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1,
             "flagged": int(np.sum(~kept)), "n": int(truth.size)}
+
+
+
+def f1_intervals(label_ok: np.ndarray, flagged: np.ndarray, reference: np.ndarray) -> dict:
+    """The bootstrap interval of a method's F1, and the paired one of its F1 minus the reference's (keep-all) on the
+    same resampled samples. Each method's verdicts are held fixed: cleanlab's filters, which read the whole dataset,
+    are not re-run on every resample."""
+    from .bootstrap import interval
+
+    truth, flagged, reference = (np.asarray(a, dtype=bool) for a in (label_ok, flagged, reference))
+
+    def f1(rows, flags):
+        return detection_scores(truth[rows], flags[rows])["f1"]
+
+    low, high = interval(lambda rows: f1(rows, flagged), len(truth))
+    every = np.arange(len(truth))
+    gap_low, gap_high = interval(lambda rows: f1(rows, flagged) - f1(rows, reference), len(truth))
+    return {"f1_ci_low": low, "f1_ci_high": high, "f1_minus_keep_all": f1(every, flagged) - f1(every, reference),
+            "f1_minus_keep_all_ci_low": gap_low, "f1_minus_keep_all_ci_high": gap_high}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 
 from ..errors import OptionError, UserError
@@ -22,6 +23,10 @@ class JudgeRequest:
     label: str
     prompt: str
     label_index: int | None = None  # the predicted class's index in the vision model's label list
+    # For judges that read the map itself (`JudgeSpec.reads_maps`): the model's view the image was drawn on and the
+    # soft mask M (paper Eq. 1) at its size. None for images that are no view (a canary's blank image).
+    view: Image.Image | None = None
+    mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class JudgeSpec:
     structured_output = "xgrammar-json-schema"  # how its answer is held to the schema (part of the decoding key)
     reserves_gpu = False  # it takes a fixed share of a GPU's memory up front (a Ray actor asks for that share)
     caveat = ""  # what its scores are worth, printed under every matrix it made
+    reads_maps = False  # it is handed each request's view and soft mask besides the image (JudgeRequest)
 
     def check(self, config, labels: list[str] | None) -> None:
         """Refuse, before any work is done or any image leaves, a configuration this judge cannot serve. `labels`

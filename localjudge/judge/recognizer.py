@@ -25,11 +25,13 @@ import numpy as np
 from PIL import Image
 
 from ..store import content_key, sha256_file
+from ..errors import OptionError
 from .base import Judge, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec
 
 if TYPE_CHECKING:
     import torch
 
+DESIGNS = ("black", "mean", "crop", "relative")
 RECOGNIZER_MODEL = "efficientnet-lite2"
 INDEPENDENT_MODEL = "efficientnet-lite1"  # the recognizer when the audited model is RECOGNIZER_MODEL itself
 SCORE_THRESHOLDS = ((0.50, 5), (0.25, 4), (0.10, 3), (0.03, 2), (0.01, 1))
@@ -56,10 +58,11 @@ def sibling_groups() -> tuple[dict[int, set[int]], dict[int, list[str]], str]:
     return siblings, names, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def recognizer_params(model: str = RECOGNIZER_MODEL) -> dict:
-    """What decides a recognizer judgment besides its weights: part of a judgment's key."""
+def recognizer_params(model: str = RECOGNIZER_MODEL, design: str = "black") -> dict:
+    """What decides a recognizer judgment besides its weights: part of a judgment's key (the first design, black,
+    unnamed, as judgments were keyed before there were others)."""
     return {"backend": "recognizer", "model": model, "thresholds": [list(t) for t in SCORE_THRESHOLDS],
-            "siblings": sibling_groups()[2]}
+            "siblings": sibling_groups()[2], **({"design": design} if design != "black" else {})}
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,9 +89,16 @@ class RecognizerSpec(JudgeSpec):
     reads_heatmaps = False  # a heatmap overlay would only mislead a classifier
     needs_imagenet_labels = True
     structured_output = "templated"
+    reads_maps = True  # the designs but the first need the view and the soft mask
+
     caveat = ("the recognizer is a classifier standing in for a VLM judge: on the 70 seg-photos its score barely "
               "tracks where the object is (Pearson 0.03 [-0.24, 0.34] with the attention mask's IoU; the paper's "
               "best VLM judge: 0.37). Read its matrix as a floor, not a verdict; give --vlm DIR for the paper's judge")
+
+    def check(self, config, labels) -> None:
+        super().check(config, labels)
+        if config.recognizer_design not in DESIGNS:
+            raise OptionError(f"--recognizer-design {config.recognizer_design!r}: use one of {', '.join(DESIGNS)}")
 
     def identity(self, config, hash_file) -> JudgeIdentity:
         from ..vision import model_hash, resolve_card
@@ -97,20 +107,21 @@ class RecognizerSpec(JudgeSpec):
         weights = model_hash(resolve_card(model), None, hash_file, "torch")
         return JudgeIdentity(f"recognizer:{model}", content_key("recognizer", weights))
 
-    def decoding(self, config) -> dict:
-        return recognizer_params(recognizer_for(config))  # no decoding: its thresholds and sibling groups decide
+    def decoding(self, config) -> dict:  # no decoding: its design, thresholds and sibling groups decide
+        return recognizer_params(recognizer_for(config), config.recognizer_design)
 
     def open(self, config, identity: JudgeIdentity) -> Judge:
-        return RecognizerJudge(device=config.device, model=recognizer_for(config))
+        return RecognizerJudge(device=config.device, model=recognizer_for(config), design=config.recognizer_design)
 
 
 class RecognizerJudge(Judge):
     backend = "recognizer"
 
-    def __init__(self, device: str = "auto", model: str = RECOGNIZER_MODEL):
+    def __init__(self, device: str = "auto", model: str = RECOGNIZER_MODEL, design: str = "black"):
         from ..vision import open_model, resolve_card
 
         self.name = model
+        self.design = design
         self.card = resolve_card(model)
         self.model = open_model(self.card, None, device, "torch")
         self.labels = self.card.label_list().names
@@ -127,11 +138,36 @@ class RecognizerJudge(Judge):
         arrays = (arrays - np.asarray(self.card.mean, np.float32)) / np.asarray(self.card.std, np.float32)
         return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
 
+    def _design_image(self, request: JudgeRequest) -> Image.Image:
+        """What the design classifies (a request without a view, a canary's blank image, is classified as it is)."""
+        if request.view is None or request.mask is None or self.design in ("black", "relative"):
+            return request.image
+        view = np.asarray(request.view.convert("RGB"), dtype=np.float32)
+        mask = np.asarray(request.mask, dtype=np.float32)[..., None]
+        if self.design == "mean":  # hidden pixels take the colour the model's normalisation maps to zero
+            fill = np.asarray(self.card.mean, dtype=np.float32) * 255.0
+            return Image.fromarray(np.clip(view * mask + fill * (1 - mask) + 0.5, 0, 255).astype(np.uint8))
+        # crop: the attended region's bounding square (mask >= 0.5), unmasked, the rest of the view left out
+        rows, cols = np.nonzero(mask[..., 0] >= 0.5)
+        if len(rows) == 0:
+            return request.image
+        side = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+        top = int(min(max(0, (rows.min() + rows.max() + 1 - side) // 2), view.shape[0] - side))
+        left = int(min(max(0, (cols.min() + cols.max() + 1 - side) // 2), view.shape[1] - side))
+        return request.view.crop((left, top, left + side, top + side))
+
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
-        probabilities = self.model.predict(self._inputs([r.image for r in requests]))
+        probabilities = self.model.predict(self._inputs([self._design_image(r) for r in requests]))
+        if self.design == "relative":  # the class's mass on the masked image over its mass on the whole view
+            # (a request without a view, a canary's blank image, has nothing to be relative to: scored as it is)
+            viewed = [n for n, r in enumerate(requests) if r.view is not None]
+            whole = dict(zip(viewed, self.model.predict(self._inputs([requests[n].view for n in viewed])))
+                         if viewed else [])
+            return [self._judgment(r, p, whole.get(n)) for n, (r, p) in enumerate(zip(requests, probabilities))]
         return [self._judgment(r, p) for r, p in zip(requests, probabilities)]
 
-    def _judgment(self, request: JudgeRequest, probabilities: np.ndarray) -> JudgeOutput:
+    def _judgment(self, request: JudgeRequest, probabilities: np.ndarray,
+                  whole: np.ndarray | None = None) -> JudgeOutput:
         target = request.label_index
         if target is None or not 0 <= target < len(self.labels):
             return JudgeOutput(raw_text="", input_tokens=None, output_tokens=None,
@@ -141,6 +177,9 @@ class RecognizerJudge(Judge):
         own = float(probabilities[target])
         mass = float(probabilities[group].sum())
         top = int(np.argmax(probabilities))
+        if whole is not None:  # relative: how much of the class's evidence in the whole view the masked one keeps
+            full = float(whole[group].sum())
+            mass = min(1.0, mass / full) if full > 0 else 0.0
         score = score_for(mass)
         with_group = (f", and the classes of its group ({', '.join(self.group_names[target])}: {len(group)} classes) "
                       f"{mass:.1%} together" if len(group) > 1 else "")

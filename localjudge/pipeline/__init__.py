@@ -31,7 +31,7 @@ from ..data import (IMAGE_SUFFIXES, ChangedImage, IngestError, InputItem, ReadFa
 from ..errors import OptionError
 from ..judge import AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeRequest, JudgeStopped, auto_judge, parse_answer
 from ..judge.prompts import prompt_hash, prompt_template, render
-from ..saliency.masking import judge_image
+from ..saliency.masking import judge_image, soft_mask, upsample
 from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
 from ..vision import ModelCard, backend_of, main_class, model_hash, open_model, resolve_card
 from ..vision.preprocess import model_view, to_tensor
@@ -610,6 +610,7 @@ class Audit:
         """IoU, Dice, pixel accuracy, F1 (and precision, recall) of each map's attention mask (map >= beta) against
         its image's ground-truth region, compared in the model's view (the region resized and centre-cropped as the
         image was, nearest neighbour). Maps whose image has no region are skipped."""
+        from ..analysis.localisation import energy_pointing
         from ..analysis.regions import attention_mask, region_scores
         from ..ground_truth import region_in_view
 
@@ -633,7 +634,9 @@ class Audit:
             attended = attention_mask(saliency, beta)
             rows.append({"id": keys[m["id"]], "saliency_id": m["id"], "image_sha256": m["image_sha256"],
                          "mask_sha256": truth["mask_sha256"], "beta": beta, **region_scores(attended, truth_view),
-                         "attended_fraction": float(attended.mean()), "run_id": self.run_id, "created_at": now()})
+                         "attended_fraction": float(attended.mean()),
+                         "mass_share": energy_pointing(saliency, truth_view), "run_id": self.run_id,
+                         "created_at": now()})
         self.store.insert_rows("region_scores", rows)
         stage.computed += len(rows)
         return stage
@@ -882,10 +885,13 @@ class Audit:
         for m in maps:
             prediction = predictions[m["prediction_id"]]
             saliency = unpack_array(m["map"], (m["height"], m["width"]))
-            image = judge_image(views[m["image_sha256"]], saliency, config.image_mode, config.alpha, config.beta)
+            view = views[m["image_sha256"]]
+            image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta)
+            extra = ({"view": view, "mask": soft_mask(upsample(saliency, view.size), config.alpha, config.beta)}
+                     if self.judge_spec.reads_maps else {})
             requests.append(JudgeRequest(image=image, label=prediction["predicted_label"],
                                          prompt=render(template, prediction["predicted_label"]),
-                                         label_index=prediction["predicted_index"]))
+                                         label_index=prediction["predicted_index"], **extra))
         started = time.perf_counter()
         stop = None
         try:

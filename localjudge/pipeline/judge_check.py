@@ -84,17 +84,20 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
         view = views[m["image_sha256"]]
         saliency = unpack_array(m["map"], (m["height"], m["width"]))
         masked = judge_image(view, saliency, "masked", config.alpha, config.beta)
-        base = {"saliency_id": m["id"], "label": label, "index": index, "image": masked, "prompt": render(template,
-                                                                                                          label)}
+        base = {"saliency_id": m["id"], "label": label, "index": index, "image": masked,
+                "prompt": render(template, label), "view": view,
+                "mask": soft_mask(upsample(saliency, view.size), config.alpha, config.beta)}
         for shade, colour in (("black", (0, 0, 0)), ("grey", (128, 128, 128))):
-            asks.append({**base, "kind": "blank", "variant": shade, "image": Image.new("RGB", view.size, colour)})
+            asks.append({**base, "kind": "blank", "variant": shade, "image": Image.new("RGB", view.size, colour),
+                         "view": None, "mask": None})
         if prediction["correct"] == 1:
-            asks.append({**base, "kind": "full_view", "variant": "", "image": view})
+            asks.append({**base, "kind": "full_view", "variant": "", "image": view, "view": None, "mask": None})
         other = absent_class(index, names, siblings, rng)
         asks.append({**base, "kind": "absent_class", "variant": names[other], "label": names[other], "index": other,
                      "prompt": render(template, names[other])})
-        asks.append({**base, "kind": "inverse_mask", "variant": "",
-                     "image": inverse_masked_image(view, saliency, config.alpha, config.beta)})
+        inverse = inverse_masked_image(view, saliency, config.alpha, config.beta)
+        asks.append({**base, "kind": "inverse_mask", "variant": "", "image": inverse,
+                     "mask": None if base["mask"] is None else 1.0 - base["mask"]})
         for style in PROMPT_STYLES:
             asks.append({**base, "kind": "paraphrase", "variant": style,
                          "prompt": render(prompt_template("masked", style), label)})
@@ -131,6 +134,7 @@ def _ask(audit, asks: list[dict]) -> list[dict]:
     """The judge's answers: everything but the 'alone' requests in mixed batches of --judge-batch-size, each 'alone'
     request in a call of its own."""
     judge = audit.judge_model()
+    reads_maps = audit.judge_spec.reads_maps
     size = audit.config.judge_batch_size
     answers: dict[int, dict] = {}
     together = [n for n, a in enumerate(asks) if a["kind"] != "alone"]
@@ -138,7 +142,9 @@ def _ask(audit, asks: list[dict]) -> list[dict]:
     calls = [together[i:i + size] for i in range(0, len(together), size)] + [[n] for n in alone]
     for call in calls:
         requests = [JudgeRequest(image=asks[n]["image"], label=asks[n]["label"], prompt=asks[n]["prompt"],
-                                 label_index=asks[n]["index"]) for n in call]
+                                 label_index=asks[n]["index"],
+                                 **({"view": asks[n]["view"], "mask": asks[n]["mask"]} if reads_maps else {}))
+                    for n in call]
         try:
             outputs = judge.judge(requests)
             failure = None

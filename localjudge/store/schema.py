@@ -220,6 +220,12 @@ def m010_judge_checks(db: sqlite_utils.Database) -> None:
     db["judge_checks"].create_index(["judge_model_hash"])
 
 
+@migration
+def m011_region_mass_share(db: sqlite_utils.Database) -> None:
+    # The share of each map's mass inside its image's region (the energy-based pointing game), per region score.
+    db["region_scores"].add_column("mass_share", float)
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),

@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""Which recognizer design tracks where the object is? Every design (`--recognizer-design`) judges the same stored
+maps, and each is measured three ways:
+
+1. seg-photos (70 photos with object masks; EfficientNet-Lite0, Grad-CAM): Pearson and Spearman, with bootstrap
+   intervals, between the judge's score and the attention mask's IoU with the object, and the share of the map's
+   mass on the object (`eval correlate`);
+2. imagenet-sample, the label-noise experiment (labels = Lite0's own predictions): the judge's label-issue F1 (and
+   its WH-only rule's) against keeping every label (`eval label-issues`; cleanlab reads Lite2's probabilities);
+3. the reliability card (`eval judge-check`) on 50 of those maps.
+
+    python scripts/recognizer_designs.py [--images 500] [--out designs.md] [--designs black,mean,crop,relative]
+
+The maps are computed once per dataset; each design judges a copy of the store."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from localjudge.cli import cli  # noqa: E402
+from localjudge.judge.recognizer import DESIGNS  # noqa: E402
+from sample_data import DATA, imagenet_rows, seg_manifest, write_manifest  # noqa: E402
+
+
+def localjudge_json(*args) -> dict:
+    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--json"], catch_exceptions=False)
+    if result.exit_code != 0:
+        sys.exit(f"localjudge {' '.join(map(str, args))} failed:\n{result.output}")
+    return json.loads(result.stdout)
+
+
+def copy(source: Path, target: Path) -> Path:
+    with sqlite3.connect(source) as origin, sqlite3.connect(target) as copied:
+        origin.backup(copied)
+    return target
+
+
+def interval(c: dict, low: str = "ci_low", high: str = "ci_high") -> str:
+    if c.get("r") is None:
+        return "n/a"
+    return f"{c['r']:+.2f}" + ("" if c.get(low) is None else f" [{c[low]:+.2f}, {c[high]:+.2f}]")
+
+
+def with_interval(method: dict) -> str:
+    return f"{method['f1']:.3f} [{method['f1_ci_low']:.3f}, {method['f1_ci_high']:.3f}]"
+
+
+def label_noise_store(folder: Path, images: int) -> tuple[Path, Path, Path]:
+    """The label-noise experiment's store with Lite0's maps of the relabelled images, and its truth file."""
+    rows = imagenet_rows(images)
+    db = folder / "noise.db"
+    real = write_manifest(folder / "real.csv", [(r["path"], r["imagenet_index"]) for r in rows])
+    localjudge_json("predict", real, "--db", db)
+    with sqlite3.connect(db) as conn:
+        predicted = dict(conn.execute("select i.path, p.predicted_index from predictions p join images i "
+                                      "on i.sha256 = p.image_sha256"))
+    noisy = write_manifest(folder / "noisy.csv", [(r["path"], predicted[r["path"]]) for r in rows])
+    truth = folder / "truth.csv"
+    with open(truth, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label_ok"])
+        writer.writerows([r["path"], int(predicted[r["path"]] == int(r["imagenet_index"]))] for r in rows)
+    localjudge_json("predict", noisy, "--db", db)  # the noisy labels, read as the audit's labels
+    localjudge_json("explain", "--db", db)
+    localjudge_json("predict", noisy, "--db", db, "--model", "efficientnet-lite2")
+    return db, noisy, truth
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--designs", default=",".join(DESIGNS))
+    parser.add_argument("--out", type=Path, default=Path("designs.md"))
+    args = parser.parse_args(argv)
+    designs = [d for d in args.designs.split(",") if d]
+    started = time.perf_counter()
+    folder = Path(tempfile.mkdtemp(prefix="localjudge-designs-"))
+    os.environ.setdefault("LOCALJUDGE_HOME", str(folder / "home"))
+    seg, seg_db = seg_manifest(folder / "seg.csv"), folder / "seg.db"
+    localjudge_json("predict", seg, "--db", seg_db)
+    localjudge_json("explain", "--db", seg_db)
+    localjudge_json("eval", "regions", "--db", seg_db, "--masks", DATA / "seg-photos" / "masks")
+    noise_db, _, truth = label_noise_store(folder, args.images)
+    lines = ["## Recognizer designs, measured on the same maps (EfficientNet-Lite0, Grad-CAM)", "",
+             "| design | score vs IoU: Pearson | Spearman | score vs mass share: Pearson | Spearman | label-issue F1 "
+             "(judge / WH only / keep all) | judge F1 - keep all | card |", "|---|---|---|---|---|---|---|---|"]
+    for design in designs:
+        db = copy(seg_db, folder / f"seg-{design}.db")
+        localjudge_json("judge", "--db", db, "--recognizer-design", design)
+        correlations = {r["signal"]: r for r in localjudge_json("eval", "correlate", "--db", db)["correlations"]}
+        noise = copy(noise_db, folder / f"noise-{design}.db")
+        localjudge_json("judge", "--db", noise, "--recognizer-design", design)
+        issues = localjudge_json("eval", "label-issues", "--db", noise, "--truth", truth, "--probs-model",
+                                 "efficientnet-lite2")
+        f1 = {m["method"]: m for m in issues["methods"]}
+        card = localjudge_json("eval", "judge-check", "--db", noise, "--recognizer-design", design)
+        rates = ", ".join(f"{name} {found['rate']:.2f}" for name, found in card["canaries"].items()
+                          if found["rate"] is not None and name in ("blank", "full_view", "absent_class"))
+        iou, share = correlations.get("iou", {}), correlations.get("mass_share", {})
+        lines.append(f"| {design} | {interval(iou.get('pearson', {}))} | {interval(iou.get('spearman', {}))} | "
+                     f"{interval(share.get('pearson', {}))} | {interval(share.get('spearman', {}))} | "
+                     f"{with_interval(f1['judge'])} / {with_interval(f1['judge-wh'])} / {f1['keep-all']['f1']:.3f} | "
+                     f"{f1['judge']['f1_minus_keep_all']:+.3f} [{f1['judge']['f1_minus_keep_all_ci_low']:+.3f}, "
+                     f"{f1['judge']['f1_minus_keep_all_ci_high']:+.3f}] | {card['verdict']} "
+                     f"({rates}) |")
+        print(lines[-1], file=sys.stderr)
+    lines += ["", f"{args.images} imagenet-sample images for the label-issue experiment and the card; intervals: "
+              "95 % bootstrap; built in " f"{time.perf_counter() - started:.0f} s."]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
