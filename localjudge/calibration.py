@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .analysis.agreement import calibrate_threshold
+from .analysis.agreement import calibrate_threshold, score_agreement
 from .queries import GROUP_COLUMNS, samples, setting_key
 from .store import Store, content_key, now
 
@@ -30,7 +30,9 @@ def calibrate_settings(store: Store, raters: tuple[str, ...], human_threshold: i
     found = []
     for key, group in pairs.items():
         fitted = calibrate_threshold(group["judge"], group["human"], human_threshold, default_threshold)
-        result = {"setting_key": key, "setting": group["setting"], "raters": sorted(group["raters"]), **fitted}
+        # the judge against people on the 0-5 scores, with intervals, as people against each other (rater_agreement)
+        result = {"setting_key": key, "setting": group["setting"], "raters": sorted(group["raters"]), **fitted,
+                  "agreement": score_agreement(group["judge"], group["human"])}
         store.add_calibration({
             "id": content_key("calibration", key, result["raters"], human_threshold, now()),
             "setting_key": key, "setting": json.dumps(group["setting"], sort_keys=True),

@@ -1058,7 +1058,8 @@ def calibrate(db_path, raters, human_threshold, as_json, **filters):
             click.echo(f"  no threshold: {c['reason'] or 'kappa is undefined at every threshold'}")
         else:
             click.echo(f"  threshold {c['threshold']}: kappa {number(c['kappa'])}, accuracy {number(c['accuracy'])}")
-        click.echo(f"  scores 0-5: weighted kappa {number(c['weighted_kappa'])}, Pearson {number(c['pearson']['r'])}, "
+        click.echo(f"  scores 0-5: weighted kappa {number_with_interval(c['agreement']['weighted_kappa'])}, ICC "
+                   f"{number_with_interval(c['agreement']['icc'])}, Pearson {number(c['pearson']['r'])}, "
                    f"Spearman {number(c['spearman']['r'])}")
 
 

@@ -37,7 +37,11 @@ def test_the_recognizer_gets_a_card_that_is_stored_and_shown(audited, tmp_path):
     card = invoke_json("eval", "judge-check", "--db", db, "--sample", "6")
     assert card["judge_model"] == "recognizer:efficientnet-lite2" and card["sample"] == 6
     assert card["canaries"]["blank"]["rate"] >= 0.9 and card["canaries"]["absent_class"]["rate"] >= 0.9
-    assert set(card["canaries"]) == {"blank", "full_view", "absent_class", "paraphrase", "batch_invariance"}
+    assert set(card["canaries"]) == {"blank", "full_view", "absent_class", "paraphrase", "mask_sensitivity",
+                                     "batch_invariance"}
+    inverse = card["inverse_mask"]
+    assert inverse["maps"] == 6 and inverse["masked_minus_inverse"] == pytest.approx(
+        inverse["masked_mean"] - inverse["inverse_mean"]) and inverse["ci_low"] <= inverse["ci_high"]
     with sqlite3.connect(db) as conn:
         kinds = dict(conn.execute("select kind, count(*) from canary_judgments group by kind").fetchall())
     assert kinds["blank"] == 12 and kinds["absent_class"] == 6 and kinds["paraphrase"] == 18
@@ -70,6 +74,7 @@ def test_a_judge_that_always_says_5_fails_the_blank_and_absent_class_canaries(au
     assert card["verdict"] == "unusable"
     assert card["canaries"]["blank"]["rate"] == 0.0 and card["canaries"]["absent_class"]["rate"] == 0.0
     assert card["canaries"]["full_view"]["rate"] == 1.0  # it does say 5 where 5 is right
+    assert card["canaries"]["mask_sensitivity"]["rate"] == 0.0  # the ignored region gets the same 5
     assert any(r.startswith("blank 0.00") for r in card["reasons"])
     assert any(r.startswith("absent_class 0.00") for r in card["reasons"])
 
@@ -111,8 +116,15 @@ def test_the_verdict_rules_by_hand():
 
     good = (answers("blank", [0, 0, 1, 0]) + answers("full_view", [5, 4, 5, 5]) + answers("absent_class", [0, 1, 0, 0])
             + answers("paraphrase", [2, 3, 2, 4], "original") + answers("paraphrase", [2, 3, 3, 4], "concise")
-            + answers("alone", [2, 3, 2, 4], "original"))
-    assert reliability_card(good, 3, 0.0)["verdict"] == "usable"
+            + answers("alone", [2, 3, 2, 4], "original") + answers("inverse_mask", [0, 1, 0, 0]))
+    card = reliability_card(good, 3, 0.0)
+    assert card["verdict"] == "usable" and card["canaries"]["mask_sensitivity"]["rate"] == 1.0
+    assert card["inverse_mask"]["masked_minus_inverse"] == pytest.approx((2 + 2 + 2 + 4) / 4)
+    blind = [dict(a, score=[2, 3, 2, 4][int(a["saliency_id"][1])]) if a["kind"] == "inverse_mask" else a for a in good]
+    found = reliability_card(blind, 3, 0.0)  # the ignored region answered as the attended one: the mask is not read
+    assert found["verdict"] == "doubtful" and found["reasons"] == ["mask_sensitivity 0.00 < 0.5"]
+    concise = reliability_card(good, 3, 0.0, prompt_style="concise")  # compared with the run's own prompt style
+    assert concise["inverse_mask"]["masked_mean"] == pytest.approx((2 + 3 + 3 + 4) / 4)
     coin = [dict(a, score=5) if a["kind"] == "blank" and a["saliency_id"] in ("m0", "m1", "m2") else a for a in good]
     assert reliability_card(coin, 3, 0.0)["verdict"] == "unusable"  # blank 0.25 < 0.5
     shaky = [dict(a, score=4) if a["kind"] == "absent_class" and a["saliency_id"] == "m0" else a for a in good]

@@ -44,6 +44,7 @@ def test_models_export_writes_a_checked_graph_and_its_card(tmp_path):
     assert card["task"] == "classification" and card["crop"] == 224 and card["mean"] == [0.485, 0.456, 0.406]
     assert card["onnx_names"]["gradients"] == "gradients" and card["onnx_file"] == "lite0.onnx"
     assert out.with_suffix(".labels.csv").is_file()
+    assert card["source_weights_sha256"] == load_card("efficientnet-lite0").weights_sha256  # what the graph holds
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])

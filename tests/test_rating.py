@@ -225,6 +225,9 @@ def test_calibration_from_ratings_feeds_the_matrix(rated_db, rating_page):
     assert calibration["kappa"] == pytest.approx(cohen_kappa(np.array(judge) >= 2, np.array(human) >= 3))
     assert calibration["weighted_kappa"] == pytest.approx(expected["weighted_kappa"])
     assert calibration["pearson"]["r"] == pytest.approx(np.corrcoef(judge, human)[0, 1])
+    kappa = calibration["agreement"]["weighted_kappa"]  # the same kappa, with its bootstrap interval
+    assert kappa["value"] == pytest.approx(expected["weighted_kappa"]) and kappa["ci_low"] <= kappa["value"] <= kappa[
+        "ci_high"]
     with sqlite3.connect(rated_db) as conn:
         assert conn.execute("select threshold, n from calibrations").fetchall() == [(2, len(judge))]
 

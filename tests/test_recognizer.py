@@ -31,7 +31,7 @@ def test_siblings_come_from_the_category_groups():
 
 @pytest.fixture(scope="module")
 def recognizer():
-    return RecognizerJudge(device="cpu")
+    return RecognizerJudge(device="cpu", design="black")
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +142,10 @@ def test_each_design_classifies_what_it_says(designs, recognizer, photos):
     mean = Image.new("RGB", (448, 448), tuple(int(c * 255 + 0.5) for c in designs["mean"].card.mean))
     assert (designs["mean"].judge([ask(image, zeros, Image.new("RGB", (448, 448)))])[0].raw_text
             == recognizer.judge([ask(None, None, mean)])[0].raw_text)
+    # relative, a class absent from the whole view: its mass on the masked image is not "all of the little there is"
+    absent = next(k for k in range(1000) if k not in sibling_groups()[0].get(index, {index}))
+    absent_request = JudgeRequest(image=image, label="absent", prompt="", label_index=absent, view=image, mask=ones)
+    assert json.loads(designs["relative"].judge([absent_request])[0].raw_text)["score"] <= 1
     # without a view (a canary's blank image) every design classifies the image it is handed
     blank = Image.new("RGB", (448, 448), (128, 128, 128))
     assert {d: _scores(j, [ask(None, None, blank)]) for d, j in designs.items()} == {
@@ -160,3 +164,19 @@ def test_the_design_is_recorded_and_keys_its_judgments(tmp_path, data_dir):
     assert "crop" in configs
     result = invoke("judge", "--db", db, "--recognizer-design", "sepia", expect_ok=False)
     assert result.exit_code == 2 and "sepia" in result.output
+
+
+def test_an_exported_graph_of_the_recognizers_weights_is_judged_by_another(tmp_path):
+    """A graph says which weights it was exported from (its card's source_weights_sha256, written by `models export`),
+    so Lite2 exported to ONNX, under any name, is judged by Lite1, and Lite0's graph by Lite2. (The .onnx files here
+    are empty: choosing the judge reads only the cards; the export itself is tested in test_onnx_cli.)"""
+    from localjudge.config import RunConfig
+    from localjudge.judge.recognizer import recognizer_for
+    from localjudge.vision import load_card
+    from localjudge.vision.onnx_export import write_card
+
+    for name, expected in (("efficientnet-lite2", "efficientnet-lite1"), ("efficientnet-lite0", "efficientnet-lite2")):
+        graph = tmp_path / f"renamed-{name}.onnx"
+        graph.touch()
+        write_card(load_card(name), graph)
+        assert recognizer_for(RunConfig(model=str(graph))) == expected

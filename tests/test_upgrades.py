@@ -10,6 +10,7 @@ import numpy as np
 
 from localjudge.queries import GROUP_COLUMNS, calibrated_thresholds, setting_key
 from localjudge.store import Store, pack_array
+from localjudge.store.schema import ALL_ZERO_MAP
 
 from .conftest import invoke, invoke_json, seg_photos_manifest
 
@@ -43,9 +44,43 @@ def test_an_old_stores_degenerate_maps_are_found_and_its_calibrations_keyed_agai
 
     store = Store(db)  # migrates
     failures = {r["id"]: r["failure"] for r in store.query("select id, failure from saliency_maps")}
-    assert failures[one["id"]].startswith("all-zero or flat map") and sum(f is not None for f in failures.values()) == 1
+    assert failures[one["id"]] == ALL_ZERO_MAP and sum(f is not None for f in failures.values()) == 1
     assert calibrated_thresholds(store) == {setting_key(dict(sample)): 2}
     store.close()
     matrix = invoke_json("matrix", "--db", db)["matrices"][0]
     assert matrix["judgments"] == 3  # the degenerate map's judgment is no finding
     assert invoke_json("matrix", "--db", db, "--threshold", "calibrated")["matrices"][0]["threshold"] == 2
+
+
+def test_a_merge_from_an_old_store_finds_its_degenerate_maps(data_dir, tmp_path):
+    """Merged stores are not migrated: the all-zero maps copied from a store made before degenerate maps were caught
+    are flagged as m007 would have, with the engine's own reason, and their judgments stay out of the matrix."""
+    manifest = seg_photos_manifest(data_dir, tmp_path / "three.csv", 3)
+    old = tmp_path / "old.db"
+    invoke("run", manifest, "--db", old)
+    store = Store(old)
+    (one, *_) = store.query("select id, height, width from saliency_maps order by id")
+    store.db["saliency_maps"].update(one["id"], {"map": pack_array(np.zeros((one["height"], one["width"])))})
+    store.close()
+    forget(old, "m007_map_failures", "alter table saliency_maps drop column failure")
+    merged = tmp_path / "merged.db"
+    invoke("db", "merge", old, "--into", merged)
+    with sqlite3.connect(merged) as conn:
+        failures = dict(conn.execute("select id, failure from saliency_maps").fetchall())
+    assert failures[one["id"]] == ALL_ZERO_MAP and sum(f is not None for f in failures.values()) == 1
+    assert invoke_json("matrix", "--db", merged)["matrices"][0]["judgments"] == 2
+
+
+def test_region_scores_stored_before_mass_shares_are_scored_again(data_dir, tmp_path):
+    manifest = seg_photos_manifest(data_dir, tmp_path / "three.csv", 3)
+    db = tmp_path / "regions.db"
+    invoke("run", manifest, "--db", db)
+    invoke("eval", "regions", "--db", db, "--masks", data_dir / "seg-photos" / "masks")
+    with sqlite3.connect(db) as conn:
+        shares = dict(conn.execute("select id, mass_share from region_scores").fetchall())
+        conn.execute("update region_scores set mass_share = null")  # as m011 left an older store's scores
+    assert len(shares) == 3 and all(0 <= v <= 1 for v in shares.values())
+    invoke("eval", "regions", "--db", db, "--masks", data_dir / "seg-photos" / "masks")
+    with sqlite3.connect(db) as conn:
+        again = dict(conn.execute("select id, mass_share from region_scores").fetchall())
+    assert again == shares  # the same rows, filled in

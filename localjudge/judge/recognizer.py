@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..store import content_key, sha256_file
+from ..config import DEFAULTS
 from ..errors import OptionError
 from .base import Judge, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 DESIGNS = ("black", "mean", "crop", "relative")
 RECOGNIZER_MODEL = "efficientnet-lite2"
 INDEPENDENT_MODEL = "efficientnet-lite1"  # the recognizer when the audited model is RECOGNIZER_MODEL itself
+RELATIVE_FLOOR = 0.10  # the relative design divides only by a whole-view class mass at least this large
 SCORE_THRESHOLDS = ((0.50, 5), (0.25, 4), (0.10, 3), (0.03, 2), (0.01, 1))
 GROUPS_FILE = "labels/imagenet-1k-groups.json"
 
@@ -58,7 +60,7 @@ def sibling_groups() -> tuple[dict[int, set[int]], dict[int, list[str]], str]:
     return siblings, names, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def recognizer_params(model: str = RECOGNIZER_MODEL, design: str = "black") -> dict:
+def recognizer_params(model: str, design: str) -> dict:
     """What decides a recognizer judgment besides its weights: part of a judgment's key (the first design, black,
     unnamed, as judgments were keyed before there were others)."""
     return {"backend": "recognizer", "model": model, "thresholds": [list(t) for t in SCORE_THRESHOLDS],
@@ -76,10 +78,12 @@ def recognizer_for(config) -> str:
     from ..vision import model_hash, resolve_card
 
     audited = resolve_card(config.model, config.card)
+    judge = model_hash(resolve_card(RECOGNIZER_MODEL), None, _weights_sha256, "torch")
+    if audited.framework == "onnx":  # a graph says which weights it was exported from
+        return INDEPENDENT_MODEL if f"sha256:{audited.source_weights_sha256}" == judge else RECOGNIZER_MODEL
     if audited.framework != "efficientnet-lite-pytorch":
         return RECOGNIZER_MODEL  # no other architecture can hold Lite2's weights
     own = model_hash(audited, Path(config.weights) if config.weights else None, _weights_sha256, "torch")
-    judge = model_hash(resolve_card(RECOGNIZER_MODEL), None, _weights_sha256, "torch")
     return INDEPENDENT_MODEL if own == judge else RECOGNIZER_MODEL
 
 
@@ -117,7 +121,7 @@ class RecognizerSpec(JudgeSpec):
 class RecognizerJudge(Judge):
     backend = "recognizer"
 
-    def __init__(self, device: str = "auto", model: str = RECOGNIZER_MODEL, design: str = "black"):
+    def __init__(self, device: str = "auto", model: str = RECOGNIZER_MODEL, design: str = DEFAULTS.recognizer_design):
         from ..vision import open_model, resolve_card
 
         self.name = model
@@ -177,9 +181,10 @@ class RecognizerJudge(Judge):
         own = float(probabilities[target])
         mass = float(probabilities[group].sum())
         top = int(np.argmax(probabilities))
-        if whole is not None:  # relative: how much of the class's evidence in the whole view the masked one keeps
-            full = float(whole[group].sum())
-            mass = min(1.0, mass / full) if full > 0 else 0.0
+        if whole is not None and float(whole[group].sum()) >= RELATIVE_FLOOR:
+            # relative: how much of the class's evidence in the whole view the masked one keeps. Where the whole view
+            # holds little of it (an absent class: two near-zero masses divide to about 1), the mass as it is.
+            mass = min(1.0, mass / float(whole[group].sum()))
         score = score_for(mass)
         with_group = (f", and the classes of its group ({', '.join(self.group_names[target])}: {len(group)} classes) "
                       f"{mass:.1%} together" if len(group) > 1 else "")

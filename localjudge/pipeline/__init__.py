@@ -622,7 +622,8 @@ class Audit:
         keys = {m["id"]: content_key("regions", m["id"], truths[m["image_sha256"]]["mask_sha256"], beta)
                 for m in maps}
         stage.ids.extend(keys.values())
-        existing = self.store.existing_ids("region_scores", keys.values())
+        # (a score stored before mass shares were kept, m011, is scored again and replaced)
+        existing = self.store.existing_ids("region_scores", keys.values(), where="and mass_share is not null")
         missing = [m for m in maps if keys[m["id"]] not in existing]
         geometry = {p["id"]: json.loads(p["preprocessing"])
                     for p in self.store.predictions({m["prediction_id"] for m in missing})}
@@ -637,7 +638,7 @@ class Audit:
                          "attended_fraction": float(attended.mean()),
                          "mass_share": energy_pointing(saliency, truth_view), "run_id": self.run_id,
                          "created_at": now()})
-        self.store.insert_rows("region_scores", rows)
+        self.store.upsert_rows("region_scores", rows)
         stage.computed += len(rows)
         return stage
 

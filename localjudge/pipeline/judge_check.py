@@ -4,7 +4,12 @@ A judge is tested on the user's own stored maps (a seeded sample) with requests 
 - blank: a black and a mid-grey image asked about the predicted class: a valid judge scores low;
 - full view: the unmasked model view of correctly predicted images: a valid judge scores high;
 - absent class: the masked image asked about a class of another category (seeded choice): low;
-- inverse mask: the region the model ignored (the image times 1 - M), reported beside the masked image's score;
+- absent class is asked only of models with ImageNet-1k labels, whose categories (the recognizer's sibling groups)
+  say which classes are another category's; for other label lists (two findings of one radiograph) no class is known
+  to be absent, and the canary is n/a;
+- inverse mask: the region the model ignored (the image times 1 - M), reported beside the masked image's score
+  (their paired difference, with its interval); and the mask sensitivity, the share of maps whose two answers
+  differ: a judge that gives the attended and the ignored region the same answer does not read the mask;
 - paraphrase: the masked image under the three prompt styles: the scores of one image should agree (spread <= 1);
 - batch invariance: the masked requests judged one at a time and inside one mixed batch give the same answer at
   temperature 0;
@@ -15,8 +20,8 @@ read, or a failed request, passes no canary: a judge that cannot answer cannot b
 The card gives each canary's pass rate with a bootstrap 95 % interval (the sampled maps resampled) and a verdict:
 - `unusable` when the blank, absent-class or full-view rate is below 0.5 (a coin would do as well), or more than half
   of the answers failed;
-- `usable` when blank >= 0.9, absent class >= 0.8, full view >= 0.7, paraphrase >= 0.7 and (at temperature 0)
-  batch invariance >= 0.95;
+- `usable` when blank >= 0.9, absent class >= 0.8, full view >= 0.7, paraphrase >= 0.7, mask sensitivity >= 0.5
+  and (at temperature 0) batch invariance >= 0.95;
 - `doubtful` otherwise.
 Every canary answer is stored (`canary_judgments`, keyed by what was asked of which judge: a second check asks
 nothing again) and so is the card (`judge_checks`)."""
@@ -36,7 +41,8 @@ from ..store import content_key, now, unpack_array
 from . import Stage
 
 UNUSABLE_BELOW = 0.5
-USABLE = {"blank": 0.9, "absent_class": 0.8, "full_view": 0.7, "paraphrase": 0.7, "batch_invariance": 0.95}
+USABLE = {"blank": 0.9, "absent_class": 0.8, "full_view": 0.7, "paraphrase": 0.7, "mask_sensitivity": 0.5,
+          "batch_invariance": 0.95}
 RETESTS = 3
 
 
@@ -58,10 +64,11 @@ def absent_class(predicted: int, names: list[str], siblings: dict[int, set[int]]
 
 def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK_SEED) -> dict:
     """Run the canaries on a seeded sample of the audit's stored maps with its judge; the card (also stored)."""
+    from ..judge.base import imagenet_labels
     from ..judge.recognizer import sibling_groups
 
     config, store = audit.config, audit.store
-    map_ids = audit.judgeable(audit.stored_saliency_maps())
+    map_ids = sorted(audit.judgeable(audit.stored_saliency_maps()))  # the seed draws the same maps in any row order
     if not map_ids:
         raise ValueError(f"no {config.cam} maps of {audit.card.name} in {store.path}: run `localjudge run` (or "
                          "`predict` and `explain`) first")
@@ -73,7 +80,7 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
     views = audit.judge_views([m["image_sha256"] for m in maps],
                               {m["image_sha256"]: p for m, p in zip(maps, pictures)})
     names = list(audit.card.label_list().names)
-    siblings = sibling_groups()[0]
+    siblings = sibling_groups()[0] if tuple(names) == imagenet_labels() else None
     template = prompt_template("masked", config.prompt_style)
     identity, (_, _, decoding) = audit.judge_identity(), audit.judgment_key_parts()
 
@@ -92,9 +99,10 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
                          "view": None, "mask": None})
         if prediction["correct"] == 1:
             asks.append({**base, "kind": "full_view", "variant": "", "image": view, "view": None, "mask": None})
-        other = absent_class(index, names, siblings, rng)
-        asks.append({**base, "kind": "absent_class", "variant": names[other], "label": names[other], "index": other,
-                     "prompt": render(template, names[other])})
+        if siblings is not None:
+            other = absent_class(index, names, siblings, rng)
+            asks.append({**base, "kind": "absent_class", "variant": names[other], "label": names[other],
+                         "index": other, "prompt": render(template, names[other])})
         inverse = inverse_masked_image(view, saliency, config.alpha, config.beta)
         asks.append({**base, "kind": "inverse_mask", "variant": "", "image": inverse,
                      "mask": None if base["mask"] is None else 1.0 - base["mask"]})
@@ -119,7 +127,7 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
         store.insert_rows("canary_judgments", rows)
         stored.update({row["id"]: row for row in rows})
     answered = [{**a, **stored[key]} for a, key in zip(asks, keys)]
-    card = reliability_card(answered, config.threshold, config.temperature)
+    card = reliability_card(answered, config.threshold, config.temperature, config.prompt_style)
     card.update({"judge_model": identity.name, "judge_model_hash": identity.hash, "decoding": decoding,
                  "model": audit.card.name, "cam": config.cam, "sample": len(maps), "seed": seed})
     store.insert_rows("judge_checks", [{
@@ -161,10 +169,10 @@ def _ask(audit, asks: list[dict]) -> list[dict]:
     return [answers[n] for n in range(len(asks))]
 
 
-def reliability_card(answered: list[dict], threshold: int, temperature: float) -> dict:
+def reliability_card(answered: list[dict], threshold: int, temperature: float, prompt_style: str = "original") -> dict:
     """Each canary's pass rate over the sampled maps with its bootstrap interval, and the verdict (see the module's
     docstring)."""
-    from ..analysis.bootstrap import LEVEL, RESAMPLES, SEED, mean_interval
+    from ..analysis.bootstrap import LEVEL, RESAMPLES, SEED, mean_interval, paired_difference_interval
 
     by_map: dict[str, dict[str, list[dict]]] = {}
     for a in answered:
@@ -201,13 +209,23 @@ def reliability_card(answered: list[dict], threshold: int, temperature: float) -
             return None
         return float(alone[0]["status"] == "ok" and alone[0]["raw_text"] == together[0]["raw_text"])
 
+    def masked_and_inverse(kinds):  # the masked answer in the run's prompt style and the inverse mask's, both ok
+        masked = [a for a in kinds.get("paraphrase") or [] if a["variant"] == prompt_style and a["status"] == "ok"]
+        inverse = [a for a in kinds.get("inverse_mask") or [] if a["status"] == "ok"]
+        return (masked[0]["score"], inverse[0]["score"]) if masked and inverse else None
+
+    def sensitivity(kinds):
+        pair = masked_and_inverse(kinds)
+        return None if pair is None else float(pair[0] != pair[1])
+
     canaries = {"blank": rate(share("blank", low)), "full_view": rate(share("full_view", high)),
-                "absent_class": rate(share("absent_class", low)), "paraphrase": rate(paraphrase)}
+                "absent_class": rate(share("absent_class", low)), "paraphrase": rate(paraphrase),
+                "mask_sensitivity": rate(sensitivity)}
     if temperature == 0:
         canaries["batch_invariance"] = rate(batch)
-    masked = [a["score"] for a in answered if a["kind"] == "paraphrase" and a["variant"] == "original"
-              and a["status"] == "ok"]
-    inverse = [a["score"] for a in answered if a["kind"] == "inverse_mask" and a["status"] == "ok"]
+    pairs = np.array([p for p in (masked_and_inverse(kinds) for kinds in by_map.values()) if p is not None],
+                     dtype=float).reshape(-1, 2)
+    inverse_gap = paired_difference_interval(pairs[:, 1], pairs[:, 0], np.mean)  # masked minus inverse
     retest = {}
     for kinds in by_map.values():
         scores = [a["score"] for a in kinds.get("retest") or [] if a["status"] == "ok"]
@@ -222,15 +240,18 @@ def reliability_card(answered: list[dict], threshold: int, temperature: float) -
         verdict = "usable"
     else:
         verdict = "doubtful"
-    reasons = [f"{name} {rates[name]:.2f} < {UNUSABLE_BELOW}" for name in ("blank", "absent_class", "full_view")
+    decisive_names = ("blank", "absent_class", "full_view")
+    reasons = [f"{name} {rates[name]:.2f} < {UNUSABLE_BELOW}" for name in decisive_names
                if rates.get(name) is not None and rates[name] < UNUSABLE_BELOW]
-    reasons += [f"{name} {rates[name]:.2f} < {bar}" for name, bar in USABLE.items()
-                if rates.get(name) is not None and UNUSABLE_BELOW <= rates[name] < bar]
+    reasons += [f"{name} {rates[name]:.2f} < {bar}" for name, bar in USABLE.items() if rates.get(name) is not None
+                and rates[name] < bar and not (name in decisive_names and rates[name] < UNUSABLE_BELOW)]
     if failed > 0.5:
         reasons.append(f"{failed:.0%} of the answers failed")
     return {"verdict": verdict, "reasons": reasons, "threshold": threshold, "canaries": canaries,
-            "inverse_mask": {"masked_mean": float(np.mean(masked)) if masked else None,
-                             "inverse_mean": float(np.mean(inverse)) if inverse else None},
+            "inverse_mask": {"masked_mean": float(pairs[:, 0].mean()) if len(pairs) else None,
+                             "inverse_mean": float(pairs[:, 1].mean()) if len(pairs) else None,
+                             "masked_minus_inverse": inverse_gap["difference"], "ci_low": inverse_gap["ci_low"],
+                             "ci_high": inverse_gap["ci_high"], "maps": int(len(pairs))},
             "test_retest": ({"mean_std": float(np.mean(retest["spreads"])), "maps": len(retest["spreads"])}
                             if retest else None),
             "failed_share": failed, "answers": len(answered),

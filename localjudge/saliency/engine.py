@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..store.schema import ALL_ZERO_MAP  # the reason, shared with the stores' migration
 from .methods import METHODS, normalise_and_upsample
 
 
@@ -114,7 +115,7 @@ def degenerate(cams: torch.Tensor) -> list[str | None]:
     reasons: list[str | None] = []
     for peak, low in zip(peaks, lows):
         if peak <= 0.0:
-            reasons.append("all-zero map: no positive evidence for the class at the target tensor")
+            reasons.append(ALL_ZERO_MAP)
         elif peak - low <= FLAT_SPAN * peak:  # no figures in the reason: the same map made elsewhere says the same
             reasons.append(f"flat map: its values span less than {FLAT_SPAN:g} of its largest")
         else:

@@ -185,6 +185,12 @@ class Store:
         with self.transaction():
             self.db["judgments"].upsert_all(rows, pk="id")
 
+    def upsert_rows(self, table: str, rows: list[dict]) -> None:
+        # Rows computed again because a stored one lacked a column added since (see the caller): replaced.
+        if rows:
+            with self.transaction():
+                self.db[table].upsert_all(rows, pk="id")
+
     def insert_rows(self, table: str, rows: list[dict]) -> None:
         if not rows:
             return

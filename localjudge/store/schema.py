@@ -156,8 +156,13 @@ def m007_map_failures(db: sqlite_utils.Database) -> None:
     found = [row["id"] for row in db.query("select id, map, height, width from saliency_maps")
              if not unpack_array(row["map"], (row["height"], row["width"])).any()]
     for map_id in found:
-        db["saliency_maps"].update(map_id, {"failure": "all-zero or flat map (found in a store made before degenerate "
-                                                       "maps were caught)"})
+        db["saliency_maps"].update(map_id, {"failure": ALL_ZERO_MAP})
+
+
+# Why an all-zero map is no finding: the engine's reason (saliency.engine.degenerate), given also to the maps of a store
+# made before degenerate maps were caught (m007, and a merge from such a store), so that the same map says the same
+# wherever it was made. (An old flat map was normalised to zeros too: it is found as all-zero.)
+ALL_ZERO_MAP = "all-zero map: no positive evidence for the class at the target tensor"
 
 
 @migration

@@ -52,6 +52,9 @@ class ModelCard:
     onnx_names: dict | None = None
     # The sha256 the embedded weights file must have: a changed or damaged file is refused (and `doctor` says so).
     weights_sha256: str | None = None
+    # An exported graph: the sha256 of the weights it was exported from (what it is, whatever its name: a judge must
+    # not grade its own weights, see judge.recognizer.recognizer_for).
+    source_weights_sha256: str | None = None
     card_path: str = ""
 
     def preprocessing(self) -> dict:

@@ -151,7 +151,7 @@ def export_onnx(card: ModelCard, weights: Path | None, out: Path, static_batch: 
     except ExportError:
         out.unlink(missing_ok=True)
         raise
-    write_card(card, out)
+    write_card(card, out, weights)
     return out
 
 
@@ -178,8 +178,13 @@ def check_against_torch(path: Path, reference, output_shape, card: ModelCard, st
                                   "export refused")
 
 
-def write_card(card: ModelCard, onnx_path: Path) -> Path:
-    """The card beside the graph, with a copy of the label list, so the pair can be moved as one."""
+def write_card(card: ModelCard, onnx_path: Path, weights: Path | None = None) -> Path:
+    """The card beside the graph, with a copy of the label list, so the pair can be moved as one, and the sha256 of
+    the weights the graph holds (none for a seeded random initialisation)."""
+    from . import embedded_weights_path
+    from ..store import sha256_file
+
+    source = weights or embedded_weights_path(card)
     labels = onnx_path.with_suffix(".labels.csv")
     shutil.copyfile(Path(card.card_path).parent / card.labels, labels)
     fields = {k: v for k, v in card.__dict__.items() if k != "card_path"}
@@ -187,6 +192,7 @@ def write_card(card: ModelCard, onnx_path: Path) -> Path:
         "framework": "onnx", "weights": "onnx", "onnx_file": onnx_path.name, "onnx_names": dict(ONNX_NAMES),
         "mean": list(card.mean), "std": list(card.std), "labels": labels.name,
         "description": f"{card.name} exported to ONNX by localjudge. {card.description}",
+        "source_weights_sha256": sha256_file(Path(source)) if source else card.source_weights_sha256,
     })
     card_path = onnx_path.with_suffix(".json")
     card_path.write_text(json.dumps(fields, indent=2) + "\n")
