@@ -64,7 +64,8 @@ def recognizer_params(model: str, design: str) -> dict:
     """What decides a recognizer judgment besides its weights: part of a judgment's key (the first design, black,
     unnamed, as judgments were keyed before there were others)."""
     return {"backend": "recognizer", "model": model, "thresholds": [list(t) for t in SCORE_THRESHOLDS],
-            "siblings": sibling_groups()[2], **({"design": design} if design != "black" else {})}
+            "siblings": sibling_groups()[2], **({"design": design} if design != "black" else {}),
+            **({"relative_floor": RELATIVE_FLOOR} if design == "relative" else {})}
 
 
 @functools.lru_cache(maxsize=None)
