@@ -9,7 +9,7 @@ maps, and each is measured three ways:
    its WH-only rule's) against keeping every label (`eval label-issues`; cleanlab reads Lite2's probabilities);
 3. the reliability card (`eval judge-check`) on 50 of those maps.
 
-    python scripts/recognizer_designs.py [--images 500] [--out designs.md] [--designs black,mean,crop,relative]
+    python scripts/recognizer_designs.py [--images 500] [--seg 70] [--out designs.md] [--designs black,mean,crop,relative]
 
 The maps are computed once per dataset; each design judges a copy of the store."""
 
@@ -81,6 +81,7 @@ def label_noise_store(folder: Path, images: int) -> tuple[Path, Path, Path]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--seg", type=int, default=70, help="seg-photos used (the first N; a test takes a few)")
     parser.add_argument("--designs", default=",".join(DESIGNS))
     parser.add_argument("--out", type=Path, default=Path("designs.md"))
     args = parser.parse_args(argv)
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="localjudge-designs-"))
     os.environ.setdefault("LOCALJUDGE_HOME", str(folder / "home"))
-    seg, seg_db = seg_manifest(folder / "seg.csv"), folder / "seg.db"
+    seg, seg_db = seg_manifest(folder / "seg.csv", args.seg), folder / "seg.db"
     localjudge_json("predict", seg, "--db", seg_db)
     localjudge_json("explain", "--db", seg_db)
     localjudge_json("eval", "regions", "--db", seg_db, "--masks", DATA / "seg-photos" / "masks")
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
                      f"{f1['judge']['f1_minus_keep_all_ci_high']:+.3f}] | {card['verdict']} "
                      f"({rates}) |")
         print(lines[-1], file=sys.stderr)
-    lines += ["", f"{args.images} imagenet-sample images for the label-issue experiment and the card; intervals: "
+    lines += ["", f"{args.seg} seg-photos; {args.images} imagenet-sample images for the label-issue experiment and the card; intervals: "
               "95 % bootstrap; built in " f"{time.perf_counter() - started:.0f} s."]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -31,8 +31,8 @@ def imagenet_manifest(path: Path, count: int | None = None) -> Path:
     return write_manifest(path, [(r["path"], r["imagenet_index"]) for r in imagenet_rows(count)])
 
 
-def seg_manifest(path: Path) -> Path:
-    """The 70 seg-photos with their ImageNet indices (';'-separated)."""
+def seg_manifest(path: Path, count: int | None = None) -> Path:
+    """The 70 seg-photos (the first `count`) with their ImageNet indices (';'-separated)."""
     with open(DATA / "seg-photos" / "labels.csv", newline="") as handle:
-        rows = [(str(DATA / "seg-photos" / r["file"]), r["imagenet_indices"]) for r in csv.DictReader(handle)]
+        rows = [(str(DATA / "seg-photos" / r["file"]), r["imagenet_indices"]) for r in csv.DictReader(handle)][:count]
     return write_manifest(path, rows)

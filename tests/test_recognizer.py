@@ -180,3 +180,24 @@ def test_an_exported_graph_of_the_recognizers_weights_is_judged_by_another(tmp_p
         graph.touch()
         write_card(load_card(name), graph)
         assert recognizer_for(RunConfig(model=str(graph))) == expected
+
+
+@pytest.mark.slow
+def test_the_design_comparison_on_a_test_sized_subset(tmp_path):
+    """scripts/recognizer_designs.py on 12 seg-photos and 12 imagenet-sample images: one row per design, each with
+    its correlations, label-issue F1s and card (the full run's table is in the README)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "designs.md"
+    result = subprocess.run([sys.executable, root / "scripts" / "recognizer_designs.py", "--images", "12", "--seg",
+                             "12", "--designs", "black,crop", "--out", out], capture_output=True, text=True,
+                            cwd=root / "scripts", timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    assert [r[0].strip() for r in rows] == ["black", "crop"]
+    for row in rows:
+        assert all(cell.strip() for cell in row) and row[-1].split()[0] in ("usable", "doubtful", "unusable")
+        assert row[5].count("[") == 2  # the judge's and the WH rule's F1, each with its interval
