@@ -302,8 +302,8 @@ def run(images, db_path, as_json, threshold, **given):
         print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
                                 target_layer=audit.card.target_tensor, judge_model=audit.judge_name(),
                                 image_mode=config.image_mode, alpha=config.alpha, beta=config.beta))
-        if audit.judge_spec.caveat:
-            click.echo(f"note: {audit.judge_spec.caveat}")
+        if caveat := audit.judge_spec.caveat(audit.config):
+            click.echo(f"note: {caveat}")
     warn_about_the_judge(audit)
 
 
@@ -760,14 +760,19 @@ def eval_sanity(db_path, cams, images, seed, as_json, **given):
         return
     click.echo(f"{found['model']} at {found['target']}, {found['images']} images, seed {found['seed']}; randomised "
                f"after the target: {', '.join(found['layers_after_target']) or 'nothing (no layer after it)'}")
-    click.echo(f"{'method':12}{'random logit |rho| / SSIM':>28}{'all randomised |rho| / SSIM':>30}  verdict")
+    click.echo(f"{'method':12}{'random logit |rho| / SSIM':>28}{'all randomised |rho| [95%] / SSIM':>38}"
+               f"{'two images |rho|':>18}  verdict")
     for method, result in found["methods"].items():
         logit = result["random_logit"]
         last = result["cascade"][-1] if result["cascade"] else None
-        randomised = "n/a" if last is None else f"{last['median_rank_correlation']:.2f} / {last['median_ssim']:.2f}"
+        randomised = "n/a" if last is None else (
+            f"{last['median_rank_correlation']:.2f}"
+            + ("" if last["rank_ci_low"] is None else f" [{last['rank_ci_low']:.2f}, {last['rank_ci_high']:.2f}]")
+            + f" / {last['median_ssim']:.2f}")
+        floor = result["unrelated_images"]["median_rank_correlation"]
         verdict = "FLAGGED: maps do not depend on the model" if result["flagged"] else "ok"
         click.echo(f"{method:12}{logit['median_rank_correlation']:>19.2f} / {logit['median_ssim']:.2f}"
-                   f"{randomised:>30}  {verdict}")
+                   f"{randomised:>38}{'n/a' if floor is None else f'{floor:.2f}':>18}  {verdict}")
 
 
 def float_list(text: str) -> list[float]:

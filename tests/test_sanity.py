@@ -38,6 +38,15 @@ def test_eval_sanity_flags_an_insensitive_method_and_passes_gradcam(data_dir, tm
     assert not gradcam["flagged"] and gradcam["cascade"][-1]["median_rank_correlation"] < 0.5
     assert eigencam["flagged"] and eigencam["cascade"][-1]["median_rank_correlation"] > 0.99
     assert eigencam["random_logit"]["median_ssim"] > 0.99  # class-agnostic: another class, the same map
+    last = gradcam["cascade"][-1]
+    assert last["rank_ci_low"] <= last["median_rank_correlation"] <= last["rank_ci_high"]
+    # the floor: two different images' Grad-CAM maps, each against the next one's
+    from localjudge.analysis.sanity import unrelated_floor
+
+    floor = unrelated_floor([np.eye(8), np.ones((8, 8)) - np.eye(8), np.eye(8)])  # by hand: |rho| 1, 1, 1
+    assert floor["median_rank_correlation"] == pytest.approx(1.0) and floor["images"] == 3
+    assert 0 <= gradcam["unrelated_images"]["median_rank_correlation"] <= 1 and gradcam["unrelated_images"][
+        "images"] == 12
     text = invoke("eval", "sanity", "--db", db, "--cam", "gradcam,eigencam", "--images", "12").output
     assert "FLAGGED" in text.splitlines()[-1] and "ok" in text.splitlines()[-2]
     invoke("explain", "--db", db)

@@ -53,11 +53,25 @@ def rank_similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_maps(original: list[np.ndarray], changed: list[np.ndarray]) -> dict:
-    """Median |rank correlation| and SSIM of each changed map with its original, and their counts."""
-    ranks = [rank_similarity(a, b) for a, b in zip(original, changed)]
-    similarities = [ssim(a, b) for a, b in zip(original, changed)]
-    return {"images": len(ranks), "median_rank_correlation": float(np.median(ranks)) if ranks else None,
-            "median_ssim": float(np.median(similarities)) if similarities else None}
+    """Median |rank correlation| and SSIM of each changed map with its original, with bootstrap 95 % intervals (the
+    images resampled), and their counts."""
+    from .bootstrap import interval
+
+    ranks = np.array([rank_similarity(a, b) for a, b in zip(original, changed)])
+    similarities = np.array([ssim(a, b) for a, b in zip(original, changed)])
+    rank_ci = interval(lambda rows: float(np.median(ranks[rows])), len(ranks))
+    ssim_ci = interval(lambda rows: float(np.median(similarities[rows])), len(similarities))
+    return {"images": len(ranks), "median_rank_correlation": float(np.median(ranks)) if len(ranks) else None,
+            "rank_ci_low": rank_ci[0], "rank_ci_high": rank_ci[1],
+            "median_ssim": float(np.median(similarities)) if len(similarities) else None,
+            "ssim_ci_low": ssim_ci[0], "ssim_ci_high": ssim_ci[1]}
+
+
+def unrelated_floor(original: list[np.ndarray]) -> dict:
+    """The trivial baseline: how alike the original maps of two different images are (each map against the next
+    image's, cyclically). Maps share a centre bias and the model's receptive fields, so a randomised model's maps
+    resemble the originals this much without explaining anything."""
+    return compare_maps(original, original[1:] + original[:1]) if len(original) > 1 else compare_maps([], [])
 
 
 def insensitive(fully_randomised: dict) -> bool:

@@ -123,8 +123,12 @@ class JudgeSpec:
     needs_imagenet_labels = False  # it reads ImageNet-1k classes only: the audited model must predict those
     structured_output = "xgrammar-json-schema"  # how its answer is held to the schema (part of the decoding key)
     reserves_gpu = False  # it takes a fixed share of a GPU's memory up front (a Ray actor asks for that share)
-    caveat = ""  # what its scores are worth, printed under every matrix it made
+
     reads_maps = False  # it is handed each request's view and soft mask besides the image (JudgeRequest)
+
+    def caveat(self, config) -> str:
+        """What its scores are worth, printed under every matrix it made ("" for a judge measured by its user)."""
+        return ""
 
     def check(self, config, labels: list[str] | None) -> None:
         """Refuse, before any work is done or any image leaves, a configuration this judge cannot serve. `labels`

@@ -654,7 +654,7 @@ class Audit:
         """Adebayo et al.'s model-parameter randomisation (the layers after the target tensor, cascading from the
         head) and random-logit tests of each method on these stored predictions' images (see analysis.sanity).
         The torch backend only: its parameters are what is randomised."""
-        from ..analysis.sanity import compare_maps, insensitive
+        from ..analysis.sanity import compare_maps, insensitive, unrelated_floor
         from ..saliency.engine import CamEngine
 
         if self._backend != "torch":
@@ -690,7 +690,8 @@ class Audit:
                 randomise(changed.module, randomised, seed)
                 cascade.append({"randomised": randomised, **compare_maps(original, maps(method, changed, targets))})
             flagged = bool(cascade) and insensitive(cascade[-1])
-            results[method] = {"random_logit": random_logit, "cascade": cascade, "flagged": flagged}
+            results[method] = {"random_logit": random_logit, "cascade": cascade, "flagged": flagged,
+                               "unrelated_images": unrelated_floor(original)}
         images = [p["image_sha256"] for p in predictions]
         vision_hash = self.vision_hash()
         self.store.insert_rows("sanity_checks", [{
