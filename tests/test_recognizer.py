@@ -64,7 +64,8 @@ def test_run_without_a_vlm_is_judged_by_the_recognizer(tmp_path, data_dir):
     db = tmp_path / "recognizer.db"
     result = invoke("run", manifest, "--db", db)
     assert "recognizer:efficientnet-lite2" in result.stdout  # the matrix names its judge
-    assert "note: the recognizer is a classifier standing in for a VLM judge" in result.stdout  # and its worth
+    note = next(line for line in result.stdout.splitlines() if line.startswith("note: the recognizer"))
+    assert "design) is a classifier standing in for a VLM judge, a proxy" in note and "Pearson" in note  # its worth
     assert "has not been checked" in result.stderr  # no reliability card yet
     with sqlite3.connect(db) as conn:
         judged = conn.execute("select judge_backend, judge_model, status, score, decoding from judgments").fetchall()
@@ -150,6 +151,12 @@ def test_each_design_classifies_what_it_says(designs, recognizer, photos):
     blank = Image.new("RGB", (448, 448), (128, 128, 128))
     assert {d: _scores(j, [ask(None, None, blank)]) for d, j in designs.items()} == {
         d: _scores(recognizer, [ask(None, None, blank)]) for d in designs}
+
+
+def test_every_design_has_its_measured_worth():
+    from localjudge.judge.recognizer import DESIGNS, MEASURED
+
+    assert set(MEASURED) == set(DESIGNS) and all("Pearson" in MEASURED[d] for d in DESIGNS)
 
 
 def test_the_design_is_recorded_and_keys_its_judgments(tmp_path, data_dir):

@@ -35,6 +35,18 @@ if TYPE_CHECKING:
 DESIGNS = ("black", "mean", "crop", "relative")
 RECOGNIZER_MODEL = "efficientnet-lite2"
 INDEPENDENT_MODEL = "efficientnet-lite1"  # the recognizer when the audited model is RECOGNIZER_MODEL itself
+# What each design's scores were measured to be worth (scripts/recognizer_designs.py, Lite2 judging EfficientNet-Lite0's
+# Grad-CAM maps; the README has the whole table): printed under every matrix the recognizer made.
+MEASURED = {
+    "black": "on the 70 seg-photos its score barely tracks where the object is (Pearson 0.03 [-0.24, 0.34] with the "
+             "attention mask's IoU; the paper's best VLM judge: 0.37)",
+    "mean": "on the 70 seg-photos its score barely tracks where the object is (Pearson 0.05 [-0.19, 0.33] with the "
+            "attention mask's IoU; the paper's best VLM judge: 0.37)",
+    "crop": "on the 70 seg-photos its score tracks where the object is only weakly (Pearson 0.29 [0.06, 0.51] with "
+            "the attention mask's IoU; the paper's best VLM judge: 0.37)",
+    "relative": "on the 70 seg-photos its score does not track where the object is (Pearson -0.04 [-0.30, 0.25] with "
+                "the attention mask's IoU; the paper's best VLM judge: 0.37)",
+}
 RELATIVE_FLOOR = 0.10  # the relative design divides only by a whole-view class mass at least this large
 SCORE_THRESHOLDS = ((0.50, 5), (0.25, 4), (0.10, 3), (0.03, 2), (0.01, 1))
 GROUPS_FILE = "labels/imagenet-1k-groups.json"
@@ -96,9 +108,11 @@ class RecognizerSpec(JudgeSpec):
     structured_output = "templated"
     reads_maps = True  # the designs but the first need the view and the soft mask
 
-    caveat = ("the recognizer is a classifier standing in for a VLM judge: on the 70 seg-photos its score barely "
-              "tracks where the object is (Pearson 0.03 [-0.24, 0.34] with the attention mask's IoU; the paper's "
-              "best VLM judge: 0.37). Read its matrix as a floor, not a verdict; give --vlm DIR for the paper's judge")
+    def caveat(self, config) -> str:
+        measured = MEASURED[config.recognizer_design]
+        return (f"the recognizer ({config.recognizer_design} design) is a classifier standing in for a VLM judge, "
+                f"a proxy: {measured}. Read its matrix as a floor, not a verdict; give --vlm DIR for the paper's "
+                "judge")
 
     def check(self, config, labels) -> None:
         super().check(config, labels)
