@@ -34,7 +34,7 @@ class RunConfig:
     # What the recognizer judge classifies: the masked image (black), the masked image on the normalisation mean
     # (mean), the view cropped to the attended region (crop), or the masked image's class mass relative to the
     # whole view's (relative); see judge.recognizer
-    recognizer_design: str = "black"
+    recognizer_design: str = "crop"
     vlm: str | None = None
     judge_batch_size: int = 64  # requests handed to the judge at once, and stored together
     max_new_tokens: int = 512

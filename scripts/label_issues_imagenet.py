@@ -4,7 +4,7 @@
 1. EfficientNet-Lite0 predicts every image; its predictions become the images' "noisy" labels (automatic
    relabelling), and the truth is whether each prediction matches the real label.
 2. `localjudge run` on the relabelled images: Grad-CAM maps, judged (default: the recognizer, EfficientNet-Lite2 on
-   the masked image; or --vlm DIR).
+   the attended region; or --vlm DIR).
 3. `localjudge eval label-issues`: the judge's verdicts against cleanlab's filters (CL, PNR, LSC, LNM), and keep-all
    (Lite0's labels taken as they are). cleanlab is given EfficientNet-Lite2's probabilities on the whole images: it
    expects out-of-sample probabilities, and Lite0's own cannot contradict labels that are their argmax (with them

@@ -9,7 +9,8 @@ maps, and each is measured three ways:
    its WH-only rule's) against keeping every label (`eval label-issues`; cleanlab reads Lite2's probabilities);
 3. the reliability card (`eval judge-check`) on 50 of those maps.
 
-    python scripts/recognizer_designs.py [--images 500] [--seg 70] [--out designs.md] [--designs black,mean,crop,relative]
+    python scripts/recognizer_designs.py [--images 500] [--seg 70] [--out designs.md]
+                                         [--designs black,mean,crop,relative]
 
 The maps are computed once per dataset; each design judges a copy of the store."""
 
@@ -117,8 +118,8 @@ def main(argv=None) -> int:
                      f"{f1['judge']['f1_minus_keep_all_ci_high']:+.3f}] | {card['verdict']} "
                      f"({rates}) |")
         print(lines[-1], file=sys.stderr)
-    lines += ["", f"{args.seg} seg-photos; {args.images} imagenet-sample images for the label-issue experiment and the card; intervals: "
-              "95 % bootstrap; built in " f"{time.perf_counter() - started:.0f} s."]
+    lines += ["", f"{args.seg} seg-photos; {args.images} imagenet-sample images for the label-issue experiment and "
+              f"the card; intervals: 95 % bootstrap; built in {time.perf_counter() - started:.0f} s."]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -11,7 +11,8 @@ prints).
   with Grad-CAM and Grad-CAM++.
 - Tables 5-6 (label issues): the ImageNet experiment (labels = Lite0's own predictions), judge vs cleanlab.
 
-The judge is the recognizer (EfficientNet-Lite2 on the masked image) unless --vlm DIR is given.
+The judge is the recognizer (EfficientNet-Lite2 on the attended region, its default design) unless --vlm DIR is
+given.
 
     python scripts/reproduce_tables.py [--out tables.md] [--vlm DIR] [--images 500]
 """
@@ -85,7 +86,7 @@ def main() -> None:
     judge = ["--vlm", args.vlm] if args.vlm else []
     started = time.perf_counter()
     lines = ["# localjudge: the paper's tables on this machine's data", "",
-             f"Judge: {'VLM ' + args.vlm if args.vlm else 'the recognizer (EfficientNet-Lite2 on the masked image)'}."
+             f"Judge: {'VLM ' + args.vlm if args.vlm else 'the recognizer (EfficientNet-Lite2 on the attended region, crop design)'}."
              " Every number below comes from a `localjudge` command's `--json` output.", ""]
     with tempfile.TemporaryDirectory(prefix="tables-") as tmp:
         folder = Path(tmp)

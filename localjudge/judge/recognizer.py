@@ -1,7 +1,7 @@
 """The recognizer judge: a second, independent classifier (EfficientNet-Lite2, real ImageNet-1k weights) looks at
-the masked image and says how much of its probability falls on the predicted class and its siblings. No VLM, no
-text generation: the audit still has a real judge where no vision-language model is available. A judge must not
-grade itself: when the audited model's weights are Lite2's own, EfficientNet-Lite1 judges instead (its identity,
+what the model attended to and says how much of its probability falls on the predicted class and its siblings. No
+VLM, no text generation: the audit still has a real judge where no vision-language model is available. A judge must
+not grade itself: when the audited model's weights are Lite2's own, EfficientNet-Lite1 judges instead (its identity,
 and so every judgment's key, says which).
 
 Score (0-5) from that probability mass m, by fixed thresholds: m >= 0.50 -> 5, >= 0.25 -> 4, >= 0.10 -> 3,
@@ -10,6 +10,14 @@ class at least a 1-in-10 guess among 1000. Siblings are the ImageNet classes tha
 the predicted class (models/labels/imagenet-1k-groups.json; e.g. all dog breeds for a dog): a Lite0 "beagle" whose
 visible region Lite2 reads as "basset" is still attention on a dog. The evaluation and justification are built from
 these measured facts and say so ("templated").
+
+What it looks at is its design (--recognizer-design), measured by scripts/recognizer_designs.py on the same maps:
+- crop (the default: the best measured): the model's view cropped to the bounding square of the attended region
+  (M >= 0.5), unmasked. A classifier reads a whole object; with all else black it reads "spotlight".
+- black: the masked image A = I * M, as a VLM judge sees it;
+- mean: the masked image with hidden pixels at the normalisation mean (what the network reads as "nothing");
+- relative: the masked image's class mass over the whole view's (where the whole view holds at least
+  RELATIVE_FLOOR of it), so the score means the same for classes with one sibling and with a hundred.
 
 torch is imported where it is used, so the judge registry loads without it."""
 
