@@ -16,10 +16,8 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -29,8 +27,7 @@ from click.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from localjudge.cli import cli  # noqa: E402
-from sample_data import imagenet_rows, write_manifest  # noqa: E402
-
+from sample_data import label_noise  # noqa: E402
 
 
 def localjudge(*args) -> str:
@@ -41,18 +38,7 @@ def localjudge(*args) -> str:
 
 
 def experiment(folder: Path, db: Path, images: int, vlm: str | None, own_probabilities: bool = False) -> dict:
-    rows = imagenet_rows(images)
-    real = write_manifest(folder / "real.csv", [(r["path"], r["imagenet_index"]) for r in rows])
-    localjudge("predict", real, "--db", db)
-    with sqlite3.connect(db) as conn:
-        predicted = dict(conn.execute("select i.path, p.predicted_index from predictions p join images i "
-                                      "on i.sha256 = p.image_sha256"))
-    noisy = write_manifest(folder / "noisy.csv", [(r["path"], predicted[r["path"]]) for r in rows])
-    truth = folder / "truth.csv"
-    with open(truth, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label_ok"])
-        writer.writerows([r["path"], int(predicted[r["path"]] == int(r["imagenet_index"]))] for r in rows)
+    noisy, truth = label_noise(folder, images, db)
     localjudge("run", noisy, "--db", db, *(["--vlm", vlm] if vlm else []), "--json")
     if own_probabilities:
         return json.loads(localjudge("eval", "label-issues", "--db", db, "--truth", truth, "--json"))

@@ -22,13 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from click.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from localjudge.cli import cli  # noqa: E402
 from localjudge.vision import load_card  # noqa: E402
-from sample_data import DATA  # noqa: E402
+from sample_data import DATA, localjudge_json  # noqa: E402
 
 CAMS = ("gradcam", "gradcam++", "layercam", "scorecam", "eigencam")
 METRICS = (("pointing game", lambda t: t["pointing_game"]["mean"]),
@@ -37,13 +35,6 @@ METRICS = (("pointing game", lambda t: t["pointing_game"]["mean"]),
            ("PxAP", lambda t: (t.get("pxap") or {}).get("mean")),
            ("IoU@β", lambda t: t["at_beta"]["iou"]["mean"]),
            ("best IoU", lambda t: t["at_best_threshold"]["iou"]["mean"]))
-
-
-def localjudge_json(*args) -> dict:
-    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--json"], catch_exceptions=False)
-    if result.exit_code != 0:
-        sys.exit(f"localjudge {' '.join(map(str, args))} failed:\n{result.output}")
-    return json.loads(result.stdout)
 
 
 def before_card(folder: Path) -> Path:

@@ -17,8 +17,6 @@ The maps are computed once per dataset; each design judges a copy of the store."
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sqlite3
 import sys
@@ -26,20 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from click.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from localjudge.cli import cli  # noqa: E402
 from localjudge.judge.recognizer import DESIGNS  # noqa: E402
-from sample_data import DATA, imagenet_rows, seg_manifest, write_manifest  # noqa: E402
-
-
-def localjudge_json(*args) -> dict:
-    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--json"], catch_exceptions=False)
-    if result.exit_code != 0:
-        sys.exit(f"localjudge {' '.join(map(str, args))} failed:\n{result.output}")
-    return json.loads(result.stdout)
+from sample_data import DATA, label_noise, localjudge_json, seg_manifest  # noqa: E402
 
 
 def copy(source: Path, target: Path) -> Path:
@@ -58,25 +47,14 @@ def with_interval(method: dict) -> str:
     return f"{method['f1']:.3f} [{method['f1_ci_low']:.3f}, {method['f1_ci_high']:.3f}]"
 
 
-def label_noise_store(folder: Path, images: int) -> tuple[Path, Path, Path]:
+def label_noise_store(folder: Path, images: int) -> tuple[Path, Path]:
     """The label-noise experiment's store with Lite0's maps of the relabelled images, and its truth file."""
-    rows = imagenet_rows(images)
     db = folder / "noise.db"
-    real = write_manifest(folder / "real.csv", [(r["path"], r["imagenet_index"]) for r in rows])
-    localjudge_json("predict", real, "--db", db)
-    with sqlite3.connect(db) as conn:
-        predicted = dict(conn.execute("select i.path, p.predicted_index from predictions p join images i "
-                                      "on i.sha256 = p.image_sha256"))
-    noisy = write_manifest(folder / "noisy.csv", [(r["path"], predicted[r["path"]]) for r in rows])
-    truth = folder / "truth.csv"
-    with open(truth, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label_ok"])
-        writer.writerows([r["path"], int(predicted[r["path"]] == int(r["imagenet_index"]))] for r in rows)
+    noisy, truth = label_noise(folder, images, db)
     localjudge_json("predict", noisy, "--db", db)  # the noisy labels, read as the audit's labels
     localjudge_json("explain", "--db", db)
     localjudge_json("predict", noisy, "--db", db, "--model", "efficientnet-lite2")
-    return db, noisy, truth
+    return db, truth
 
 
 def main(argv=None) -> int:
@@ -94,7 +72,7 @@ def main(argv=None) -> int:
     localjudge_json("predict", seg, "--db", seg_db)
     localjudge_json("explain", "--db", seg_db)
     localjudge_json("eval", "regions", "--db", seg_db, "--masks", DATA / "seg-photos" / "masks")
-    noise_db, _, truth = label_noise_store(folder, args.images)
+    noise_db, truth = label_noise_store(folder, args.images)
     lines = ["## Recognizer designs, measured on the same maps (EfficientNet-Lite0, Grad-CAM)", "",
              "| design | score vs IoU: Pearson | Spearman | score vs mass share: Pearson | Spearman | label-issue F1 "
              "(judge / WH only / keep all) | judge F1 - keep all | card |", "|---|---|---|---|---|---|---|---|"]

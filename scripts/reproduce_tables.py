@@ -28,20 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from click.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from localjudge.cli import cli  # noqa: E402
-from sample_data import DATA, imagenet_manifest, seg_manifest  # noqa: E402
-
-
-
-def localjudge_json(*args) -> dict:
-    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--json"], catch_exceptions=False)
-    if result.exit_code != 0:
-        sys.exit(f"localjudge {' '.join(map(str, args))} failed:\n{result.output}")
-    return json.loads(result.stdout)
+from sample_data import DATA, imagenet_manifest, localjudge_json, seg_manifest  # noqa: E402
 
 
 def number(value, digits: int = 3) -> str:
@@ -86,7 +76,8 @@ def main() -> None:
     judge = ["--vlm", args.vlm] if args.vlm else []
     started = time.perf_counter()
     lines = ["# localjudge: the paper's tables on this machine's data", "",
-             f"Judge: {'VLM ' + args.vlm if args.vlm else 'the recognizer (EfficientNet-Lite2 on the attended region, crop design)'}."
+             "Judge: " + (f"VLM {args.vlm}" if args.vlm else "the recognizer (EfficientNet-Lite2 on the attended "
+                                                              "region, crop design)") + "."
              " Every number below comes from a `localjudge` command's `--json` output.", ""]
     with tempfile.TemporaryDirectory(prefix="tables-") as tmp:
         folder = Path(tmp)

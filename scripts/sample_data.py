@@ -36,3 +36,39 @@ def seg_manifest(path: Path, count: int | None = None) -> Path:
     with open(DATA / "seg-photos" / "labels.csv", newline="") as handle:
         rows = [(str(DATA / "seg-photos" / r["file"]), r["imagenet_indices"]) for r in csv.DictReader(handle)][:count]
     return write_manifest(path, rows)
+
+
+def localjudge_json(*args) -> dict:
+    """A localjudge command's --json output, run in this process; the script stops with the command's output if it
+    fails."""
+    import json
+    import sys
+
+    from click.testing import CliRunner
+
+    from localjudge.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--json"], catch_exceptions=False)
+    if result.exit_code != 0:
+        sys.exit(f"localjudge {' '.join(map(str, args))} failed:\n{result.output}")
+    return json.loads(result.stdout)
+
+
+def label_noise(folder: Path, images: int, db: Path) -> tuple[Path, Path]:
+    """The paper's ImageNet label-noise set-up on the first `images` imagenet-sample photos: EfficientNet-Lite0
+    predicts them (into `db`), its predictions become the labels (the noisy manifest), and the truth file says
+    whether each matches the real label (label_ok)."""
+    import sqlite3
+
+    rows = imagenet_rows(images)
+    localjudge_json("predict", imagenet_manifest(folder / "real.csv", images), "--db", db)
+    with sqlite3.connect(db) as conn:
+        predicted = dict(conn.execute("select i.path, p.predicted_index from predictions p join images i "
+                                      "on i.sha256 = p.image_sha256"))
+    noisy = write_manifest(folder / "noisy.csv", [(r["path"], predicted[r["path"]]) for r in rows])
+    truth = folder / "truth.csv"
+    with open(truth, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label_ok"])
+        writer.writerows([r["path"], int(predicted[r["path"]] == int(r["imagenet_index"]))] for r in rows)
+    return noisy, truth
