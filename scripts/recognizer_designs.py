@@ -31,9 +31,11 @@ from localjudge.judge.recognizer import DESIGNS  # noqa: E402
 from sample_data import DATA, label_noise, localjudge_json, seg_manifest  # noqa: E402
 
 
-def copy(source: Path, target: Path) -> Path:
-    with sqlite3.connect(source) as origin, sqlite3.connect(target) as copied:
-        origin.backup(copied)
+def reuse_or_copy(source: Path, target: Path) -> Path:
+    """A design's own store: a copy of the maps' store, or the one an earlier run left (its judgments kept)."""
+    if not target.is_file():
+        with sqlite3.connect(source) as origin, sqlite3.connect(target) as copied:
+            origin.backup(copied)
     return target
 
 
@@ -63,31 +65,35 @@ def main(argv=None) -> int:
     parser.add_argument("--seg", type=int, default=70, help="seg-photos used (the first N; a test takes a few)")
     parser.add_argument("--designs", default=",".join(DESIGNS))
     parser.add_argument("--out", type=Path, default=Path("designs.md"))
+    parser.add_argument("--folder", type=Path, help="a folder of an earlier run: its maps (seg.db, noise.db, "
+                                                    "truth.csv) and each design's stores are used again")
     args = parser.parse_args(argv)
     designs = [d for d in args.designs.split(",") if d]
     started = time.perf_counter()
-    folder = Path(tempfile.mkdtemp(prefix="localjudge-designs-"))
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="localjudge-designs-"))
     os.environ.setdefault("LOCALJUDGE_HOME", str(folder / "home"))
-    seg, seg_db = seg_manifest(folder / "seg.csv", args.seg), folder / "seg.db"
-    localjudge_json("predict", seg, "--db", seg_db)
-    localjudge_json("explain", "--db", seg_db)
-    localjudge_json("eval", "regions", "--db", seg_db, "--masks", DATA / "seg-photos" / "masks")
-    noise_db, truth = label_noise_store(folder, args.images)
+    seg_db, noise_db, truth = folder / "seg.db", folder / "noise.db", folder / "truth.csv"
+    if not (args.folder and seg_db.is_file() and noise_db.is_file() and truth.is_file()):
+        localjudge_json("predict", seg_manifest(folder / "seg.csv", args.seg), "--db", seg_db)
+        localjudge_json("explain", "--db", seg_db)
+        localjudge_json("eval", "regions", "--db", seg_db, "--masks", DATA / "seg-photos" / "masks")
+        noise_db, truth = label_noise_store(folder, args.images)
     lines = ["## Recognizer designs, measured on the same maps (EfficientNet-Lite0, Grad-CAM)", "",
              "| design | score vs IoU: Pearson | Spearman | score vs mass share: Pearson | Spearman | label-issue F1 "
              "(judge / WH only / keep all) | judge F1 - keep all | card |", "|---|---|---|---|---|---|---|---|"]
     for design in designs:
-        db = copy(seg_db, folder / f"seg-{design}.db")
+        db = reuse_or_copy(seg_db, folder / f"seg-{design}.db")
         localjudge_json("judge", "--db", db, "--recognizer-design", design)
         correlations = {r["signal"]: r for r in localjudge_json("eval", "correlate", "--db", db)["correlations"]}
-        noise = copy(noise_db, folder / f"noise-{design}.db")
+        noise = reuse_or_copy(noise_db, folder / f"noise-{design}.db")
         localjudge_json("judge", "--db", noise, "--recognizer-design", design)
         issues = localjudge_json("eval", "label-issues", "--db", noise, "--truth", truth, "--probs-model",
                                  "efficientnet-lite2")
         f1 = {m["method"]: m for m in issues["methods"]}
         card = localjudge_json("eval", "judge-check", "--db", noise, "--recognizer-design", design)
         rates = ", ".join(f"{name} {found['rate']:.2f}" for name, found in card["canaries"].items()
-                          if found["rate"] is not None and name in ("blank", "full_view", "absent_class"))
+                          if found["rate"] is not None and name in ("blank", "full_view", "absent_class",
+                                                                              "mask_sensitivity"))
         iou, share = correlations.get("iou", {}), correlations.get("mass_share", {})
         lines.append(f"| {design} | {interval(iou.get('pearson', {}))} | {interval(iou.get('spearman', {}))} | "
                      f"{interval(share.get('pearson', {}))} | {interval(share.get('spearman', {}))} | "
