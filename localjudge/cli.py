@@ -142,9 +142,10 @@ judge_backend_options = options(
     click.option("--image-mode", type=click.Choice(IMAGE_MODES), default=DEFAULTS.image_mode, show_default=True,
                  help="What the judge sees: the masked image (paper Eq. 1-2) or a heatmap overlay."),
     click.option("--recognizer-design", type=click.Choice(RECOGNIZER_DESIGNS), default=DEFAULTS.recognizer_design,
-                 show_default=True, help="The recognizer: classify the masked image on black, on the normalisation "
-                                         "mean, the view cropped to the attended region, or score the masked "
-                                         "image's class mass relative to the whole view's."),
+                 show_default=True, help="What the recognizer classifies: the masked image on black, on the "
+                                         "normalisation mean, the view cropped to the attended region (measured "
+                                         "best: the README), or the masked image's class mass relative to the "
+                                         "whole view's."),
     click.option("--judge-batch-size", type=click.IntRange(1), default=DEFAULTS.judge_batch_size,
                  show_default=True, help="Requests handed to the judge at once (and stored together)."),
     click.option("--max-new-tokens", type=click.IntRange(1), default=DEFAULTS.max_new_tokens, show_default=True),
@@ -301,9 +302,8 @@ def run(images, db_path, as_json, threshold, **given):
         config = audit.config
         print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
                                 target_layer=audit.card.target_tensor, judge_model=audit.judge_name(),
-                                image_mode=config.image_mode, alpha=config.alpha, beta=config.beta))
-        if caveat := audit.judge_spec.caveat(audit.config):
-            click.echo(f"note: {caveat}")
+                                image_mode=config.image_mode, alpha=config.alpha, beta=config.beta,
+                                decoding=json.dumps(audit.judgment_key_parts()[2], sort_keys=True)))
     warn_about_the_judge(audit)
 
 
@@ -414,6 +414,8 @@ def print_matrices(found: list[dict]) -> None:
         click.echo(f"average score {m['average_score']:.2f}{interval} over {m['judgments']} judgments "
                    f"(95 % bootstrap intervals, {m['bootstrap']['resamples']} resamples, seed "
                    f"{m['bootstrap']['seed']})")
+        if m.get("judge_caveat"):
+            click.echo(f"note: {m['judge_caveat']}")
 
 
 sample_filter_options = options(
@@ -907,13 +909,14 @@ def eval_correlate(db_path, target, model, cam, beta, steps, baseline, as_json):
 @click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Judgments of this image mode.")
 @click.option("--cam", help="Judgments of maps of this CAM method.")
 @click.option("--target-layer", help="Judgments of maps of this target tensor.")
+@click.option("--setting", help="Judgments of the judge setting whose key starts with this (as compare lists them).")
 @click.option("--probs-model", help="cleanlab reads this model's stored probabilities (default: --model's). "
                                     "cleanlab expects out-of-sample probabilities: where the labels are --model's own "
                                     "predictions, its probabilities can find nothing.")
 @json_option
 @user_errors
-def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode, cam, target_layer, probs_model,
-                      as_json):
+def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode, cam, target_layer, setting,
+                      probs_model, as_json):
     """Suspected label errors by the judge (WH, and CL where labels are the model's own predictions) against
     cleanlab's filters (CL, PNR, LSC, LNM) on the same probabilities: accuracy, precision, recall, F1 per method
     (the label is right = positive), the shape of the paper's Tables 5-6.
@@ -923,7 +926,7 @@ def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode,
         localjudge eval label-issues --db audit.db --truth truth.csv --probs-model efficientnet-lite2
     """
     table = label_issue_table(Store(db_path, create=False), Path(truth), threshold, model, judge_model, image_mode,
-                              cam, probs_model, target_layer)
+                              cam, probs_model, target_layer, setting)
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return

@@ -71,6 +71,7 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
     with bootstrap intervals of its percentages and average score. A setting with a threshold in `thresholds` (by
     setting_key) uses it instead of `threshold`."""
     from .analysis.matrix import matrix_intervals
+    from .judge import judge_caveat
 
     cards = judge_cards(store)
     result = []
@@ -83,7 +84,8 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
         result.append({**setting, "setting_key": setting_key(setting), **attention_matrix(correct, scores, used),
                        **matrix_intervals(correct, scores, used),
                        "threshold_source": "given" if calibrated is None else "calibrated",
-                       "judge_verdict": card["verdict"] if card else "not checked"})
+                       "judge_verdict": card["verdict"] if card else "not checked",
+                       "judge_caveat": judge_caveat(setting["decoding"])})
     return result
 
 
@@ -419,9 +421,10 @@ def stored_probabilities(store: Store, image_shas: list[str], model: str) -> np.
 
 def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str, judge_model: str | None = None,
                       image_mode: str | None = None, cam: str | None = None, probs_model: str | None = None,
-                      target_layer: str | None = None) -> dict:
+                      target_layer: str | None = None, setting: str | None = None) -> dict:
     """Every method's verdicts on the images of the truth file that have a label, a prediction of `model` and a
-    successful judgment: the shape of the paper's Tables 5 and 6."""
+    successful judgment: the shape of the paper's Tables 5 and 6. `setting`: only the judge setting whose key starts
+    with it (two settings may differ only in their decoding, e.g. two recognizer designs)."""
     from .analysis.bootstrap import LEVEL, RESAMPLES, SEED
     from .analysis.label_issues import CLEANLAB_FILTERS, cleanlab_flags, detection_scores, f1_intervals, judge_flags
 
@@ -437,13 +440,16 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
     rows = [r for r in store.query(
         "select p.image_sha256, p.probs, p.label_indices, p.correct, j.score, " + SETTING_SELECT +
         " from judgments j join predictions p on p.id = j.prediction_id join saliency_maps s on s.id = j.saliency_id "
-        "where " + " and ".join(where) + " order by p.image_sha256", params) if r["image_sha256"] in by_sha]
+        "where " + " and ".join(where) + " order by p.image_sha256", params) if r["image_sha256"] in by_sha
+        and (setting is None or setting_key(r).startswith(setting))]
     settings = {tuple(r[c] for c in GROUP_COLUMNS) for r in rows}
     if len(settings) > 1:
         raise ValueError("judgments of several settings (model, CAM, target, judge, image mode, alpha, beta, prompt, "
-                         "judge image size, decoding); choose one with --cam, --target-layer, --judge-model and "
-                         "--image-mode: "
-                         + "; ".join(describe_setting(dict(zip(GROUP_COLUMNS, s))) for s in sorted(settings, key=str)))
+                         "judge image size, decoding); choose one with --cam, --target-layer, --judge-model, "
+                         "--image-mode or --setting KEY: "
+                         + "; ".join(f"{setting_key(dict(zip(GROUP_COLUMNS, s)))[:12]}: "
+                                     f"{describe_setting(dict(zip(GROUP_COLUMNS, s)))}"
+                                     for s in sorted(settings, key=str)))
     if not rows:
         raise ValueError(f"{truth_path}: none of its images has a label, a prediction of {model} and a successful "
                          "judgment in this store")

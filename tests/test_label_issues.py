@@ -106,6 +106,15 @@ def test_imagenet_label_noise_experiment(tmp_path):
     one = json.loads(invoke("eval", "label-issues", "--db", db, "--truth", truth, "--cam", "gradcam++",
                             "--json").stdout)
     assert one["samples"] == 60 and one["judge"]["cam"] == "gradcam++"
+    # two judgments of the same maps that differ only in the judge's decoding (two recognizer designs): the
+    # setting's key tells them apart, as the refusal lists it
+    invoke("judge", "--db", db, "--cam", "gradcam++", "--recognizer-design", "black")
+    designs = invoke("eval", "label-issues", "--db", db, "--truth", truth, "--cam", "gradcam++", expect_ok=False)
+    keys = [part.split(":")[0].strip() for part in designs.output.split("--setting KEY:")[1].split(";")]
+    assert designs.exit_code != 0 and len(keys) == 2
+    chosen = [json.loads(invoke("eval", "label-issues", "--db", db, "--truth", truth, "--cam", "gradcam++",
+                                "--setting", key, "--json").stdout)["samples"] for key in keys]
+    assert chosen == [60, 60]
     # Lite0's own probabilities cannot contradict labels that are their argmax: every cleanlab filter keeps all.
     own = json.loads(invoke("eval", "label-issues", "--db", db, "--truth", truth, "--cam", "gradcam", "--json").stdout)
     assert all(m["flagged"] == 0 for m in own["methods"] if m["method"].startswith("cleanlab"))

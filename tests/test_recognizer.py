@@ -138,11 +138,14 @@ def test_each_design_classifies_what_it_says(designs, recognizer, photos):
     assert _scores(designs["crop"], [ask(image, ones, image)]) == whole
     assert _scores(designs["relative"], [ask(image, ones, image)]) == [5]
     black_square = Image.fromarray((np.asarray(image) * square[..., None]).astype(np.uint8))
-    assert (designs["crop"].judge([ask(image, square, black_square)])[0].raw_text
-            == recognizer.judge([ask(None, None, image.crop((50, 100, 250, 300)))])[0].raw_text)
+    def justification(judge, request):  # the measured mass, to three decimals, and the score
+        return json.loads(judge.judge([request])[0].raw_text)["justification"]
+
+    assert (justification(designs["crop"], ask(image, square, black_square))
+            == justification(recognizer, ask(None, None, image.crop((50, 100, 250, 300)))))
     mean = Image.new("RGB", (448, 448), tuple(int(c * 255 + 0.5) for c in designs["mean"].card.mean))
-    assert (designs["mean"].judge([ask(image, zeros, Image.new("RGB", (448, 448)))])[0].raw_text
-            == recognizer.judge([ask(None, None, mean)])[0].raw_text)
+    assert (justification(designs["mean"], ask(image, zeros, Image.new("RGB", (448, 448))))
+            == justification(recognizer, ask(None, None, mean)))
     # relative, a class absent from the whole view: its mass on the masked image is not "all of the little there is"
     absent = next(k for k in range(1000) if k not in sibling_groups()[0].get(index, {index}))
     absent_request = JudgeRequest(image=image, label="absent", prompt="", label_index=absent, view=image, mask=ones)
@@ -163,12 +166,16 @@ def test_the_design_is_recorded_and_keys_its_judgments(tmp_path, data_dir):
     manifest = seg_photos_manifest(data_dir, tmp_path / "three.csv", 3)
     db = tmp_path / "designs.db"
     invoke("run", manifest, "--db", db)
-    invoke("judge", "--db", db, "--recognizer-design", "crop")
+    invoke("judge", "--db", db, "--recognizer-design", "black")  # the default is crop
     with sqlite3.connect(db) as conn:
         decodings = [json.loads(d) for (d,) in conn.execute("select decoding from judgments")]
         configs = [json.loads(c)["recognizer_design"] for (c,) in conn.execute("select config from runs")]
     assert sorted(d.get("design", "black") for d in decodings) == ["black"] * 3 + ["crop"] * 3
-    assert "crop" in configs
+    assert "crop" in configs and "black" in configs
+    # each design's matrix carries its own measured worth
+    notes = [m["judge_caveat"] for m in invoke_json("matrix", "--db", db)["matrices"]]
+    assert sorted(n.split("(")[1].split(" ")[0] for n in notes) == ["black", "crop"]
+    assert "design) is a classifier standing in" in invoke("matrix", "--db", db).stdout
     result = invoke("judge", "--db", db, "--recognizer-design", "sepia", expect_ok=False)
     assert result.exit_code == 2 and "sepia" in result.output
 

@@ -22,6 +22,15 @@ AUTO = "auto"
 JUDGE_CHOICES = (AUTO, *JUDGES)
 
 
+def judge_caveat(decoding: str | dict) -> str:
+    """What the judgments of a stored decoding are worth, asked of the judge that made them ("" if unknown)."""
+    import json
+
+    decoding = json.loads(decoding) if isinstance(decoding, str) else decoding
+    spec = JUDGES.get(decoding.get("backend", "")) if isinstance(decoding, dict) else None
+    return spec.caveat(decoding) if spec else ""
+
+
 def auto_judge(config) -> str:
     """The judge of `--judge auto`: the transformers judge when a VLM directory is given, else the recognizer."""
     return "transformers" if config.vlm else "recognizer"
@@ -29,4 +38,5 @@ def auto_judge(config) -> str:
 
 __all__ = ["Judge", "JudgeRequest", "JudgeOutput", "JudgeError", "JudgeStopped", "JudgeUnavailable", "JudgeSpec",
            "JudgeIdentity", "ParsedAnswer", "parse_answer", "JUDGMENT_SCHEMA", "vlm_family", "vlm_hash",
-           "imagenet_labels", "JUDGES", "JUDGE_CHOICES", "AUTO", "auto_judge"]
+           "imagenet_labels", "JUDGES", "JUDGE_CHOICES", "AUTO", "auto_judge",
+           "judge_caveat"]

@@ -126,8 +126,9 @@ class JudgeSpec:
 
     reads_maps = False  # it is handed each request's view and soft mask besides the image (JudgeRequest)
 
-    def caveat(self, config) -> str:
-        """What its scores are worth, printed under every matrix it made ("" for a judge measured by its user)."""
+    def caveat(self, decoding: dict) -> str:
+        """What the scores of the judgments made with this decoding (their key's decoding part) are worth, shown
+        with every matrix they make ("" for a judge its user measures: eval judge-check)."""
         return ""
 
     def check(self, config, labels: list[str] | None) -> None:

@@ -59,6 +59,10 @@ MEASURED = {
                 "the attention mask's IoU; the paper's best VLM judge: 0.37), and as a label-issue filter it is "
                 "worse than keeping every label (F1 0.73 against 0.87)",
 }
+# What each design shows the classifier, in its templated evaluation.
+SHOWN = {"black": "With only the attended regions visible", "relative": "With only the attended regions visible",
+         "mean": "With only the attended regions visible (the rest at the mean colour)",
+         "crop": "In the bounding square of the attended region"}
 RELATIVE_FLOOR = 0.10  # the relative design divides only by a whole-view class mass at least this large
 SCORE_THRESHOLDS = ((0.50, 5), (0.25, 4), (0.10, 3), (0.03, 2), (0.01, 1))
 GROUPS_FILE = "labels/imagenet-1k-groups.json"
@@ -120,11 +124,11 @@ class RecognizerSpec(JudgeSpec):
     structured_output = "templated"
     reads_maps = True  # the designs but the first need the view and the soft mask
 
-    def caveat(self, config) -> str:
-        measured = MEASURED[config.recognizer_design]
-        return (f"the recognizer ({config.recognizer_design} design) is a classifier standing in for a VLM judge, "
-                f"a proxy: {measured}. Read its matrix as a floor, not a verdict; give --vlm DIR for the paper's "
-                "judge")
+    def caveat(self, decoding: dict) -> str:
+        design = decoding.get("design", "black")  # the first design is unnamed in its judgments' key
+        return (f"the recognizer ({design} design) is a classifier standing in for a VLM judge, a proxy: "
+                f"{MEASURED.get(design, 'not measured')} (measured with Lite2 judging EfficientNet-Lite0's Grad-CAM "
+                "maps). Read its matrix as a floor, not a verdict; give --vlm DIR for the paper's judge")
 
     def check(self, config, labels) -> None:
         super().check(config, labels)
@@ -206,21 +210,23 @@ class RecognizerJudge(Judge):
         label = self.labels[target].replace("_", " ")
         group = sorted(self.siblings.get(target, {target}))
         own = float(probabilities[target])
-        mass = float(probabilities[group].sum())
+        mass = absolute = float(probabilities[group].sum())
         top = int(np.argmax(probabilities))
+        relative = ""
         if whole is not None and float(whole[group].sum()) >= RELATIVE_FLOOR:
             # relative: how much of the class's evidence in the whole view the masked one keeps. Where the whole view
             # holds little of it (an absent class: two near-zero masses divide to about 1), the mass as it is.
-            mass = min(1.0, mass / float(whole[group].sum()))
+            mass = min(1.0, absolute / float(whole[group].sum()))
+            relative = f" That is {mass:.1%} of what the whole view gives {'them' if len(group) > 1 else 'it'}."
         score = score_for(mass)
         with_group = (f", and the classes of its group ({', '.join(self.group_names[target])}: {len(group)} classes) "
-                      f"{mass:.1%} together" if len(group) > 1 else "")
-        evaluation = (f"[templated by the recognizer judge] With only the attended regions visible, "
-                      f"{self.name} gives \"{label}\" a probability of {own:.1%}{with_group}. Its most likely "
-                      f"class for the visible region is \"{self.labels[top].replace('_', ' ')}\" "
-                      f"({float(probabilities[top]):.1%}).")
+                      f"{absolute:.1%} together" if len(group) > 1 else "")
+        evaluation = (f"[templated by the recognizer judge] {SHOWN[self.design]}, {self.name} gives \"{label}\" a "
+                      f"probability of {own:.1%}{with_group}.{relative} Its most likely class for the visible region "
+                      f"is \"{self.labels[top].replace('_', ' ')}\" ({float(probabilities[top]):.1%}).")
         reached = next((t for t, s in SCORE_THRESHOLDS if s == score), None)
-        justification = (f"Probability mass {mass:.3f} on \"{label}\"{' and its siblings' if len(group) > 1 else ''}"
+        siblings = " and its siblings" if len(group) > 1 else ""
+        justification = (f"{'Share' if relative else 'Probability mass'} {mass:.3f} on \"{label}\"{siblings}"
                          + (f" reaches {reached}, so the score is {score}" if reached is not None
                             else f" is below {SCORE_THRESHOLDS[-1][0]}, so the score is 0")
                          + " (thresholds 0.50, 0.25, 0.10, 0.03, 0.01 for 5, 4, 3, 2, 1).")

@@ -636,7 +636,8 @@ class Audit:
             rows.append({"id": keys[m["id"]], "saliency_id": m["id"], "image_sha256": m["image_sha256"],
                          "mask_sha256": truth["mask_sha256"], "beta": beta, **region_scores(attended, truth_view),
                          "attended_fraction": float(attended.mean()),
-                         "mass_share": energy_pointing(saliency, truth_view), "run_id": self.run_id,
+                         # an empty region holds none of the map's mass (0, not unknown: a NULL is scored again)
+                         "mass_share": energy_pointing(saliency, truth_view) or 0.0, "run_id": self.run_id,
                          "created_at": now()})
         self.store.upsert_rows("region_scores", rows)
         stage.computed += len(rows)

@@ -131,7 +131,9 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
     card.update({"judge_model": identity.name, "judge_model_hash": identity.hash, "decoding": decoding,
                  "model": audit.card.name, "cam": config.cam, "sample": len(maps), "seed": seed})
     store.insert_rows("judge_checks", [{
-        "id": content_key("judge-check", identity.hash, decoding, sorted(keys), config.threshold),
+        # the card's rules are part of its key: a card read again under other rules is another card
+        "id": content_key("judge-check", identity.hash, decoding, sorted(keys), config.threshold, USABLE,
+                          UNUSABLE_BELOW),
         "judge_model": identity.name, "judge_model_hash": identity.hash,
         "decoding": json.dumps(decoding, sort_keys=True), "verdict": card["verdict"], "card": json.dumps(card),
         "run_id": audit.run_id, "created_at": now()}])

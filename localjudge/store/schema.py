@@ -231,6 +231,14 @@ def m011_region_mass_share(db: sqlite_utils.Database) -> None:
     db["region_scores"].add_column("mass_share", float)
 
 
+@migration
+def m012_one_all_zero_reason(db: sqlite_utils.Database) -> None:
+    # m007 first wrote another reason for the zero maps it found; the engine's own (ALL_ZERO_MAP) is the one reason,
+    # so that the same map merged from two stores says the same.
+    db.execute("update saliency_maps set failure = ? where failure like 'all-zero or flat map (found in a store%'",
+               [ALL_ZERO_MAP])
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
