@@ -35,8 +35,8 @@ METRICS = (("pointing game", lambda t: t["pointing_game"]),
            ("mass share", lambda t: t["energy_pointing_game"]),
            ("rank acc.", lambda t: t["rank_accuracy"]),
            ("PxAP", lambda t: t.get("pxap") or {}),
-           ("IoU@β", lambda t: t["at_beta"]["iou"]),
-           ("best IoU", lambda t: t["at_best_threshold"]["iou"]))
+           ("IoU@β", lambda t: t.get("at_beta", {}).get("iou", {})),  # absent where no map was scored
+           ("best IoU", lambda t: t.get("at_best_threshold", {}).get("iou", {})))
 
 
 def before_card(folder: Path) -> Path:
@@ -101,14 +101,17 @@ def tables(dataset: str, folder: Path, cams: list[str], model_cards: dict[str, s
                 localjudge_json("explain", "--db", db, "--model", model, "--cam", cam)
                 table = localjudge_json("eval", "regions", "--db", db, "--model", model, "--cam", cam,
                                         *truth)["localisation"]
-                baselines = baselines or table  # the baselines of the images with a region (all maps' images)
+                # the baselines on the regions of the most maps (a method whose every map was degenerate has none)
+                if baselines is None or table["maps"]["images"] > baselines["maps"]["images"]:
+                    baselines = table
                 cells = [cell(pick(table["maps"])) for _, pick in METRICS]
                 lines.append(f"| {label} | {cam}{suffix} | {table['maps']['images']} | " + " | ".join(cells) + " |")
                 print(f"{dataset} {label} {cam}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
         for name in ("centre point", "centred gaussian", "uniform"):
             cells = [cell(pick(baselines[name])) for _, pick in METRICS]
             lines.append(f"| baseline | {name}{suffix} | {baselines[name]['images']} | " + " | ".join(cells) + " |")
-        lines.append(f"\nMean region area in the model's view{suffix}: {baselines['mean_region_area']:.1%}; β = "
+        area = baselines["mean_region_area"]
+        lines.append(f"\nMean region area in the model's view{suffix}: {'n/a' if area is None else f'{area:.1%}'}; β = "
                      f"{baselines['beta']}; pointing tolerance {baselines['pointing_tolerance']} px. A map that is "
                      "all zero or flat is no finding and is left out (the maps column counts the rest).\n")
     return lines
@@ -118,10 +121,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("localisation.md"))
     parser.add_argument("--cams", default=",".join(CAMS))
+    parser.add_argument("--folder", type=Path, help="an earlier run's folder: its stored maps are used again")
     parser.add_argument("--scorecam-images", type=int, default=70,
                         help="ScoreCAM on the first N images of each set (it takes minutes an image on two cores)")
     args = parser.parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="localjudge-localisation-"))
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="localjudge-localisation-"))
     os.environ.setdefault("LOCALJUDGE_HOME", str(folder / "home"))
     cards = {"before: _bn1": str(before_card(folder)), "after: relu6(_bn1)": "efficientnet-lite0"}
     cams = [c for c in args.cams.split(",") if c]

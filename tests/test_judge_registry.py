@@ -24,8 +24,9 @@ DECODING = {
              "temperature": 0.0},
     "openai": {"backend": "openai", "max_new_tokens": 512, "schema": SCHEMA,
                "structured_output": "response-format-json-schema", "temperature": 0.0},
+    # the default design, crop, is named in the key (black, the first, is not: judgments made before keep theirs)
     "recognizer": {"backend": "recognizer", "model": "efficientnet-lite2", "siblings": "81a1e17d569b851a",
-                   "thresholds": [[0.5, 5], [0.25, 4], [0.1, 3], [0.03, 2], [0.01, 1]]},
+                   "thresholds": [[0.5, 5], [0.25, 4], [0.1, 3], [0.03, 2], [0.01, 1]], "design": "crop"},
 }
 # A model directory whose files are known, so its hash is too.
 VLM_HASH = "sha256:aa1864d62ddb2fef06ce53084aaee81bb8bdd9982945624a7cf4fc406a9147db"
