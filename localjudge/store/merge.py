@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import Store
-from .schema import TABLES
+from .schema import TABLES, flag_zero_maps
 
 # When and by which run a row was made, how long its batch took and where its file lay on that machine say nothing
 # of its content: two stores that computed the same row at different times, or on machines that mount the images
@@ -79,7 +79,8 @@ def _merge_table(conn, table: str, key: tuple[str, ...], source: Path, conflicts
         f"insert into main.[{table}] ({listed}) select {listed} from src.[{table}] s "
         f"where not exists (select 1 from main.[{table}] t where {matches})").rowcount
     if table == "saliency_maps" and "failure" not in source_columns:
-        _flag_zero_maps(conn)
+        # a store made before degenerate maps were caught: its zero maps are found as m007 finds them
+        flag_zero_maps(conn, "select id from src.saliency_maps")
     if table == "runs":
         return added  # a run is provenance itself: the same run merged twice may differ in its status and times
     # Rows both have: compared on what they say (not provenance, not float noise).
@@ -104,15 +105,3 @@ def _merge_table(conn, table: str, key: tuple[str, ...], source: Path, conflicts
                               "columns": [c for c, flag in zip(compared, flags) if flag]})
     return added
 
-
-def _flag_zero_maps(conn) -> None:
-    """The maps just copied from a store made before degenerate maps were caught (its saliency_maps has no failure
-    column): the all-zero ones are no finding, as m007 found them in the stores it upgraded."""
-    from . import unpack_array
-    from .schema import ALL_ZERO_MAP
-
-    rows = conn.execute("select id, map, height, width from main.saliency_maps where failure is null and id in "
-                        "(select id from src.saliency_maps)").fetchall()
-    zero = [(ALL_ZERO_MAP, map_id) for map_id, blob, height, width in rows
-            if not unpack_array(blob, (height, width)).any()]
-    conn.executemany("update main.saliency_maps set failure = ? where id = ?", zero)

@@ -151,12 +151,19 @@ def m007_map_failures(db: sqlite_utils.Database) -> None:
     # finding; it is never judged, and summaries count it apart. NULL: a map to judge.
     db["saliency_maps"].add_column("failure", str)
     # Maps stored before: a degenerate map was normalised to all zeros (min-max of a constant), so those are found.
+    flag_zero_maps(db.conn, "")
+
+
+def flag_zero_maps(conn, among: str) -> None:
+    """Give the all-zero maps with no failure yet (of those whose id the `among` SQL selects, if given) the engine's
+    reason: for a store made before degenerate maps were caught (m007) and for maps merged in from one."""
     from . import unpack_array
 
-    found = [row["id"] for row in db.query("select id, map, height, width from saliency_maps")
-             if not unpack_array(row["map"], (row["height"], row["width"])).any()]
-    for map_id in found:
-        db["saliency_maps"].update(map_id, {"failure": ALL_ZERO_MAP})
+    where = f" and id in ({among})" if among else ""
+    rows = conn.execute(f"select id, map, height, width from main.saliency_maps where failure is null{where}")
+    zero = [(ALL_ZERO_MAP, map_id) for map_id, blob, height, width in rows.fetchall()
+            if not unpack_array(blob, (height, width)).any()]
+    conn.executemany("update main.saliency_maps set failure = ? where id = ?", zero)
 
 
 # Why an all-zero map is no finding: the engine's reason (saliency.engine.degenerate), given also to the maps of a store
