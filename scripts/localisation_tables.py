@@ -8,10 +8,12 @@ beside the trivial baselines on the same regions, as Markdown tables:
   without its target activation; "after": the registered card, `relu6(_bn1)`.
 
     python scripts/localisation_tables.py [--out localisation.md] [--cams gradcam,gradcam++,...] [--scorecam-images N]
+                                          [--backend torch|onnx]
 
 Every number is `localjudge eval regions --json` output. ScoreCAM runs one forward pass per channel (1,280 for
-Lite0): minutes an image on two busy CPU cores, so --scorecam-images runs it on the first N images of each set,
-beside the baselines of those images."""
+Lite0): about a minute an image on two CPU cores with the torch backend and 15 s with ONNX Runtime (`--backend
+onnx`, whose depthwise convolutions are about four times faster on CPU), so --scorecam-images can run it on the
+first N images of each set, beside the baselines of those images."""
 
 from __future__ import annotations
 
@@ -72,7 +74,8 @@ def subset(source: Path, columns: tuple[str, ...], count: int, out: Path) -> Pat
     return out
 
 
-def tables(dataset: str, folder: Path, cams: list[str], model_cards: dict[str, str], slow_images: int) -> list[str]:
+def tables(dataset: str, folder: Path, cams: list[str], model_cards: dict[str, str], slow_images: int,
+           backend: str) -> list[str]:
     """One table per image set: the CAMs on every image, and ScoreCAM (a forward pass per channel) on the first
     `slow_images` that can have a region; each with the trivial baselines on its own images and regions."""
     if dataset == "seg-photos":
@@ -95,12 +98,12 @@ def tables(dataset: str, folder: Path, cams: list[str], model_cards: dict[str, s
         baselines = None
         for label, model in model_cards.items():
             db = folder / f"{dataset}-{label}{'-first' if suffix else ''}.db"
-            localjudge_json("predict", manifest, "--db", db, "--model", model, *columns)
+            localjudge_json("predict", manifest, "--db", db, "--model", model, "--backend", backend, *columns)
             for cam in chosen:
                 started = time.perf_counter()
-                localjudge_json("explain", "--db", db, "--model", model, "--cam", cam)
+                localjudge_json("explain", "--db", db, "--model", model, "--cam", cam, "--backend", backend)
                 table = localjudge_json("eval", "regions", "--db", db, "--model", model, "--cam", cam,
-                                        *truth)["localisation"]
+                                        "--backend", backend, *truth)["localisation"]
                 # the baselines on the regions of the most maps (a method whose every map was degenerate has none)
                 if baselines is None or table["maps"]["images"] > baselines["maps"]["images"]:
                     baselines = table
@@ -123,15 +126,17 @@ def main(argv=None) -> int:
     parser.add_argument("--cams", default=",".join(CAMS))
     parser.add_argument("--folder", type=Path, help="an earlier run's folder: its stored maps are used again")
     parser.add_argument("--scorecam-images", type=int, default=70,
-                        help="ScoreCAM on the first N images of each set (it takes minutes an image on two cores)")
+                        help="ScoreCAM on the first N images of each set (it takes a minute an image on two cores)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     args = parser.parse_args(argv)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="localjudge-localisation-"))
     os.environ.setdefault("LOCALJUDGE_HOME", str(folder / "home"))
     cards = {"before: _bn1": str(before_card(folder)), "after: relu6(_bn1)": "efficientnet-lite0"}
     cams = [c for c in args.cams.split(",") if c]
-    lines = ["## Localisation of EfficientNet-Lite0's maps, before and after the target-tensor change"]
+    lines = ["## Localisation of EfficientNet-Lite0's maps, before and after the target-tensor change",
+             f"\nBackend: {args.backend}."]
     for dataset in ("seg-photos", "chest-xray"):
-        lines += tables(dataset, folder, cams, cards, args.scorecam_images)
+        lines += tables(dataset, folder, cams, cards, args.scorecam_images, args.backend)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
