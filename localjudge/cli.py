@@ -90,7 +90,13 @@ vision_options = options(
     click.option("--model", default=DEFAULTS.model, show_default=True,
                  help="Registered model name (see `localjudge models list`) or a card .json file."),
     click.option("--weights", type=click.Path(exists=True, dir_okay=False),
-                 help="State dict for the model (loaded weights-only)."),
+                 help="State dict for the model (loaded weights-only); its head's size is the number of classes."),
+    click.option("--random-weights", is_flag=True, default=None,
+                 help="Run a model whose weights are yours without them: a seeded random network (tests and "
+                      "benchmarks only; every output then says \"random weights\")."),
+    click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+                 help="The model's class names instead of its card's: one per line, or CSV index,name[,description] "
+                      "(a description is given to the judge). Give it to every stage, as --model."),
     click.option("--card", type=click.Path(exists=True, dir_okay=False),
                  help="Card for --model FILE.onnx (default: FILE.json beside it)."),
     click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULTS.backend, show_default=True,
@@ -395,7 +401,8 @@ def print_matrices(found: list[dict]) -> None:
         click.echo("No successful judgments yet.")
         return
     for m in found:
-        click.echo(f"\n{m['model']} / {m['cam']} at {m['target_layer']} judged by {m['judge_model']} "
+        weights = f" ({m['model_weights']})" if m.get("model_weights") else ""
+        click.echo(f"\n{m['model']}{weights} / {m['cam']} at {m['target_layer']} judged by {m['judge_model']} "
                    f"({m['image_mode']}, alpha={m['alpha']}, beta={m['beta']}), score >= {m['threshold']} is high")
         c, p, ci = m["counts"], m["percent"], m["intervals"]
 
@@ -416,6 +423,9 @@ def print_matrices(found: list[dict]) -> None:
                    f"{m['bootstrap']['seed']})")
         if m.get("judge_caveat"):
             click.echo(f"note: {m['judge_caveat']}")
+        if m.get("model_weights"):
+            click.echo(f"note: {m['model']} ran on {m['model_weights']} (--random-weights): this matrix describes a "
+                       "seeded random network, not a trained model")
 
 
 sample_filter_options = options(
@@ -1229,21 +1239,63 @@ def models():
 @click.argument("model")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="State dict for the model.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+              help="Class names instead of the card's (one per line, or CSV index,name[,description]).")
+@click.option("--random-weights", is_flag=True, help="Export a seeded random network (tests and benchmarks).")
 @click.option("--static-batch", type=click.IntRange(1), help="A fixed batch size instead of a dynamic one.")
 @user_errors
-def models_export(model, out, weights, static_batch):
+def models_export(model, out, weights, labels, random_weights, static_batch):
     """Export MODEL to ONNX with its target-layer activations and their gradient (dynamic batch), checked against
     torch; writes OUT and its card OUT.json (plus the label list).
 
     \b
     Example:
-        localjudge models export resnet18 --weights my-resnet18.pt --out resnet18.onnx
+        localjudge models export resnet18 --weights my-resnet18.pt --labels labels.csv --out resnet18.onnx
     """
-    from .vision import load_card
+    from .vision import require_weights, resolve_card
     from .vision.onnx_export import export_onnx
 
-    path = export_onnx(load_card(model), Path(weights) if weights else None, Path(out), static_batch)
+    card = resolve_card(model, labels=labels)
+    require_weights(card, weights, random_weights)
+    path = export_onnx(card, Path(weights) if weights else None, Path(out), static_batch)
     click.echo(f"wrote {path} and {path.with_suffix('.json')} (checked against torch)")
+
+
+@models.command(name="card")
+@click.argument("model")
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The model's class names: one per line, or CSV index,name[,description].")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False),
+              help="A state dict the card is checked against (built and loaded once): it must fit the labels.")
+@click.option("--name", help="The card's name (default: OUT's file name without .json).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The card .json to write.")
+@user_errors
+def models_card(model, labels, weights, name, out):
+    """Write a card for your own model: MODEL's architecture, preprocessing and target tensor (a registered name or
+    a card file), with your label list (copied beside OUT, so the two move together). Pass the card as --model
+    and the weights as --weights to every stage.
+
+    \b
+    Example:
+        localjudge models card densenet121 --labels findings.csv --weights chexnet.pt --out chexnet.json
+        localjudge run xrays/ --db audit.db --model chexnet.json --weights chexnet.pt
+    """
+    from .vision import resolve_card
+    from .vision.cards import write_user_card
+
+    out = Path(out)
+    base = resolve_card(model, labels=labels)
+    if base.framework == "onnx":
+        raise click.ClickException(f"{model}: an ONNX graph comes with its own card; pass --labels to `models "
+                                   "export` instead")
+    card = write_user_card(base, out, name or out.stem)
+    if weights:
+        from .vision.torch_backend import build_module
+
+        build_module(card, Path(weights))  # refuses weights that do not fit, naming the keys and shapes
+    classes = len(card.label_list().names)
+    click.echo(f"wrote {out} ({card.architecture}, {classes} classes"
+               f"{', checked against ' + weights if weights else ''})")
 
 
 @models.command(name="list")

@@ -15,6 +15,11 @@ class RunConfig:
     # vision stage
     model: str = "efficientnet-lite0"
     weights: str | None = None
+    # a card whose weights are the user's runs only with --weights, or with random weights asked for by name
+    random_weights: bool = False
+    # a label list instead of the card's (one name per line, or CSV index,name[,description]): the model has as many
+    # classes as it names, and each name's description is given to the judge
+    labels: str | None = None
     # a verified model bundle (localjudge bundle create): its card, weights and VLM, named by its manifest's hash
     bundle: str | None = None
     bundle_hash: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -249,10 +250,17 @@ def resolve_label(raw: str | None, labels: "LabelList") -> list[int] | None:
     return sorted(set(indices)) or None
 
 
+class LabelsError(UserError):
+    pass
+
+
 @dataclass(frozen=True)
 class LabelList:
     names: tuple[str, ...]
     wnids: tuple[str, ...]
+    # What a class looks like, in words the judge is given with its name ("Cardiomegaly: an enlarged cardiac
+    # silhouette"); "" where a class has none.
+    descriptions: tuple[str, ...] = ()
 
     @cached_property
     def by_wnid(self) -> dict[str, int]:
@@ -265,8 +273,47 @@ class LabelList:
             table.setdefault(normalise_class_name(name), []).append(index)
         return table
 
+    def description(self, index: int) -> str:
+        return self.descriptions[index] if index < len(self.descriptions) else ""
+
     @classmethod
     def from_csv(cls, path: Path) -> "LabelList":
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = sorted(csv.DictReader(handle), key=lambda r: int(r["index"]))
-        return cls(tuple(r["name"] for r in rows), tuple(r.get("wnid", "") or "" for r in rows))
+        return cls.from_file(path)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "LabelList":
+        """A label list: a CSV with a header naming `index` and `name` (and optionally `description` and `wnid`), or
+        plain text with one class name per line, in index order."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as error:
+            raise LabelsError(f"{path}: cannot read the label list ({error})") from error
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if not lines:
+            raise LabelsError(f"{path}: the label list is empty")
+        header = [c.strip().lower() for c in next(csv.reader([lines[0]]))]
+        if "index" in header and "name" in header:
+            rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
+            try:
+                indices = [int(row["index"]) for row in rows]
+            except (TypeError, ValueError):
+                raise LabelsError(f"{path}: every row needs an integer index") from None
+            if sorted(indices) != list(range(len(rows))):
+                raise LabelsError(f"{path}: the indices must be 0 to {len(rows) - 1}, each once")
+            rows = [row for _, row in sorted(zip(indices, rows), key=lambda pair: pair[0])]
+            names = [(row.get("name") or "").strip() for row in rows]
+            wnids = tuple((row.get("wnid") or "").strip() for row in rows)
+            descriptions = tuple((row.get("description") or "").strip() for row in rows)
+        else:
+            names, wnids, descriptions = [line.strip() for line in lines], ("",) * len(lines), ()
+        empty = [i for i, name in enumerate(names) if not name]
+        if empty:
+            raise LabelsError(f"{path}: class {empty[0]} has no name")
+        return cls(tuple(names), wnids, descriptions if any(descriptions) else ())
+
+    def digest(self) -> str:
+        """What the names and descriptions are, as a short hash (part of the keys of what they decide)."""
+        return hashlib.sha256(json.dumps([self.names, self.descriptions]).encode()).hexdigest()[:16]

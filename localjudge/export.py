@@ -12,6 +12,7 @@ import numpy as np
 
 from .queries import run_parameters, samples
 from .store import Store, unpack_array
+from .vision import weights_note
 
 FORMATS = ("csv", "json", "jsonl")
 # The columns of an exported sample, in order. Nested values (top-5, ratings, run configurations) are JSON text in
@@ -19,8 +20,8 @@ FORMATS = ("csv", "json", "jsonl")
 COLUMNS = (
     "judgment_id", "quadrant", "threshold", "status", "failure_kind", "score", "evaluation", "justification", "error",
     "path", "image_sha256", "label", "width", "height",
-    "prediction_id", "model", "model_hash", "backend", "predicted_index", "predicted_label", "confidence", "correct",
-    "label_indices", "top5",
+    "prediction_id", "model", "model_hash", "model_weights", "backend", "predicted_index", "predicted_label",
+    "confidence", "correct", "label_indices", "top5",
     "saliency_id", "cam", "target_layer", "target_index",
     "view_id", "alpha", "beta", "image_mode", "judge_backend", "judge_model", "judge_model_hash", "prompt_hash",
     "decoding", "judge_image_size", "input_tokens", "output_tokens", "judged_at",
@@ -49,6 +50,7 @@ def export_rows(store: Store, threshold: int, thresholds: dict[str, int] | None 
         row = {name: sample.get(name) for name in COLUMNS}
         for name in _JSON_TEXT:
             row[name] = json.loads(row[name]) if row[name] else None
+        row["model_weights"] = weights_note(sample["model_hash"])  # "random weights", else empty
         row["predict_run"] = runs.get(sample["predict_run_id"])
         row["judge_run"] = runs.get(sample["judge_run_id"])
         rows.append(row)

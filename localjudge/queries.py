@@ -72,6 +72,7 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
     setting_key) uses it instead of `threshold`."""
     from .analysis.matrix import matrix_intervals
     from .judge import judge_caveat
+    from .vision import weights_note
 
     cards = judge_cards(store)
     result = []
@@ -85,7 +86,8 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
                        **matrix_intervals(correct, scores, used),
                        "threshold_source": "given" if calibrated is None else "calibrated",
                        "judge_verdict": card["verdict"] if card else "not checked",
-                       "judge_caveat": judge_caveat(setting["decoding"])})
+                       "judge_caveat": judge_caveat(setting["decoding"]),
+                       "model_weights": weights_note(setting["model_hash"])})
     return result
 
 

@@ -80,7 +80,8 @@ def test_run_without_a_vlm_is_judged_by_the_recognizer(tmp_path, data_dir):
 def test_the_recognizer_refuses_a_model_with_other_labels(tmp_path, data_dir):
     voc = tmp_path / "voc.db"
     image = data_dir / "seg-photos" / "images"
-    result = invoke("run", image, "--db", voc, "--model", "lraspp_mobilenet_v3_large", expect_ok=False)
+    result = invoke("run", image, "--db", voc, "--model", "lraspp_mobilenet_v3_large", "--random-weights",
+                    expect_ok=False)
     assert result.exit_code != 0 and "recognizer judge reads ImageNet-1k classes" in result.output
 
 

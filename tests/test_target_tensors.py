@@ -42,6 +42,8 @@ def features_and_weights(name: str, batch: torch.Tensor) -> tuple[torch.Tensor, 
     with torch.no_grad():
         if card.framework == "efficientnet-lite-pytorch":  # the package's own: _swish(_bn1(_conv_head(x)))
             return module.extract_features(batch), module._fc.weight.detach()
+        if card.architecture == "densenet121":  # torchvision's DenseNet.forward: F.relu(features(x))
+            return torch.relu(module.features(batch)), module.classifier.weight.detach()
         return torch.nn.Sequential(*list(module.children())[:-2])(batch), module.fc.weight.detach()  # to layer4
 
 
@@ -49,7 +51,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
-@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2", "resnet18"])
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2", "resnet18",
+                                  pytest.param("densenet121", marks=pytest.mark.slow)])  # its export: minutes
 def test_gradient_methods_equal_cam_by_definition_on_a_linear_head(name, data_dir, imagenet_rows):
     card = load_card(name)
     assert card.linear_head

@@ -33,7 +33,7 @@ from ..judge import AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeRequest
 from ..judge.prompts import prompt_hash, prompt_template, render
 from ..saliency.masking import judge_image, soft_mask, upsample
 from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
-from ..vision import ModelCard, backend_of, main_class, model_hash, open_model, resolve_card
+from ..vision import ModelCard, backend_of, main_class, model_hash, open_model, require_weights, resolve_card
 from ..vision.preprocess import model_view, to_tensor
 
 PACKAGES = ("localjudge", "torch", "torchvision", "transformers", "xgrammar", "grad-cam", "numpy", "pillow",
@@ -156,7 +156,8 @@ def open_audit(db_path: str | Path, source: str | Path | None = None, stages: It
             config = config.replace(**overlay)
         if config.judge == AUTO:
             config = config.replace(judge=auto_judge(config))
-        card = resolve_card(config.model, config.card)
+        card = resolve_card(config.model, config.card, config.labels)
+        require_weights(card, config.weights, config.random_weights)
         if "judge" in stages:
             JUDGES[config.judge].check(config, card.label_list().names)
         store = store or Store(db_path)
@@ -179,7 +180,7 @@ class Audit:
         self.stages = set(stages)
         self.show_progress = show_progress
         self.run_id: str | None = None
-        self.card = card or resolve_card(config.model, config.card)
+        self.card = card or resolve_card(config.model, config.card, config.labels)
         self.judge_spec = JUDGES[config.judge]
         self._backend = backend_of(self.card, config.backend)
         self._weights = Path(config.weights) if config.weights else None
@@ -395,6 +396,9 @@ class Audit:
         return geometry
 
     def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
+        if self.config.labels:  # another label list names the same outputs otherwise: another prediction
+            return content_key("prediction", image_sha256, vision_hash, self.preprocessing(),
+                               {"labels": self.card.label_list().digest()})
         return content_key("prediction", image_sha256, vision_hash, self.preprocessing())
 
     def saliency_key(self, prediction: dict) -> str:

@@ -21,6 +21,7 @@ from ..config import DEFAULTS
 from ..queries import card_of, judge_cards, localisation_by_setting, map_failures, sanity_checks
 from ..queries import samples as read_samples
 from ..store import Store, content_key, unpack_array
+from ..vision import weights_note
 from ..vision.preprocess import model_view
 from .thumbnails import THUMBNAIL_KINDS, thumbnail
 
@@ -60,6 +61,12 @@ def _label_text(row: dict, names: dict[str, tuple[str, ...] | None]) -> str:
     if labels and indices:
         return "; ".join(labels[i] for i in indices if 0 <= i < len(labels))
     return row["label"]
+
+
+def shown_model(row: dict) -> str:
+    """A model's name as the page shows it: with "random weights" where its weights were a seeded random network."""
+    note = weights_note(row["model_hash"])
+    return f"{row['model']} ({note})" if note else row["model"]
 
 
 def _label_names(models: set[str]) -> dict[str, tuple[str, ...] | None]:
@@ -168,12 +175,13 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
         list(pool.map(render, by_image))
 
     names = _label_names({row["model"] for row in rows})
+    random = sorted({row["model"] for row in rows if weights_note(row["model_hash"])})
     data_rows = []
     for row in rows:
         reason = image_errors.get(row["image_sha256"])
         data_rows.append([
             row["judgment_id"], row["quadrant"], row["status"], row["score"], row["threshold"], row["evaluation"],
-            row["justification"], row["error"], row["model"], row["cam"], row["judge_model"], row["image_mode"],
+            row["justification"], row["error"], shown_model(row), row["cam"], row["judge_model"], row["image_mode"],
             row["alpha"], row["beta"], setting_name(row), row["predicted_label"], _label_text(row, names), row["confidence"],
             row["correct"], row["path"],
             None if reason else row["original"], None if reason else row["heatmap"], None if reason else row["masked"],
@@ -181,7 +189,8 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
         ])
     meta = {"generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "database": store.path.name, "threshold": threshold, "calibrated": bool(thresholds),
-            "samples": len(data_rows), "images": len(by_image), "thumbnail_side": side}
+            "samples": len(data_rows), "images": len(by_image), "thumbnail_side": side,
+            "random_weights": random}
     cards = judge_cards(store)
     judges = {}
     for row in rows:  # every judge setting in the report, with its card's verdict

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
+from ..data import LabelList
 from .cards import CardError, ModelCard, WeightsError, embedded_weights_path, list_cards, load_card
 
 if TYPE_CHECKING:
@@ -46,8 +47,43 @@ def main_class(scores: np.ndarray, task: str) -> int:
     return int(np.argmax(scores))
 
 
-def resolve_card(model: str, card: str | None = None) -> ModelCard:
-    """--model NAME (a registered card), --model CARD.json, or --model FILE.onnx [--card CARD.json]."""
+def resolve_card(model: str, card: str | None = None, labels: str | None = None) -> ModelCard:
+    """--model NAME (a registered card), --model CARD.json, or --model FILE.onnx [--card CARD.json]; with --labels
+    FILE, that label list instead of the card's (the model then has as many classes as it names)."""
+    found = _resolve_card(model, card)
+    return with_labels(found, labels) if labels else found
+
+
+def with_labels(card: ModelCard, labels: str | Path) -> ModelCard:
+    """The card with another label list (read now, so a bad file is refused before any work)."""
+    path = Path(labels).resolve()
+    LabelList.from_file(path)
+    return dataclasses.replace(card, labels=str(path))
+
+
+def require_weights(card: ModelCard, weights: str | Path | None, random_weights: bool) -> None:
+    """A card whose weights are the user's audits nothing without them: refused unless random weights are asked for
+    by name (tests, benchmarks), so that no run, judgment or matrix describes a random network by accident."""
+    random = card.random_weights or (card.weights == "user" and card.framework != "onnx" and not weights)
+    if random and not random_weights and card.framework == "onnx":
+        raise WeightsError(f"{card.card_path}: this graph was exported from a seeded random network (no weights were "
+                           "given); pass --random-weights to run it anyway (tests and benchmarks only)")
+    if random and not random_weights:
+        raise WeightsError(f"{card.name}: its weights are yours to give: pass --weights FILE (a state dict of your "
+                           "trained model); --random-weights runs a seeded random network instead (for tests and "
+                           "benchmarks: its predictions, maps and judgments mean nothing)")
+
+
+RANDOM_WEIGHTS = "random weights"
+
+
+def weights_note(model_hash: str | None) -> str | None:
+    """"random weights" for a model hash of a seeded random network (see `model_hash`), else None: what every
+    output that shows a model says beside it."""
+    return RANDOM_WEIGHTS if model_hash and "random-init:" in model_hash else None
+
+
+def _resolve_card(model: str, card: str | None) -> ModelCard:
     if model.endswith(".onnx"):
         graph = Path(model)
         if not graph.is_file():
@@ -106,11 +142,12 @@ def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path]
     if card.framework == "onnx":
         from .onnx_backend import onnx_path
 
-        return "sha256:" + hash_file(onnx_path(card))
+        # a graph of random weights is named so in its hash, which is what outputs read (see weights_note)
+        return "sha256:" + hash_file(onnx_path(card)) + (":random-init:exported" if card.random_weights else "")
     path = weights or embedded_weights_path(card)
     if path is None:
         # torchvision architectures are built with a fixed seed when no weights are given.
-        identity = f"random-init:{card.framework}:{card.architecture}:seed0"
+        identity = f"random-init:{card.framework}:{card.architecture}:seed0:{len(card.label_list().names)}-classes"
     elif not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     else:
@@ -130,4 +167,5 @@ def _sha256(path: Path) -> str:
 
 
 __all__ = ["VisionModel", "ModelCard", "CardError", "WeightsError", "list_cards", "load_card", "resolve_card",
-           "open_model", "model_hash", "backend_of", "main_class", "BACKENDS"]
+           "open_model", "model_hash", "backend_of", "main_class", "BACKENDS", "with_labels", "require_weights",
+           "weights_note", "RANDOM_WEIGHTS"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -55,6 +57,9 @@ class ModelCard:
     # An exported graph: the sha256 of the weights it was exported from (what it is, whatever its name: a judge must
     # not grade its own weights, see judge.recognizer.recognizer_for).
     source_weights_sha256: str | None = None
+    # An exported graph of a seeded random network (no weights were given): runs only with --random-weights, and
+    # every output that shows it says so.
+    random_weights: bool = False
     card_path: str = ""
 
     def preprocessing(self) -> dict:
@@ -68,7 +73,17 @@ class ModelCard:
         return f"{self.target_activation}({self.target_layer})" if self.target_activation else self.target_layer
 
     def label_list(self) -> LabelList:
-        return LabelList.from_csv(_resolve(self.card_path, self.labels))
+        path = _resolve(self.card_path, self.labels)
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            stamp = None  # from_file says what is wrong
+        return _label_list(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _label_list(path: str, stamp: int | None) -> LabelList:  # read once per file version (asked per batch)
+    return LabelList.from_file(Path(path))
 
 
 IMAGENET_LABELS = "labels/imagenet-1k.csv"  # relative to cards_dir()
@@ -116,6 +131,25 @@ def load_card(name_or_path: str) -> ModelCard:
         raise CardError(f"{path}: target_activation and activation_module go together (the activation, and the "
                         "module of the architecture that applies it after the target layer)")
     return card
+
+
+def write_user_card(card: ModelCard, out: Path, name: str) -> ModelCard:
+    """`card` as a card of the user's own model at `out`: its label list copied beside it, weights expected with
+    --weights (none embedded)."""
+    out = Path(out)
+    if out.suffix != ".json":
+        raise CardError(f"{out}: a card is a .json file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = _resolve(card.card_path, card.labels)
+    labels = out.with_suffix(".labels" + (source.suffix or ".txt"))
+    if source.resolve() != labels.resolve():
+        shutil.copyfile(source, labels)
+    fields = {k: v for k, v in card.__dict__.items() if k != "card_path"}
+    fields.update(name=name, weights="user", weights_sha256=None, labels=labels.name, mean=list(card.mean),
+                  std=list(card.std), description=f"{name}: the user's own {card.architecture} "
+                                                  f"({len(card.label_list().names)} classes); pass --weights FILE.")
+    out.write_text(json.dumps(fields, indent=2) + "\n")
+    return load_card(str(out))
 
 
 def embedded_weights_path(card: ModelCard) -> Path | None:

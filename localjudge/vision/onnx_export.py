@@ -111,9 +111,12 @@ def trace(card: ModelCard, weights: Path | None, static_batch: int | None = None
             return wrapper(x.detach().requires_grad_(False), cotangent)
 
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(static_batch or 2, 3, card.crop, card.crop, generator=generator)
     with torch.no_grad():
-        output_shape = module(x[:1]).shape[1:]
+        output_shape = module(torch.zeros(1, 3, card.crop, card.crop)).shape[1:]
+    # The symbolic trace gives equal sizes one symbol: a batch the size of the head (a 2-class model traced at batch
+    # 2) would be fixed with it, so the example batch is a size no other dimension has.
+    batch = static_batch or next(b for b in (2, 3, 5, 7, 11) if b not in (*output_shape, card.crop, 3))
+    x = torch.randn(batch, 3, card.crop, card.crop, generator=generator)
     cotangent = torch.randn(x.shape[0], *output_shape, generator=generator)
     handles = _contiguous_outputs(module)
     mode = {"tracing_mode": "real"} if static_batch else {"tracing_mode": "symbolic", "_allow_non_fake_inputs": True}
@@ -160,7 +163,7 @@ def check_against_torch(path: Path, reference, output_shape, card: ModelCard, st
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
-    size = static_batch or 3  # a dynamic graph is checked at another batch size than the trace's
+    size = static_batch or 4  # a dynamic graph is checked at a batch size the trace (2, 3, 5, ...) never has
     x = torch.randn(size, 3, card.crop, card.crop, generator=generator)
     cotangent = torch.randn(size, *output_shape, generator=generator)
     expected = [t.detach().numpy() for t in reference(x, cotangent)]
@@ -186,13 +189,16 @@ def write_card(card: ModelCard, onnx_path: Path, weights: Path | None = None) ->
 
     source = weights or embedded_weights_path(card)
     labels = onnx_path.with_suffix(".labels.csv")
-    shutil.copyfile(Path(card.card_path).parent / card.labels, labels)
+    source_labels = Path(card.card_path).parent / card.labels
+    if source_labels.resolve() != labels.resolve():  # a card of one's own beside its graph already has it there
+        shutil.copyfile(source_labels, labels)
     fields = {k: v for k, v in card.__dict__.items() if k != "card_path"}
     fields.update({
         "framework": "onnx", "weights": "onnx", "onnx_file": onnx_path.name, "onnx_names": dict(ONNX_NAMES),
         "mean": list(card.mean), "std": list(card.std), "labels": labels.name,
         "description": f"{card.name} exported to ONNX by localjudge. {card.description}",
         "source_weights_sha256": sha256_file(Path(source)) if source else card.source_weights_sha256,
+        "random_weights": card.random_weights or (source is None and card.framework != "onnx"),
     })
     card_path = onnx_path.with_suffix(".json")
     card_path.write_text(json.dumps(fields, indent=2) + "\n")

@@ -17,10 +17,13 @@ class RandomWeightsWarning(UserWarning):
 
 
 def build_module(card: ModelCard, weights: Path | None) -> torch.nn.Module:
+    """The card's architecture with as many outputs as its label list names, and its weights (the given file, the
+    embedded ones, else seeded random ones, which the caller has been asked for: vision.require_weights)."""
+    classes = len(card.label_list().names)
     if card.framework == "efficientnet-lite-pytorch":
         from efficientnet_lite_pytorch import EfficientNet
 
-        module = EfficientNet.from_name(card.architecture)
+        module = EfficientNet.from_name(card.architecture, num_classes=classes)
     elif card.framework == "torchvision":
         import torchvision
 
@@ -28,12 +31,13 @@ def build_module(card: ModelCard, weights: Path | None) -> torch.nn.Module:
         with torch.random.fork_rng():
             torch.manual_seed(0)
             extra = {"weights_backbone": None, "aux_loss": False} if card.task == "segmentation" else {}
-            module = torchvision.models.get_model(card.architecture, weights=None, **extra)
+            module = torchvision.models.get_model(card.architecture, weights=None, num_classes=classes, **extra)
+        module = ARCHITECTURE_WRAPPERS.get(card.architecture, lambda m: m)(module)
     else:
         raise WeightsError(f"{card.card_path}: unknown framework {card.framework!r}")
     weights = weights or embedded_weights_path(card)
     if weights is not None:
-        load_state_dict(module, weights)
+        load_state_dict(module, weights, f"{card.architecture} with {classes} classes ({card.labels})")
     else:
         warnings.warn(f"{card.name}: no --weights given, so its weights are random (seeded); its predictions and "
                       "maps mean nothing. Pass --weights FILE for an audit.", RandomWeightsWarning, stacklevel=2)
@@ -42,7 +46,30 @@ def build_module(card: ModelCard, weights: Path | None) -> torch.nn.Module:
     return module.eval()
 
 
-def load_state_dict(module: torch.nn.Module, weights: Path) -> None:
+class DenseNetWithReLU(torch.nn.Module):
+    """torchvision's DenseNet with the ReLU after its last BatchNorm (`features.norm5`) as a module of its own
+    (`relu`), where torchvision applies it as a function in `forward`: the same computation and the same state dict
+    keys, and a module the card can name as the one that applies the target tensor's activation (see
+    `prepare_target`), so the target is the post-ReLU map the classifier pools (CheXNet's)."""
+
+    def __init__(self, densenet: torch.nn.Module):
+        super().__init__()
+        self.features = densenet.features
+        self.relu = torch.nn.ReLU()
+        self.classifier = densenet.classifier
+
+    def forward(self, x):
+        out = self.relu(self.features(x))
+        out = torch.nn.functional.adaptive_avg_pool2d(out, (1, 1))
+        return self.classifier(torch.flatten(out, 1))
+
+
+# Architectures rebuilt around torchvision's module so their target tensor is some module's output.
+ARCHITECTURE_WRAPPERS = {name: DenseNetWithReLU for name in ("densenet121", "densenet161", "densenet169",
+                                                               "densenet201")}
+
+
+def load_state_dict(module: torch.nn.Module, weights: Path, expected: str = "this architecture") -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -56,13 +83,44 @@ def load_state_dict(module: torch.nn.Module, weights: Path) -> None:
         raise WeightsError(f"{weights}: not a loadable state dict ({error})") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if isinstance(state, dict):
-        # Segmentation checkpoints carry an auxiliary head used only in training.
-        state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise WeightsError(f"{weights}: does not fit this architecture ({str(error).splitlines()[0]})") from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{weights}: not a state dict (a mapping of parameter names to tensors)")
+    # Segmentation checkpoints carry an auxiliary head used only in training; DataParallel saves add "module.".
+    state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    mismatch = state_mismatch(module.state_dict(), state)
+    if mismatch:
+        raise WeightsError(f"{weights}: does not fit {expected}: {mismatch}")
+    module.load_state_dict(state, strict=True)
+
+
+def state_mismatch(expected: dict, given: dict, shown: int = 5) -> str:
+    """What keeps a state dict from loading into a module, in words: the keys missing from the file, the keys the
+    module does not have, and the tensors whose shapes differ (with a hint where only the classifier's differ);
+    "" when it fits."""
+    def listed(keys: list[str]) -> str:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [k for k in expected if k in given and tuple(expected[k].shape) != tuple(given[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} keys missing from the file ({listed(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({listed(unexpected)})")
+    if shapes:
+        parts.append("shapes differ: " + "; ".join(f"{k}: file {list(given[k].shape)}, model "
+                                                  f"{list(expected[k].shape)}" for k in shapes[:shown])
+                     + (f" and {len(shapes) - shown} more" if len(shapes) > shown else ""))
+        if not missing and not unexpected and all(given[k].ndim >= 1 for k in shapes):
+            heads = {given[k].shape[0] for k in shapes}
+            if len(heads) == 1:
+                parts.append(f"the file's head has {heads.pop()} outputs: pass --labels FILE naming that many "
+                             "classes (one per line, or CSV index,name[,description])")
+    return "; ".join(parts)
 
 
 def find_layer(module: torch.nn.Module, dotted: str) -> torch.nn.Module:

@@ -270,6 +270,12 @@
   if (judges.some(function (j) { return j.verdict !== "usable"; })) byId("judges").setAttribute("class", "flagged");
 
   const meta = DATA.meta;
+  // A model run on random weights (--random-weights) describes nothing: said above everything else.
+  if ((meta.random_weights || []).length) {
+    byId("weights").textContent = "Random weights: " + meta.random_weights.join(", ") + " ran on a seeded random " +
+      "network (--random-weights); its predictions, maps and judgments describe nothing.";
+    byId("weights").setAttribute("class", "flagged");
+  }
   byId("meta").textContent = meta.samples + " judgments of " + meta.images + " images from " + meta.database +
     ", built " + meta.generated_at + "; a score at or above " + meta.threshold + " is high" +
     (meta.calibrated ? " (calibrated thresholds where people rated)" : "") + ". The matrix, the histogram and " +

@@ -1,0 +1,81 @@
+"""A hospital's own model, made here from real data: a dog / not-dog classifier, EfficientNet-Lite0's real features
+with a logistic-regression head fitted on imagenet-sample photos, saved as a 2-output state dict with its label
+list. Test support only (scripts/own_model_audit.py makes the same model for the measured numbers)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+DOG_CLASSES = range(151, 269)  # ImageNet-1k's dog breeds
+LABELS_CSV = "index,name,description\n0,not dog,anything that is not a dog\n1,dog,a domestic dog of any breed\n"
+
+
+def imagenet_rows(data_dir: Path) -> list[dict]:
+    with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def is_dog(row: dict) -> bool:
+    return int(row["imagenet_index"]) in DOG_CLASSES
+
+
+def pooled_features(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Lite0's input to its classifier: the global average of its last feature map (the package's own code)."""
+    with torch.no_grad():
+        return module.extract_features(batch).mean(dim=(2, 3))
+
+
+def fit_logistic(features: torch.Tensor, targets: torch.Tensor, l2: float = 1e-3) -> tuple[torch.Tensor, float]:
+    """Binary logistic regression with an L2 penalty, by L-BFGS: weights and bias of log P(dog) / P(not dog)."""
+    mean, scale = features.mean(dim=0), features.std(dim=0) + 1e-6
+    x = (features - mean) / scale
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    optimiser = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def loss():
+        optimiser.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, targets.float()) + l2 * (w * w).sum()
+        value.backward()
+        return value
+
+    optimiser.step(loss)
+    # back to the raw features the classifier sees: (x - mean) / scale . w + b
+    return (w / scale).detach(), float(b.detach() - (mean / scale * w).sum().detach())
+
+
+def make_dog_model(data_dir: Path, out: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """Fit the head on `rows` (imagenet-sample rows) and write the state dict and the labels file into `out`."""
+    from localjudge.data import load_rgb
+    from localjudge.vision import load_card
+    from localjudge.vision.preprocess import to_tensor
+    from localjudge.vision.torch_backend import build_module
+
+    card = load_card("efficientnet-lite0")
+    module = build_module(card, None)
+    features = torch.cat([pooled_features(module, to_tensor([load_rgb(data_dir / "imagenet-sample" / r["file"])
+                                                             for r in rows[start:start + 50]], card))
+                          for start in range(0, len(rows), 50)])
+    targets = torch.tensor([is_dog(r) for r in rows])
+    w, b = fit_logistic(features, targets)
+    state = module.state_dict()
+    # softmax over (0, w.x + b) is the fitted sigmoid: P(dog) = sigma(w.x + b)
+    state["_fc.weight"] = torch.stack([torch.zeros_like(w), w])
+    state["_fc.bias"] = torch.tensor([0.0, b])
+    out.mkdir(parents=True, exist_ok=True)
+    weights, labels = out / "dogs.pt", out / "dogs.csv"
+    torch.save(state, weights)
+    labels.write_text(LABELS_CSV)
+    return weights, labels
+
+
+def dog_manifest(data_dir: Path, rows: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label"])
+        writer.writeheader()
+        writer.writerows({"path": str(data_dir / "imagenet-sample" / r["file"]),
+                          "label": "dog" if is_dog(r) else "not dog"} for r in rows)
+    return path

@@ -1,0 +1,197 @@
+"""The hospital's own model: any number of classes from the user's labels, weights that do not fit named key by key,
+random weights refused unless asked for (and then said everywhere), a card written from the command line, DenseNet121
+at its post-ReLU target on both backends, and a real trained 2-class model audited end to end."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from localjudge.data import LabelList, LabelsError
+from localjudge.store import unpack_array
+from localjudge.vision import load_card, open_model, with_labels
+from localjudge.vision.preprocess import to_tensor
+
+from .conftest import invoke, invoke_json, write_manifest
+from .own_models import dog_manifest, imagenet_rows, is_dog, make_dog_model
+from .test_report import open_report
+
+
+def test_label_lists_one_per_line_or_csv_with_descriptions(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("Atelectasis\nCardiomegaly\n\n")
+    found = LabelList.from_file(plain)
+    assert found.names == ("Atelectasis", "Cardiomegaly") and found.description(1) == ""
+    table = tmp_path / "table.csv"
+    table.write_text("index,name,description\n1,Cardiomegaly,an enlarged cardiac silhouette\n0,Atelectasis,\n")
+    found = LabelList.from_file(table)
+    assert found.names == ("Atelectasis", "Cardiomegaly")  # in index order, not file order
+    assert found.description(1) == "an enlarged cardiac silhouette" and found.description(0) == ""
+    assert found.digest() != LabelList.from_file(plain).digest()  # a description is part of what the list is
+    gap = tmp_path / "gap.csv"
+    gap.write_text("index,name\n0,a\n2,b\n")
+    with pytest.raises(LabelsError, match=r"gap\.csv: the indices must be 0 to 1"):
+        LabelList.from_file(gap)
+    hole = tmp_path / "hole.txt"
+    hole.write_text("a\n\nb\n")
+    with pytest.raises(LabelsError, match=r"hole\.txt: class 1 has no name"):
+        LabelList.from_file(hole)
+
+
+@pytest.fixture(scope="module")
+def three_photos(tmp_path_factory, data_dir):
+    rows = imagenet_rows(data_dir)
+    picked = [r for r in rows if is_dog(r)][:2] + [r for r in rows if not is_dog(r)][:1]
+    return dog_manifest(data_dir, picked, tmp_path_factory.mktemp("three") / "three.csv")
+
+
+@pytest.fixture(scope="module")
+def two_class_resnet(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resnet2")
+    module = torchvision.models.resnet18(weights=None, num_classes=2)
+    torch.save(module.state_dict(), folder / "two.pt")
+    (folder / "two.txt").write_text("not dog\ndog\n")
+    (folder / "three.txt").write_text("a\nb\nc\n")
+    return folder
+
+
+def test_weights_that_do_not_fit_name_the_keys_and_shapes(tmp_path, three_photos, two_class_resnet):
+    weights = two_class_resnet / "two.pt"
+    result = invoke("predict", three_photos, "--db", tmp_path / "a.db", "--model", "resnet18", "--weights", weights,
+                    expect_ok=False)
+    assert result.exit_code == 1
+    assert "fc.weight: file [2, 512], model [1000, 512]" in result.output and "fc.bias: file [2], model [1000]" in \
+        result.output
+    assert "head has 2 outputs: pass --labels FILE" in result.output
+    wrong = invoke("predict", three_photos, "--db", tmp_path / "a.db", "--model", "resnet18", "--weights", weights,
+                   "--labels", two_class_resnet / "three.txt", expect_ok=False)
+    assert "resnet18 with 3 classes" in wrong.output and "model [3, 512]" in wrong.output
+    other = tmp_path / "other.pt"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), other)
+    missing = invoke("predict", three_photos, "--db", tmp_path / "a.db", "--model", "resnet18", "--weights", other,
+                     expect_ok=False)
+    assert "unexpected keys (layer1.2.conv1.weight" in missing.output
+    # the labels that fit: 2 classes, named from the file, stored by name
+    fits = invoke_json("predict", three_photos, "--db", tmp_path / "a.db", "--model", "resnet18", "--weights",
+                       weights, "--labels", two_class_resnet / "two.txt")
+    assert fits["predict"]["computed"] == 3
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        labels = {row[0] for row in conn.execute("select predicted_label from predictions")}
+        probs = [unpack_array(row[0], (-1,), np.float32) for row in conn.execute("select probs from predictions")]
+    assert labels <= {"dog", "not dog"} and all(p.shape == (2,) for p in probs)
+
+
+def test_a_card_for_your_own_model_from_the_command_line(tmp_path, three_photos, two_class_resnet):
+    out = tmp_path / "cards" / "mine.json"
+    written = invoke("models", "card", "resnet18", "--labels", two_class_resnet / "two.txt", "--weights",
+                     two_class_resnet / "two.pt", "--out", out)
+    assert "2 classes, checked against" in written.output
+    card = load_card(str(out))
+    assert (card.name, card.architecture, card.weights, card.target_layer) == ("mine", "resnet18", "user", "layer4")
+    assert card.label_list().names == ("not dog", "dog") and (tmp_path / "cards" / card.labels).is_file()
+    refused = invoke("models", "card", "resnet18", "--labels", two_class_resnet / "three.txt", "--weights",
+                     two_class_resnet / "two.pt", "--out", tmp_path / "bad.json", expect_ok=False)
+    assert refused.exit_code == 1 and "head has 2 outputs" in refused.output
+    assert invoke_json("predict", three_photos, "--db", tmp_path / "m.db", "--model", out, "--weights",
+                       two_class_resnet / "two.pt")["predict"]["computed"] == 3
+
+
+def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tmp_path, three_photos, tiny_vlms,
+                                                                             browser):
+    db = tmp_path / "r.db"
+    refused = invoke("run", three_photos, "--db", db, "--model", "resnet18", expect_ok=False)
+    assert refused.exit_code == 1 and "--random-weights" in refused.output and "--weights FILE" in refused.output
+    assert not db.exists() or sqlite3.connect(db).execute("select count(*) from predictions").fetchone()[0] == 0
+    labels = tmp_path / "dogs.txt"
+    labels.write_text("not dog\ndog\n")
+    run = ["--model", "resnet18", "--random-weights", "--labels", labels]
+    invoke_json("run", three_photos, "--db", db, *run, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")
+    with sqlite3.connect(db) as conn:
+        config = json.loads(conn.execute("select config from runs where command = 'run'").fetchone()[0])
+    assert config["random_weights"] is True and config["labels"] == str(labels)
+    found = invoke_json("matrix", "--db", db)["matrices"]
+    assert found and all(m["model_weights"] == "random weights" for m in found)
+    text = invoke("matrix", "--db", db).output
+    assert "resnet18 (random weights)" in text and "describes a seeded random network" in text
+    exported = json.loads(invoke("export", "--db", db, "--format", "json").stdout)
+    assert exported and {row["model_weights"] for row in exported} == {"random weights"}
+    invoke("report", "--db", db, "--out", tmp_path / "report")
+    page, _ = open_report(browser, tmp_path / "report")
+    assert "Random weights: resnet18" in page.inner_text("#weights")
+    page.close()
+    # a trained model's outputs say nothing of the kind
+    lite = tmp_path / "lite.db"
+    invoke_json("run", three_photos, "--db", lite, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")
+    assert all(m["model_weights"] is None for m in invoke_json("matrix", "--db", lite)["matrices"])
+    assert "random" not in invoke("matrix", "--db", lite).output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("classes", [2, 14])
+def test_densenet121_on_both_backends_at_its_post_relu_target(tmp_path, data_dir, classes):
+    """CheXNet's architecture with the user's head: the target is relu(features.norm5), the map its classifier
+    pools; torch and the ONNX export agree on it."""
+    from localjudge.data import load_rgb
+    from localjudge.saliency.engine import CamEngine
+
+    weights, labels = tmp_path / "dn.pt", tmp_path / "findings.txt"
+    torch.save(torchvision.models.densenet121(weights=None, num_classes=classes).state_dict(), weights)
+    labels.write_text("".join(f"finding {i}\n" for i in range(classes)))
+    card = with_labels(load_card("densenet121"), labels)
+    assert card.target_tensor == "relu(features.norm5)"
+    rows = imagenet_rows(data_dir)[::100][:4]
+    batch = to_tensor([load_rgb(data_dir / "imagenet-sample" / r["file"]) for r in rows], card)
+    reference = torchvision.models.densenet121(weights=None, num_classes=classes)
+    reference.load_state_dict(torch.load(weights, weights_only=True))
+    on_torch = open_model(card, weights, "cpu", "torch")
+    with torch.no_grad():
+        assert torch.allclose(on_torch.forward_outputs(batch), reference.eval()(batch), atol=1e-5)
+    _, activations, _ = on_torch.activations_and_gradients(batch, None)
+    assert activations.min() >= 0 and (activations == 0).any()  # post-ReLU
+    on_onnx = open_model(card, weights, "cpu", "onnx")
+    targets = [i % classes for i in range(len(rows))]
+    for method in ("gradcam", "gradcam++"):
+        with CamEngine(method, on_torch) as engine:
+            expected = engine.compute(batch, targets)
+        with CamEngine(method, on_onnx) as engine:
+            got = engine.compute(batch, targets)
+        worst = min(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(expected, got))
+        assert worst >= 0.99, f"{method}: worst Pearson {worst:.4f}"
+
+
+@pytest.mark.slow
+def test_a_trained_two_class_model_is_audited_end_to_end_on_both_backends(tmp_path, data_dir, tiny_vlms):
+    """A real model: Lite0's real features with a logistic-regression head fitted here (dog / not dog) on the even
+    rows of imagenet-sample; audited on held-out odd rows, as a user would: a card from the command line, a run on
+    torch, an export and a run on ONNX Runtime."""
+    rows = imagenet_rows(data_dir)
+    weights, labels = make_dog_model(data_dir, tmp_path / "model", rows[0:400:2])
+    held_out = [r for r in rows[1::2] if is_dog(r)][:4] + [r for r in rows[1::2] if not is_dog(r)][:4]
+    manifest = dog_manifest(data_dir, held_out, tmp_path / "held-out.csv")
+    card = tmp_path / "dogs.json"
+    invoke("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--out", card)
+    judge = ["--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256"]
+    on_torch = invoke_json("run", manifest, "--db", tmp_path / "torch.db", "--model", card, "--weights", weights,
+                           *judge)
+    assert on_torch["predict"]["computed"] == 8 and on_torch["explain"]["computed"] == 8
+    summary = invoke_json("summary", "--db", tmp_path / "torch.db")
+    accuracy = summary["models"][0]["top1_accuracy"]
+    assert accuracy >= 0.75, f"the fitted head is a real classifier: held-out accuracy {accuracy}"
+    found = invoke_json("matrix", "--db", tmp_path / "torch.db")["matrices"]
+    assert len(found) == 1 and found[0]["model_weights"] is None
+    assert sum(found[0]["counts"].values()) + sum(found[0]["unlabelled"].values()) == found[0]["judgments"]
+    graph = tmp_path / "dogs.onnx"
+    invoke("models", "export", card, "--weights", weights, "--out", graph)
+    assert load_card(str(graph.with_suffix(".json"))).label_list().names == ("not dog", "dog")
+    on_onnx = invoke_json("run", manifest, "--db", tmp_path / "onnx.db", "--model", graph, *judge)
+    assert on_onnx["predict"]["computed"] == 8
+    with sqlite3.connect(tmp_path / "torch.db") as a, sqlite3.connect(tmp_path / "onnx.db") as b:
+        torch_labels = dict(a.execute("select image_sha256, predicted_label from predictions"))
+        onnx_labels = dict(b.execute("select image_sha256, predicted_label from predictions"))
+    assert torch_labels == onnx_labels  # the same classifier on both engines
+    assert set(torch_labels.values()) <= {"dog", "not dog"}
