@@ -138,6 +138,9 @@ setting_options = options(
     click.option("--prompt-style", type=click.Choice(PROMPT_STYLES), default=DEFAULTS.prompt_style,
                  show_default=True, help="The judge's prompt: the original, a concise one, or an extended one "
                                          "(step by step); same rubric and answer format."),
+    click.option("--image-kind", metavar="TEXT",
+                 help="What the judge is told each image is (e.g. \"chest radiograph\"); default: from the file "
+                      "(a DICOM file's modality and body part), else \"photo\"."),
 )
 judge_backend_options = options(
     click.option("--vlm", type=click.Path(exists=True, file_okay=False),

@@ -34,6 +34,9 @@ class RunConfig:
     beta: float = 0.6
     image_mode: str = "masked"  # masked | heatmap
     prompt_style: str = "original"  # original | concise | extended (the paper's Table 3)
+    # what the judge is told each image is: None reads it from the image (a DICOM file's modality and body part,
+    # else "photo"); a text names it for every image of the run ("chest radiograph", "skin photograph")
+    image_kind: str | None = None
     # judge stage
     judge: str = "auto"  # auto: transformers with --vlm DIR, else the recognizer
     # What the recognizer judge classifies: the masked image (black), the masked image on the normalisation mean

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .dicom import DICOM_SUFFIXES, DicomError, load_dicom, looks_like_dicom
+from .dicom import DICOM_SUFFIXES, DicomError, load_dicom, load_dicom_with_kind, looks_like_dicom
 from .errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES}
@@ -47,6 +47,8 @@ class ReadImage:
     format: str
     # The pixels the model sees (RGB, EXIF orientation applied), kept so a run reads and decodes each file once.
     picture: Image.Image | None = field(default=None, repr=False, compare=False)
+    # What kind of image the judge is told it sees, where the file says (DICOM: "chest radiograph (CR)")
+    kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,10 @@ def read_image(path: Path, window: tuple[float, float] | None = None) -> ReadIma
         return ReadFailure(path, 0, None, "empty file (0 bytes)")
     if looks_like_dicom(data, path.suffix):
         try:
-            identity, picture = load_dicom(data, window)
+            identity, picture, kind = load_dicom_with_kind(data, window)
         except DicomError as error:
             return ReadFailure(path, size, hashlib.sha256(data).hexdigest(), str(error))
-        return ReadImage(path, identity, size, picture.width, picture.height, picture.mode, "DICOM", picture)
+        return ReadImage(path, identity, size, picture.width, picture.height, picture.mode, "DICOM", picture, kind)
     digest = hashlib.sha256(data).hexdigest()
     try:
         decoded = decode(data)
@@ -314,6 +316,7 @@ class LabelList:
             raise LabelsError(f"{path}: class {empty[0]} has no name")
         return cls(tuple(names), wnids, descriptions if any(descriptions) else ())
 
-    def digest(self) -> str:
-        """What the names and descriptions are, as a short hash (part of the keys of what they decide)."""
-        return hashlib.sha256(json.dumps([self.names, self.descriptions]).encode()).hexdigest()[:16]
+    def names_digest(self) -> str:
+        """The class names in order, as a short hash: what decides a prediction's labels and correctness (the
+        descriptions decide only the judge's prompt, which is hashed with them)."""
+        return hashlib.sha256(json.dumps(self.names).encode()).hexdigest()[:16]

@@ -8,7 +8,10 @@ and nothing of the file's header but the pixel geometry leaves this module.
   scaled as floats to 0..255 only at the end, greyscale copied to the three channels the models read.
 - Compressed transfer syntaxes decode through pydicom's pixel-data plugins where they are installed; where none is,
   the error names the transfer syntax and the packages that would decode it.
-- Multi-frame files are refused: which frame an audit should read is a clinical choice, not ours."""
+- Multi-frame files are refused: which frame an audit should read is a clinical choice, not ours.
+- What kind of image it is (`image_kind`: "chest radiograph (CR)"), from the modality code and the body part
+  examined, each accepted only in a plain form (a code of capitals, a few words of letters), so the judge is told
+  what it looks at; no other header value leaves."""
 
 from __future__ import annotations
 
@@ -140,12 +143,41 @@ def to_picture(dataset, window: tuple[float, float] | None = None) -> Image.Imag
     return Image.fromarray(grey, "L").convert("RGB")
 
 
+# DICOM modality codes (PS3.3 C.7.3.1.1.1) as the judge is told them; another code is "image (CODE)".
+MODALITY_WORDS = {"CR": "radiograph", "DX": "radiograph", "RG": "radiograph", "MG": "mammogram",
+                  "CT": "CT image", "MR": "MR image", "US": "ultrasound image", "XA": "angiogram",
+                  "RF": "fluoroscopy image", "PT": "PET image", "NM": "nuclear medicine image", "OT": "image",
+                  "SM": "slide microscopy image", "XC": "photograph", "ES": "endoscopy image",
+                  "OP": "fundus photograph"}
+
+
+def image_kind(dataset) -> str | None:
+    """What the image is, in words: the body part examined (if a few plain words) and the modality's word, with its
+    code: "chest radiograph (CR)"; None without a plain modality code."""
+    import re
+
+    code = str(dataset.get("Modality", "") or "").strip().upper()
+    if not re.fullmatch(r"[A-Z]{2,4}", code):
+        return None
+    part = str(dataset.get("BodyPartExamined", "") or "").strip().lower()
+    part = part if re.fullmatch(r"[a-z]+( [a-z]+){0,2}", part) and len(part) <= 24 else ""
+    word = MODALITY_WORDS.get(code, "image")
+    return f"{part + ' ' if part else ''}{word} ({code})"
+
+
 def load_dicom(data: bytes, window: tuple[float, float] | None = None) -> tuple[str, Image.Image]:
     """(pixel-data sha256, RGB picture) of a DICOM file's bytes."""
+    identity, picture, _ = load_dicom_with_kind(data, window)
+    return identity, picture
+
+
+def load_dicom_with_kind(data: bytes, window: tuple[float, float] | None = None
+                         ) -> tuple[str, Image.Image, str | None]:
+    """(pixel-data sha256, RGB picture, image kind) of a DICOM file's bytes."""
     dataset = read_dataset(data)
     identity = pixel_identity(dataset)
     try:
-        return identity, to_picture(dataset, window)
+        return identity, to_picture(dataset, window), image_kind(dataset)
     except DicomError:
         raise
     except Exception as error:  # an empty or malformed rendering attribute; the message may quote header values

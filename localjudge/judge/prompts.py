@@ -1,13 +1,18 @@
 """What the judge is asked. Our own wording around the paper's 0-5 rubric (its appendix A.2), one text per image
-mode. A prompt is stored by the hash of its template, so a changed prompt is a new judgment, never a silent edit."""
+mode. A prompt is stored by the hash of its template, so a changed prompt is a new judgment, never a silent edit.
+
+A template names the CAM method in use ("a Grad-CAM++ saliency map"), and where the label list describes its classes
+it carries those descriptions (hashed and stored with it). The kind of image ("a photo", "a chest radiograph (CR)")
+is a field filled for each image: the judgment records it."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 
-MASKED_PROMPT = """You are auditing an image classifier. It predicted the class "{label}" for a photo.
-You see that photo with everything the classifier did not attend to blacked out: only the regions it relied on
-(by a Grad-CAM saliency map) remain visible.
+MASKED_PROMPT = """You are auditing an image classifier. It predicted the class "{label}" for {a_kind}.
+You see that {kind} with everything the classifier did not attend to blacked out: only the regions it relied on
+(by <A_METHOD> saliency map) remain visible.
 
 Judge whether the visible regions show a "{label}" and how well they cover it:
 - Focus: is the visible region on the object, or scattered over other areas?
@@ -27,8 +32,8 @@ Score the attention from 0 to 5:
 Answer as JSON with three keys: "evaluation" (4-6 sentences on where the attention is and whether it
 matches the object), "justification" (one or two sentences explaining the score) and "score" (an integer 0-5)."""
 
-HEATMAP_PROMPT = """You are auditing an image classifier. It predicted the class "{label}" for a photo.
-You see the photo with a Grad-CAM heatmap drawn over it: warm colours (red, orange, yellow) mark where the
+HEATMAP_PROMPT = """You are auditing an image classifier. It predicted the class "{label}" for {a_kind}.
+You see the {kind} with <A_METHOD> heatmap drawn over it: warm colours (red, orange, yellow) mark where the
 classifier looked most, cool colours (blue, purple) where it paid little or no attention.
 
 Judge whether the warm regions lie on a "{label}" and how well they cover it:
@@ -54,8 +59,8 @@ PROMPTS = {"masked": MASKED_PROMPT, "heatmap": HEATMAP_PROMPT}
 # The paper's Table 3 compares prompt styles. "concise" keeps only the task and the rubric; "extended" adds a
 # step-by-step procedure before the rubric. Both keep the same 0-5 scale and the same answer format, so their scores
 # are comparable with the original's.
-_VIEW = {"masked": "the photo with everything the classifier did not attend to blacked out",
-         "heatmap": "the photo with a Grad-CAM heatmap over it (warm colours: where the classifier looked)"}
+_VIEW = {"masked": "the {kind} with everything the classifier did not attend to blacked out",
+         "heatmap": "the {kind} with <A_METHOD> heatmap over it (warm colours: where the classifier looked)"}
 _ANSWER = ('Answer as JSON with three keys: "evaluation" (4-6 sentences on where the attention is and whether it\n'
            'matches the object), "justification" (one or two sentences explaining the score) and "score" (an integer '
            '0-5).')
@@ -86,21 +91,60 @@ def _extended(mode: str) -> str:
 PROMPT_STYLES = ("original", "concise", "extended")
 
 
-def prompt_template(image_mode: str, style: str = "original") -> str:
+PHOTO = "photo"  # the image kind unless the file says (DICOM) or the run names one (--image-kind)
+
+
+def with_article(words: str) -> str:
+    """ "a photo", "an MR image", "an XGrad-CAM": the article by the sound of the first letter (an initialism
+    spoken letter by letter: "an MR")."""
+    first = words[:1]
+    spelled = len(words) > 1 and first in "FHLMNRSX" and (words[1].isupper() or words[1] == "-")
+    return ("an " if first.lower() in "aeiou" or spelled else "a ") + words
+
+
+def prompt_template(image_mode: str, style: str = "original", method: str = "Grad-CAM",
+                    described: bool = False) -> str:
+    """The template of one image mode and style, naming the CAM method (its title, e.g. "Grad-CAM++"); fields:
+    {label}, {kind} and {a_kind} (the image kind), and with `described` (the labels describe their classes)
+    {description}, a line after the first that says what the class looks like."""
     if image_mode not in PROMPTS:
         raise ValueError(f"unknown image mode {image_mode!r}; use one of {', '.join(PROMPTS)}")
     if style == "original":
-        return PROMPTS[image_mode]
-    if style == "concise":
-        return _concise(image_mode)
-    if style == "extended":
-        return _extended(image_mode)
-    raise ValueError(f"unknown prompt style {style!r}; use one of {', '.join(PROMPT_STYLES)}")
+        template = PROMPTS[image_mode]
+    elif style == "concise":
+        template = _concise(image_mode)
+    elif style == "extended":
+        template = _extended(image_mode)
+    else:
+        raise ValueError(f"unknown prompt style {style!r}; use one of {', '.join(PROMPT_STYLES)}")
+    template = template.replace("<A_METHOD>", with_article(method))
+    if described:
+        line_end = template.index("\n")
+        template = template[:line_end] + "{description}" + template[line_end:]
+    return template
 
 
-def prompt_hash(template: str) -> str:
-    return hashlib.sha256(template.encode()).hexdigest()[:16]
+def fill_kind(template: str, kind: str) -> str:
+    """The template with its image kind given once for every image (--image-kind)."""
+    escaped = kind.replace("{", "{{").replace("}", "}}")
+    return template.replace("{a_kind}", with_article(escaped)).replace("{kind}", escaped)
 
 
-def render(template: str, label: str) -> str:
-    return template.format(label=label.replace("_", " "))
+def prompt_text(template: str, descriptions: dict[str, str] | None = None) -> str:
+    """What a prompt is stored and hashed as: its template, and the class descriptions it fills in, if any."""
+    if not descriptions:
+        return template
+    return template + DESCRIPTIONS_HEADER + json.dumps(descriptions, sort_keys=True, ensure_ascii=False)
+
+
+DESCRIPTIONS_HEADER = "\n\n[class descriptions] "
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def render(template: str, label: str, kind: str = PHOTO, description: str = "") -> str:
+    shown = label.replace("_", " ")
+    line = f'\n"{shown}" means: {description.rstrip(".")}.' if description else ""
+    return template.format(label=shown, kind=kind, a_kind=with_article(kind), description=line)

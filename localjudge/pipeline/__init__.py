@@ -30,7 +30,7 @@ from ..data import (IMAGE_SUFFIXES, ChangedImage, IngestError, InputItem, ReadFa
                     load_verified, read_image, redacted_path, resolve_label)
 from ..errors import OptionError
 from ..judge import AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeRequest, JudgeStopped, auto_judge, parse_answer
-from ..judge.prompts import prompt_hash, prompt_template, render
+from ..judge.prompts import PHOTO, fill_kind, prompt_hash, prompt_template, prompt_text, render
 from ..saliency.masking import judge_image, soft_mask, upsample
 from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
 from ..vision import ModelCard, backend_of, main_class, model_hash, open_model, require_weights, resolve_card
@@ -318,8 +318,8 @@ class Audit:
             self._files[result.sha256] = str(item.path)
             images.append({"sha256": result.sha256, "path": shown, "size_bytes": result.size_bytes,
                            "width": result.width, "height": result.height, "mode": result.mode,
-                           "format": result.format, "label": item.label, "run_id": self.run_id,
-                           "created_at": now()})
+                           "format": result.format, "kind": result.kind, "label": item.label,
+                           "run_id": self.run_id, "created_at": now()})
             if keep_pictures:
                 pictures[result.sha256] = result.picture
             if len(images) == self.config.batch_size:
@@ -398,7 +398,7 @@ class Audit:
     def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
         if self.config.labels:  # another label list names the same outputs otherwise: another prediction
             return content_key("prediction", image_sha256, vision_hash, self.preprocessing(),
-                               {"labels": self.card.label_list().digest()})
+                               {"labels": self.card.label_list().names_digest()})
         return content_key("prediction", image_sha256, vision_hash, self.preprocessing())
 
     def saliency_key(self, prediction: dict) -> str:
@@ -802,12 +802,35 @@ class Audit:
     def judgment_key_parts(self) -> tuple[str, str, dict]:
         """The prompt template, its hash and the decoding parameters: what every judgment of this audit shares."""
         if self._judgment_key_parts is None:
-            config = self.config
-            template = prompt_template(config.image_mode, config.prompt_style)
-            self._judgment_key_parts = (template, prompt_hash(template), self.judge_spec.decoding(config))
+            template, text = self.prompt()
+            self._judgment_key_parts = (template, prompt_hash(text), self.judge_spec.decoding(self.config))
         return self._judgment_key_parts
 
+    def prompt(self, image_mode: str | None = None, style: str | None = None) -> tuple[str, str]:
+        """The prompt template of this audit (its image mode and style, unless others are given, naming its CAM
+        method, with a line for the class descriptions where the labels have any) and its text as stored and hashed
+        (with those descriptions)."""
+        from ..saliency.methods import METHODS
+
+        config = self.config
+        descriptions = self.class_descriptions()
+        template = prompt_template(image_mode or config.image_mode, style or config.prompt_style,
+                                   METHODS[config.cam].title, described=bool(descriptions))
+        if config.image_kind:  # a kind named for the run is part of its prompt (and so of its hash and setting)
+            template = fill_kind(template, config.image_kind)
+        return template, prompt_text(template, descriptions)
+
+    def class_descriptions(self) -> dict[str, str]:
+        labels = self.card.label_list()
+        return {name: labels.description(index) for index, name in enumerate(labels.names)
+                if labels.description(index)}
+
+    def image_kind(self, stored: str | None) -> str:
+        """What the judge is told an image is: the run's --image-kind, else what the file said, else a photo."""
+        return self.config.image_kind or stored or PHOTO
+
     def judgment_keys(self, saliency_ids: list[str]) -> dict[str, str]:
+        # (an image's own kind is the image's: the map's id decides it)
         config = self.config
         _, template_hash, decoding = self.judgment_key_parts()
         return {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, self.judge_hash(),
@@ -841,8 +864,8 @@ class Audit:
         if self._judge is None:
             self._judge = self.judge_spec.open(config, self.judge_identity())
         if not self._prompt_stored:
-            template, template_hash, _ = self.judgment_key_parts()
-            self.store.add_prompt(template_hash, config.image_mode, template)
+            _, template_hash, _ = self.judgment_key_parts()
+            self.store.add_prompt(template_hash, config.image_mode, self.prompt()[1])
             self._prompt_stored = True
         return self._judge
 
@@ -880,6 +903,9 @@ class Audit:
         template, template_hash, decoding = self.judgment_key_parts()
         maps = [m for m in self.store.saliency_maps(saliency_ids) if not m.get("failure")]  # never shown to a judge
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
+        kinds = {image["sha256"]: self.image_kind(image.get("kind"))
+                 for image in self.store.images({m["image_sha256"] for m in maps})}
+        labels = self.card.label_list()
         unseen = list({m["image_sha256"]: m for m in maps if m["image_sha256"] not in views}.values())
         if unseen:
             pictures, kept = self.load_images(unseen, stage)
@@ -896,8 +922,9 @@ class Audit:
             image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta)
             extra = ({"view": view, "mask": soft_mask(upsample(saliency, view.size), config.alpha, config.beta)}
                      if self.judge_spec.reads_maps else {})
-            requests.append(JudgeRequest(image=image, label=prediction["predicted_label"],
-                                         prompt=render(template, prediction["predicted_label"]),
+            prompt = render(template, prediction["predicted_label"], kinds[m["image_sha256"]],
+                            labels.description(prediction["predicted_index"]))
+            requests.append(JudgeRequest(image=image, label=prediction["predicted_label"], prompt=prompt,
                                          label_index=prediction["predicted_index"], **extra))
         started = time.perf_counter()
         stop = None
@@ -915,7 +942,7 @@ class Audit:
                 "id": keys[m["id"]], "saliency_id": m["id"], "prediction_id": m["prediction_id"],
                 "image_sha256": m["image_sha256"], "alpha": config.alpha, "beta": config.beta,
                 "image_mode": config.image_mode, "judge_image_size": config.judge_image_size,
-                "judge_backend": config.judge,
+                "image_kind": kinds[m["image_sha256"]], "judge_backend": config.judge,
                 "judge_model": self.judge_name(), "judge_model_hash": self.judge_hash(), "prompt_hash": template_hash,
                 "decoding": json.dumps(decoding, sort_keys=True), "batch_size": len(maps),
                 "batch_seconds": seconds, "run_id": self.run_id, "created_at": now(),

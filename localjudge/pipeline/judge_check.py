@@ -35,7 +35,7 @@ from PIL import Image
 
 from ..config import JUDGE_CHECK_SAMPLE, JUDGE_CHECK_SEED
 from ..judge import JudgeRequest, parse_answer
-from ..judge.prompts import PROMPT_STYLES, prompt_template, render
+from ..judge.prompts import PROMPT_STYLES, render
 from ..saliency.masking import judge_image, soft_mask, upsample
 from ..store import content_key, now, unpack_array
 from . import Stage
@@ -81,8 +81,14 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
                               {m["image_sha256"]: p for m, p in zip(maps, pictures)})
     names = list(audit.card.label_list().names)
     siblings = sibling_groups()[0] if tuple(names) == imagenet_labels() else None
-    template = prompt_template("masked", config.prompt_style)
+    labels = audit.card.label_list()
+    template = audit.prompt("masked")[0]
     identity, (_, _, decoding) = audit.judge_identity(), audit.judgment_key_parts()
+    kinds = {image["sha256"]: audit.image_kind(image.get("kind"))
+             for image in store.images({m["image_sha256"] for m in maps})}
+
+    def ask(template: str, label: str, index: int, image_sha256: str) -> str:
+        return render(template, label, kinds[image_sha256], labels.description(index))
 
     asks: list[dict] = []  # what is asked, one request each
     for m in maps:
@@ -92,7 +98,7 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
         saliency = unpack_array(m["map"], (m["height"], m["width"]))
         masked = judge_image(view, saliency, "masked", config.alpha, config.beta)
         base = {"saliency_id": m["id"], "label": label, "index": index, "image": masked,
-                "prompt": render(template, label), "view": view,
+                "prompt": ask(template, label, index, m["image_sha256"]), "view": view,
                 "mask": soft_mask(upsample(saliency, view.size), config.alpha, config.beta)}
         for shade, colour in (("black", (0, 0, 0)), ("grey", (128, 128, 128))):
             asks.append({**base, "kind": "blank", "variant": shade, "image": Image.new("RGB", view.size, colour),
@@ -102,13 +108,13 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
         if siblings is not None:
             other = absent_class(index, names, siblings, rng)
             asks.append({**base, "kind": "absent_class", "variant": names[other], "label": names[other],
-                         "index": other, "prompt": render(template, names[other])})
+                         "index": other, "prompt": ask(template, names[other], other, m["image_sha256"])})
         inverse = inverse_masked_image(view, saliency, config.alpha, config.beta)
         asks.append({**base, "kind": "inverse_mask", "variant": "", "image": inverse,
                      "mask": None if base["mask"] is None else 1.0 - base["mask"]})
         for style in PROMPT_STYLES:
             asks.append({**base, "kind": "paraphrase", "variant": style,
-                         "prompt": render(prompt_template("masked", style), label)})
+                         "prompt": ask(audit.prompt("masked", style)[0], label, index, m["image_sha256"])})
         asks.append({**base, "kind": "alone", "variant": config.prompt_style})  # on its own: batch invariance
         for repeat in range(RETESTS if config.temperature > 0 else 0):
             asks.append({**base, "kind": "retest", "variant": str(repeat)})

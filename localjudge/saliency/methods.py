@@ -17,6 +17,7 @@ class CamMethod:
     methods that weigh each position, L = sum_k (weight map)_k * A_k). Each subclass is one formula."""
 
     name = ""
+    title = ""  # as its paper names it, in the judge's prompt
     needs_gradients = True
     needs_forward = False  # ScoreCAM runs the model again on masked inputs
 
@@ -32,6 +33,7 @@ class GradCAM(CamMethod):
     """Grad-CAM (Selvaraju et al., ICCV 2017): w_k = (1/hw) sum_ij dS/dA_kij, the spatial mean of the gradient."""
 
     name = "gradcam"
+    title = "Grad-CAM"
 
     def weights(self, activations, gradients):
         return gradients.mean(dim=(2, 3))
@@ -43,6 +45,7 @@ class CAM(GradCAM):
     mean times h*w is exactly w_k^c; the card says whether a model's head has that form."""
 
     name = "cam"
+    title = "CAM"
 
     def weights(self, activations, gradients):
         height, width = activations.shape[2:]
@@ -55,6 +58,7 @@ class GradCAMPlusPlus(CamMethod):
     non-negative activations (their sum is a denominator)."""
 
     name = "gradcam++"
+    title = "Grad-CAM++"
 
     def weights(self, activations, gradients):
         grads_2 = gradients.pow(2)
@@ -71,6 +75,7 @@ class XGradCAM(CamMethod):
     the activations' own weights (which assumes them non-negative)."""
 
     name = "xgradcam"
+    title = "XGrad-CAM"
 
     def weights(self, activations, gradients):
         sum_activations = activations.sum(dim=(2, 3))
@@ -81,6 +86,7 @@ class LayerCAM(CamMethod):
     """LayerCAM (Jiang et al., IEEE TIP 2021): L_ij = sum_k relu(dS/dA_kij) A_kij, a weight per position."""
 
     name = "layercam"
+    title = "LayerCAM"
 
     def cam_image(self, activations, gradients):
         return (torch.clamp(gradients, min=0) * activations).sum(dim=1)
@@ -91,6 +97,7 @@ class HiResCAM(CamMethod):
     channels (faithful to the score for heads that end in a linear layer)."""
 
     name = "hirescam"
+    title = "HiResCAM"
 
     def cam_image(self, activations, gradients):
         return (gradients * activations).sum(dim=1)
@@ -103,6 +110,7 @@ class EigenCAM(CamMethod):
     numpy's SVD (LAPACK gesdd, as pytorch-grad-cam uses) keeps the sign of the component the same as there."""
 
     name = "eigencam"
+    title = "Eigen-CAM"
     needs_gradients = False
 
     def cam_image(self, activations, gradients):
@@ -123,6 +131,7 @@ class ScoreCAM(CamMethod):
     explained score on that masked input."""
 
     name = "scorecam"
+    title = "Score-CAM"
     needs_gradients = False
     needs_forward = True
     chunk = 16  # masked inputs per forward pass, as pytorch-grad-cam

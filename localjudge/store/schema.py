@@ -246,6 +246,15 @@ def m012_one_all_zero_reason(db: sqlite_utils.Database) -> None:
                [ALL_ZERO_MAP])
 
 
+@migration
+def m013_image_kinds(db: sqlite_utils.Database) -> None:
+    # What kind of image the judge is told it sees, where the file says (DICOM: "chest radiograph (CR)"); NULL: a
+    # photo, unless the run names another kind (--image-kind). Images stored before stay NULL.
+    db["images"].add_column("kind", str)
+    # and what each judgment told its judge the image was (its prompt is the stored template filled with it)
+    db["judgments"].add_column("image_kind", str)
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
