@@ -124,6 +124,9 @@ def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tm
     page, _ = open_report(browser, tmp_path / "report")
     assert "Random weights: resnet18" in page.inner_text("#weights")
     page.close()
+    data = json.loads((tmp_path / "report" / "data.js").read_text().split(" = ", 1)[1].rstrip().rstrip(";"))
+    shown = {row[data["fields"].index("label")] for row in data["rows"]}
+    assert shown == {"dog", "not dog"}  # the labels by the run's own label list, not the card's ImageNet names
     # a trained model's outputs say nothing of the kind
     lite = tmp_path / "lite.db"
     invoke_json("run", three_photos, "--db", lite, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")

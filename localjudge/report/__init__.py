@@ -52,11 +52,12 @@ def setting_name(row: dict) -> str:
             f"{row['judge_image_size']} px")
 
 
-def _label_text(row: dict, names: dict[str, tuple[str, ...] | None]) -> str:
-    """The image's label as class names where the model's label list knows them, else as given."""
+def _label_text(row: dict, names: dict[str | None, tuple[str, ...] | None]) -> str:
+    """The image's label as class names where the label list its prediction was made with knows them, else as
+    given."""
     if row["label"] is None:
         return ""
-    labels = names.get(row["model"])
+    labels = names.get(row["predict_run_id"])
     indices = json.loads(row["label_indices"]) if row["label_indices"] else None
     if labels and indices:
         return "; ".join(labels[i] for i in indices if 0 <= i < len(labels))
@@ -69,15 +70,21 @@ def shown_model(row: dict) -> str:
     return f"{row['model']} ({note})" if note else row["model"]
 
 
-def _label_names(models: set[str]) -> dict[str, tuple[str, ...] | None]:
-    from ..vision.cards import CardError, load_card
+def _label_names(store: Store, run_ids: set[str | None]) -> dict[str | None, tuple[str, ...] | None]:
+    """The class names each predicting run used: its model's card, or the label list it was given (--labels); None
+    where they can no longer be read (a card or file gone since)."""
+    from ..errors import UserError
+    from ..queries import run_parameters
+    from ..vision import resolve_card
 
-    names = {}
-    for model in models:
+    runs = run_parameters(store)
+    names: dict[str | None, tuple[str, ...] | None] = {}
+    for run_id in run_ids:
+        config = (runs.get(run_id) or {}).get("config") or {}
         try:
-            names[model] = load_card(model).label_list().names
-        except (CardError, OSError, KeyError):
-            names[model] = None
+            names[run_id] = resolve_card(config["model"], config.get("card"), config.get("labels")).label_list().names
+        except (UserError, OSError, KeyError, ValueError):
+            names[run_id] = None
     return names
 
 
@@ -174,7 +181,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(render, by_image))
 
-    names = _label_names({row["model"] for row in rows})
+    names = _label_names(store, {row["predict_run_id"] for row in rows})
     random = sorted({row["model"] for row in rows if weights_note(row["model_hash"])})
     data_rows = []
     for row in rows:
