@@ -17,7 +17,7 @@ from localjudge.store import unpack_array
 from localjudge.vision import load_card, open_model, with_labels
 from localjudge.vision.preprocess import to_tensor
 
-from .conftest import invoke, invoke_json, write_manifest
+from .conftest import invoke, invoke_json
 from .own_models import dog_manifest, imagenet_rows, is_dog, make_dog_model
 from .test_report import open_report
 
