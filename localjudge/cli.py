@@ -555,6 +555,9 @@ def summary_command(db_path, as_json):
         click.echo(f"  {error['path']}: {error['reason']}")
     click.echo(f"predictions       {result['predictions']} ({result['labelled_predictions']} labelled)")
     click.echo(f"top-1 accuracy    {'n/a' if accuracy is None else f'{accuracy:.3f}'}")
+    for model in result["models"]:
+        if model["model_weights"]:
+            click.echo(f"  {model['model']}: {model['model_weights']} (--random-weights): its results describe nothing")
     click.echo(f"CAMs              {result['cams']} ({result['maps_failed']} degenerate, not judged)")
     for failure in result["map_failures"][:20]:
         click.echo(f"  {failure['path']} ({failure['cam']} at {failure['target_layer']}): {failure['reason']}")
@@ -1291,11 +1294,11 @@ def models_card(model, labels, weights, name, out):
     if base.framework == "onnx":
         raise click.ClickException(f"{model}: an ONNX graph comes with its own card; pass --labels to `models "
                                    "export` instead")
-    card = write_user_card(base, out, name or out.stem)
-    if weights:
+    if weights:  # refused before anything is written: weights that do not fit, named key by key and shape by shape
         from .vision.torch_backend import build_module
 
-        build_module(card, Path(weights))  # refuses weights that do not fit, naming the keys and shapes
+        build_module(base, Path(weights))
+    card = write_user_card(base, out, name or out.stem)
     classes = len(card.label_list().names)
     click.echo(f"wrote {out} ({card.architecture}, {classes} classes"
                f"{', checked against ' + weights if weights else ''})")

@@ -309,6 +309,8 @@ class LabelList:
             names = [(row.get("name") or "").strip() for row in rows]
             wnids = tuple((row.get("wnid") or "").strip() for row in rows)
             descriptions = tuple((row.get("description") or "").strip() for row in rows)
+        elif "name" in header or all(re.match(r"\s*\d+\s*,", line) for line in lines):
+            raise LabelsError(f"{path}: a CSV label list needs a header naming its columns: index,name[,description]")
         else:
             names, wnids, descriptions = [line.strip() for line in lines], ("",) * len(lines), ()
         empty = [i for i, name in enumerate(names) if not name]

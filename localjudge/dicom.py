@@ -10,8 +10,8 @@ and nothing of the file's header but the pixel geometry leaves this module.
   the error names the transfer syntax and the packages that would decode it.
 - Multi-frame files are refused: which frame an audit should read is a clinical choice, not ours.
 - What kind of image it is (`image_kind`: "chest radiograph (CR)"), from the modality code and the body part
-  examined, each accepted only in a plain form (a code of capitals, a few words of letters), so the judge is told
-  what it looks at; no other header value leaves."""
+  examined, each accepted only as a plain code (capitals) or a body part DICOM names, so the judge is told what it
+  looks at; no other header value leaves."""
 
 from __future__ import annotations
 
@@ -151,16 +151,25 @@ MODALITY_WORDS = {"CR": "radiograph", "DX": "radiograph", "RG": "radiograph", "M
                   "OP": "fundus photograph"}
 
 
+# Body Part Examined values (DICOM PS3.16 CID 4031's code meanings, as written in the attribute) the judge is told;
+# any other value (free text could name anything) is left out.
+BODY_PARTS = {name.upper().replace(" ", ""): name for name in (
+    "abdomen", "ankle", "arm", "brain", "breast", "chest", "clavicle", "coccyx", "elbow", "extremity", "eye", "face",
+    "foot", "hand", "head", "heart", "hip", "jaw", "kidney", "knee", "leg", "liver", "lung", "neck", "pelvis",
+    "sacrum", "shoulder", "skull", "spine", "wrist")}
+BODY_PARTS.update({"CSPINE": "cervical spine", "TSPINE": "thoracic spine", "LSPINE": "lumbar spine",
+                   "HEADNECK": "head and neck", "CHESTABDOMEN": "chest and abdomen"})
+
+
 def image_kind(dataset) -> str | None:
-    """What the image is, in words: the body part examined (if a few plain words) and the modality's word, with its
+    """What the image is, in words: the body part examined (one DICOM names) and the modality's word, with its
     code: "chest radiograph (CR)"; None without a plain modality code."""
     import re
 
     code = str(dataset.get("Modality", "") or "").strip().upper()
     if not re.fullmatch(r"[A-Z]{2,4}", code):
         return None
-    part = str(dataset.get("BodyPartExamined", "") or "").strip().lower()
-    part = part if re.fullmatch(r"[a-z]+( [a-z]+){0,2}", part) and len(part) <= 24 else ""
+    part = BODY_PARTS.get(str(dataset.get("BodyPartExamined", "") or "").strip().upper(), "")
     word = MODALITY_WORDS.get(code, "image")
     return f"{part + ' ' if part else ''}{word} ({code})"
 

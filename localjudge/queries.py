@@ -162,9 +162,11 @@ def paired_differences(store: Store, against: str, threshold: int, thresholds: d
 
 def summary(store: Store) -> dict:
     one = lambda sql, params=(): next(iter(store.query(sql, params)))  # noqa: E731
-    models = list(store.query(
+    from .vision import weights_note
+
+    models = [{**m, "model_weights": weights_note(m["model_hash"])} for m in store.query(
         "select model, model_hash, count(*) as predictions, count(correct) as labelled, "
-        "avg(correct) as top1_accuracy from predictions group by model, model_hash order by model"))
+        "avg(correct) as top1_accuracy from predictions group by model, model_hash order by model")]
     labelled = one("select count(correct) as n, avg(correct) as accuracy from predictions")
     judgments = list(store.query(
         "select judge_model, image_mode, status, failure_kind, count(*) as n, avg(score) as average_score "
@@ -482,7 +484,8 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
 # --- samples ------------------------------------------------------------------------------------------
 _SAMPLE_SQL = """
 select j.id as judgment_id, j.status, j.failure_kind, j.score, j.evaluation, j.justification, j.error,
-       j.alpha, j.beta, j.image_mode, j.judge_backend, j.judge_model, j.judge_model_hash, j.prompt_hash, j.decoding,
+       j.alpha, j.beta, j.image_mode, j.image_kind, j.judge_backend, j.judge_model, j.judge_model_hash,
+       j.prompt_hash, j.decoding,
        j.judge_image_size, j.input_tokens, j.output_tokens, j.run_id as judge_run_id, j.created_at as judged_at,
        j.saliency_id, s.method as cam, s.target_layer, s.target_index,
        p.id as prediction_id, p.model, p.model_hash, p.backend, p.preprocessing, p.predicted_index,
@@ -577,7 +580,7 @@ def views(store: Store, **filters) -> list[dict]:
     where, params = _where(filters)
     rows = store.query(
         "select distinct j.saliency_id, j.alpha, j.beta, j.image_mode, j.prompt_hash, j.judge_image_size, "
-        "j.image_sha256, p.predicted_label, p.preprocessing, i.path "
+        "j.image_kind, j.image_sha256, p.predicted_label, p.preprocessing, i.path "
         "from judgments j join predictions p on p.id = j.prediction_id "
         "join saliency_maps s on s.id = j.saliency_id join images i on i.sha256 = j.image_sha256 " + where, params)
     found: dict[str, dict] = {}

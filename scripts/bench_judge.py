@@ -50,11 +50,11 @@ def warm_up(audit: Audit) -> None:
     from PIL import Image
 
     from localjudge.judge import JudgeRequest
-    from localjudge.judge.prompts import prompt_template, render
+    from localjudge.judge.prompts import render
 
     image = Image.new("RGB", (audit.config.judge_image_size,) * 2, (128, 128, 128))
     audit.judge_model().judge([JudgeRequest(image=image, label="dog",
-                                            prompt=render(prompt_template(audit.config.image_mode), "dog"))])
+                                            prompt=render(audit.prompt()[0], "dog"))])
 
 
 def judge_only(template: Path, folder: Path, config, label: str) -> dict:

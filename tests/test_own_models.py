@@ -17,7 +17,7 @@ from localjudge.store import unpack_array
 from localjudge.vision import load_card, open_model, with_labels
 from localjudge.vision.preprocess import to_tensor
 
-from .conftest import invoke, invoke_json
+from .conftest import invoke, invoke_json, write_manifest
 from .own_models import dog_manifest, imagenet_rows, is_dog, make_dog_model
 from .test_report import open_report
 
@@ -37,6 +37,10 @@ def test_label_lists_one_per_line_or_csv_with_descriptions(tmp_path):
     gap.write_text("index,name\n0,a\n2,b\n")
     with pytest.raises(LabelsError, match=r"gap\.csv: the indices must be 0 to 1"):
         LabelList.from_file(gap)
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text("0,normal\n1,tuberculosis\n")
+    with pytest.raises(LabelsError, match=r"headerless\.csv: a CSV label list needs a header"):
+        LabelList.from_file(headerless)
     hole = tmp_path / "hole.txt"
     hole.write_text("a\n\nb\n")
     with pytest.raises(LabelsError, match=r"hole\.txt: class 1 has no name"):
@@ -97,6 +101,7 @@ def test_a_card_for_your_own_model_from_the_command_line(tmp_path, three_photos,
     refused = invoke("models", "card", "resnet18", "--labels", two_class_resnet / "three.txt", "--weights",
                      two_class_resnet / "two.pt", "--out", tmp_path / "bad.json", expect_ok=False)
     assert refused.exit_code == 1 and "head has 2 outputs" in refused.output
+    assert not (tmp_path / "bad.json").exists() and not list(tmp_path.glob("bad.labels*"))  # nothing written
     assert invoke_json("predict", three_photos, "--db", tmp_path / "m.db", "--model", out, "--weights",
                        two_class_resnet / "two.pt")["predict"]["computed"] == 3
 
@@ -109,8 +114,15 @@ def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tm
     assert not db.exists() or sqlite3.connect(db).execute("select count(*) from predictions").fetchone()[0] == 0
     labels = tmp_path / "dogs.txt"
     labels.write_text("not dog\ndog\n")
+    both = invoke("run", three_photos, "--db", db, "--model", "resnet18", "--random-weights", "--weights",
+                  tmp_path / "dogs.txt", expect_ok=False)
+    assert both.exit_code == 1 and "give one or the other" in both.output
+    # the images labelled by index in the user's list: only that list can name them
+    by_index = tmp_path / "by-index.csv"
+    by_index.write_text("".join(line if n == 0 else line.replace(",not dog", ",0").replace(",dog", ",1")
+                                for n, line in enumerate(three_photos.read_text().splitlines(keepends=True))))
     run = ["--model", "resnet18", "--random-weights", "--labels", labels]
-    invoke_json("run", three_photos, "--db", db, *run, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")
+    invoke_json("run", by_index, "--db", db, *run, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")
     with sqlite3.connect(db) as conn:
         config = json.loads(conn.execute("select config from runs where command = 'run'").fetchone()[0])
     assert config["random_weights"] is True and config["labels"] == str(labels)
@@ -126,7 +138,8 @@ def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tm
     page.close()
     data = json.loads((tmp_path / "report" / "data.js").read_text().split(" = ", 1)[1].rstrip().rstrip(";"))
     shown = {row[data["fields"].index("label")] for row in data["rows"]}
-    assert shown == {"dog", "not dog"}  # the labels by the run's own label list, not the card's ImageNet names
+    assert shown == {"dog", "not dog"}  # labels 0 and 1 by the run's own label list, not the card's ImageNet names
+    assert "random weights" in invoke("summary", "--db", db).output
     # a trained model's outputs say nothing of the kind
     lite = tmp_path / "lite.db"
     invoke_json("run", three_photos, "--db", lite, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")
@@ -137,34 +150,52 @@ def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tm
 @pytest.mark.slow
 @pytest.mark.parametrize("classes", [2, 14])
 def test_densenet121_on_both_backends_at_its_post_relu_target(tmp_path, data_dir, classes):
-    """CheXNet's architecture with the user's head: the target is relu(features.norm5), the map its classifier
-    pools; torch and the ONNX export agree on it."""
+    """CheXNet's architecture with a head of the user's size (seeded random weights, asked for by name): the target
+    is relu(features.norm5), the map its classifier pools; `models export` and a run on each backend agree."""
     from localjudge.data import load_rgb
-    from localjudge.saliency.engine import CamEngine
 
-    weights, labels = tmp_path / "dn.pt", tmp_path / "findings.txt"
-    torch.save(torchvision.models.densenet121(weights=None, num_classes=classes).state_dict(), weights)
+    labels = tmp_path / "findings.txt"
     labels.write_text("".join(f"finding {i}\n" for i in range(classes)))
     card = with_labels(load_card("densenet121"), labels)
     assert card.target_tensor == "relu(features.norm5)"
     rows = imagenet_rows(data_dir)[::100][:4]
     batch = to_tensor([load_rgb(data_dir / "imagenet-sample" / r["file"]) for r in rows], card)
+    on_torch = open_model(card, None, "cpu", "torch")
     reference = torchvision.models.densenet121(weights=None, num_classes=classes)
-    reference.load_state_dict(torch.load(weights, weights_only=True))
-    on_torch = open_model(card, weights, "cpu", "torch")
+    reference.load_state_dict(on_torch.module.state_dict())  # torchvision's own forward on the same weights
     with torch.no_grad():
         assert torch.allclose(on_torch.forward_outputs(batch), reference.eval()(batch), atol=1e-5)
     _, activations, _ = on_torch.activations_and_gradients(batch, None)
     assert activations.min() >= 0 and (activations == 0).any()  # post-ReLU
-    on_onnx = open_model(card, weights, "cpu", "onnx")
-    targets = [i % classes for i in range(len(rows))]
-    for method in ("gradcam", "gradcam++"):
-        with CamEngine(method, on_torch) as engine:
-            expected = engine.compute(batch, targets)
-        with CamEngine(method, on_onnx) as engine:
-            got = engine.compute(batch, targets)
-        worst = min(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(expected, got))
-        assert worst >= 0.99, f"{method}: worst Pearson {worst:.4f}"
+    graph = tmp_path / "dn.onnx"
+    refused = invoke("models", "export", "densenet121", "--labels", labels, "--out", graph, expect_ok=False)
+    assert refused.exit_code == 1 and "--random-weights" in refused.output
+    invoke("models", "export", "densenet121", "--labels", labels, "--random-weights", "--out", graph)
+    manifest = write_manifest(tmp_path / "four.csv", [{"path": str(data_dir / "imagenet-sample" / r["file"]),
+                                                       "label": ""} for r in rows])
+    maps = {}
+    for name, model in {"torch": ["--model", "densenet121", "--labels", labels], "onnx": ["--model", graph]}.items():
+        db = tmp_path / f"{name}.db"
+        for stage in (["predict", manifest], ["explain", "--cam", "gradcam++"]):
+            invoke_json(*stage, "--db", db, *model, "--random-weights")
+        with sqlite3.connect(db) as conn:
+            maps[name] = {sha: unpack_array(blob, (h, w)) for sha, blob, h, w in conn.execute(
+                "select image_sha256, map, height, width from saliency_maps where method = 'gradcam++'")}
+            assert {t for (t,) in conn.execute("select distinct target_layer from saliency_maps")} == {
+                "relu(features.norm5)"}
+    assert maps["torch"].keys() == maps["onnx"].keys() and len(maps["torch"]) == 4
+    worst = min(float(np.corrcoef(maps["torch"][k].ravel(), maps["onnx"][k].ravel())[0, 1]) for k in maps["torch"])
+    assert worst >= 0.99, f"Grad-CAM++ torch vs ONNX Runtime: worst Pearson {worst:.4f}"
+    # the graph holds random weights: refused without asking, and said when asked
+    alone = invoke("predict", manifest, "--db", tmp_path / "x.db", "--model", graph, expect_ok=False)
+    assert alone.exit_code == 1 and "exported from a seeded random network" in alone.output
+    assert all(m["model_weights"] == "random weights" for m in invoke_json("summary", "--db", tmp_path / "onnx.db"
+                                                                          )["models"])
+    wrong = tmp_path / "three.txt"
+    wrong.write_text("a\nb\nc\n" if classes != 3 else "a\nb\n")
+    mismatch = invoke("predict", manifest, "--db", tmp_path / "y.db", "--model", graph, "--labels", wrong,
+                      "--random-weights", expect_ok=False)
+    assert mismatch.exit_code == 1 and f"the graph has {classes} outputs" in mismatch.output
 
 
 @pytest.mark.slow
@@ -198,3 +229,8 @@ def test_a_trained_two_class_model_is_audited_end_to_end_on_both_backends(tmp_pa
         onnx_labels = dict(b.execute("select image_sha256, predicted_label from predictions"))
     assert torch_labels == onnx_labels  # the same classifier on both engines
     assert set(torch_labels.values()) <= {"dog", "not dog"}
+    # without a card: the registered architecture with --weights and --labels predicts the same
+    invoke_json("predict", manifest, "--db", tmp_path / "plain.db", "--model", "efficientnet-lite0", "--weights",
+                weights, "--labels", labels)
+    with sqlite3.connect(tmp_path / "plain.db") as conn:
+        assert dict(conn.execute("select image_sha256, predicted_label from predictions")) == torch_labels

@@ -11,7 +11,7 @@ import pytest
 
 from localjudge.judge.prompts import fill_kind, prompt_hash, prompt_template, render, with_article
 
-from .conftest import invoke_json, write_manifest
+from .conftest import copy_db, invoke_json, write_manifest
 from .test_dicom import write_dicom
 
 
@@ -108,3 +108,36 @@ def test_the_labels_descriptions_reach_the_judge_and_its_key(tmp_path, data_dir,
     assert len(texts) == 2 and len(with_descriptions) == 1
     assert '"tench": "a freshwater fish with an olive back"' in with_descriptions[0]
     assert "{description}" in with_descriptions[0]
+    # a person rating a view reads the prompt its judge was given, description included
+    from localjudge.rating import RatingServer
+
+    server = RatingServer(db, prompt_hash=prompt_hash(with_descriptions[0]))
+    try:
+        rubrics = [server.describe(view, {})["rubric"] for view in server.order]
+    finally:
+        server.server_close()
+    assert any('"tench" means: a freshwater fish with an olive back.' in r for r in rubrics)
+    assert all("[class descriptions]" not in r and "for a photo." in r for r in rubrics)
+
+
+def test_a_kind_learnt_later_fills_a_store_made_before_and_is_judged_again(tmp_path, chest_study):
+    """A DICOM image stored before its kind was read (NULL) was judged as a photo; it gets its kind when read again
+    (or from another store in a merge: a fill, not a conflict), and its judgments are keyed with the kind, so it is
+    judged again, told what it is."""
+    made = tmp_path / "made.db"
+    invoke_json("run", chest_study, "--db", made)
+    old = copy_db(made, tmp_path / "old.db")
+    with sqlite3.connect(old) as conn:  # as a store made before m013 holds it
+        conn.execute("update images set kind = null")
+        conn.execute("delete from judgments")
+    older = copy_db(old, tmp_path / "older.db")
+    assert invoke_json("judge", "--db", old)["judge"]["computed"] == 2
+    again = invoke_json("run", chest_study, "--db", old)  # read again: the file says what it is
+    assert again["judge"]["computed"] == 1  # only the radiograph, now told what it is
+    with sqlite3.connect(old) as conn:
+        told = sorted(conn.execute("select image_kind, count(*) from judgments group by image_kind").fetchall())
+    assert told == [("chest radiograph (CR)", 1), ("photo", 2)]
+    merged = invoke_json("db", "merge", made, "--into", older)
+    assert merged["conflicts"] == []
+    with sqlite3.connect(older) as conn:
+        assert sorted(k for (k,) in conn.execute("select kind from images") if k) == ["chest radiograph (CR)"]

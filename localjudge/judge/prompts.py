@@ -98,7 +98,8 @@ def with_article(words: str) -> str:
     """ "a photo", "an MR image", "an XGrad-CAM": the article by the sound of the first letter (an initialism
     spoken letter by letter: "an MR")."""
     first = words[:1]
-    spelled = len(words) > 1 and first in "FHLMNRSX" and (words[1].isupper() or words[1] == "-")
+    spelled = len(words) > 1 and first in "FHLMNRSX" and (words[1].isupper() or words[1] == "-") and \
+        not words[:2] == "US"  # "a US image" is rare; "an US" is wrong either way
     return ("an " if first.lower() in "aeiou" or spelled else "a ") + words
 
 
@@ -138,6 +139,12 @@ def prompt_text(template: str, descriptions: dict[str, str] | None = None) -> st
 
 
 DESCRIPTIONS_HEADER = "\n\n[class descriptions] "
+
+
+def split_prompt_text(text: str) -> tuple[str, dict[str, str]]:
+    """The inverse of `prompt_text`: a stored prompt's template and its class descriptions."""
+    template, found, descriptions = text.partition(DESCRIPTIONS_HEADER)
+    return template, (json.loads(descriptions) if found else {})
 
 
 def prompt_hash(text: str) -> str:

@@ -234,6 +234,9 @@ class Audit:
             model_hashes["bundle_manifest"] = self.config.bundle_hash
         if "judge" in self.stages:
             model_hashes["judge"] = self.judge_hash()
+        if not self.card.labels_registered:  # the names themselves: the file may change or move after the run
+            model_hashes["labels"] = {"names_sha256": self.card.label_list().names_digest(),
+                                      "names": list(self.card.label_list().names)}
         inputs = str(Path(source).resolve()) if source else None
         if inputs and self.config.redact_paths:
             inputs = redacted_path(inputs)
@@ -345,6 +348,8 @@ class Audit:
             update = {"path": row["path"]} if before["path"] != row["path"] else {}
             if row["label"] is not None and row["label"] != before["label"]:
                 update["label"] = row["label"]
+            if row.get("kind") and not before.get("kind"):  # stored before the file's kind was read (m013)
+                update["kind"] = row["kind"]
             if update:
                 changed.append({"sha256": row["sha256"], **update})
         self.store.add_images(new_images, errors, changed)
@@ -396,7 +401,7 @@ class Audit:
         return geometry
 
     def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
-        if self.config.labels:  # another label list names the same outputs otherwise: another prediction
+        if not self.card.labels_registered:  # other names for the same outputs: another prediction
             return content_key("prediction", image_sha256, vision_hash, self.preprocessing(),
                                {"labels": self.card.label_list().names_digest()})
         return content_key("prediction", image_sha256, vision_hash, self.preprocessing())
@@ -830,11 +835,19 @@ class Audit:
         return self.config.image_kind or stored or PHOTO
 
     def judgment_keys(self, saliency_ids: list[str]) -> dict[str, str]:
-        # (an image's own kind is the image's: the map's id decides it)
+        """Each map's judgment key: the map, the setting, and what the judge is told the image is (so an image whose
+        kind is learnt later, or a kind named for the run, is judged again)."""
         config = self.config
         _, template_hash, decoding = self.judgment_key_parts()
+        kinds = self.image_kinds(saliency_ids)
         return {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, self.judge_hash(),
-                                 template_hash, decoding, config.judge_image_size) for sid in saliency_ids}
+                                 template_hash, decoding, config.judge_image_size, kinds[sid])
+                for sid in saliency_ids}
+
+    def image_kinds(self, saliency_ids: list[str]) -> dict[str, str]:
+        """What the judge is told each map's image is (see `image_kind`), by map id."""
+        stored = self.store.image_kinds_of_maps(saliency_ids)
+        return {sid: self.image_kind(stored.get(sid)) for sid in saliency_ids}
 
     def judgeable(self, saliency_ids: Iterable[str]) -> list[str]:
         """The maps a judge is shown: all but the degenerate ones (stored as map failures)."""
@@ -903,8 +916,7 @@ class Audit:
         template, template_hash, decoding = self.judgment_key_parts()
         maps = [m for m in self.store.saliency_maps(saliency_ids) if not m.get("failure")]  # never shown to a judge
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
-        kinds = {image["sha256"]: self.image_kind(image.get("kind"))
-                 for image in self.store.images({m["image_sha256"] for m in maps})}
+        kinds = self.image_kinds([m["id"] for m in maps])
         labels = self.card.label_list()
         unseen = list({m["image_sha256"]: m for m in maps if m["image_sha256"] not in views}.values())
         if unseen:
@@ -922,7 +934,7 @@ class Audit:
             image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta)
             extra = ({"view": view, "mask": soft_mask(upsample(saliency, view.size), config.alpha, config.beta)}
                      if self.judge_spec.reads_maps else {})
-            prompt = render(template, prediction["predicted_label"], kinds[m["image_sha256"]],
+            prompt = render(template, prediction["predicted_label"], kinds[m["id"]],
                             labels.description(prediction["predicted_index"]))
             requests.append(JudgeRequest(image=image, label=prediction["predicted_label"], prompt=prompt,
                                          label_index=prediction["predicted_index"], **extra))
@@ -942,7 +954,7 @@ class Audit:
                 "id": keys[m["id"]], "saliency_id": m["id"], "prediction_id": m["prediction_id"],
                 "image_sha256": m["image_sha256"], "alpha": config.alpha, "beta": config.beta,
                 "image_mode": config.image_mode, "judge_image_size": config.judge_image_size,
-                "image_kind": kinds[m["image_sha256"]], "judge_backend": config.judge,
+                "image_kind": kinds[m["id"]], "judge_backend": config.judge,
                 "judge_model": self.judge_name(), "judge_model_hash": self.judge_hash(), "prompt_hash": template_hash,
                 "decoding": json.dumps(decoding, sort_keys=True), "batch_size": len(maps),
                 "batch_seconds": seconds, "run_id": self.run_id, "created_at": now(),

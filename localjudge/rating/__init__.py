@@ -16,7 +16,7 @@ from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
 from ..data import ChangedImage, jpeg_bytes, load_verified
-from ..judge.prompts import render
+from ..judge.prompts import PHOTO, render, split_prompt_text
 from ..offline import loopback_address
 from ..queries import by_disagreement, views
 from ..saliency.masking import judge_view
@@ -100,10 +100,13 @@ class RatingServer(http.server.ThreadingHTTPServer):
         if view_id is None:
             return None
         view = self.views[view_id]
-        template = self.prompts.get(view["prompt_hash"], "")
-        return {"view_id": view_id, "position": self.position[view_id] + 1, "label": view["predicted_label"],
+        # the prompt its judge was given: the stored template with the image's kind and the class's description
+        template, descriptions = split_prompt_text(self.prompts.get(view["prompt_hash"], ""))
+        label = view["predicted_label"]
+        rubric = render(template, label, view["image_kind"] or PHOTO, descriptions.get(label, ""))
+        return {"view_id": view_id, "position": self.position[view_id] + 1, "label": label,
                 "image_mode": view["image_mode"], "alpha": view["alpha"], "beta": view["beta"],
-                "rubric": render(template, view["predicted_label"]), "image": f"/image/{view_id}.jpg",
+                "rubric": rubric, "image": f"/image/{view_id}.jpg",
                 "score": rated.get(view_id)}
 
     def picture(self, view_id: str) -> bytes:

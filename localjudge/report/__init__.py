@@ -71,15 +71,20 @@ def shown_model(row: dict) -> str:
 
 
 def _label_names(store: Store, run_ids: set[str | None]) -> dict[str | None, tuple[str, ...] | None]:
-    """The class names each predicting run used: its model's card, or the label list it was given (--labels); None
-    where they can no longer be read (a card or file gone since)."""
+    """The class names each predicting run used: those it recorded (a label list of the user's own), else its
+    registered card's; None where they can no longer be read."""
     from ..errors import UserError
     from ..queries import run_parameters
     from ..vision import resolve_card
 
     runs = run_parameters(store)
+    recorded = {r["id"]: json.loads(r["model_hashes"] or "{}").get("labels") for r in store.query(
+        "select id, model_hashes from runs where id in (select value from json_each(?))", [json.dumps(list(run_ids))])}
     names: dict[str | None, tuple[str, ...] | None] = {}
     for run_id in run_ids:
+        if recorded.get(run_id):  # the names the run recorded (a list of the user's own)
+            names[run_id] = tuple(recorded[run_id]["names"])
+            continue
         config = (runs.get(run_id) or {}).get("config") or {}
         try:
             names[run_id] = resolve_card(config["model"], config.get("card"), config.get("labels")).label_list().names

@@ -157,6 +157,12 @@ class Store:
                 self.db.execute("delete from read_errors where path in (select value from json_each(?))",
                                 [json.dumps(readable)])
 
+    def image_kinds_of_maps(self, saliency_ids: Iterable[str]) -> dict[str, str | None]:
+        """The stored kind of each map's image (None where the file said none), by map id."""
+        return {r["id"]: r["kind"] for r in self.db.query(
+            "select s.id, i.kind from saliency_maps s join images i on i.sha256 = s.image_sha256 "
+            "where s.id in (select value from json_each(?))", [json.dumps(list(saliency_ids))])}
+
     def images(self, sha256s: Iterable[str] | None = None) -> list[dict]:
         if sha256s is None:
             return list(self.db.query("select * from images order by path"))

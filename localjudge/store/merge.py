@@ -17,6 +17,8 @@ from .schema import TABLES, flag_zero_maps
 # When and by which run a row was made, how long its batch took and where its file lay on that machine say nothing
 # of its content: two stores that computed the same row at different times, or on machines that mount the images
 # elsewhere, agree.
+# Columns a store made before they existed holds as NULL (images.kind: m013): another store's value fills them.
+FILLABLE = {"images": ("kind",)}
 PROVENANCE = frozenset({"run_id", "created_at", "updated_at", "started_at", "finished_at", "batch_seconds",
                         "batch_size", "execution_provider", "path", "reference"})
 # A model's float outputs depend in their last bits on the batch they were computed in (another batch size, another
@@ -81,6 +83,10 @@ def _merge_table(conn, table: str, key: tuple[str, ...], source: Path, conflicts
     if table == "saliency_maps" and "failure" not in source_columns:
         # a store made before degenerate maps were caught: its zero maps are found as m007 finds them
         flag_zero_maps(conn, "select id from src.saliency_maps")
+    for column in FILLABLE.get(table, ()):  # a value one store learnt later fills the other's unknown
+        if column in columns:
+            conn.execute(f"update main.[{table}] set [{column}] = (select s.[{column}] from src.[{table}] s where "
+                         + " and ".join(f"s.[{k}] = main.[{table}].[{k}]" for k in key) + f") where [{column}] is null")
     if table == "runs":
         return added  # a run is provenance itself: the same run merged twice may differ in its status and times
     # Rows both have: compared on what they say (not provenance, not float noise).
@@ -92,6 +98,8 @@ def _merge_table(conn, table: str, key: tuple[str, ...], source: Path, conflicts
             if types.get(c) in ("FLOAT", "REAL"):
                 return (f"((t.[{c}] is null) != (s.[{c}] is null) or abs(t.[{c}] - s.[{c}]) > "
                         f"{FLOAT_TOLERANCE} * max(1.0, abs(t.[{c}])))")
+            if c in FILLABLE.get(table, ()):
+                return f"(t.[{c}] is not null and s.[{c}] is not null and t.[{c}] is not s.[{c}])"
             return f"(t.[{c}] is not s.[{c}])"
 
         differs = " or ".join(different(c) for c in compared)

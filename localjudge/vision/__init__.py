@@ -64,6 +64,9 @@ def with_labels(card: ModelCard, labels: str | Path) -> ModelCard:
 def require_weights(card: ModelCard, weights: str | Path | None, random_weights: bool) -> None:
     """A card whose weights are the user's audits nothing without them: refused unless random weights are asked for
     by name (tests, benchmarks), so that no run, judgment or matrix describes a random network by accident."""
+    if random_weights and (weights or card.weights.startswith("package:")):
+        raise WeightsError(f"{card.name}: --random-weights with weights ({weights or 'embedded'}): give one or the "
+                           "other")
     random = card.random_weights or (card.weights == "user" and card.framework != "onnx" and not weights)
     if random and not random_weights and card.framework == "onnx":
         raise WeightsError(f"{card.card_path}: this graph was exported from a seeded random network (no weights were "

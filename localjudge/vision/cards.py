@@ -72,6 +72,13 @@ class ModelCard:
         """The target tensor by name, as maps are keyed and stored: `relu6(_bn1)`, or the module's name."""
         return f"{self.target_activation}({self.target_layer})" if self.target_activation else self.target_layer
 
+    @property
+    def labels_registered(self) -> bool:
+        """Whether the label list is one that ships with localjudge (ImageNet-1k, Pascal VOC): a registered card's
+        predictions are keyed without it; any other list's names are part of every prediction's key."""
+        registered = Path(str(cards_dir())).resolve()
+        return registered in _resolve(self.card_path, self.labels).resolve().parents
+
     def label_list(self) -> LabelList:
         path = _resolve(self.card_path, self.labels)
         try:

@@ -73,6 +73,10 @@ class OnnxVisionModel:
             if self.names[role] not in self._outputs:
                 raise CardError(f"{card.card_path}: the graph has no output {self.names[role]!r} ({role}); "
                                 f"its outputs: {', '.join(self._outputs)}")
+        classes, named = self._outputs[self.names["output"]][1:2], len(card.label_list().names)
+        if classes and isinstance(classes[0], int) and classes[0] != named:
+            raise CardError(f"{self.path}: the graph has {classes[0]} outputs, its labels "
+                            f"({card.labels}) name {named} classes; pass --labels FILE naming {classes[0]}")
 
     def _static_shape(self, name: str, batch: int) -> tuple[int, ...] | None:
         dims = self._outputs[name]

@@ -188,8 +188,8 @@ def write_card(card: ModelCard, onnx_path: Path, weights: Path | None = None) ->
     from ..store import sha256_file
 
     source = weights or embedded_weights_path(card)
-    labels = onnx_path.with_suffix(".labels.csv")
     source_labels = Path(card.card_path).parent / card.labels
+    labels = onnx_path.with_suffix(".labels" + (source_labels.suffix or ".txt"))
     if source_labels.resolve() != labels.resolve():  # a card of one's own beside its graph already has it there
         shutil.copyfile(source_labels, labels)
     fields = {k: v for k, v in card.__dict__.items() if k != "card_path"}
