@@ -41,9 +41,9 @@ def main(argv=None) -> int:
     held_out = rows[1::2][:args.images]
     manifest = dog_manifest(DATA, held_out, folder / "held-out.csv")
     card = folder / "dogs.json"
-    localjudge_json("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--out", card)
+    localjudge("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--out", card)
     graph = folder / "dogs.onnx"
-    localjudge_json("models", "export", card, "--weights", weights, "--out", graph)
+    localjudge("models", "export", card, "--weights", weights, "--out", graph)
     judge = ["--vlm", args.vlm, "--max-new-tokens", "256"]
     engines = {"torch": ["--model", card, "--weights", weights], "onnx": ["--model", graph]}
     for name, model in engines.items():
@@ -62,6 +62,17 @@ def main(argv=None) -> int:
         {p["image_sha256"]: p["predicted_label"] for p in predictions(folder / "onnx.db")}
     print(f"torch and ONNX Runtime predict the same label for every image: {same}")
     return 0
+
+
+def localjudge(*args) -> None:
+    """A localjudge command without --json output (models card, models export), run in this process."""
+    from click.testing import CliRunner
+
+    from localjudge.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if result.exit_code != 0:
+        sys.exit(f"localjudge {' '.join(map(str, args))} failed:\n{result.output}")
 
 
 def predictions(db: Path) -> list[dict]:

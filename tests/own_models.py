@@ -62,9 +62,10 @@ def make_dog_model(data_dir: Path, out: Path, rows: list[dict]) -> tuple[Path, P
     targets = torch.tensor([is_dog(r) for r in rows])
     w, b = fit_logistic(features, targets)
     state = module.state_dict()
-    # softmax over (0, w.x + b) is the fitted sigmoid: P(dog) = sigma(w.x + b)
-    state["_fc.weight"] = torch.stack([torch.zeros_like(w), w])
-    state["_fc.bias"] = torch.tensor([0.0, b])
+    # softmax over (-(w.x + b) / 2, (w.x + b) / 2) is the fitted sigmoid, P(dog) = sigma(w.x + b), with evidence for
+    # each class (a head of (0, w.x + b) would leave "not dog" a constant logit, and its maps all zero)
+    state["_fc.weight"] = torch.stack([-w / 2, w / 2])
+    state["_fc.bias"] = torch.tensor([-b / 2, b / 2])
     out.mkdir(parents=True, exist_ok=True)
     weights, labels = out / "dogs.pt", out / "dogs.csv"
     torch.save(state, weights)
