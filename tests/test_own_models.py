@@ -234,3 +234,16 @@ def test_a_trained_two_class_model_is_audited_end_to_end_on_both_backends(tmp_pa
                 weights, "--labels", labels)
     with sqlite3.connect(tmp_path / "plain.db") as conn:
         assert dict(conn.execute("select image_sha256, predicted_label from predictions")) == torch_labels
+
+
+def test_the_head_hint_only_when_only_the_classifier_differs():
+    from localjudge.vision.torch_backend import state_mismatch
+
+    model = {"conv.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(10, 8), "fc.bias": torch.zeros(10)}
+    head = {**model, "fc.weight": torch.zeros(2, 8), "fc.bias": torch.zeros(2)}
+    assert "the file's head has 2 outputs" in state_mismatch(model, head)
+    # a wider backbone differs in the first dimension of other tensors too: no claim about the head
+    wider = {"conv.weight": torch.zeros(2, 3, 3, 3), "fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}
+    found = state_mismatch(model, wider)
+    assert "conv.weight: file [2, 3, 3, 3], model [8, 3, 3, 3]" in found and "head has" not in found
+    assert state_mismatch(model, dict(model)) == ""
