@@ -5,6 +5,7 @@ start without it."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -103,6 +104,10 @@ vision_options = options(
                  help="torch, or onnx (ONNX Runtime; a registered model is exported once into the cache)."),
     click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True),
+    click.option("--finding-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                 default=DEFAULTS.finding_threshold, show_default=True,
+                 help="Multilabel models: a class at or above this probability is a finding, explained and judged "
+                      "on its own (a card's per-class thresholds win)."),
     click.option("--window", "dicom_window", callback=lambda ctx, param, value: window_pair(value),
                  metavar="C,W", help="DICOM: window centre and width instead of each file's own (part of the "
                                      "prediction's preprocessing: give it to every stage, as --model)."),
@@ -426,6 +431,12 @@ def print_matrices(found: list[dict]) -> None:
                    f"{m['bootstrap']['seed']})")
         if m.get("judge_caveat"):
             click.echo(f"note: {m['judge_caveat']}")
+        if m.get("by_finding"):
+            click.echo("per finding (a multilabel model: one map and judgment per finding of an image):")
+            for f in m["by_finding"]:
+                c = f["counts"]
+                click.echo(f"  {f['finding'][:28]:28} {f['judgments']:>5} judged  CH {c['CH']:>4}  CL {c['CL']:>4}  "
+                           f"WH {c['WH']:>4}  WL {c['WL']:>4}")
         if m.get("model_weights"):
             click.echo(f"note: {m['model']} ran on {m['model_weights']} (--random-weights): this matrix describes a "
                        "seeded random network, not a trained model")
@@ -1274,9 +1285,12 @@ def models_export(model, out, weights, labels, random_weights, static_batch):
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False),
               help="A state dict the card is checked against (built and loaded once): it must fit the labels.")
 @click.option("--name", help="The card's name (default: OUT's file name without .json).")
+@click.option("--task", type=click.Choice(("classification", "multilabel")),
+              help="multilabel: one sigmoid per class, each class at or above --finding-threshold a finding with its "
+                   "own map and judgment (default: MODEL's task).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The card .json to write.")
 @user_errors
-def models_card(model, labels, weights, name, out):
+def models_card(model, labels, weights, name, task, out):
     """Write a card for your own model: MODEL's architecture, preprocessing and target tensor (a registered name or
     a card file), with your label list (copied beside OUT, so the two move together). Pass the card as --model
     and the weights as --weights to every stage.
@@ -1291,6 +1305,10 @@ def models_card(model, labels, weights, name, out):
 
     out = Path(out)
     base = resolve_card(model, labels=labels)
+    if task and base.task == "segmentation":
+        raise click.ClickException(f"{model}: a segmentation model's task is its own")
+    if task:
+        base = dataclasses.replace(base, task=task)
     if base.framework == "onnx":
         raise click.ClickException(f"{model}: an ONNX graph comes with its own card; pass --labels to `models "
                                    "export` instead")

@@ -27,6 +27,9 @@ class RunConfig:
     backend: str = "torch"  # torch | onnx
     device: str = "auto"
     batch_size: int = 16
+    # multilabel models: a class whose probability reaches this is a finding (a card may give one per class); each
+    # finding of an image gets its own map and judgment
+    finding_threshold: float = 0.5
     # saliency stage
     cam: str = "gradcam"
     # masking (paper Eq. 1): M = 1 / (1 + exp(alpha * (beta - v)))

@@ -22,7 +22,7 @@ COLUMNS = (
     "path", "image_sha256", "label", "width", "height",
     "prediction_id", "model", "model_hash", "model_weights", "backend", "predicted_index", "predicted_label",
     "confidence", "correct", "label_indices", "top5",
-    "saliency_id", "cam", "target_layer", "target_index",
+    "saliency_id", "cam", "target_layer", "target_index", "target_label",
     "view_id", "alpha", "beta", "image_mode", "image_kind", "judge_backend", "judge_model", "judge_model_hash",
     "prompt_hash", "decoding", "judge_image_size", "input_tokens", "output_tokens", "judged_at",
     "iou", "dice", "pixel_accuracy", "f1",

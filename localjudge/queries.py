@@ -18,6 +18,10 @@ from .store import Store, content_key, unpack_array
 # Everything that makes two judgments incomparable; the names are for people, the hashes keep same-named
 # models with other weights apart. The target tensor is part of it: maps of one method at two layers (a card's
 # target moved to the post-activation tensor) are other maps.
+# Whether a map's target is right: the target is among the image's labels (for a single-label model the target is
+# the predicted class, so this is the prediction's own correctness; for a multilabel model, each finding's).
+TARGET_CORRECT = ("(case when p.label_indices is null then null else exists(select 1 from json_each(p.label_indices) "
+                  "where value = s.target_index) end)")
 GROUP_COLUMNS = ("model", "model_hash", "cam", "target_layer", "judge_model", "judge_model_hash", "image_mode",
                  "alpha", "beta", "judge_image_size", "prompt_hash", "decoding")
 # The columns of GROUP_COLUMNS from judgments j, predictions p and saliency_maps s.
@@ -83,12 +87,31 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
         used = threshold if calibrated is None else calibrated
         card = card_of(cards, setting["judge_model_hash"], setting["decoding"])
         result.append({**setting, "setting_key": setting_key(setting), **attention_matrix(correct, scores, used),
-                       **matrix_intervals(correct, scores, used),
+                       **matrix_intervals(correct, scores, used), "by_finding": by_finding(members, used),
                        "threshold_source": "given" if calibrated is None else "calibrated",
                        "judge_verdict": card["verdict"] if card else "not checked",
                        "judge_caveat": judge_caveat(setting["decoding"]),
                        "model_weights": weights_note(setting["model_hash"])})
     return result
+
+
+def by_finding(members: list[dict], threshold: int) -> list[dict]:
+    """A multilabel model's matrix per finding (the maps' target classes), where an image has several: each with its
+    counts and percentages, largest first; [] for a model with one target per image."""
+    from .analysis.matrix import attention_matrix
+
+    images = [r["image_sha256"] for r in members]
+    if len(set(images)) == len(images):
+        return []
+    groups: dict[str, list[dict]] = {}
+    for row in members:
+        groups.setdefault(row["target_label"], []).append(row)
+    found = []
+    for label, rows in groups.items():
+        correct = np.array([np.nan if r["correct"] is None else r["correct"] for r in rows], dtype=float)
+        found.append({"finding": label, **attention_matrix(correct, np.array([r["score"] for r in rows], dtype=float),
+                                                           threshold)})
+    return sorted(found, key=lambda f: (-f["judgments"], f["finding"]))
 
 
 def _judged_settings(store: Store, filters: dict) -> list[tuple[dict, list[dict]]]:
@@ -97,7 +120,9 @@ def _judged_settings(store: Store, filters: dict) -> list[tuple[dict, list[dict]
     # judgments of maps found degenerate after they were judged (a store made before) are no finding either
     where = ["j.status = 'ok'", "s.failure is null", *clauses]
     rows = list(store.query(
-        "select " + SETTING_SELECT + ", j.image_sha256, j.score, p.correct from judgments j "
+        "select " + SETTING_SELECT + ", j.image_sha256, s.target_index, "
+        "coalesce(s.target_label, p.predicted_label) as target_label, j.score, " + TARGET_CORRECT +
+        " as correct from judgments j "
         "join predictions p on p.id = j.prediction_id "
         "join saliency_maps s on s.id = j.saliency_id where " + " and ".join(where) +
         " order by p.model, s.method, s.target_layer, j.judge_model, j.image_mode", params))
@@ -124,7 +149,8 @@ def paired_differences(store: Store, against: str, threshold: int, thresholds: d
     reference_key = found[0]
 
     def by_image(members: list[dict]) -> dict[str, tuple]:
-        return {r["image_sha256"]: (np.nan if r["correct"] is None else r["correct"], r["score"]) for r in members}
+        return {(r["image_sha256"], r["target_index"]): (np.nan if r["correct"] is None else r["correct"], r["score"])
+                for r in members}
 
     def threshold_of(key: str) -> int:
         return (thresholds or {}).get(key, threshold)
@@ -488,8 +514,9 @@ select j.id as judgment_id, j.status, j.failure_kind, j.score, j.evaluation, j.j
        j.prompt_hash, j.decoding,
        j.judge_image_size, j.input_tokens, j.output_tokens, j.run_id as judge_run_id, j.created_at as judged_at,
        j.saliency_id, s.method as cam, s.target_layer, s.target_index,
+       coalesce(s.target_label, p.predicted_label) as target_label,
        p.id as prediction_id, p.model, p.model_hash, p.backend, p.preprocessing, p.predicted_index,
-       p.predicted_label, p.confidence, p.correct, p.label_indices, p.top5, p.run_id as predict_run_id,
+       p.predicted_label, p.confidence, {correct} as correct, p.label_indices, p.top5, p.run_id as predict_run_id,
        i.sha256 as image_sha256, i.path, i.label, i.width, i.height,
        r.iou, r.dice, r.pixel_accuracy, r.f1,
        f.deletion_auc, f.insertion_auc, f.aopc, f.average_drop, f.increase_in_confidence,
@@ -506,6 +533,9 @@ left join faithfulness f on f.id = (select id from faithfulness where saliency_i
 {where}
 order by i.path, p.model, s.method, j.judge_model, j.alpha, j.beta, j.id
 """
+
+
+_SAMPLE_SQL = _SAMPLE_SQL.replace("{correct}", TARGET_CORRECT)
 
 
 def view_id(saliency_id: str, alpha: float, beta: float, image_mode: str) -> str:
@@ -580,7 +610,8 @@ def views(store: Store, **filters) -> list[dict]:
     where, params = _where(filters)
     rows = store.query(
         "select distinct j.saliency_id, j.alpha, j.beta, j.image_mode, j.prompt_hash, j.judge_image_size, "
-        "j.image_kind, j.image_sha256, p.predicted_label, p.preprocessing, i.path "
+        "j.image_kind, j.image_sha256, coalesce(s.target_label, p.predicted_label) as predicted_label, "
+        "p.preprocessing, i.path "
         "from judgments j join predictions p on p.id = j.prediction_id "
         "join saliency_maps s on s.id = j.saliency_id join images i on i.sha256 = j.image_sha256 " + where, params)
     found: dict[str, dict] = {}

@@ -80,3 +80,39 @@ def dog_manifest(data_dir: Path, rows: list[dict], path: Path) -> Path:
         writer.writerows({"path": str(data_dir / "imagenet-sample" / r["file"]),
                           "label": "dog" if is_dog(r) else "not dog"} for r in rows)
     return path
+
+
+def seg_rows(data_dir: Path) -> list[dict]:
+    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def objects_of(row: dict) -> list[str]:
+    """The VOC/COCO categories a seg-photo shows: its main object and the others labelled in it."""
+    return [row["class_name"].replace("diningtable", "dining table")] + [
+        c for c in row["other_classes"].split(";") if c]
+
+
+def make_multilabel_model(data_dir: Path, out: Path, rows: list[dict]) -> tuple[Path, Path, list[str]]:
+    """A multilabel classifier of the categories the `rows` show: EfficientNet-Lite0's real features with one
+    logistic-regression head per category, fitted here; its state dict, its labels file and its class names."""
+    from localjudge.data import load_rgb
+    from localjudge.vision import load_card
+    from localjudge.vision.preprocess import to_tensor
+    from localjudge.vision.torch_backend import build_module
+
+    classes = sorted({c for row in rows for c in objects_of(row)})
+    card = load_card("efficientnet-lite0")
+    module = build_module(card, None)
+    features = torch.cat([pooled_features(module, to_tensor([load_rgb(data_dir / "seg-photos" / r["file"])
+                                                             for r in rows[start:start + 35]], card))
+                          for start in range(0, len(rows), 35)])
+    heads = [fit_logistic(features, torch.tensor([c in objects_of(r) for r in rows])) for c in classes]
+    state = module.state_dict()
+    state["_fc.weight"] = torch.stack([w for w, _ in heads])
+    state["_fc.bias"] = torch.tensor([b for _, b in heads])
+    out.mkdir(parents=True, exist_ok=True)
+    weights, labels = out / "objects.pt", out / "objects.csv"
+    torch.save(state, weights)
+    labels.write_text("index,name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(classes)))
+    return weights, labels, classes

@@ -247,3 +247,54 @@ def test_the_head_hint_only_when_only_the_classifier_differs():
     found = state_mismatch(model, wider)
     assert "conv.weight: file [2, 3, 3, 3], model [8, 3, 3, 3]" in found and "head has" not in found
     assert state_mismatch(model, dict(model)) == ""
+
+
+@pytest.mark.slow
+def test_a_multilabel_model_gets_a_map_and_a_judgment_per_finding(tmp_path, data_dir, tiny_vlms):
+    """A real multilabel model: one logistic head per category on Lite0's real features, fitted on the seg-photos
+    (17 of which show several labelled objects). Every finding of an image (sigmoid >= 0.5) gets its own map and
+    judgment, told that finding's name; each is right or wrong by the image's labels; the matrix counts findings."""
+    from .own_models import make_multilabel_model, objects_of, seg_rows
+
+    rows = seg_rows(data_dir)
+    weights, labels, classes = make_multilabel_model(data_dir, tmp_path / "model", rows)
+    several = [r for r in rows if len(objects_of(r)) > 1][:4]
+    picked = several + [r for r in rows if len(objects_of(r)) == 1][:2]
+    manifest = write_manifest(tmp_path / "six.csv", [{"path": str(data_dir / "seg-photos" / r["file"]),
+                                                       "label": ";".join(objects_of(r))} for r in picked])
+    card = tmp_path / "objects.json"
+    invoke("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--task", "multilabel",
+           "--out", card)
+    db = tmp_path / "multi.db"
+    stages = invoke_json("run", manifest, "--db", db, "--model", card, "--weights", weights,
+                         "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")
+    with sqlite3.connect(db) as conn:
+        probs = [unpack_array(b, (-1,), np.float32) for (b,) in conn.execute("select probs from predictions")]
+        maps = conn.execute("select s.image_sha256, s.target_index, p.label_indices from saliency_maps s "
+                            "join predictions p on p.id = s.prediction_id").fetchall()
+        judged = conn.execute("select j.saliency_id, s.target_index from judgments j join saliency_maps s "
+                              "on s.id = j.saliency_id").fetchall()
+    findings = {}
+    for p in probs:
+        assert not np.isclose(p.sum(), 1.0) or len(p) == 1  # a sigmoid per class, not a softmax
+    for sha, target, _ in maps:
+        findings.setdefault(sha, set()).add(target)
+    expected = sum(int((p >= 0.5).sum()) for p in probs)
+    assert len(maps) == expected == stages["explain"]["computed"] and len(judged) == expected
+    assert max(len(f) for f in findings.values()) >= 2  # an image with several objects: several maps
+    # the fitted heads find the labelled objects of the images they were fitted on
+    right = sum(target in json.loads(indices) for _, target, indices in maps)
+    assert right >= 0.75 * len(maps)
+    found = invoke_json("matrix", "--db", db)["matrices"]
+    assert len(found) == 1 and sum(found[0]["counts"].values()) == len(judged) - sum(
+        found[0]["unlabelled"].values())
+    assert found[0]["counts"]["CH"] + found[0]["counts"]["CL"] == right
+    per = {f["finding"]: f for f in found[0]["by_finding"]}
+    with sqlite3.connect(db) as conn:
+        names = dict(conn.execute("select target_label, count(*) from saliency_maps group by target_label"))
+    assert {name: f["judgments"] for name, f in per.items()} == names and set(names) <= set(classes)
+    assert "per finding" in invoke("matrix", "--db", db).output
+    exported = json.loads(invoke("export", "--db", db, "--format", "json").stdout)
+    assert len(exported) == len(judged) and {row["target_label"] for row in exported} == set(names)
+    # explain on its own finds every map made
+    assert invoke_json("explain", "--db", db, "--model", card, "--weights", weights)["explain"]["computed"] == 0

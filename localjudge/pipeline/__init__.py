@@ -7,6 +7,7 @@ both through the public `plan` and `vision_batch`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -97,17 +98,18 @@ class Chunk:
 @dataclass
 class Plan:
     """What the vision and judge stages must compute for some stored images (in their order): each image's
-    prediction key, the predictions and maps already stored, and so what is missing."""
+    prediction key, the predictions and maps already stored, and so what is missing. An image has one map per
+    target: its main class, or each finding of a multilabel model."""
 
     image_ids: list[str]
     predictions: dict[str, str]  # image -> prediction key
     stored: dict[str, dict]  # image -> its stored prediction
-    maps: dict[str, str]  # image -> map key, where its prediction is stored
+    maps: dict[str, list[str]]  # image -> its maps' keys, where its prediction is stored
     stored_maps: set[str]
 
     @property
     def ready_maps(self) -> list[str]:
-        return [self.maps[sha] for sha in self.image_ids if self.maps.get(sha) in self.stored_maps]
+        return [key for sha in self.image_ids for key in self.maps.get(sha, []) if key in self.stored_maps]
 
     @property
     def need_prediction(self) -> list[str]:
@@ -115,12 +117,13 @@ class Plan:
 
     @property
     def need_map(self) -> list[str]:
-        """Images whose prediction is stored but not its map."""
-        return [sha for sha in self.image_ids if sha in self.stored and self.maps[sha] not in self.stored_maps]
+        """Images whose prediction is stored but not all its maps."""
+        return [sha for sha in self.image_ids if sha in self.stored and
+                any(key not in self.stored_maps for key in self.maps[sha])]
 
     @property
     def need_vision(self) -> list[str]:
-        return [sha for sha in self.image_ids if self.maps.get(sha) not in self.stored_maps]
+        return [sha for sha in self.image_ids if sha not in self.stored or sha in set(self.need_map)]
 
 
 def open_audit(db_path: str | Path, source: str | Path | None = None, stages: Iterable[str] = (),
@@ -406,10 +409,23 @@ class Audit:
                                {"labels": self.card.label_list().names_digest()})
         return content_key("prediction", image_sha256, vision_hash, self.preprocessing())
 
-    def saliency_key(self, prediction: dict) -> str:
-        """A map is (prediction, method, layer, target class)."""
+    def saliency_key(self, prediction: dict, target: int | None = None) -> str:
+        """A map is (prediction, method, layer, target class); the target is the predicted class unless given."""
         return content_key("saliency", prediction["id"], self.config.cam, self.card.target_tensor,
-                           prediction["predicted_index"])
+                           prediction["predicted_index"] if target is None else int(target))
+
+    def targets(self, prediction: dict) -> list[int]:
+        """The classes a prediction's maps explain: its predicted class; for a multilabel model each finding (a
+        class whose probability reaches its threshold), none where the model finds nothing."""
+        if self.card.task != "multilabel":
+            return [prediction["predicted_index"]]
+        probabilities = unpack_array(prediction["probs"], (-1,), np.float32)
+        thresholds = (np.asarray(self.card.thresholds, dtype=np.float32) if self.card.thresholds is not None
+                      else np.full(len(probabilities), self.config.finding_threshold, dtype=np.float32))
+        return [int(i) for i in np.flatnonzero(probabilities >= thresholds)]
+
+    def map_keys(self, prediction: dict) -> list[str]:
+        return [self.saliency_key(prediction, target) for target in self.targets(prediction)]
 
     def plan(self, image_ids: list[str]) -> Plan:
         """The keys of the stored images' predictions, their predictions and maps already stored, and so what is
@@ -418,8 +434,9 @@ class Audit:
         keys = {sha: self.prediction_key(sha, vision_hash) for sha in image_ids}
         stored = {p["image_sha256"]: p for p in self.store.predictions(keys.values())}
         self.refresh_correctness([p["id"] for p in stored.values()])
-        maps = {sha: self.saliency_key(p) for sha, p in stored.items()}
-        return Plan(list(image_ids), keys, stored, maps, self.store.existing_ids("saliency_maps", maps.values()))
+        maps = {sha: self.map_keys(p) for sha, p in stored.items()}
+        every = [key for keys_of in maps.values() for key in keys_of]
+        return Plan(list(image_ids), keys, stored, maps, self.store.existing_ids("saliency_maps", every))
 
     def vision_batch(self, image_ids: list[str], predict: Stage, explain: Stage | None = None,
                      pictures: dict[str, Image.Image] | None = None) -> None:
@@ -443,32 +460,42 @@ class Audit:
             inputs = to_tensor([loaded[sha] for sha in order], self.card)
             position = {sha: n for n, sha in enumerate(order)}
             predict.model_loaded |= bool(predicted)
-            new_maps: dict[str, tuple[np.ndarray, str | None]] = {}
+            new_maps: dict[tuple[str, int], tuple[np.ndarray, str | None]] = {}
             if explain is not None:
                 from ..saliency.engine import CamEngine
 
                 explain.model_loaded = True
-                with CamEngine(self.config.cam, model) as cam:
-                    if predicted:
-                        scores, maps, reasons = cam.predict_and_compute(inputs[[position[sha] for sha in predicted]])
-                        new_maps.update(zip(predicted, zip(maps, reasons)))
-                    if explained:
-                        targets = [stored[sha]["predicted_index"] for sha in explained]
-                        maps, reasons = cam.compute_checked(inputs[[position[sha] for sha in explained]], targets)
-                        new_maps.update(zip(explained, zip(maps, reasons)))
-            elif predicted:
-                scores = model.predict(inputs[[position[sha] for sha in predicted]])
-            if predicted:
-                rows = self._prediction_rows(predicted, plan.predictions, scores, predict)
-                self.store.insert_rows("predictions", rows)
-                predict.computed += len(rows)
-                stored.update({row["image_sha256"]: row for row in rows})
+            with CamEngine(self.config.cam, model) if explain is not None else contextlib.nullcontext() as cam:
+                # one forward pass predicts and explains, where the explained class is the predicted one
+                together = cam is not None and self.card.task != "multilabel"
+                if predicted:
+                    batch = inputs[[position[sha] for sha in predicted]]
+                    if together:
+                        scores, maps, reasons = cam.predict_and_compute(batch)
+                    else:
+                        scores = model.predict(batch)
+                    rows = self._prediction_rows(predicted, plan.predictions, scores, predict)
+                    self.store.insert_rows("predictions", rows)
+                    predict.computed += len(rows)
+                    stored.update({row["image_sha256"]: row for row in rows})
+                    if together:
+                        new_maps.update({(sha, stored[sha]["predicted_index"]): found
+                                         for sha, found in zip(predicted, zip(maps, reasons))})
+                if cam is not None:  # every target still without its map (a multilabel model's findings)
+                    targets = [(sha, target) for sha in order for target in self.targets(stored[sha])
+                               if (sha, target) not in new_maps
+                               and self.saliency_key(stored[sha], target) not in plan.stored_maps]
+                    for chunk in batched(targets, self.config.batch_size):
+                        maps, reasons = cam.compute_checked(inputs[[position[sha] for sha, _ in chunk]],
+                                                            [target for _, target in chunk])
+                        new_maps.update(zip(chunk, zip(maps, reasons)))
             if new_maps:
-                rows = [self._map_row(stored[sha], *new_maps[sha]) for sha in image_ids if sha in new_maps]
+                rows = [self._map_row(stored[sha], target, *new_maps[(sha, target)]) for sha in image_ids
+                        if sha in stored for target in self.targets(stored[sha]) if (sha, target) in new_maps]
                 self.store.insert_rows("saliency_maps", rows)
                 explain.computed += len(rows)
         if explain is not None:
-            explain.ids.extend(self.saliency_key(stored[sha]) for sha in image_ids if sha in stored)
+            explain.ids.extend(key for sha in image_ids if sha in stored for key in self.map_keys(stored[sha]))
 
     def _pictures(self, image_ids: list[str], given: dict[str, Image.Image], stage: Stage | None) -> dict:
         """The pictures of `image_ids`: those given, the others read and verified (failures reported to `stage`)."""
@@ -506,11 +533,12 @@ class Audit:
             })
         return rows
 
-    def _map_row(self, prediction: dict, saliency: np.ndarray, failure: str | None) -> dict:
+    def _map_row(self, prediction: dict, target: int, saliency: np.ndarray, failure: str | None) -> dict:
         """A map as it is stored; `failure` is why it is no finding (a degenerate map, kept and never judged)."""
-        return {"id": self.saliency_key(prediction), "prediction_id": prediction["id"],
+        return {"id": self.saliency_key(prediction, target), "prediction_id": prediction["id"],
                 "image_sha256": prediction["image_sha256"], "method": self.config.cam,
-                "target_layer": self.card.target_tensor, "target_index": prediction["predicted_index"],
+                "target_layer": self.card.target_tensor, "target_index": int(target),
+                "target_label": self.card.label_list().names[int(target)],
                 "height": int(saliency.shape[0]), "width": int(saliency.shape[1]), "map": pack_array(saliency),
                 "failure": failure, "run_id": self.run_id, "created_at": now()}
 
@@ -543,11 +571,12 @@ class Audit:
         from ..saliency.engine import CamEngine
 
         stage = Stage() if stage is None else stage
-        predictions = self.store.predictions(prediction_ids)
-        keys = {p["id"]: self.saliency_key(p) for p in predictions}
-        existing = self.store.existing_ids("saliency_maps", keys.values())
-        stage.ids.extend(keys[p["id"]] for p in predictions)
-        missing = [p for p in predictions if keys[p["id"]] not in existing]
+        # one map per target of each prediction (its class; each finding of a multilabel model)
+        wanted = [{**p, "target": target} for p in self.store.predictions(prediction_ids) for target in self.targets(p)]
+        keys = [self.saliency_key(w, w["target"]) for w in wanted]
+        existing = self.store.existing_ids("saliency_maps", keys)
+        stage.ids.extend(keys)
+        missing = [w for w, key in zip(wanted, keys) if key not in existing]
         if not missing:
             return stage
         model = self.vision_model()
@@ -558,9 +587,8 @@ class Audit:
                 pictures, batch = self.load_images(list(batch), stage)
                 if not batch:
                     continue
-                maps, reasons = cam.compute_checked(to_tensor(pictures, self.card),
-                                                    [p["predicted_index"] for p in batch])
-                rows = [self._map_row(p, m, reason) for p, m, reason in zip(batch, maps, reasons)]
+                maps, reasons = cam.compute_checked(to_tensor(pictures, self.card), [w["target"] for w in batch])
+                rows = [self._map_row(w, w["target"], m, reason) for w, m, reason in zip(batch, maps, reasons)]
                 self.store.insert_rows("saliency_maps", rows)
                 stage.computed += len(rows)
         return stage
@@ -934,10 +962,11 @@ class Audit:
             image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta)
             extra = ({"view": view, "mask": soft_mask(upsample(saliency, view.size), config.alpha, config.beta)}
                      if self.judge_spec.reads_maps else {})
-            prompt = render(template, prediction["predicted_label"], kinds[m["id"]],
-                            labels.description(prediction["predicted_index"]))
-            requests.append(JudgeRequest(image=image, label=prediction["predicted_label"], prompt=prompt,
-                                         label_index=prediction["predicted_index"], **extra))
+            # what the map explains: the predicted class, or one finding of a multilabel model
+            target = m["target_index"] if m["target_index"] is not None else prediction["predicted_index"]
+            label = labels.names[target] if target < len(labels.names) else prediction["predicted_label"]
+            prompt = render(template, label, kinds[m["id"]], labels.description(target))
+            requests.append(JudgeRequest(image=image, label=label, prompt=prompt, label_index=target, **extra))
         started = time.perf_counter()
         stop = None
         try:

@@ -93,7 +93,8 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
     asks: list[dict] = []  # what is asked, one request each
     for m in maps:
         prediction = predictions[m["prediction_id"]]
-        label, index = prediction["predicted_label"], prediction["predicted_index"]
+        index = m["target_index"] if m["target_index"] is not None else prediction["predicted_index"]
+        label = names[index] if index < len(names) else prediction["predicted_label"]
         view = views[m["image_sha256"]]
         saliency = unpack_array(m["map"], (m["height"], m["width"]))
         masked = judge_image(view, saliency, "masked", config.alpha, config.beta)

@@ -194,7 +194,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
         data_rows.append([
             row["judgment_id"], row["quadrant"], row["status"], row["score"], row["threshold"], row["evaluation"],
             row["justification"], row["error"], shown_model(row), row["cam"], row["judge_model"], row["image_mode"],
-            row["alpha"], row["beta"], setting_name(row), row["predicted_label"], _label_text(row, names), row["confidence"],
+            row["alpha"], row["beta"], setting_name(row), row["target_label"], _label_text(row, names), row["confidence"],
             row["correct"], row["path"],
             None if reason else row["original"], None if reason else row["heatmap"], None if reason else row["masked"],
             reason, row["human_mean"], len(row["ratings"]),

@@ -255,6 +255,13 @@ def m013_image_kinds(db: sqlite_utils.Database) -> None:
     db["judgments"].add_column("image_kind", str)
 
 
+@migration
+def m014_target_labels(db: sqlite_utils.Database) -> None:
+    # The class a map explains, by name: its prediction's class, or one finding of a multilabel model. NULL in maps
+    # stored before: their target is the prediction's class (predictions.predicted_label).
+    db["saliency_maps"].add_column("target_label", str)
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),

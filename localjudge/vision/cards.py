@@ -60,6 +60,9 @@ class ModelCard:
     # An exported graph of a seeded random network (no weights were given): runs only with --random-weights, and
     # every output that shows it says so.
     random_weights: bool = False
+    # task multilabel: one sigmoid per class; a class is a finding of an image where its probability reaches its
+    # threshold here (one per class), else the run's --finding-threshold
+    thresholds: tuple[float, ...] | None = None
     card_path: str = ""
 
     def preprocessing(self) -> dict:
@@ -93,6 +96,9 @@ def _label_list(path: str, stamp: int | None) -> LabelList:  # read once per fil
     return LabelList.from_file(Path(path))
 
 
+# classification: softmax, one class per image; multilabel: a sigmoid per class, each class at or above its threshold
+# a finding; segmentation: a class per pixel
+TASKS = ("classification", "multilabel", "segmentation")
 IMAGENET_LABELS = "labels/imagenet-1k.csv"  # relative to cards_dir()
 # Activations a card may apply to its target layer's output: idempotent, so the model's outputs stay as they were.
 TARGET_ACTIVATIONS = ("relu", "relu6")
@@ -127,10 +133,17 @@ def load_card(name_or_path: str) -> ModelCard:
         fields = json.loads(path.read_text())
         fields["mean"] = tuple(fields["mean"])
         fields["std"] = tuple(fields["std"])
+        if fields.get("thresholds") is not None:
+            fields["thresholds"] = tuple(fields["thresholds"])
         fields.pop("card_path", None)
         card = ModelCard(**fields, card_path=str(path))
     except (KeyError, TypeError, json.JSONDecodeError) as error:
         raise CardError(f"{path}: not a valid model card ({error})") from error
+    if card.task not in TASKS:
+        raise CardError(f"{path}: task {card.task!r} is not one of {', '.join(TASKS)}")
+    if card.thresholds is not None and (card.task != "multilabel" or not all(
+            isinstance(t, (int, float)) and 0 < t < 1 for t in card.thresholds)):
+        raise CardError(f"{path}: thresholds are a multilabel card's, one probability in (0, 1) per class")
     if card.target_activation not in (None, *TARGET_ACTIVATIONS):
         raise CardError(f"{path}: target_activation {card.target_activation!r} is not one of "
                         f"{', '.join(TARGET_ACTIVATIONS)}")

@@ -276,10 +276,13 @@ class TorchVisionModel:
 
 
 def class_scores(outputs: torch.Tensor, task: str) -> np.ndarray:
-    """Per-image class scores: softmax of a classifier's logits; for segmentation, each class's share of the
-    image's pixels by the predicted mask (the main object is the class with the largest non-background share)."""
+    """Per-image class scores: softmax of a classifier's logits (a multilabel model's: a sigmoid each); for
+    segmentation, each class's share of the image's pixels by the predicted mask (the main object is the class with
+    the largest non-background share)."""
     if task == "segmentation":
         predicted = outputs.argmax(dim=1).flatten(1)
         counts = torch.nn.functional.one_hot(predicted, outputs.shape[1]).sum(dim=1).float()
         return (counts / predicted.shape[1]).cpu().numpy()
+    if task == "multilabel":  # one sigmoid per class, as the model was trained
+        return torch.sigmoid(outputs.float()).cpu().numpy()
     return torch.softmax(outputs.float(), dim=1).cpu().numpy()
