@@ -96,12 +96,11 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
 
 
 def by_finding(members: list[dict], threshold: int) -> list[dict]:
-    """A multilabel model's matrix per finding (the maps' target classes), where an image has several: each with its
-    counts and percentages, largest first; [] for a model with one target per image."""
+    """A multilabel model's matrix per finding (the maps' target classes): each with its counts and percentages,
+    largest first; [] where every map explains its image's predicted class (a single-label model)."""
     from .analysis.matrix import attention_matrix
 
-    images = [r["image_sha256"] for r in members]
-    if len(set(images)) == len(images):
+    if all(r["target_index"] == r["predicted_index"] for r in members):  # one target per image: its prediction
         return []
     groups: dict[str, list[dict]] = {}
     for row in members:
@@ -120,7 +119,7 @@ def _judged_settings(store: Store, filters: dict) -> list[tuple[dict, list[dict]
     # judgments of maps found degenerate after they were judged (a store made before) are no finding either
     where = ["j.status = 'ok'", "s.failure is null", *clauses]
     rows = list(store.query(
-        "select " + SETTING_SELECT + ", j.image_sha256, s.target_index, "
+        "select " + SETTING_SELECT + ", j.image_sha256, s.target_index, p.predicted_index, "
         "coalesce(s.target_label, p.predicted_label) as target_label, j.score, " + TARGET_CORRECT +
         " as correct from judgments j "
         "join predictions p on p.id = j.prediction_id "
@@ -149,8 +148,11 @@ def paired_differences(store: Store, against: str, threshold: int, thresholds: d
     reference_key = found[0]
 
     def by_image(members: list[dict]) -> dict[str, tuple]:
-        return {(r["image_sha256"], r["target_index"]): (np.nan if r["correct"] is None else r["correct"], r["score"])
-                for r in members}
+        # an image is the unit (two models' judgments of it pair whatever each predicted); a multilabel model's
+        # findings pair by name
+        several = len({r["image_sha256"] for r in members}) < len(members)
+        return {(r["image_sha256"], r["target_label"]) if several else r["image_sha256"]:
+                (np.nan if r["correct"] is None else r["correct"], r["score"]) for r in members}
 
     def threshold_of(key: str) -> int:
         return (thresholds or {}).get(key, threshold)

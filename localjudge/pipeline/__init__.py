@@ -123,7 +123,8 @@ class Plan:
 
     @property
     def need_vision(self) -> list[str]:
-        return [sha for sha in self.image_ids if sha not in self.stored or sha in set(self.need_map)]
+        need_map = set(self.need_map)
+        return [sha for sha in self.image_ids if sha not in self.stored or sha in need_map]
 
 
 def open_audit(db_path: str | Path, source: str | Path | None = None, stages: Iterable[str] = (),
@@ -404,9 +405,13 @@ class Audit:
         return geometry
 
     def prediction_key(self, image_sha256: str, vision_hash: str) -> str:
+        extra = {}
         if not self.card.labels_registered:  # other names for the same outputs: another prediction
-            return content_key("prediction", image_sha256, vision_hash, self.preprocessing(),
-                               {"labels": self.card.label_list().names_digest()})
+            extra["labels"] = self.card.label_list().names_digest()
+        if self.card.task == "multilabel":  # sigmoids, not a softmax, of the same outputs
+            extra["task"] = "multilabel"
+        if extra:
+            return content_key("prediction", image_sha256, vision_hash, self.preprocessing(), extra)
         return content_key("prediction", image_sha256, vision_hash, self.preprocessing())
 
     def saliency_key(self, prediction: dict, target: int | None = None) -> str:

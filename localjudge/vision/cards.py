@@ -144,6 +144,9 @@ def load_card(name_or_path: str) -> ModelCard:
     if card.thresholds is not None and (card.task != "multilabel" or not all(
             isinstance(t, (int, float)) and 0 < t < 1 for t in card.thresholds)):
         raise CardError(f"{path}: thresholds are a multilabel card's, one probability in (0, 1) per class")
+    if card.thresholds is not None and len(card.thresholds) != len(card.label_list().names):
+        raise CardError(f"{path}: {len(card.thresholds)} thresholds for {len(card.label_list().names)} classes; give "
+                        "one per class")
     if card.target_activation not in (None, *TARGET_ACTIVATIONS):
         raise CardError(f"{path}: target_activation {card.target_activation!r} is not one of "
                         f"{', '.join(TARGET_ACTIVATIONS)}")
