@@ -108,6 +108,10 @@ vision_options = options(
                  default=DEFAULTS.finding_threshold, show_default=True,
                  help="Multilabel models: a class at or above this probability is a finding, explained and judged "
                       "on its own (a card's per-class thresholds win)."),
+    click.option("--targets", type=click.Choice(("findings", "labelled")), default=DEFAULTS.targets,
+                 show_default=True,
+                 help="Multilabel models: explain and judge each finding, or also each labelled finding the model "
+                      "missed (it counts as wrong)."),
     click.option("--window", "dicom_window", callback=lambda ctx, param, value: window_pair(value),
                  metavar="C,W", help="DICOM: window centre and width instead of each file's own (part of the "
                                      "prediction's preprocessing: give it to every stage, as --model)."),
@@ -197,8 +201,12 @@ ground_truth_options = options(
     click.option("--masks", type=click.Path(exists=True, file_okay=False),
                  help="Folder of ground-truth masks named by the images' stems (any non-zero pixel is the object)."),
     click.option("--mask-column", help="Manifest column with each image's ground-truth mask path."),
+    click.option("--mask-label-column",
+                 help="Manifest column naming the class each --mask-column mask is the region of (a row per finding "
+                      "of an image): a multilabel model's map of that finding is measured against it."),
     click.option("--boxes", type=click.Path(exists=True, dir_okay=False),
-                 help="COCO-style JSON of ground-truth boxes (images[].file_name, annotations[].bbox)."),
+                 help="COCO-style JSON of ground-truth boxes (images[].file_name, annotations[].bbox; with "
+                      "categories[], each category's boxes are also the region of the class of that name)."),
 )
 threshold_option = click.option("--threshold", type=click.IntRange(0, 5), default=DEFAULTS.threshold,
                                 show_default=True, help="A score at or above this is high.")
@@ -567,6 +575,12 @@ def summary_command(db_path, as_json):
     click.echo(f"predictions       {result['predictions']} ({result['labelled_predictions']} labelled)")
     click.echo(f"top-1 accuracy    {'n/a' if accuracy is None else f'{accuracy:.3f}'}")
     for model in result["models"]:
+        if model.get("findings"):
+            calls = model["findings"]
+            agreement = "n/a" if calls["agreement"] is None else f"{calls['agreement']:.3f}"
+            click.echo(f"  {model['model']}: {calls['targets']} findings explained, "
+                       f"{agreement} agree with their labels ({calls['missed']} labelled but missed, "
+                       f"{calls['not_labelled']} found but not labelled)")
         if model["model_weights"]:
             click.echo(f"  {model['model']}: {model['model_weights']} (--random-weights): its results describe nothing")
     click.echo(f"CAMs              {result['cams']} ({result['maps_failed']} degenerate, not judged)")
@@ -638,6 +652,11 @@ def eval_regions(db_path, manifest, as_json, **given):
     click.echo(f"{len(stages['truth'].ids)} ground-truth regions, {means['maps']} maps scored at beta={given['beta']}")
     for metric in ("iou", "dice", "pixel_accuracy", "f1"):
         click.echo(f"  mean {metric:15} {mean_text(means, metric)}")
+    if means["by_finding"]:
+        click.echo("per finding (each map against its finding's own region):")
+        for finding in means["by_finding"]:
+            click.echo(f"  {finding['finding']:20} {finding['maps']:5} maps  "
+                       + "  ".join(f"{metric} {mean_text(finding, metric)}" for metric in ("iou", "dice", "f1")))
     print_localisation(table)
 
 

@@ -30,6 +30,9 @@ class RunConfig:
     # multilabel models: a class whose probability reaches this is a finding (a card may give one per class); each
     # finding of an image gets its own map and judgment
     finding_threshold: float = 0.5
+    # multilabel models: what is explained and judged, the model's findings, or (labelled) also each labelled finding
+    # it missed; a target is right where the model's call on it agrees with the image's labels
+    targets: str = "findings"  # findings | labelled
     # saliency stage
     cam: str = "gradcam"
     # masking (paper Eq. 1): M = 1 / (1 + exp(alpha * (beta - v)))
@@ -91,6 +94,7 @@ class RunConfig:
     # or COCO-style boxes
     masks: str | None = None
     mask_column: str | None = None
+    mask_label_column: str | None = None  # the class each --mask-column mask is the region of (a row per finding)
     boxes: str | None = None
 
     def replace(self, **changes) -> "RunConfig":

@@ -1,6 +1,8 @@
 """Ground-truth object regions for ingested images: mask files in a folder (named by the image's stem), mask paths in
-a manifest column, or COCO-style boxes. Each source yields, per image path, either a boolean mask of the image's
-size or the reason it could not be read (the run goes on without it)."""
+a manifest column (with their class in another, --mask-label-column), or COCO-style boxes (one region per category
+besides their union). Each source yields, per (image, label), either a boolean mask of the image's size or the reason
+it could not be read (the run goes on without it). The label '' is the image's object, whatever its class; a named
+label is one finding's region, the one a multilabel model's map of that finding is measured against."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class Region:
     mask: np.ndarray  # bool, (height, width) of the image
     source: str  # "masks", "mask-column" or "boxes"
     reference: str  # the mask file, or the boxes file and image entry
+    label: str = ""  # the class whose region it is ('' the image's object)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,10 @@ def read_mask_file(path: Path, size: tuple[int, int]) -> np.ndarray:
         return grey > 0 if grey.max() <= 1 else grey >= 128
 
 
-def from_mask_folder(folder: Path, images: list[dict]) -> dict[str, Region | RegionFailure]:
+Found = dict[tuple[str, str], "Region | RegionFailure"]  # (image sha256, label) -> region
+
+
+def from_mask_folder(folder: Path, images: list[dict]) -> Found:
     """`images` are stored image rows (sha256, path, width, height); a mask is FOLDER/<image stem>.<image suffix>."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -79,48 +85,59 @@ def from_mask_folder(folder: Path, images: list[dict]) -> dict[str, Region | Reg
         if path is None:
             continue
         if stems[stem] > 1:  # e.g. cat/001.jpg and dog/001.jpg: a mask named 001 cannot say whose it is
-            found[image["sha256"]] = RegionFailure(str(path), f"{stems[stem]} images are named {stem!r}; masks are "
-                                                              "matched by name, so use --mask-column instead")
+            found[(image["sha256"], "")] = RegionFailure(
+                str(path), f"{stems[stem]} images are named {stem!r}; masks are matched by name, so use --mask-column "
+                           "instead")
             continue
-        found[image["sha256"]] = _read(path, image, "masks")
+        found[(image["sha256"], "")] = _read(path, image, "masks")
     return found
 
 
-def from_manifest_column(manifest: Path, column: str, path_column: str,
-                         images: list[dict]) -> dict[str, Region | RegionFailure]:
-    """Mask paths in `column` of the manifest the images came from; relative paths are read from its folder."""
+def from_manifest_column(manifest: Path, column: str, path_column: str, images: list[dict],
+                         label_column: str | None = None) -> Found:
+    """Mask paths in `column` of the manifest the images came from; relative paths are read from its folder. With
+    `label_column`, each mask is the region of the class that column names (an image may have a row per finding);
+    without, the image's object."""
     manifest = Path(manifest)
     with open(manifest, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
-        for needed in (column, path_column):
-            if needed not in columns:
+        for needed in (column, path_column, label_column):
+            if needed is not None and needed not in columns:
                 raise GroundTruthError(f"{manifest}: no column {needed!r} (columns: {', '.join(columns)})")
-        masks = {}
+        masks: dict[str, dict[str, str]] = {}
         for row in reader:
             image_path, mask_path = (row.get(path_column) or "").strip(), (row.get(column) or "").strip()
+            label = (row.get(label_column) or "").strip() if label_column else ""
             if image_path and mask_path:
-                masks[_resolved(manifest, image_path)] = _resolved(manifest, mask_path)
+                masks.setdefault(_resolved(manifest, image_path), {})[label] = _resolved(manifest, mask_path)
     found = {}
     for image in images:
-        mask = masks.get(str(Path(image["path"]).resolve()))
-        if mask is not None:
-            found[image["sha256"]] = _read(Path(mask), image, "mask-column")
+        for label, mask in masks.get(str(Path(image["path"]).resolve()), {}).items():
+            found[(image["sha256"], label)] = _read(Path(mask), image, "mask-column", label)
     return found
 
 
-def from_coco_boxes(boxes_file: Path, images: list[dict]) -> dict[str, Region | RegionFailure]:
-    """COCO-style JSON: `images` (id, file_name) and `annotations` (image_id, bbox as x, y, width, height). An image
-    matches an entry whose file_name its path ends with; the union of its boxes is its region. An entry without
-    annotations is an image with no object: an empty region. When no file_name is a suffix of the path, a file
-    name that is unique in the boxes file matches by its base name (boxes files name images by their own folders)."""
+def from_coco_boxes(boxes_file: Path, images: list[dict]) -> Found:
+    """COCO-style JSON: `images` (id, file_name) and `annotations` (image_id, bbox as x, y, width, height, and
+    category_id where the file has `categories`). An image matches an entry whose file_name its path ends with; the
+    union of its boxes is its region (label ''), and the union of each category's boxes that category's region,
+    named by the category's name. An entry without annotations is an image with no object: an empty region. When no
+    file_name is a suffix of the path, a file name that is unique in the boxes file matches by its base name (boxes
+    files name images by their own folders)."""
     boxes_file = Path(boxes_file)
     try:
         document = json.loads(boxes_file.read_text())
         entries = {entry["id"]: entry for entry in document["images"]}
+        categories = {c["id"]: str(c["name"]) for c in document.get("categories", [])}
         boxes: dict[int, list] = {image_id: [] for image_id in entries}
+        by_category: dict[int, dict[str, list]] = {}
         for annotation in document.get("annotations", []):
-            boxes.setdefault(annotation["image_id"], []).append(tuple(annotation["bbox"]))
+            box = tuple(annotation["bbox"])
+            boxes.setdefault(annotation["image_id"], []).append(box)
+            if annotation.get("category_id") in categories:
+                by_category.setdefault(annotation["image_id"], {}).setdefault(
+                    categories[annotation["category_id"]], []).append(box)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise GroundTruthError(f"{boxes_file}: not a COCO-style boxes file ({type(error).__name__}: {error})") from error
     by_name = {Path(entry["file_name"]).as_posix(): image_id for image_id, entry in entries.items()}
@@ -140,17 +157,19 @@ def from_coco_boxes(boxes_file: Path, images: list[dict]) -> dict[str, Region | 
         oriented = oriented_size(Path(image["path"]), image["width"], image["height"])
         size = (int(entry.get("width") or oriented[0]), int(entry.get("height") or oriented[1]))
         if size != oriented:
-            found[image["sha256"]] = RegionFailure(reference, f"boxes are for a {size[0]}x{size[1]} image, the "
-                                                              f"image is {oriented[0]}x{oriented[1]}")
+            found[(image["sha256"], "")] = RegionFailure(reference, f"boxes are for a {size[0]}x{size[1]} image, "
+                                                                    f"the image is {oriented[0]}x{oriented[1]}")
             continue
-        found[image["sha256"]] = Region(boxes_mask(boxes[image_id], *size), "boxes", reference)
+        found[(image["sha256"], "")] = Region(boxes_mask(boxes[image_id], *size), "boxes", reference)
+        for name, category_boxes in by_category.get(image_id, {}).items():
+            found[(image["sha256"], name)] = Region(boxes_mask(category_boxes, *size), "boxes", reference, name)
     return found
 
 
-def _read(path: Path, image: dict, source: str) -> Region | RegionFailure:
+def _read(path: Path, image: dict, source: str, label: str = "") -> Region | RegionFailure:
     try:
         size = oriented_size(Path(image["path"]), image["width"], image["height"])
-        return Region(read_mask_file(path, size), source, str(path))
+        return Region(read_mask_file(path, size), source, str(path), label)
     except (OSError, ValueError) as error:
         return RegionFailure(str(path), f"{type(error).__name__}: {error}" if isinstance(error, OSError) else str(error))
 
@@ -158,6 +177,21 @@ def _read(path: Path, image: dict, source: str) -> Region | RegionFailure:
 def _resolved(manifest: Path, value: str) -> str:
     path = Path(value)
     return str((path if path.is_absolute() else manifest.absolute().parent / path).resolve())
+
+
+def region_of_map(regions: dict[str, dict], saliency_map: dict, label_indices: list[int] | None) -> dict | None:
+    """The stored region (of an image's `regions`, by label) a map is measured against: its target's own (labels
+    compare without case), else the image's object region ('') where that is the target's: a single-label model's
+    map (its prediction's class) or a finding that is the image's only label. None where the image has none."""
+    target = saliency_map.get("target_label")
+    if target is not None:
+        named = {label.casefold(): row for label, row in regions.items() if label}
+        if target.casefold() in named:
+            return named[target.casefold()]
+    single_label = saliency_map.get("finding") is None  # NULL: a single-label model's map, or one stored before
+    if single_label or label_indices == [saliency_map["target_index"]]:
+        return regions.get("")
+    return None
 
 
 def region_in_view(truth: dict, geometry: dict, saliency_shape: tuple[int, int]) -> np.ndarray:

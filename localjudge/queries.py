@@ -19,9 +19,14 @@ from .store import Store, content_key, unpack_array
 # models with other weights apart. The target tensor is part of it: maps of one method at two layers (a card's
 # target moved to the post-activation tensor) are other maps.
 # Whether a map's target is right: the target is among the image's labels (for a single-label model the target is
-# the predicted class, so this is the prediction's own correctness; for a multilabel model, each finding's).
-TARGET_CORRECT = ("(case when p.label_indices is null then null else exists(select 1 from json_each(p.label_indices) "
-                  "where value = s.target_index) end)")
+# the predicted class, so this is the prediction's own correctness); for a multilabel model, whether its call on the
+# target (a finding, s.finding 1, or a labelled finding it missed, 0) agrees with the labels: a missed one is wrong.
+_LABELLED = "exists(select 1 from json_each(p.label_indices) where value = s.target_index)"
+TARGET_CORRECT = (f"(case when p.label_indices is null then null when s.finding is null then {_LABELLED} "
+                  f"else s.finding = {_LABELLED} end)")
+# Whether a map's target is one now: a multilabel map that is neither a finding at the newest run's thresholds nor
+# labelled (a finding under an older, lower threshold) is no target, and no part of a matrix, report or export.
+TARGET_CURRENT = f"(s.finding is null or s.finding = 1 or p.label_indices is null or {_LABELLED})"
 GROUP_COLUMNS = ("model", "model_hash", "cam", "target_layer", "judge_model", "judge_model_hash", "image_mode",
                  "alpha", "beta", "judge_image_size", "prompt_hash", "decoding")
 # The columns of GROUP_COLUMNS from judgments j, predictions p and saliency_maps s.
@@ -87,7 +92,8 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
         used = threshold if calibrated is None else calibrated
         card = card_of(cards, setting["judge_model_hash"], setting["decoding"])
         result.append({**setting, "setting_key": setting_key(setting), **attention_matrix(correct, scores, used),
-                       **matrix_intervals(correct, scores, used), "by_finding": by_finding(members, used),
+                       **matrix_intervals(correct, scores, used, [r["image_sha256"] for r in members]),
+                       "by_finding": by_finding(members, used),
                        "threshold_source": "given" if calibrated is None else "calibrated",
                        "judge_verdict": card["verdict"] if card else "not checked",
                        "judge_caveat": judge_caveat(setting["decoding"]),
@@ -98,7 +104,7 @@ def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = N
 def by_finding(members: list[dict], threshold: int) -> list[dict]:
     """A multilabel model's matrix per finding (the maps' target classes): each with its counts and percentages,
     largest first; [] where every map explains its image's predicted class (a single-label model)."""
-    from .analysis.matrix import attention_matrix
+    from .analysis.matrix import attention_matrix, matrix_intervals
 
     if all(r["target_index"] == r["predicted_index"] for r in members):  # one target per image: its prediction
         return []
@@ -108,8 +114,9 @@ def by_finding(members: list[dict], threshold: int) -> list[dict]:
     found = []
     for label, rows in groups.items():
         correct = np.array([np.nan if r["correct"] is None else r["correct"] for r in rows], dtype=float)
-        found.append({"finding": label, **attention_matrix(correct, np.array([r["score"] for r in rows], dtype=float),
-                                                           threshold)})
+        scores = np.array([r["score"] for r in rows], dtype=float)
+        found.append({"finding": label, **attention_matrix(correct, scores, threshold),
+                      **matrix_intervals(correct, scores, threshold)})
     return sorted(found, key=lambda f: (-f["judgments"], f["finding"]))
 
 
@@ -117,7 +124,7 @@ def _judged_settings(store: Store, filters: dict) -> list[tuple[dict, list[dict]
     """The successful judgments matching `filters`, by setting (GROUP_COLUMNS): image, score and correctness."""
     clauses, params = filter_clauses(filters)
     # judgments of maps found degenerate after they were judged (a store made before) are no finding either
-    where = ["j.status = 'ok'", "s.failure is null", *clauses]
+    where = ["j.status = 'ok'", "s.failure is null", TARGET_CURRENT, *clauses]
     rows = list(store.query(
         "select " + SETTING_SELECT + ", j.image_sha256, s.target_index, p.predicted_index, "
         "coalesce(s.target_label, p.predicted_label) as target_label, j.score, " + TARGET_CORRECT +
@@ -195,6 +202,19 @@ def summary(store: Store) -> dict:
     models = [{**m, "model_weights": weights_note(m["model_hash"])} for m in store.query(
         "select model, model_hash, count(*) as predictions, count(correct) as labelled, "
         "avg(correct) as top1_accuracy from predictions group by model, model_hash order by model")]
+    # a multilabel model's calls, one per target (its findings, and labelled findings it missed): how many agree with
+    # the labels (top-1 accuracy reads only its most probable class)
+    calls = {(r["model"], r["model_hash"]): dict(r) for r in store.query(
+        "with calls as (select distinct p.model, p.model_hash, s.prediction_id, s.target_index, s.finding, "
+        "p.label_indices is not null as has_labels, " + TARGET_CORRECT + " as agrees, " + _LABELLED + " as labelled "
+        "from saliency_maps s join predictions p on p.id = s.prediction_id where s.finding is not null and "
+        + TARGET_CURRENT + ") select model, model_hash, count(*) as targets, count(agrees) as labelled, "
+        "avg(agrees) as agreement, sum(finding = 0 and labelled) as missed, "
+        "sum(finding = 1 and has_labels and not labelled) as not_labelled from calls group by model, model_hash")}
+    for model in models:
+        found = calls.get((model["model"], model["model_hash"]))
+        if found:
+            model["findings"] = {k: found[k] for k in ("targets", "labelled", "agreement", "missed", "not_labelled")}
     labelled = one("select count(correct) as n, avg(correct) as accuracy from predictions")
     judgments = list(store.query(
         "select judge_model, image_mode, status, failure_kind, count(*) as n, avg(score) as average_score "
@@ -247,19 +267,24 @@ def localisation(store: Store, saliency_ids: list[str], beta: float) -> dict:
     trivial baselines on the same regions. Maps whose image has no region, and degenerate maps, are left out. Maps
     are read a few hundred at a time and let go once measured."""
     from .analysis.localisation import localisation_table
-    from .ground_truth import region_in_view
+    from .ground_truth import region_in_view, region_of_map
 
     def pairs():
         for start in range(0, len(saliency_ids), 256):
             maps = [m for m in store.saliency_maps(saliency_ids[start:start + 256]) if not m.get("failure")]
-            truths = {t["image_sha256"]: t for t in store.ground_truth({m["image_sha256"] for m in maps})}
-            maps = [m for m in maps if m["image_sha256"] in truths]
-            geometry = {p["id"]: json.loads(p["preprocessing"])
-                        for p in store.predictions({m["prediction_id"] for m in maps})}
+            regions: dict[str, dict[str, dict]] = {}
+            for t in store.ground_truth({m["image_sha256"] for m in maps}):
+                regions.setdefault(t["image_sha256"], {})[t["label"]] = t
+            maps = [m for m in maps if m["image_sha256"] in regions]
+            predictions = {p["id"]: p for p in store.predictions({m["prediction_id"] for m in maps})}
             for m in maps:
+                prediction = predictions[m["prediction_id"]]
+                labels = json.loads(prediction["label_indices"]) if prediction["label_indices"] else None
+                truth = region_of_map(regions[m["image_sha256"]], m, labels)
+                if truth is None:
+                    continue
                 saliency = unpack_array(m["map"], (m["height"], m["width"]))
-                yield saliency, region_in_view(truths[m["image_sha256"]], geometry[m["prediction_id"]],
-                                               saliency.shape)
+                yield saliency, region_in_view(truth, json.loads(prediction["preprocessing"]), saliency.shape)
 
     return localisation_table(pairs(), beta)
 
@@ -270,8 +295,9 @@ def localisation_by_setting(store: Store, beta: float, model: str | None = None,
     groups: dict[tuple, list[str]] = {}
     for row in store.query(
             "select s.id, p.model, p.model_hash, s.method, s.target_layer from saliency_maps s "
-            "join predictions p on p.id = s.prediction_id join ground_truth g on g.image_sha256 = s.image_sha256"
-            + (" where " + " and ".join(clauses) if clauses else "") + " order by p.model, s.method, s.id", params):
+            "join predictions p on p.id = s.prediction_id where s.image_sha256 in (select image_sha256 from "
+            "ground_truth)" + (" and " + " and ".join(clauses) if clauses else "")
+            + " order by p.model, s.method, s.id", params):
         groups.setdefault((row["model"], row["model_hash"], row["method"], row["target_layer"]), []).append(row["id"])
     return [{"model": model_name, "cam": method, "target_layer": target, **localisation(store, ids, beta)}
             for (model_name, _, method, target), ids in groups.items()]
@@ -341,10 +367,23 @@ def card_of(cards: dict[str, dict], judge_model_hash: str, decoding: str) -> dic
 
 
 def region_means(store: Store, score_ids: list[str]) -> dict:
-    """Mean IoU, Dice, pixel accuracy and F1 over the given region scores."""
+    """Mean IoU, Dice, pixel accuracy and F1 over the given region scores; for a multilabel model's maps (or any
+    that explain other classes than their predictions'), also per finding (`by_finding`, largest first)."""
     from .analysis.regions import REGION_METRICS
 
-    return _means(store, "region_scores", score_ids, REGION_METRICS)
+    means = _means(store, "region_scores", score_ids, REGION_METRICS)
+    rows = list(store.query(
+        "select r.id, s.target_index, s.finding as found, p.predicted_index, "
+        "coalesce(s.target_label, p.predicted_label) as finding "
+        "from region_scores r join saliency_maps s on s.id = r.saliency_id join predictions p on p.id = "
+        "s.prediction_id where r.id in (select value from json_each(?))", [json.dumps(list(score_ids))]))
+    groups: dict[str, list[str]] = {}
+    if any(r["found"] is not None or r["target_index"] != r["predicted_index"] for r in rows):
+        for r in rows:
+            groups.setdefault(r["finding"], []).append(r["id"])
+    means["by_finding"] = sorted(({"finding": finding, **_means(store, "region_scores", ids, REGION_METRICS)}
+                                  for finding, ids in groups.items()), key=lambda f: (-f["maps"], f["finding"]))
+    return means
 
 
 def faithfulness_means(store: Store, ids: list[str]) -> dict:
@@ -385,7 +424,10 @@ def map_signals(store: Store, beta: float, steps: int, baseline: str, model: str
         params.append(cam)
     clause = f"where {' and '.join(where)}" if where else ""
     clause = f"{clause} and s.failure is null" if clause else "where s.failure is null"  # degenerate maps: no signal
-    maps = list(store.query("select s.id, p.confidence from saliency_maps s join predictions p on "
+    # the model's confidence in the map's target (a multilabel finding's own probability; maps stored before m015:
+    # their prediction's)
+    maps = list(store.query("select s.id, coalesce(s.target_probability, p.confidence) as confidence from "
+                            "saliency_maps s join predictions p on "
                             f"p.id = s.prediction_id {clause} order by s.id", params))
     index = {m["id"]: i for i, m in enumerate(maps)}
     signals: dict[str, np.ndarray] = {}
@@ -470,10 +512,13 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
             where.append(f"{column} = ?")
             params.append(value)
     rows = [r for r in store.query(
-        "select p.image_sha256, p.probs, p.label_indices, p.correct, j.score, " + SETTING_SELECT +
+        "select p.image_sha256, p.probs, p.label_indices, p.correct, j.score, s.finding, " + SETTING_SELECT +
         " from judgments j join predictions p on p.id = j.prediction_id join saliency_maps s on s.id = j.saliency_id "
         "where " + " and ".join(where) + " order by p.image_sha256", params) if r["image_sha256"] in by_sha
         and (setting is None or setting_key(r).startswith(setting))]
+    if any(r["finding"] is not None for r in rows):
+        raise ValueError(f"{model} is a multilabel model: label issues are found for single-label models (cleanlab's "
+                         "filters and the judge's flags read one label and one prediction per image)")
     settings = {tuple(r[c] for c in GROUP_COLUMNS) for r in rows}
     if len(settings) > 1:
         raise ValueError("judgments of several settings (model, CAM, target, judge, image mode, alpha, beta, prompt, "
@@ -518,7 +563,8 @@ select j.id as judgment_id, j.status, j.failure_kind, j.score, j.evaluation, j.j
        j.saliency_id, s.method as cam, s.target_layer, s.target_index,
        coalesce(s.target_label, p.predicted_label) as target_label,
        p.id as prediction_id, p.model, p.model_hash, p.backend, p.preprocessing, p.predicted_index,
-       p.predicted_label, p.confidence, {correct} as correct, p.label_indices, p.top5, p.run_id as predict_run_id,
+       p.predicted_label, coalesce(s.target_probability, p.confidence) as confidence, {correct} as correct,
+       p.label_indices, p.top5, p.run_id as predict_run_id,
        i.sha256 as image_sha256, i.path, i.label, i.width, i.height,
        r.iou, r.dice, r.pixel_accuracy, r.f1,
        f.deletion_auc, f.insertion_auc, f.aopc, f.average_drop, f.increase_in_confidence,
@@ -556,7 +602,7 @@ def quadrant(status: str, correct, score, threshold: int) -> str:
 
 def _where(filters: dict) -> tuple[str, list]:
     clauses, params = filter_clauses(filters)
-    return ("where " + " and ".join(clauses)) if clauses else "", params
+    return "where " + " and ".join([TARGET_CURRENT, *clauses]), params
 
 
 def samples(store: Store, threshold: int, thresholds: dict[str, int] | None = None, **filters) -> list[dict]:

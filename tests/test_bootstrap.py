@@ -98,7 +98,7 @@ def test_every_dataset_figure_of_the_commands_carries_its_interval(data_dir, tmp
         for name in ("CH", "CL", "WH", "WL", "average_score"):
             interval = found["intervals"][name]
             assert set(interval) == {"ci_low", "ci_high"}
-        assert found["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
+        assert found["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95, "unit": "image"}
         low, high = found["intervals"]["average_score"]["ci_low"], found["intervals"]["average_score"]["ci_high"]
         assert low <= found["average_score"] <= high
     compared = invoke_json("compare", "--db", db, "--against", matrix["setting_key"][:8])
@@ -128,3 +128,31 @@ def test_every_dataset_figure_of_the_commands_carries_its_interval(data_dir, tmp
                 assert row[kind]["ci_low"] <= row[kind]["r"] <= row[kind]["ci_high"], row["signal"]
     bad = invoke("compare", "--db", db, "--against", "zzzz", expect_ok=False)
     assert bad.exit_code == 1 and "no setting has a key starting with it" in bad.output
+
+
+def test_findings_of_one_image_are_resampled_together():
+    """Known answers of the cluster bootstrap: with every image's findings identical (each image all CH or all WL,
+    ten findings each), the figure varies as the images do, not as 10x as many independent findings would; with
+    one finding per image it is the plain bootstrap, draw for draw."""
+    from localjudge.analysis.bootstrap import clustered_intervals, mean_interval, share_intervals
+    from localjudge.analysis.matrix import matrix_intervals
+
+    images = np.repeat(np.arange(20), 10)
+    correct = np.repeat(np.arange(20) % 2, 10).astype(float)  # images 1, 3, ... right; the others wrong
+    scores = np.where(correct == 1, 5.0, 0.0)
+    clustered = matrix_intervals(correct, scores, 3, images)
+    independent = matrix_intervals(correct, scores, 3)
+    width = {name: found["intervals"]["CH"]["ci_high"] - found["intervals"]["CH"]["ci_low"]
+             for name, found in (("clustered", clustered), ("independent", independent))}
+    # 20 images at p = 0.5: the share's standard error is 100 * sqrt(0.25 / 20) = 11.2 points (interval ~ 44
+    # points wide; in steps of 5 points); 200 independent findings would give 3.5 (~ 14 wide)
+    assert 35 <= width["clustered"] <= 55 and 10 <= width["independent"] <= 18
+    assert clustered["bootstrap"]["unit"] == "image, with all its findings"
+    # singletons: the same draws as the plain bootstrap
+    labels = np.array(["CH", "WL", "CH", "CL", "WH"] * 4, dtype=object)
+    values = np.arange(20, dtype=float)
+    found = clustered_intervals(labels, values, np.arange(20), ("CH", "CL", "WH", "WL"))
+    plain = share_intervals(labels, ("CH", "CL", "WH", "WL"))
+    for name in plain:
+        assert found[name] == pytest.approx(plain[name])
+    assert found["mean"] == pytest.approx(mean_interval(values))

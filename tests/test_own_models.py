@@ -249,6 +249,19 @@ def test_the_head_hint_only_when_only_the_classifier_differs():
     assert state_mismatch(model, dict(model)) == ""
 
 
+@pytest.fixture(scope="module")
+def multilabel_model(tmp_path_factory, data_dir):
+    """The real multilabel model of the seg-photos' categories (own_models.make_multilabel_model), made once."""
+    from .own_models import make_multilabel_model, seg_rows
+
+    out = tmp_path_factory.mktemp("multilabel")
+    weights, labels, classes = make_multilabel_model(data_dir, out, seg_rows(data_dir))
+    card = out / "objects.json"
+    invoke("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--task", "multilabel",
+           "--out", card)
+    return {"weights": weights, "labels": labels, "classes": classes, "card": card}
+
+
 @pytest.mark.slow
 def test_a_multilabel_model_gets_a_map_and_a_judgment_per_finding(tmp_path, data_dir, tiny_vlms):
     """A real multilabel model: one logistic head per category on Lite0's real features, fitted on the seg-photos
@@ -298,3 +311,82 @@ def test_a_multilabel_model_gets_a_map_and_a_judgment_per_finding(tmp_path, data
     assert len(exported) == len(judged) and {row["target_label"] for row in exported} == set(names)
     # explain on its own finds every map made
     assert invoke_json("explain", "--db", db, "--model", card, "--weights", weights)["explain"]["computed"] == 0
+
+
+@pytest.mark.slow
+def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp_path, data_dir, tiny_vlms,
+                                                                            multilabel_model):
+    """--targets labelled: each labelled finding the model misses gets its map and judgment too, and counts as wrong
+    (the model's call disagrees with the label); a found finding is right where it is labelled. With each mask's
+    class (--mask-label-column), a map is measured against its own finding's mask only: the map of a person on a
+    photo whose mask is the horse gets no region score."""
+    from .own_models import objects_of, seg_rows
+
+    rows = seg_rows(data_dir)
+    classes = multilabel_model["classes"]
+    picked = [r for r in rows if len(objects_of(r)) > 1][:3] + [r for r in rows if len(objects_of(r)) == 1][:2]
+    # the last photo is also labelled with a category it does not show: a finding the model should miss
+    shown = objects_of(picked[-1])
+    absent = next(c for c in ("cat", "bus", "chair", "bird") if c in classes and c not in shown)
+    manifest = write_manifest(tmp_path / "five.csv", [
+        {"path": str(data_dir / "seg-photos" / r["file"]),
+         "label": ";".join(objects_of(r) + ([absent] if r is picked[-1] else [])),
+         "mask": str(data_dir / "seg-photos" / r["mask"]), "finding": objects_of(r)[0]} for r in picked])
+    db = tmp_path / "missed.db"
+    model = ("--model", multilabel_model["card"], "--weights", multilabel_model["weights"])
+    invoke_json("run", manifest, "--db", db, *model, "--targets", "labelled", "--vlm", tiny_vlms["qwen2_5_vl"],
+                "--max-new-tokens", "256", "--mask-column", "mask", "--mask-label-column", "finding")
+    with sqlite3.connect(db) as conn:
+        predictions = conn.execute("select id, probs, label_indices from predictions").fetchall()
+        maps = conn.execute("select id, prediction_id, target_index, target_label, finding, target_probability "
+                            "from saliency_maps").fetchall()
+        judged = dict(conn.execute("select saliency_id, score from judgments where status = 'ok'").fetchall())
+        scored = dict(conn.execute("select saliency_id, iou from region_scores").fetchall())
+        masks = dict(conn.execute("select i.sha256, g.label from ground_truth g join images i on "
+                                  "i.sha256 = g.image_sha256").fetchall())
+        image_of = dict(conn.execute("select id, image_sha256 from saliency_maps").fetchall())
+    # every finding and every labelled class is a target, and each map says which it is
+    expected, found_at = set(), {}
+    for pid, blob, indices in predictions:
+        probs = unpack_array(blob, (-1,), np.float32)
+        found_at[pid] = probs
+        expected |= {(pid, int(i)) for i in set(np.flatnonzero(probs >= 0.5)) | set(json.loads(indices))}
+    assert {(m[1], m[2]) for m in maps} == expected
+    for _, pid, target, _, finding, probability in maps:
+        assert finding == int(found_at[pid][target] >= 0.5) and probability == pytest.approx(found_at[pid][target])
+    missed = [m for m in maps if m[4] == 0]
+    failed = [m[3] for m in maps if m[0] not in judged]
+    assert absent in {m[3] for m in missed}  # the premise: the model does not see a cat (or bus...) on this photo
+    labelled = {pid: set(json.loads(indices)) for pid, _, indices in predictions}
+    right = sum(m[4] == 1 and m[2] in labelled[m[1]] for m in maps if m[0] in judged)
+    wrong = sum(m[4] == 0 or m[2] not in labelled[m[1]] for m in maps if m[0] in judged)
+    matrix = invoke_json("matrix", "--db", db)["matrices"][0]
+    counts = matrix["counts"]
+    assert counts["CH"] + counts["CL"] == right and counts["WH"] + counts["WL"] == wrong >= 1, failed
+    assert {f["finding"] for f in matrix["by_finding"]} == {m[3] for m in maps if m[0] in judged}
+    calls = invoke_json("summary", "--db", db)["models"][0]["findings"]
+    assert calls == {"targets": len(maps), "labelled": len(maps), "agreement": pytest.approx(
+        sum(m[4] == int(m[2] in labelled[m[1]]) for m in maps) / len(maps)), "missed": len(missed),
+        "not_labelled": sum(m[4] == 1 and m[2] not in labelled[m[1]] for m in maps)}
+    # regions: each map against its own finding's mask; other findings of the photo have none
+    own = {m[0] for m in maps if m[3] == masks[image_of[m[0]]]}
+    assert set(scored) == own and len(own) == len(picked) and len(maps) > len(own)
+    regions = invoke_json("eval", "regions", "--db", db, *model, "--mask-column", "mask", "--mask-label-column",
+                          "finding", "--manifest", manifest)
+    per = {f["finding"]: f["maps"] for f in regions["means"]["by_finding"]}
+    assert per == {name: sum(m[3] == name for m in maps if m[0] in own) for name in set(masks.values())}
+    assert regions["means"]["maps"] == len(own)
+    # a threshold above every finding: the same maps, each now a miss (marked again, not made again)
+    again = invoke_json("explain", "--db", db, *model, "--targets", "labelled", "--finding-threshold", "0.999999")
+    assert again["explain"]["computed"] == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from saliency_maps where finding = 1").fetchone() == (0,)
+    # now only labelled classes are targets (each a miss); a finding of the old threshold without a label is none
+    now = invoke_json("matrix", "--db", db)["matrices"][0]
+    assert now["judgments"] == sum(m[2] in labelled[m[1]] for m in maps if m[0] in judged)
+    assert now["counts"]["CH"] + now["counts"]["CL"] == 0
+
+
+def test_targets_labelled_is_for_multilabel_models(tmp_path, three_photos):
+    result = invoke("predict", three_photos, "--db", tmp_path / "x.db", "--targets", "labelled", expect_ok=False)
+    assert result.exit_code != 0 and "--targets labelled" in result.output and "multilabel" in result.output

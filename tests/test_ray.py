@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, invoke_json, seg_photos_manifest
+from .conftest import REPO, invoke, invoke_json, seg_photos_manifest
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
 
@@ -117,3 +118,45 @@ def test_data_parallel_runs_copies_of_the_judge_on_a_local_cluster(tiny_vlms, da
     with sqlite3.connect(db) as conn:
         config = json.loads(conn.execute("select config from runs").fetchone()[0])
     assert (config["ray"], config["ray_workers"], config["data_parallel_size"]) == ("local", 2, 2)
+
+
+def test_findings_added_since_are_judged_once_on_a_cluster(tiny_vlms, data_dir, tmp_path):
+    """A multilabel store whose images gain targets (--targets labelled after a run of findings only): on Ray the
+    images are made again whole by the vision actors; only the new maps are judged and counted, the maps judged
+    before are not judged again, and every judgeable map ends with one judgment."""
+    from .own_models import make_multilabel_model, objects_of, seg_rows
+
+    rows = seg_rows(data_dir)
+    weights, labels, classes = make_multilabel_model(data_dir, tmp_path / "model", rows)
+    card = tmp_path / "objects.json"
+    invoke("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--task", "multilabel",
+           "--out", card)
+    picked = [r for r in rows if len(objects_of(r)) > 1][:2] + [r for r in rows if len(objects_of(r)) == 1][:2]
+    manifest = tmp_path / "four.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label"])
+        writer.writeheader()
+        for r in picked:  # each photo also labelled with a category it does not show: a finding the model misses
+            absent = next(c for c in ("cat", "bus", "chair", "bird") if c in classes and c not in objects_of(r))
+            writer.writerow({"path": str(data_dir / "seg-photos" / r["file"]), "label": ";".join(objects_of(r)
+                                                                                                + [absent])})
+    db = tmp_path / "ml.db"
+    common = ["--db", db, "--model", card, "--weights", weights, "--vlm", tiny_vlms["qwen2_5_vl"],
+              "--max-new-tokens", "64", "--batch-size", "2", "--judge-batch-size", "2"]
+    invoke_json("run", manifest, *common)
+    with sqlite3.connect(db) as conn:
+        before = {r[0] for r in conn.execute("select id from saliency_maps")}
+        judged_before = dict(conn.execute("select id, created_at from judgments").fetchall())
+    try:
+        stages = invoke_json("run", manifest, *common, "--targets", "labelled", "--ray", "--ray-workers", "2")
+    finally:
+        stop_ray()
+    with sqlite3.connect(db) as conn:
+        maps = dict(conn.execute("select id, failure from saliency_maps").fetchall())
+        judged = dict(conn.execute("select saliency_id, created_at from judgments").fetchall())
+        ids = dict(conn.execute("select id, created_at from judgments").fetchall())
+    new = {m for m in maps if m not in before}
+    assert len(new) >= len(picked) and stages["explain"]["computed"] == len(new)
+    assert stages["judge"]["computed"] == sum(maps[m] is None for m in new)
+    assert set(judged) == {m for m, failure in maps.items() if failure is None}
+    assert {k: ids[k] for k in judged_before} == judged_before  # judged before: not again

@@ -225,10 +225,10 @@ def test_masks_follow_exif_orientation_and_ambiguous_names_are_refused(tmp_path,
     images = [{"sha256": "p", "path": str(tmp_path / "a" / "photo.jpg"), "width": 300, "height": 200},
               {"sha256": "o", "path": str(tmp_path / "b" / "other.jpg"), "width": 300, "height": 200}]
     found = from_mask_folder(masks, images)
-    assert found["p"].mask.shape == (300, 200) and found["o"].mask.shape == (200, 300)
+    assert found[("p", "")].mask.shape == (300, 200) and found[("o", "")].mask.shape == (200, 300)
     twins = images + [{"sha256": "t", "path": str(tmp_path / "b" / "photo.jpg"), "width": 300, "height": 200}]
     refused = from_mask_folder(masks, twins)
-    assert "2 images are named 'photo'" in refused["p"].reason and "2 images" in refused["t"].reason
+    assert "2 images are named 'photo'" in refused[("p", "")].reason and "2 images" in refused[("t", "")].reason
 
 
 def test_mask_column_needs_a_manifest_and_the_recognizer_needs_masked_images(tmp_path, data_dir):
@@ -237,3 +237,33 @@ def test_mask_column_needs_a_manifest_and_the_recognizer_needs_masked_images(tmp
     assert result.exit_code == 2 and "--mask-column reads the CSV manifest" in result.output
     result = invoke("judge", "--db", tmp_path / "y.db", "--image-mode", "heatmap", expect_ok=False)
     assert result.exit_code != 0 and "recognizer judge reads the masked image" in result.output
+
+
+def test_coco_categories_are_regions_of_their_own(data_dir):
+    """TBX11K's boxes have categories: each image's union of boxes (label '') and each category's boxes under its
+    name; a healthy radiograph has only its empty union."""
+    from localjudge.ground_truth import from_coco_boxes
+
+    xray = data_dir / "chest-xray"
+    images = [{"sha256": name, "path": str(xray / name), "width": 512, "height": 512}
+              for name in ("tb0005.png", "tb0007.png", "h0001.png")]
+    found = from_coco_boxes(xray / "TBX11K_train.json", images)
+    assert set(found) == {("tb0005.png", ""), ("tb0005.png", "ActiveTuberculosis"), ("tb0007.png", ""),
+                          ("tb0007.png", "ObsoletePulmonaryTuberculosis"), ("h0001.png", "")}
+    assert found[("tb0005.png", "ActiveTuberculosis")].label == "ActiveTuberculosis"
+    assert (found[("tb0005.png", "")].mask == found[("tb0005.png", "ActiveTuberculosis")].mask).all()
+    assert not found[("h0001.png", "")].mask.any()
+
+
+def test_a_map_is_measured_against_its_own_findings_region():
+    """Known answers of ground_truth.region_of_map: the target's own region (case aside); the image's object region
+    for a single-label map, or for a finding that is the image's only label; nothing for another finding."""
+    from localjudge.ground_truth import region_of_map
+
+    regions = {"": "object", "Horse": "horse"}
+    assert region_of_map(regions, {"target_label": "horse", "finding": 1, "target_index": 3}, [3, 5]) == "horse"
+    assert region_of_map(regions, {"target_label": "person", "finding": 1, "target_index": 5}, [3, 5]) is None
+    assert region_of_map(regions, {"target_label": "person", "finding": 0, "target_index": 5}, [5]) == "object"
+    assert region_of_map(regions, {"target_label": "sorrel", "finding": None, "target_index": 339}, None) == "object"
+    assert region_of_map({"Horse": "horse"}, {"target_label": "sorrel", "finding": None, "target_index": 339},
+                         [339]) is None

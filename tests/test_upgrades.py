@@ -84,3 +84,27 @@ def test_region_scores_stored_before_mass_shares_are_scored_again(data_dir, tmp_
     with sqlite3.connect(db) as conn:
         again = dict(conn.execute("select id, mass_share from region_scores").fetchall())
     assert again == shares  # the same rows, filled in
+
+
+def test_ground_truth_of_an_old_store_becomes_each_images_object_region(data_dir, tmp_path):
+    """m015: an old store's one region per image becomes the region labelled '' (the image's object), scored as
+    before; merged from an old store, the same."""
+    manifest = seg_photos_manifest(data_dir, tmp_path / "two.csv", 2)
+    old = tmp_path / "old.db"
+    invoke("run", manifest, "--db", old, "--masks", data_dir / "seg-photos" / "masks")
+    store = Store(old)
+    store.db["ground_truth"].transform(drop={"label"}, pk="image_sha256")
+    for column in ("finding", "target_probability"):
+        store.db.execute(f"alter table saliency_maps drop column {column}")
+    store.close()
+    forget(old, "m015_findings_and_regions_per_finding")
+    merged = tmp_path / "merged.db"
+    invoke("db", "merge", old, "--into", merged)
+    store = Store(old)  # migrates
+    assert [r["label"] for r in store.query("select label from ground_truth")] == ["", ""]
+    store.close()
+    for db in (old, merged):
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("select count(*), min(label) from ground_truth").fetchone() == (2, "")
+        again = invoke_json("eval", "regions", "--db", db, "--masks", data_dir / "seg-photos" / "masks")
+        assert again["stages"]["regions"]["computed"] == 0 and again["means"]["maps"] == 2

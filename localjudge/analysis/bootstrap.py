@@ -6,6 +6,9 @@ resamples come from one seeded generator, so an interval is the same on every ru
 resamples are reported beside it. For two settings judged on the same images, the paired bootstrap resamples the
 images once for both, so the interval of the difference accounts for their correlation.
 
+Where several units belong to one image (a multilabel model's findings), the images are resampled, each with all its
+units (the cluster bootstrap, Davison & Hinkley, 1997, §3.8): findings of one image are not independent.
+
 Where a resample leaves a figure undefined (a share of an empty group, a correlation of a constant), that resample is
 left out; with fewer than half the resamples defined, there is no interval (None)."""
 
@@ -70,6 +73,35 @@ def share_intervals(groups: np.ndarray, names, resamples: int = RESAMPLES, seed:
             shares = np.where(placed > 0, 100.0 * (drawn == name).sum(axis=1) / placed, np.nan)
         result[name] = percentile_interval(shares, level)
     return result
+
+
+def clustered_intervals(groups: np.ndarray, values: np.ndarray, clusters: np.ndarray, names,
+                        resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> dict:
+    """share_intervals of `groups` by `names` and mean_interval of `values`, with the clusters (images) resampled
+    instead of the units: each draw takes every unit of a drawn cluster. Keys: the names, and "mean"."""
+    groups, values = np.asarray(groups, dtype=object), np.asarray(values, dtype=np.float64)
+    first: dict = {}  # clusters numbered in order of appearance (one unit each: the plain bootstrap's draws)
+    cluster = np.array([first.setdefault(c, len(first)) for c in clusters], dtype=np.int64)
+    count = len(first)
+    if count == 0:
+        return {**{name: (None, None) for name in names}, "mean": (None, None)}
+    # per cluster: its units in each group, its units placed in any, the sum and number of its defined values
+    per_name = np.stack([np.bincount(cluster, weights=(groups == name).astype(float), minlength=count)
+                         for name in names], axis=1)
+    placed = per_name.sum(axis=1)
+    defined = ~np.isnan(values)
+    sums = np.bincount(cluster, weights=np.where(defined, values, 0.0), minlength=count)
+    counts = np.bincount(cluster, weights=defined.astype(float), minlength=count)
+    shares, means = [], []
+    for drawn in resample_indices(count, resamples, seed):
+        weights = np.bincount(drawn, minlength=count).astype(float)
+        total = weights @ placed
+        shares.append(100.0 * (weights @ per_name) / total if total else np.full(len(names), np.nan))
+        n = weights @ counts
+        means.append((weights @ sums) / n if n else np.nan)
+    shares = np.array(shares)
+    return {**{name: percentile_interval(shares[:, i], level) for i, name in enumerate(names)},
+            "mean": percentile_interval(np.array(means), level)}
 
 
 def correlation_interval(x, y, correlation: Callable[[np.ndarray, np.ndarray], float], resamples: int = RESAMPLES,

@@ -53,12 +53,22 @@ def quadrant_labels(correct: np.ndarray, scores: np.ndarray, threshold: int = 3)
     return labels
 
 
-def matrix_intervals(correct: np.ndarray, scores: np.ndarray, threshold: int = 3) -> dict:
-    """Bootstrap 95 % intervals (images resampled) of each quadrant's percentage and of the average score."""
-    from .bootstrap import LEVEL, RESAMPLES, SEED, mean_interval, share_intervals
+def matrix_intervals(correct: np.ndarray, scores: np.ndarray, threshold: int = 3,
+                     images: np.ndarray | None = None) -> dict:
+    """Bootstrap 95 % intervals (images resampled) of each quadrant's percentage and of the average score. With
+    `images` (each judgment's image) where an image has several judgments (a multilabel model's findings), the
+    images are resampled with all their judgments (bootstrap.clustered_intervals)."""
+    from .bootstrap import LEVEL, RESAMPLES, SEED, clustered_intervals, mean_interval, share_intervals
 
-    shares = share_intervals(quadrant_labels(correct, scores, threshold), QUADRANTS)
-    low, high = mean_interval(scores)
+    labels = quadrant_labels(correct, scores, threshold)
+    clustered = images is not None and len(set(images)) < len(images)
+    if clustered:
+        found = clustered_intervals(labels, scores, images, QUADRANTS)
+        shares, (low, high) = found, found["mean"]
+    else:
+        shares = share_intervals(labels, QUADRANTS)
+        low, high = mean_interval(scores)
     return {"intervals": {**{q: {"ci_low": shares[q][0], "ci_high": shares[q][1]} for q in QUADRANTS},
                           "average_score": {"ci_low": low, "ci_high": high}},
-            "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}}
+            "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL,
+                          "unit": "image, with all its findings" if clustered else "image"}}

@@ -145,6 +145,8 @@ def open_audit(db_path: str | Path, source: str | Path | None = None, stages: It
     if config.mask_column and "ingest" in stages and not (
             Path(source).is_file() and Path(source).suffix.lower() == ".csv"):
         raise OptionError("--mask-column reads the CSV manifest the images come from; IMAGES is not one")
+    if config.mask_label_column and not config.mask_column:
+        raise OptionError("--mask-label-column names the class of each --mask-column mask: give --mask-column too")
     if source and config.redact_paths and any((config.masks, config.mask_column, config.boxes)):
         raise ValueError("--redact-paths with ground-truth regions is not supported yet: their masks and boxes are "
                          "matched by image path")
@@ -162,6 +164,9 @@ def open_audit(db_path: str | Path, source: str | Path | None = None, stages: It
             config = config.replace(judge=auto_judge(config))
         card = resolve_card(config.model, config.card, config.labels)
         require_weights(card, config.weights, config.random_weights)
+        if config.targets == "labelled" and card.task != "multilabel":
+            raise OptionError(f"--targets labelled explains a multilabel model's missed findings; {card.name} is a "
+                              f"{card.task} model (its map explains its one predicted class)")
         if "judge" in stages:
             JUDGES[config.judge].check(config, card.label_list().names)
         store = store or Store(db_path)
@@ -421,13 +426,23 @@ class Audit:
 
     def targets(self, prediction: dict) -> list[int]:
         """The classes a prediction's maps explain: its predicted class; for a multilabel model each finding (a
-        class whose probability reaches its threshold), none where the model finds nothing."""
+        class whose probability reaches its threshold), none where the model finds nothing, and with --targets
+        labelled also each labelled class the model missed (so a missed finding is explained too)."""
         if self.card.task != "multilabel":
             return [prediction["predicted_index"]]
+        found = self.findings(prediction)
+        targets = [int(i) for i in np.flatnonzero(found)]
+        if self.config.targets == "labelled" and prediction["label_indices"]:
+            targets = sorted(set(targets) | {i for i in json.loads(prediction["label_indices"]) if 0 <= i < len(found)})
+        return targets
+
+    def findings(self, prediction: dict) -> np.ndarray:
+        """A multilabel prediction's findings: whether each class's probability reaches its threshold (the card's,
+        one per class, else --finding-threshold)."""
         probabilities = unpack_array(prediction["probs"], (-1,), np.float32)
         thresholds = (np.asarray(self.card.thresholds, dtype=np.float32) if self.card.thresholds is not None
                       else np.full(len(probabilities), self.config.finding_threshold, dtype=np.float32))
-        return [int(i) for i in np.flatnonzero(probabilities >= thresholds)]
+        return probabilities >= thresholds
 
     def map_keys(self, prediction: dict) -> list[str]:
         return [self.saliency_key(prediction, target) for target in self.targets(prediction)]
@@ -439,6 +454,8 @@ class Audit:
         keys = {sha: self.prediction_key(sha, vision_hash) for sha in image_ids}
         stored = {p["image_sha256"]: p for p in self.store.predictions(keys.values())}
         self.refresh_correctness([p["id"] for p in stored.values()])
+        if self.card.task == "multilabel":
+            self.refresh_findings(list(stored.values()))
         maps = {sha: self.map_keys(p) for sha, p in stored.items()}
         every = [key for keys_of in maps.values() for key in keys_of]
         return Plan(list(image_ids), keys, stored, maps, self.store.existing_ids("saliency_maps", every))
@@ -539,11 +556,15 @@ class Audit:
         return rows
 
     def _map_row(self, prediction: dict, target: int, saliency: np.ndarray, failure: str | None) -> dict:
-        """A map as it is stored; `failure` is why it is no finding (a degenerate map, kept and never judged)."""
+        """A map as it is stored; `failure` is why it is no finding (a degenerate map, kept and never judged). A
+        multilabel model's map records whether its target is a finding of the model or a labelled one it missed."""
+        probabilities = unpack_array(prediction["probs"], (-1,), np.float32)
+        finding = int(self.findings(prediction)[int(target)]) if self.card.task == "multilabel" else None
         return {"id": self.saliency_key(prediction, target), "prediction_id": prediction["id"],
                 "image_sha256": prediction["image_sha256"], "method": self.config.cam,
                 "target_layer": self.card.target_tensor, "target_index": int(target),
                 "target_label": self.card.label_list().names[int(target)],
+                "target_probability": float(probabilities[int(target)]), "finding": finding,
                 "height": int(saliency.shape[0]), "width": int(saliency.shape[1]), "map": pack_array(saliency),
                 "failure": failure, "run_id": self.run_id, "created_at": now()}
 
@@ -567,6 +588,18 @@ class Audit:
                 updates.append({"id": row["id"], "label_indices": encoded, "correct": correct})
         self.store.update_predictions(updates)
 
+    def refresh_findings(self, predictions: list[dict]) -> None:
+        """Whether a multilabel map's target is a finding follows this run's thresholds (as correctness follows
+        the current labels): a map stored under another threshold is marked again, not made again."""
+        by_id = {p["id"]: self.findings(p) for p in predictions}
+        updates = {}
+        for row in self.store.map_findings(by_id):
+            found = by_id[row["prediction_id"]]
+            current = int(found[row["target_index"]]) if row["target_index"] < len(found) else None
+            if current is not None and row["finding"] != current:
+                updates[row["id"]] = current
+        self.store.set_map_findings(updates)
+
     def stored_predictions(self) -> list[str]:
         """Every prediction of this configuration's model in the store (for `explain` on its own)."""
         return self.store.prediction_ids(self.vision_hash(), json.dumps(self.preprocessing(), sort_keys=True))
@@ -577,7 +610,10 @@ class Audit:
 
         stage = Stage() if stage is None else stage
         # one map per target of each prediction (its class; each finding of a multilabel model)
-        wanted = [{**p, "target": target} for p in self.store.predictions(prediction_ids) for target in self.targets(p)]
+        predictions = self.store.predictions(prediction_ids)
+        if self.card.task == "multilabel":
+            self.refresh_findings(predictions)
+        wanted = [{**p, "target": target} for p in predictions for target in self.targets(p)]
         keys = [self.saliency_key(w, w["target"]) for w in wanted]
         existing = self.store.existing_ids("saliency_maps", keys)
         stage.ids.extend(keys)
@@ -620,24 +656,31 @@ class Audit:
         if config.mask_column:
             if manifest is None or not Path(manifest).is_file():
                 raise GroundTruthError("--mask-column needs the CSV manifest the images came from")
-            found.update(from_manifest_column(Path(manifest), config.mask_column, config.path_column, images))
+            found.update(from_manifest_column(Path(manifest), config.mask_column, config.path_column, images,
+                                              config.mask_label_column))
         if config.boxes:
             found.update(from_coco_boxes(Path(config.boxes), images))
         rows = []
-        for sha, region in found.items():
+        for (sha, label), region in found.items():
             if isinstance(region, RegionFailure):
                 stage.failed += 1
                 stage.errors.append({"path": region.reference, "reason": region.reason})
                 continue
             packed = np.packbits(region.mask)
-            rows.append({"image_sha256": sha, "source": region.source, "reference": region.reference,
+            rows.append({"image_sha256": sha, "label": label, "source": region.source, "reference": region.reference,
                          "height": region.mask.shape[0], "width": region.mask.shape[1],
                          "mask": pack_array(region.mask, dtype=np.uint8),
                          "mask_sha256": hashlib.sha256(packed.tobytes()).hexdigest(),
                          "area_fraction": float(region.mask.mean()), "run_id": self.run_id, "created_at": now()})
-            stage.ids.append(sha)
-        stored = {row["image_sha256"]: row["mask_sha256"] for row in self.store.ground_truth(stage.ids)}
-        new = [row for row in rows if stored.get(row["image_sha256"]) != row["mask_sha256"]]
+        stage.ids.extend(dict.fromkeys(row["image_sha256"] for row in rows))
+        # an image whose regions (labels and masks) changed gets its new set whole; an unchanged one is left as is
+        stored: dict[str, set] = {}
+        for row in self.store.ground_truth(stage.ids):
+            stored.setdefault(row["image_sha256"], set()).add((row["label"], row["mask_sha256"]))
+        found_sets: dict[str, set] = {}
+        for row in rows:
+            found_sets.setdefault(row["image_sha256"], set()).add((row["label"], row["mask_sha256"]))
+        new = [row for row in rows if stored.get(row["image_sha256"]) != found_sets[row["image_sha256"]]]
         self.store.set_ground_truth(new)
         stage.computed = len(new)
         return stage
@@ -650,28 +693,38 @@ class Audit:
 
     def score_regions(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:
         """IoU, Dice, pixel accuracy, F1 (and precision, recall) of each map's attention mask (map >= beta) against
-        its image's ground-truth region, compared in the model's view (the region resized and centre-cropped as the
-        image was, nearest neighbour). Maps whose image has no region are skipped."""
+        its image's ground-truth region (its target's own, where the image has one per finding: see
+        ground_truth.region_of_map), compared in the model's view (the region resized and centre-cropped as the
+        image was, nearest neighbour). Maps without a region are skipped."""
         from ..analysis.localisation import energy_pointing
         from ..analysis.regions import attention_mask, region_scores
-        from ..ground_truth import region_in_view
+        from ..ground_truth import region_in_view, region_of_map
 
         stage = Stage() if stage is None else stage
         maps = [m for m in self.store.saliency_maps(saliency_ids) if not m.get("failure")]  # degenerate: no finding
-        truths = {t["image_sha256"]: t for t in self.store.ground_truth({m["image_sha256"] for m in maps})}
-        maps = [m for m in maps if m["image_sha256"] in truths]
+        regions: dict[str, dict[str, dict]] = {}
+        for t in self.store.ground_truth({m["image_sha256"] for m in maps}):
+            regions.setdefault(t["image_sha256"], {})[t["label"]] = t
+        predictions = {p["id"]: p for p in self.store.predictions({m["prediction_id"] for m in maps
+                                                                    if m["image_sha256"] in regions})}
+        truths = {}
+        for m in maps:
+            if m["image_sha256"] in regions:
+                labels = predictions[m["prediction_id"]]["label_indices"]
+                truth = region_of_map(regions[m["image_sha256"]], m, json.loads(labels) if labels else None)
+                if truth is not None:
+                    truths[m["id"]] = truth
+        maps = [m for m in maps if m["id"] in truths]
         beta = self.config.beta
-        keys = {m["id"]: content_key("regions", m["id"], truths[m["image_sha256"]]["mask_sha256"], beta)
-                for m in maps}
+        keys = {m["id"]: content_key("regions", m["id"], truths[m["id"]]["mask_sha256"], beta) for m in maps}
         stage.ids.extend(keys.values())
         # (a score stored before mass shares were kept, m011, is scored again and replaced)
         existing = self.store.existing_ids("region_scores", keys.values(), where="and mass_share is not null")
         missing = [m for m in maps if keys[m["id"]] not in existing]
-        geometry = {p["id"]: json.loads(p["preprocessing"])
-                    for p in self.store.predictions({m["prediction_id"] for m in missing})}
+        geometry = {m["prediction_id"]: json.loads(predictions[m["prediction_id"]]["preprocessing"]) for m in missing}
         rows = []
         for m in missing:
-            truth = truths[m["image_sha256"]]
+            truth = truths[m["id"]]
             saliency = unpack_array(m["map"], (m["height"], m["width"]))
             truth_view = region_in_view(truth, geometry[m["prediction_id"]], saliency.shape)
             attended = attention_mask(saliency, beta)

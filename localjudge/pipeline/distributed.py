@@ -80,10 +80,12 @@ class VisionWorker(_Worker):
         payload = {"images": images, "files": {item["image"]["sha256"]: item["file"] for item in items},
                    "predictions": self.store.predictions(predict.ids),
                    "saliency_maps": self.store.saliency_maps(explain.ids),
-                   "computed": {"predict": predict.computed, "explain": explain.computed},
                    "errors": predict.errors + explain.errors}
-        # fresh maps: all to be judged, but the degenerate ones (stored as map failures)
-        payload["to_judge"] = [m["id"] for m in payload["saliency_maps"] if not m.get("failure")]
+        # fresh maps: all to be judged, but the degenerate ones (stored as map failures) and those the store had
+        # judged before (an image made again for a finding added since)
+        judged = {key for item in items for key in item.get("judged", [])}
+        payload["to_judge"] = [m["id"] for m in payload["saliency_maps"] if not m.get("failure")
+                               and m["id"] not in judged]
         if self.audit.execution_provider is not None:
             payload["execution_provider"] = self.audit.execution_provider
         self.clear()
@@ -175,6 +177,16 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
     plan = audit.plan(image_ids)
     need_vision = plan.need_vision
     judge_only = audit.judgments_missing(plan.ready_maps, stages["judge"])
+    # An image with some maps stored but not all (a finding added since: another threshold, --targets labelled) is
+    # made again whole by a vision worker, which judges its fresh maps: its maps not yet judged are judged there
+    # only, and those judged before not again.
+    remade = set(need_vision)
+    image_of = {key: sha for sha, keys in plan.maps.items() for key in keys}
+    judged_before = {}
+    for key in set(plan.ready_maps) - set(judge_only):
+        if image_of[key] in remade:
+            judged_before.setdefault(image_of[key], []).append(key)
+    judge_only = [key for key in judge_only if image_of[key] not in remade]
     stages["predict"].ids = list(plan.predictions.values())
     stages["explain"].ids = plan.ready_maps  # maps made before (a killed run's) count as a local run counts them
     if not need_vision and not judge_only:
@@ -195,7 +207,8 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
     parts = []
     if need_vision:
         # the batches a local run computes: its images in ingest order, batch_size at a time
-        chunks = [{"chunk": json.dumps([{"image": images[sha], "file": files[sha]} for sha in chunk])}
+        chunks = [{"chunk": json.dumps([{"image": images[sha], "file": files[sha],
+                                         "judged": judged_before.get(sha, [])} for sha in chunk])}
                   for chunk in (need_vision[i:i + config.batch_size]
                                 for i in range(0, len(need_vision), config.batch_size))]
         vision = ray.data.from_items(chunks).map_batches(
@@ -212,7 +225,7 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
             payloads.append({"payload": pickle.dumps({
                 "images": [images[sha] for sha in shas], "files": {sha: files[sha] for sha in shas},
                 "predictions": [by_prediction[m["prediction_id"]] for m in chunk], "saliency_maps": chunk,
-                "to_judge": [m["id"] for m in chunk], "computed": {}, "errors": []})})
+                "to_judge": [m["id"] for m in chunk], "errors": []})})
         parts.append(ray.data.from_items(payloads))
     dataset = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     judge_calls = max(1, config.judge_batch_size // config.batch_size)
@@ -253,12 +266,14 @@ def torch_threads() -> int:
 
 
 def _write(store: Store, payload: dict, stages: dict) -> None:
-    """One batch's rows, in one transaction, as a local run writes them; the stages' counts."""
-    store.add_computed(payload.get("predictions") or [], payload.get("saliency_maps") or [],
-                       payload.get("prompts") or [], payload.get("judgments") or [])
-    computed = payload.get("computed") or {}
-    stages["predict"].computed += computed.get("predict", 0)
-    stages["explain"].computed += computed.get("explain", 0)
+    """One batch's rows, in one transaction, as a local run writes them; the stages' counts (of rows the store did
+    not hold: an image made again whole for a finding added since brings its stored prediction and maps too)."""
+    predictions, maps = payload.get("predictions") or [], payload.get("saliency_maps") or []
+    held = {table: store.existing_ids(table, [row["id"] for row in rows])
+            for table, rows in (("predictions", predictions), ("saliency_maps", maps))}
+    store.add_computed(predictions, maps, payload.get("prompts") or [], payload.get("judgments") or [])
+    stages["predict"].computed += sum(row["id"] not in held["predictions"] for row in predictions)
+    stages["explain"].computed += sum(row["id"] not in held["saliency_maps"] for row in maps)
     stages["explain"].ids.extend(m["id"] for m in payload.get("saliency_maps") or [])
     judgments = payload.get("judgments") or []
     stages["judge"].computed += len(judgments)

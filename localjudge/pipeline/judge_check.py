@@ -2,7 +2,8 @@
 
 A judge is tested on the user's own stored maps (a seeded sample) with requests whose right answer is known:
 - blank: a black and a mid-grey image asked about the predicted class: a valid judge scores low;
-- full view: the unmasked model view of correctly predicted images: a valid judge scores high;
+- full view: the unmasked model view of images whose target is among their labels (a correct prediction; a
+  labelled finding): a valid judge scores high;
 - absent class: the masked image asked about a class of another category (seeded choice): low;
 - absent class is asked only of models with ImageNet-1k labels, whose categories (the recognizer's sibling groups)
   say which classes are another category's; for other label lists (two findings of one radiograph) no class is known
@@ -104,7 +105,10 @@ def check_judge(audit, sample: int = JUDGE_CHECK_SAMPLE, seed: int = JUDGE_CHECK
         for shade, colour in (("black", (0, 0, 0)), ("grey", (128, 128, 128))):
             asks.append({**base, "kind": "blank", "variant": shade, "image": Image.new("RGB", view.size, colour),
                          "view": None, "mask": None})
-        if prediction["correct"] == 1:
+        # the whole view of a target that is there: a correct prediction, a multilabel model's labelled finding
+        # (found or missed: the object is in the view either way)
+        labelled = json.loads(prediction["label_indices"]) if prediction["label_indices"] else []
+        if index in labelled:
             asks.append({**base, "kind": "full_view", "variant": "", "image": view, "view": None, "mask": None})
         if siblings is not None:
             other = absent_class(index, names, siblings, rng)

@@ -220,8 +220,11 @@ class Store:
                 self.db["predictions"].update(row["id"], {k: v for k, v in row.items() if k != "id"})
 
     def set_ground_truth(self, rows: list[dict]) -> None:
+        """Each image's regions, replacing all it had (a new source is the image's whole ground truth)."""
         with self.transaction():
-            self.db["ground_truth"].upsert_all(rows, pk="image_sha256")
+            self.db.execute("delete from ground_truth where image_sha256 in (select value from json_each(?))",
+                            [json.dumps(sorted({row["image_sha256"] for row in rows}))])
+            self.db["ground_truth"].insert_all(rows, pk=("image_sha256", "label"))
 
     def ground_truth(self, sha256s: Iterable[str]) -> list[dict]:
         return self._rows_where_in("ground_truth", "image_sha256", sha256s, "image_sha256")
@@ -231,6 +234,18 @@ class Store:
         return [r["id"] for r in self.db.query(
             "select p.id from predictions p join images i on i.sha256 = p.image_sha256 "
             "where p.model_hash = ? and p.preprocessing = ? order by i.path", [model_hash, preprocessing])]
+
+    def map_findings(self, prediction_ids: Iterable[str]) -> list[dict]:
+        """The maps of these predictions with their targets and whether each is a finding (not the maps)."""
+        return list(self.db.query(
+            "select id, prediction_id, target_index, finding from saliency_maps where prediction_id in "
+            "(select value from json_each(?))", [json.dumps(list(prediction_ids))]))
+
+    def set_map_findings(self, findings: dict[str, int]) -> None:
+        if findings:
+            with self.transaction():
+                self.db.conn.executemany("update saliency_maps set finding = ? where id = ?",
+                                         [(value, key) for key, value in findings.items()])
 
     def saliency_maps(self, ids: Iterable[str]) -> list[dict]:
         return self._rows_by_id("saliency_maps", ids)

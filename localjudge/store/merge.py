@@ -71,7 +71,9 @@ def _merge_table(conn, table: str, key: tuple[str, ...], source: Path, conflicts
                          "merge with the newer version")
     columns = source_columns
     listed = ", ".join(f"[{c}]" for c in columns)
-    matches = " and ".join(f"t.[{k}] = s.[{k}]" for k in key)
+    # a key column an older store lacks reads as its default (ground_truth.label: '', the image's object region)
+    source_key = {k: f"s.[{k}]" if k in source_columns else "''" for k in key}
+    matches = " and ".join(f"t.[{k}] = {source_key[k]}" for k in key)
     if table == "judgments":
         # a judgment that failed here (a crashed batch, a server that refused) gives way to one that succeeded there
         conn.execute("delete from main.judgments where status = 'failed' and id in "
@@ -85,8 +87,9 @@ def _merge_table(conn, table: str, key: tuple[str, ...], source: Path, conflicts
         flag_zero_maps(conn, "select id from src.saliency_maps")
     for column in FILLABLE.get(table, ()):  # a value one store learnt later fills the other's unknown
         if column in columns:
+            same = " and ".join(f"{source_key[k]} = main.[{table}].[{k}]" for k in key)
             conn.execute(f"update main.[{table}] set [{column}] = (select s.[{column}] from src.[{table}] s where "
-                         + " and ".join(f"s.[{k}] = main.[{table}].[{k}]" for k in key) + f") where [{column}] is null")
+                         f"{same}) where [{column}] is null")
     if table == "runs":
         return added  # a run is provenance itself: the same run merged twice may differ in its status and times
     # Rows both have: compared on what they say (not provenance, not float noise).
@@ -104,7 +107,7 @@ def _merge_table(conn, table: str, key: tuple[str, ...], source: Path, conflicts
 
         differs = " or ".join(different(c) for c in compared)
         rows = conn.execute(
-            f"select {', '.join(f's.[{k}]' for k in key)}, "
+            f"select {', '.join(source_key[k] for k in key)}, "
             + ", ".join(f"coalesce({different(c)}, 0)" for c in compared)
             + f" from src.[{table}] s join main.[{table}] t on {matches} where {differs}").fetchall()
         for row in rows:

@@ -262,11 +262,24 @@ def m014_target_labels(db: sqlite_utils.Database) -> None:
     db["saliency_maps"].add_column("target_label", str)
 
 
+@migration
+def m015_findings_and_regions_per_finding(db: sqlite_utils.Database) -> None:
+    # A multilabel model's map says how its target came to be explained: the target's probability, and whether the
+    # model finds it (1: at or above its threshold; 0: a labelled finding the model missed, explained with
+    # --targets labelled). NULL for a single-label model's maps and maps stored before.
+    db["saliency_maps"].add_column("target_probability", float)
+    db["saliency_maps"].add_column("finding", int)
+    # An image's regions, one per finding it names ('' the image's object, whatever its class): a COCO category's
+    # boxes, a mask with its class (--mask-label-column). The key becomes (image, label).
+    db["ground_truth"].add_column("label", str, not_null_default="")
+    db["ground_truth"].transform(pk=("image_sha256", "label"))
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
           ("saliency_maps", ("id",)), ("prompts", ("hash",)), ("judgments", ("id",)),
-          ("ground_truth", ("image_sha256",)), ("region_scores", ("id",)), ("faithfulness", ("id",)),
+          ("ground_truth", ("image_sha256", "label")), ("region_scores", ("id",)), ("faithfulness", ("id",)),
           ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)),
           ("canary_judgments", ("id",)), ("judge_checks", ("id",)))
 # What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
