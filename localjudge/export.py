@@ -15,14 +15,15 @@ from .store import Store, unpack_array
 from .vision import weights_note
 
 FORMATS = ("csv", "json", "jsonl")
-# The columns of an exported sample, in order. Nested values (top-5, ratings, run configurations) are JSON text in
+# The columns of an exported sample, in order. `confidence` is the model's probability of the map's target; `finding`
+# says whether a multilabel model reported that target (1) or missed a labelled one (0), empty for single-label. Nested values (top-5, ratings, run configurations) are JSON text in
 # CSV and plain values in JSON.
 COLUMNS = (
     "judgment_id", "quadrant", "threshold", "status", "failure_kind", "score", "evaluation", "justification", "error",
     "path", "image_sha256", "label", "width", "height",
     "prediction_id", "model", "model_hash", "model_weights", "backend", "predicted_index", "predicted_label",
     "confidence", "correct", "label_indices", "top5",
-    "saliency_id", "cam", "target_layer", "target_index", "target_label",
+    "saliency_id", "cam", "target_layer", "target_index", "target_label", "finding",
     "view_id", "alpha", "beta", "image_mode", "image_kind", "judge_backend", "judge_model", "judge_model_hash",
     "prompt_hash", "decoding", "judge_image_size", "input_tokens", "output_tokens", "judged_at",
     "iou", "dice", "pixel_accuracy", "f1",

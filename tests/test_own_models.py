@@ -341,6 +341,7 @@ def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp
         maps = conn.execute("select id, prediction_id, target_index, target_label, finding, target_probability "
                             "from saliency_maps").fetchall()
         judged = dict(conn.execute("select saliency_id, score from judgments where status = 'ok'").fetchall())
+        asked = {sid for (sid,) in conn.execute("select saliency_id from judgments")}  # answered or not
         scored = dict(conn.execute("select saliency_id, iou from region_scores").fetchall())
         masks = dict(conn.execute("select i.sha256, g.label from ground_truth g join images i on "
                                   "i.sha256 = g.image_sha256").fetchall())
@@ -364,6 +365,9 @@ def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp
     counts = matrix["counts"]
     assert counts["CH"] + counts["CL"] == right and counts["WH"] + counts["WL"] == wrong >= 1, failed
     assert {f["finding"] for f in matrix["by_finding"]} == {m[3] for m in maps if m[0] in judged}
+    exported = json.loads(invoke("export", "--db", db, "--format", "json").stdout)
+    assert sorted((r["target_label"], r["finding"]) for r in exported) == sorted(
+        (m[3], m[4]) for m in maps if m[0] in asked)
     calls = invoke_json("summary", "--db", db)["models"][0]["findings"]
     assert calls == {"targets": len(maps), "labelled": len(maps), "agreement": pytest.approx(
         sum(m[4] == int(m[2] in labelled[m[1]]) for m in maps) / len(maps)), "missed": len(missed),
