@@ -901,6 +901,92 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
                    f"{p['CL']:>7.1f}{p['WH']:>7.1f}{p['WL']:>7.1f}{average:>6}")
 
 
+@evaluate.command(name="classes")
+@db_option
+@reading_threshold_option
+@sample_filter_options
+@click.option("--by", type=click.Choice(("predicted", "labelled")), default="predicted", show_default=True,
+              help="Group each judgment by the class its map explains, or by the image's labelled class.")
+@click.option("--groups", "groups_file", type=click.Path(exists=True, dir_okay=False),
+              help="Group classes into super-classes: JSON {\"group\": [class indices]} (a class in no group is "
+                   "\"other\"); localjudge ships ImageNet-1k's in models/labels/imagenet-1k-superclasses.json.")
+@click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True,
+              help="Attended area and region mass at this beta.")
+@click.option("--min-n", type=click.IntRange(1), default=None,
+              help="Placed judgments a class needs to be ranked among the classes to inspect (default 5).")
+@click.option("--top", type=click.IntRange(1), default=25, show_default=True, help="Classes shown per setting (text).")
+@json_option
+@user_errors
+def eval_classes(db_path, threshold, by, groups_file, beta, min_n, top, as_json, **filters):
+    """Per-class attention statistics (n, accuracy, CH/CL/WH/WL shares, mean score, region mass, map entropy,
+    attended area, each with its interval) and the classes to inspect first: ranked by how surely their judgments
+    disagree with their correctness (CL: right, attention low; WH: wrong, attention high).
+
+    \b
+    Example:
+        localjudge eval classes --db audit.db --by labelled --json
+    """
+    from .queries import class_statistics
+
+    groups = read_groups(groups_file) if groups_file else None
+    store, threshold, thresholds = open_with_threshold(db_path, threshold)
+    found = class_statistics(store, threshold, by, beta, groups, min_n, thresholds, **filters)
+    if as_json:
+        click.echo(json.dumps({"settings": found}, indent=2))
+        return
+    if not found:
+        click.echo("no successful judgments match")
+    for setting in found:
+        base = setting["baseline"]
+        click.echo(f"\n{describe_setting(setting)}  (by {setting['by']} class, threshold {setting['threshold']})")
+        click.echo(f"{'class':28}{'n':>5}{'acc':>7}{'CH%':>6}{'CL%':>6}{'WH%':>6}{'WL%':>6}{'score':>7}"
+                   f"{'mass':>7}{'entropy':>8}{'area':>6}")
+        for row in setting["groups"][:top]:
+            def pct(q):
+                value = row["percent"][q]["value"]
+                return f"{'':>6}" if value is None else f"{value:>6.0f}"
+
+            def num(key, width=7, digits=2):
+                value = row[key]["mean"]
+                return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+            click.echo(f"{str(row['group'])[:27]:28}{row['n']:>5}{num('accuracy')}"
+                       + "".join(pct(q) for q in ("CH", "CL", "WH", "WL"))
+                       + f"{num('average_score')}{num('mass_in_region')}{num('entropy', 8, digits=3)}"
+                       + num("attended_area", 6))
+        if len(setting["groups"]) > top:
+            click.echo(f"... {len(setting['groups']) - top} more classes (--top, --json)")
+        overall = base["disagreement"]
+        click.echo(f"classes to inspect ({setting['rule']}); the dataset's CL+WH share: "
+                   f"{fraction_text(overall)}")
+        for rank, row in enumerate(setting["inspect"][:10], 1):
+            flag = "  above the dataset's" if row["above_baseline"] else ""
+            click.echo(f"  {rank:2}. {row['group']}: {fraction_text(row['disagreement'])}{flag}")
+
+
+def fraction_text(found: dict) -> str:
+    if found["share"] is None:
+        return "n/a"
+    interval = "" if found["ci_low"] is None else f" [{found['ci_low']:.2f}, {found['ci_high']:.2f}]"
+    return f"{found['share']:.2f}{interval}"
+
+
+def read_groups(path: str) -> dict[int, str]:
+    """A super-class file: {"group": [class indices]}, as class index -> group (a class in two groups: refused)."""
+    try:
+        document = json.loads(Path(path).read_text())
+        groups = document.get("groups", document)
+        found: dict[int, str] = {}
+        for name, members in groups.items():
+            for index in members:
+                if int(index) in found:
+                    raise ValueError(f"class {index} is in {found[int(index)]!r} and {name!r}")
+                found[int(index)] = str(name)
+        return found
+    except (OSError, ValueError, AttributeError, TypeError) as error:
+        raise click.BadParameter(f"{path}: not a groups file ({error})", param_hint="--groups") from error
+
+
 @evaluate.command(name="correlate")
 @db_option
 @click.option("--target", help="The signal the others are correlated with (default: the judge score).")

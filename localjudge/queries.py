@@ -126,7 +126,8 @@ def _judged_settings(store: Store, filters: dict) -> list[tuple[dict, list[dict]
     # judgments of maps found degenerate after they were judged (a store made before) are no finding either
     where = ["j.status = 'ok'", "s.failure is null", TARGET_CURRENT, *clauses]
     rows = list(store.query(
-        "select " + SETTING_SELECT + ", j.image_sha256, s.target_index, p.predicted_index, "
+        "select " + SETTING_SELECT + ", j.image_sha256, j.saliency_id, s.target_index, p.predicted_index, "
+        "p.label_indices, p.run_id as predict_run_id, "
         "coalesce(s.target_label, p.predicted_label) as target_label, j.score, " + TARGET_CORRECT +
         " as correct from judgments j "
         "join predictions p on p.id = j.prediction_id "
@@ -410,6 +411,65 @@ def _means(store: Store, table: str, ids: list[str], metrics, percent: tuple[str
     return {**means, "intervals": intervals, "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}}
 
 
+def class_statistics(store: Store, threshold: int, by: str = "predicted", beta: float = 0.6,
+                     groups: dict[int, str] | None = None, min_n: int | None = None,
+                     thresholds: dict[str, int] | None = None, **filters) -> list[dict]:
+    """Per-class attention statistics of each judge setting (analysis.classes): its judgments grouped by their
+    target's class (`by` "predicted": the class the map explains; "labelled": the image's first labelled class, a
+    multilabel target's own class) or, with `groups` (class index -> group name), by the group of that class (a
+    class in no group: "other"). Map signals: the mass inside the map's ground-truth region (region_scores at
+    `beta`, the image's current region), the map's normalised entropy and its attended area at `beta`."""
+    from .analysis.classes import MIN_RANKED, attended_area, class_table, map_entropy
+
+    if by not in ("predicted", "labelled"):
+        raise ValueError(f"group by 'predicted' or 'labelled', not {by!r}")
+    found = []
+    for setting, members in _judged_settings(store, filters):
+        names = label_names_of_runs(store, {r["predict_run_id"] for r in members})
+        keys = []
+        for r in members:
+            multilabel = r["target_index"] != r["predicted_index"]
+            labels = json.loads(r["label_indices"]) if r["label_indices"] else []
+            if by == "predicted" or multilabel or (labels and r["target_index"] in labels):
+                index, name = r["target_index"], r["target_label"]  # a right prediction's label is its own class
+            elif labels:
+                index = labels[0]
+                run_names = names.get(r["predict_run_id"])
+                name = run_names[index] if run_names and index < len(run_names) else str(index)
+            else:
+                index, name = None, "(unlabelled)"
+            keys.append(name if groups is None else groups.get(index, "other") if index is not None else name)
+        ids = [r["saliency_id"] for r in members]
+        entropy, area = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
+        position: dict[str, list[int]] = {}
+        for n, sid in enumerate(ids):
+            position.setdefault(sid, []).append(n)
+        unique = list(position)
+        for start in range(0, len(unique), 256):
+            for m in store.saliency_maps(unique[start:start + 256]):
+                saliency = unpack_array(m["map"], (m["height"], m["width"]))
+                for n in position[m["id"]]:
+                    entropy[n] = np.nan if (e := map_entropy(saliency)) is None else e
+                    area[n] = attended_area(saliency, beta)
+        mass = np.full(len(ids), np.nan)
+        for row in store.query(
+                "select r.saliency_id, r.mass_share from region_scores r join ground_truth g on g.image_sha256 = "
+                "r.image_sha256 and g.mask_sha256 = r.mask_sha256 where r.beta = ? and r.saliency_id in "
+                "(select value from json_each(?))", [beta, json.dumps(unique)]):
+            for n in position[row["saliency_id"]]:
+                if row["mass_share"] is not None:
+                    mass[n] = row["mass_share"]
+        used = (thresholds or {}).get(setting_key(setting), threshold)
+        correct = np.array([np.nan if r["correct"] is None else r["correct"] for r in members], dtype=float)
+        scores = np.array([r["score"] for r in members], dtype=float)
+        table = class_table(np.array(keys, dtype=object), correct, scores, used,
+                            {"mass_in_region": mass, "entropy": entropy, "attended_area": area},
+                            MIN_RANKED if min_n is None else min_n)
+        found.append({**setting, "setting_key": setting_key(setting), "by": by if groups is None else f"{by} group",
+                      "threshold": used, "beta": beta, **table})
+    return found
+
+
 def map_signals(store: Store, beta: float, steps: int, baseline: str, model: str | None = None,
                 cam: str | None = None) -> dict[str, np.ndarray]:
     """Per-saliency-map signals, aligned (NaN where a map lacks one): judge scores (one signal per judgment setting,
@@ -560,7 +620,7 @@ select j.id as judgment_id, j.status, j.failure_kind, j.score, j.evaluation, j.j
        j.alpha, j.beta, j.image_mode, j.image_kind, j.judge_backend, j.judge_model, j.judge_model_hash,
        j.prompt_hash, j.decoding,
        j.judge_image_size, j.input_tokens, j.output_tokens, j.run_id as judge_run_id, j.created_at as judged_at,
-       j.saliency_id, s.method as cam, s.target_layer, s.target_index,
+       j.saliency_id, s.method as cam, s.target_layer, s.target_index, s.finding,
        coalesce(s.target_label, p.predicted_label) as target_label,
        p.id as prediction_id, p.model, p.model_hash, p.backend, p.preprocessing, p.predicted_index,
        p.predicted_label, coalesce(s.target_probability, p.confidence) as confidence, {correct} as correct,
@@ -584,6 +644,28 @@ order by i.path, p.model, s.method, j.judge_model, j.alpha, j.beta, j.id
 
 
 _SAMPLE_SQL = _SAMPLE_SQL.replace("{correct}", TARGET_CORRECT)
+
+
+def label_names_of_runs(store: Store, run_ids: set[str | None]) -> dict[str | None, tuple[str, ...] | None]:
+    """The class names each predicting run used: those it recorded (a label list of the user's own), else its
+    registered card's; None where they can no longer be read."""
+    from .errors import UserError
+    from .vision import resolve_card
+
+    runs = run_parameters(store)
+    recorded = {r["id"]: json.loads(r["model_hashes"] or "{}").get("labels") for r in store.query(
+        "select id, model_hashes from runs where id in (select value from json_each(?))", [json.dumps(list(run_ids))])}
+    names: dict[str | None, tuple[str, ...] | None] = {}
+    for run_id in run_ids:
+        if recorded.get(run_id):  # the names the run recorded (a list of the user's own)
+            names[run_id] = tuple(recorded[run_id]["names"])
+            continue
+        config = (runs.get(run_id) or {}).get("config") or {}
+        try:
+            names[run_id] = resolve_card(config["model"], config.get("card"), config.get("labels")).label_list().names
+        except (UserError, OSError, KeyError, ValueError):
+            names[run_id] = None
+    return names
 
 
 def view_id(saliency_id: str, alpha: float, beta: float, image_mode: str) -> str:

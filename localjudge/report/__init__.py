@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..data import ChangedImage, jpeg_bytes, load_verified
 from ..config import DEFAULTS
-from ..queries import card_of, judge_cards, localisation_by_setting, map_failures, sanity_checks
+from ..queries import (card_of, judge_cards, label_names_of_runs, localisation_by_setting, map_failures,
+                       sanity_checks)
 from ..queries import samples as read_samples
 from ..store import Store, content_key, unpack_array
 from ..vision import weights_note
@@ -68,29 +69,6 @@ def shown_model(row: dict) -> str:
     """A model's name as the page shows it: with "random weights" where its weights were a seeded random network."""
     note = weights_note(row["model_hash"])
     return f"{row['model']} ({note})" if note else row["model"]
-
-
-def _label_names(store: Store, run_ids: set[str | None]) -> dict[str | None, tuple[str, ...] | None]:
-    """The class names each predicting run used: those it recorded (a label list of the user's own), else its
-    registered card's; None where they can no longer be read."""
-    from ..errors import UserError
-    from ..queries import run_parameters
-    from ..vision import resolve_card
-
-    runs = run_parameters(store)
-    recorded = {r["id"]: json.loads(r["model_hashes"] or "{}").get("labels") for r in store.query(
-        "select id, model_hashes from runs where id in (select value from json_each(?))", [json.dumps(list(run_ids))])}
-    names: dict[str | None, tuple[str, ...] | None] = {}
-    for run_id in run_ids:
-        if recorded.get(run_id):  # the names the run recorded (a list of the user's own)
-            names[run_id] = tuple(recorded[run_id]["names"])
-            continue
-        config = (runs.get(run_id) or {}).get("config") or {}
-        try:
-            names[run_id] = resolve_card(config["model"], config.get("card"), config.get("labels")).label_list().names
-        except (UserError, OSError, KeyError, ValueError):
-            names[run_id] = None
-    return names
 
 
 def _render_image(out: Path, rows: list[dict], maps: dict[str, dict], side: int) -> str | None:
@@ -186,7 +164,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(render, by_image))
 
-    names = _label_names(store, {row["predict_run_id"] for row in rows})
+    names = label_names_of_runs(store, {row["predict_run_id"] for row in rows})
     random = sorted({row["model"] for row in rows if weights_note(row["model_hash"])})
     data_rows = []
     for row in rows:
