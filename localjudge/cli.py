@@ -577,10 +577,10 @@ def summary_command(db_path, as_json):
     for model in result["models"]:
         if model.get("findings"):
             calls = model["findings"]
-            agreement = "n/a" if calls["agreement"] is None else f"{calls['agreement']:.3f}"
-            click.echo(f"  {model['model']}: {calls['targets']} findings explained, "
-                       f"{agreement} agree with their labels ({calls['missed']} labelled but missed, "
-                       f"{calls['not_labelled']} found but not labelled)")
+            recall, precision = (interval_text(calls[name]) for name in ("recall", "precision"))
+            click.echo(f"  {model['model']}: of {calls['labelled']} labelled findings on {calls['images']} images, "
+                       f"{calls['found']} found and {calls['missed']} missed (recall {recall}); {calls['not_labelled']}"
+                       f" reported but not labelled (precision {precision})")
         if model["model_weights"]:
             click.echo(f"  {model['model']}: {model['model_weights']} (--random-weights): its results describe nothing")
     click.echo(f"CAMs              {result['cams']} ({result['maps_failed']} degenerate, not judged)")
@@ -962,6 +962,14 @@ def eval_classes(db_path, threshold, by, groups_file, beta, min_n, top, as_json,
         for rank, row in enumerate(setting["inspect"][:10], 1):
             flag = "  above the dataset's" if row["above_baseline"] else ""
             click.echo(f"  {rank:2}. {row['group']}: {fraction_text(row['disagreement'])}{flag}")
+
+
+def interval_text(found: dict) -> str:
+    """A value with its bootstrap interval ({"value", "ci_low", "ci_high"})."""
+    if found["value"] is None:
+        return "n/a"
+    return f"{found['value']:.3f}" + ("" if found["ci_low"] is None else
+                                       f" [{found['ci_low']:.3f}, {found['ci_high']:.3f}]")
 
 
 def fraction_text(found: dict) -> str:

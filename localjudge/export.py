@@ -16,8 +16,8 @@ from .vision import weights_note
 
 FORMATS = ("csv", "json", "jsonl")
 # The columns of an exported sample, in order. `confidence` is the model's probability of the map's target; `finding`
-# says whether a multilabel model reported that target (1) or missed a labelled one (0), empty for single-label. Nested values (top-5, ratings, run configurations) are JSON text in
-# CSV and plain values in JSON.
+# says whether a multilabel model reported that target (1) or missed a labelled one (0), empty for single-label.
+# Nested values (top-5, ratings, run configurations) are JSON text in CSV and plain values in JSON.
 COLUMNS = (
     "judgment_id", "quadrant", "threshold", "status", "failure_kind", "score", "evaluation", "justification", "error",
     "path", "image_sha256", "label", "width", "height",

@@ -24,9 +24,10 @@ from .store import Store, content_key, unpack_array
 _LABELLED = "exists(select 1 from json_each(p.label_indices) where value = s.target_index)"
 TARGET_CORRECT = (f"(case when p.label_indices is null then null when s.finding is null then {_LABELLED} "
                   f"else s.finding = {_LABELLED} end)")
-# Whether a map's target is one now: a multilabel map that is neither a finding at the newest run's thresholds nor
-# labelled (a finding under an older, lower threshold) is no target, and no part of a matrix, report or export.
-TARGET_CURRENT = f"(s.finding is null or s.finding = 1 or p.label_indices is null or {_LABELLED})"
+# Whether a map's target is one under the newest run's settings (its thresholds and --targets; marked by the run): a
+# finding under an older, lower threshold, or a missed one after a run without --targets labelled, is no target, and
+# no part of a matrix, report or export.
+TARGET_CURRENT = "(s.current_target is null or s.current_target = 1)"
 GROUP_COLUMNS = ("model", "model_hash", "cam", "target_layer", "judge_model", "judge_model_hash", "image_mode",
                  "alpha", "beta", "judge_image_size", "prompt_hash", "decoding")
 # The columns of GROUP_COLUMNS from judgments j, predictions p and saliency_maps s.
@@ -126,7 +127,7 @@ def _judged_settings(store: Store, filters: dict) -> list[tuple[dict, list[dict]
     # judgments of maps found degenerate after they were judged (a store made before) are no finding either
     where = ["j.status = 'ok'", "s.failure is null", TARGET_CURRENT, *clauses]
     rows = list(store.query(
-        "select " + SETTING_SELECT + ", j.image_sha256, j.saliency_id, s.target_index, p.predicted_index, "
+        "select " + SETTING_SELECT + ", j.image_sha256, j.saliency_id, s.target_index, s.finding, p.predicted_index, "
         "p.label_indices, p.run_id as predict_run_id, "
         "coalesce(s.target_label, p.predicted_label) as target_label, j.score, " + TARGET_CORRECT +
         " as correct from judgments j "
@@ -155,11 +156,10 @@ def paired_differences(store: Store, against: str, threshold: int, thresholds: d
                          "with it; `localjudge compare --json` lists each setting's setting_key")
     reference_key = found[0]
 
-    def by_image(members: list[dict]) -> dict[str, tuple]:
+    def by_image(members: list[dict]) -> dict[tuple, tuple]:
         # an image is the unit (two models' judgments of it pair whatever each predicted); a multilabel model's
-        # findings pair by name
-        several = len({r["image_sha256"] for r in members}) < len(members)
-        return {(r["image_sha256"], r["target_label"]) if several else r["image_sha256"]:
+        # targets pair by finding name (and resample by image); a single-label and a multilabel setting share none
+        return {(r["image_sha256"], r["target_label"] if r["finding"] is not None else None):
                 (np.nan if r["correct"] is None else r["correct"], r["score"]) for r in members}
 
     def threshold_of(key: str) -> int:
@@ -172,7 +172,8 @@ def paired_differences(store: Store, against: str, threshold: int, thresholds: d
         if key == reference_key:
             continue
         other = by_image(members)
-        shared = [sha for sha in reference if sha in other]
+        shared = [unit for unit in reference if unit in other]
+        images = [unit[0] for unit in shared]
         first = np.array([reference[sha] for sha in shared], dtype=float).reshape(-1, 2)
         second = np.array([other[sha] for sha in shared], dtype=float).reshape(-1, 2)
 
@@ -186,11 +187,13 @@ def paired_differences(store: Store, against: str, threshold: int, thresholds: d
                 return 100.0 * float((labels == quadrant).sum()) / placed if placed else float("nan")
             return statistic
 
-        entry = {"setting_key": key, **{c: setting[c] for c in GROUP_COLUMNS}, "images": len(shared),
-                 "thresholds": [reference_threshold, threshold_of(key)],
-                 "average_score": paired_difference_interval(first[:, 1], second[:, 1], lambda v: float(v.mean()))}
+        entry = {"setting_key": key, **{c: setting[c] for c in GROUP_COLUMNS}, "images": len(set(images)),
+                 "units": len(shared), "thresholds": [reference_threshold, threshold_of(key)],
+                 "average_score": paired_difference_interval(first[:, 1], second[:, 1], lambda v: float(v.mean()),
+                                                             clusters=images)}
         for quadrant in QUADRANTS:
-            entry[quadrant] = paired_difference_interval(first_labels, second_labels, share_of(quadrant))
+            entry[quadrant] = paired_difference_interval(first_labels, second_labels, share_of(quadrant),
+                                                         clusters=images)
         differences.append(entry)
     return {"against": reference_key, "setting": keys[reference_key][0], "threshold": threshold,
             "differences": differences, "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}}
@@ -203,19 +206,24 @@ def summary(store: Store) -> dict:
     models = [{**m, "model_weights": weights_note(m["model_hash"])} for m in store.query(
         "select model, model_hash, count(*) as predictions, count(correct) as labelled, "
         "avg(correct) as top1_accuracy from predictions group by model, model_hash order by model")]
-    # a multilabel model's calls, one per target (its findings, and labelled findings it missed): how many agree with
-    # the labels (top-1 accuracy reads only its most probable class)
-    calls = {(r["model"], r["model_hash"]): dict(r) for r in store.query(
-        "with calls as (select distinct p.model, p.model_hash, s.prediction_id, s.target_index, s.finding, "
-        "p.label_indices is not null as has_labels, " + TARGET_CORRECT + " as agrees, " + _LABELLED + " as labelled "
-        "from saliency_maps s join predictions p on p.id = s.prediction_id where s.finding is not null and "
-        + TARGET_CURRENT + ") select model, model_hash, count(*) as targets, count(agrees) as labelled, "
-        "avg(agrees) as agreement, sum(finding = 0 and labelled) as missed, "
-        "sum(finding = 1 and has_labels and not labelled) as not_labelled from calls group by model, model_hash")}
+    # a multilabel model's calls on the labelled findings of its images: found, missed (whether or not a missed one
+    # was explained), and findings reported that are not labelled (top-1 accuracy reads only the most probable class)
+    calls: dict[tuple, dict] = {}
+    found_of: dict[str, set] = {}
+    for row in store.query("select s.prediction_id, s.target_index from saliency_maps s join predictions p on "
+                           "p.id = s.prediction_id where p.task = 'multilabel' and s.finding = 1 and "
+                           + TARGET_CURRENT):
+        found_of.setdefault(row["prediction_id"], set()).add(row["target_index"])
+    for p in store.query("select id, model, model_hash, label_indices from predictions where task = 'multilabel' "
+                         "and label_indices is not null"):
+        labelled, found = set(json.loads(p["label_indices"])), found_of.get(p["id"], set())
+        # per image: its labelled findings, those found, those reported but not labelled
+        calls.setdefault((p["model"], p["model_hash"]), []).append(
+            (len(labelled), len(labelled & found), len(found - labelled)))
     for model in models:
-        found = calls.get((model["model"], model["model_hash"]))
-        if found:
-            model["findings"] = {k: found[k] for k in ("targets", "labelled", "agreement", "missed", "not_labelled")}
+        per_image = calls.get((model["model"], model["model_hash"]))
+        if per_image:
+            model["findings"] = findings_summary(np.array(per_image, dtype=float))
     labelled = one("select count(correct) as n, avg(correct) as accuracy from predictions")
     judgments = list(store.query(
         "select judge_model, image_mode, status, failure_kind, count(*) as n, avg(score) as average_score "
@@ -238,6 +246,34 @@ def summary(store: Store) -> dict:
         "judge_cards": [{"judge_model": c["judge_model"], "verdict": c["verdict"], "reasons": c["reasons"],
                          "sample": c["sample"]} for c in judge_cards(store).values()],
     }
+
+
+def findings_summary(per_image: np.ndarray) -> dict:
+    """A multilabel model's recall and precision over its labelled findings, from per-image (labelled, found, not
+    labelled) counts, each with its bootstrap interval (the images resampled, the counts pooled again)."""
+    from .analysis.bootstrap import interval
+
+    labelled, found, extra = per_image.sum(axis=0)
+
+    def ratio(numerator: int, denominator) -> callable:
+        def statistic(rows: np.ndarray) -> float:
+            total = denominator(per_image[rows]).sum()
+            return float(per_image[rows][:, numerator].sum() / total) if total else float("nan")
+        return statistic
+
+    def recall_of(rows):
+        return rows[:, 0]
+
+    def reported_of(rows):
+        return rows[:, 1] + rows[:, 2]
+
+    result = {"images": len(per_image), "labelled": int(labelled), "found": int(found),
+              "missed": int(labelled - found), "not_labelled": int(extra)}
+    for name, numerator, denominator, total in (("recall", 1, recall_of, labelled),
+                                                ("precision", 1, reported_of, found + extra)):
+        low, high = interval(ratio(numerator, denominator), len(per_image))
+        result[name] = {"value": float(found / total) if total else None, "ci_low": low, "ci_high": high}
+    return result
 
 
 def map_failures(store: Store, model: str | None = None, cam: str | None = None) -> list[dict]:

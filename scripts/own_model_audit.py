@@ -102,7 +102,7 @@ def multilabel(folder: Path, judge: list) -> None:
                        enumerate(unpack_array(blob, (-1,), np.float32))] for blob, indices in stored], dtype=float)
     absent = np.array([[c not in json.loads(indices) for c in range(len(classes))] for _, indices in stored],
                       dtype=float)
-    low, high = mean_interval(calls.ravel())
+    low, high = mean_interval(calls.mean(axis=1))  # images resampled, each with all its classes
     print(f"multilabel: {len(classes)} classes, {len(stored)} held-out photos; per-class calls right "
           f"{calls.mean():.3f} [{low:.3f}, {high:.3f}]; trivial baseline (every class absent) {absent.mean():.3f}")
     for m in localjudge_json("matrix", "--db", db)["matrices"]:
@@ -111,8 +111,9 @@ def multilabel(folder: Path, judge: list) -> None:
             f"{q} {counts[q]} ({m['percent'][q]:.1f}% [{intervals[q]['ci_low']:.1f}, {intervals[q]['ci_high']:.1f}])"
             for q in ("CH", "CL", "WH", "WL")))
         for f in m["by_finding"]:
-            print(f"    {f['finding']:14} {f['judgments']:3} targets: " +
-                  ", ".join(f"{q} {f['counts'][q]}" for q in ("CH", "CL", "WH", "WL")))
+            print(f"    {f['finding']:14} {f['judgments']:3} targets: " + ", ".join(
+                f"{q} {f['counts'][q]} ({f['percent'][q]:.0f}% [{f['intervals'][q]['ci_low'] or 0:.0f}, "
+                f"{f['intervals'][q]['ci_high'] or 0:.0f}])" for q in ("CH", "CL", "WH", "WL")))
     regions = localjudge_json("eval", "regions", "--db", db, *model, "--mask-column", "mask", "--mask-label-column",
                               "finding", "--manifest", manifest)
     print(f"  region metrics per finding at beta=0.6 ({regions['means']['maps']} maps with their own region):")

@@ -156,3 +156,22 @@ def test_findings_of_one_image_are_resampled_together():
     for name in plain:
         assert found[name] == pytest.approx(plain[name])
     assert found["mean"] == pytest.approx(mean_interval(values))
+
+
+def test_paired_differences_resample_images_with_all_their_findings():
+    """Known answers: ten findings per image, each image's findings alike; the paired interval drawn by image is about
+    sqrt(10) times as wide as one drawn by finding; with one finding per image, the clustered and plain intervals are
+    the same draws."""
+    from localjudge.analysis.bootstrap import paired_difference_interval
+
+    images = np.repeat(np.arange(30), 10)
+    first = np.repeat(np.arange(30) % 3, 10).astype(float)
+    second = first + np.repeat(np.arange(30) % 2, 10)  # half the images score one more
+    mean = lambda v: float(v.mean())  # noqa: E731
+    clustered = paired_difference_interval(first, second, mean, clusters=images)
+    plain = paired_difference_interval(first, second, mean)
+    assert clustered["difference"] == plain["difference"] == 0.5
+    width = {name: found["ci_high"] - found["ci_low"] for name, found in (("clustered", clustered), ("plain", plain))}
+    assert 2.2 < width["clustered"] / width["plain"] < 4.5
+    single = paired_difference_interval(first[::10], second[::10], mean, clusters=images[::10])
+    assert single == paired_difference_interval(first[::10], second[::10], mean)

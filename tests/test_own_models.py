@@ -184,7 +184,9 @@ def test_densenet121_on_both_backends_at_its_post_relu_target(tmp_path, data_dir
             assert {t for (t,) in conn.execute("select distinct target_layer from saliency_maps")} == {
                 "relu(features.norm5)"}
     assert maps["torch"].keys() == maps["onnx"].keys() and len(maps["torch"]) == 4
-    worst = min(float(np.corrcoef(maps["torch"][k].ravel(), maps["onnx"][k].ravel())[0, 1]) for k in maps["torch"])
+    pearson = [float(np.corrcoef(maps["torch"][k].ravel(), maps["onnx"][k].ravel())[0, 1]) for k in maps["torch"]]
+    assert np.isfinite(pearson).all(), pearson  # a flat map has no correlation: it must not pass unseen
+    worst = min(pearson)
     assert worst >= 0.99, f"Grad-CAM++ torch vs ONNX Runtime: worst Pearson {worst:.4f}"
     # the graph holds random weights: refused without asking, and said when asked
     alone = invoke("predict", manifest, "--db", tmp_path / "x.db", "--model", graph, expect_ok=False)
@@ -319,7 +321,8 @@ def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp
     """--targets labelled: each labelled finding the model misses gets its map and judgment too, and counts as wrong
     (the model's call disagrees with the label); a found finding is right where it is labelled. With each mask's
     class (--mask-label-column), a map is measured against its own finding's mask only: the map of a person on a
-    photo whose mask is the horse gets no region score."""
+    photo whose mask is the horse gets no region score. What is a target follows the newest run's threshold and
+    --targets, for every stored map (an unlabelled photo's findings included)."""
     from .own_models import objects_of, seg_rows
 
     rows = seg_rows(data_dir)
@@ -328,9 +331,10 @@ def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp
     # the last photo is also labelled with a category it does not show: a finding the model should miss
     shown = objects_of(picked[-1])
     absent = next(c for c in ("cat", "bus", "chair", "bird") if c in classes and c not in shown)
+    # the third photo is unlabelled: its targets are its findings, right or wrong by nothing
     manifest = write_manifest(tmp_path / "five.csv", [
         {"path": str(data_dir / "seg-photos" / r["file"]),
-         "label": ";".join(objects_of(r) + ([absent] if r is picked[-1] else [])),
+         "label": "" if r is picked[2] else ";".join(objects_of(r) + ([absent] if r is picked[-1] else [])),
          "mask": str(data_dir / "seg-photos" / r["mask"]), "finding": objects_of(r)[0]} for r in picked])
     db = tmp_path / "missed.db"
     model = ("--model", multilabel_model["card"], "--weights", multilabel_model["weights"])
@@ -351,27 +355,37 @@ def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp
     for pid, blob, indices in predictions:
         probs = unpack_array(blob, (-1,), np.float32)
         found_at[pid] = probs
-        expected |= {(pid, int(i)) for i in set(np.flatnonzero(probs >= 0.5)) | set(json.loads(indices))}
+        expected |= {(pid, int(i)) for i in set(np.flatnonzero(probs >= 0.5)) | set(json.loads(indices or "[]"))}
     assert {(m[1], m[2]) for m in maps} == expected
     for _, pid, target, _, finding, probability in maps:
         assert finding == int(found_at[pid][target] >= 0.5) and probability == pytest.approx(found_at[pid][target])
     missed = [m for m in maps if m[4] == 0]
     failed = [m[3] for m in maps if m[0] not in judged]
     assert absent in {m[3] for m in missed}  # the premise: the model does not see a cat (or bus...) on this photo
-    labelled = {pid: set(json.loads(indices)) for pid, _, indices in predictions}
-    right = sum(m[4] == 1 and m[2] in labelled[m[1]] for m in maps if m[0] in judged)
-    wrong = sum(m[4] == 0 or m[2] not in labelled[m[1]] for m in maps if m[0] in judged)
+    labelled = {pid: set(json.loads(indices)) for pid, _, indices in predictions if indices}
+    unlabelled = {pid for pid, _, indices in predictions if not indices}
+    assert len(unlabelled) == 1
+    right = sum(m[4] == 1 and m[2] in labelled[m[1]] for m in maps if m[0] in judged and m[1] in labelled)
+    wrong = sum(m[4] == 0 or m[2] not in labelled[m[1]] for m in maps if m[0] in judged and m[1] in labelled)
     matrix = invoke_json("matrix", "--db", db)["matrices"][0]
     counts = matrix["counts"]
     assert counts["CH"] + counts["CL"] == right and counts["WH"] + counts["WL"] == wrong >= 1, failed
+    assert sum(matrix["unlabelled"].values()) == sum(m[1] in unlabelled for m in maps if m[0] in judged) >= 1
     assert {f["finding"] for f in matrix["by_finding"]} == {m[3] for m in maps if m[0] in judged}
     exported = json.loads(invoke("export", "--db", db, "--format", "json").stdout)
     assert sorted((r["target_label"], r["finding"]) for r in exported) == sorted(
         (m[3], m[4]) for m in maps if m[0] in asked)
+    # summary: recall and precision over the labelled findings, counted here from the probabilities themselves
     calls = invoke_json("summary", "--db", db)["models"][0]["findings"]
-    assert calls == {"targets": len(maps), "labelled": len(maps), "agreement": pytest.approx(
-        sum(m[4] == int(m[2] in labelled[m[1]]) for m in maps) / len(maps)), "missed": len(missed),
-        "not_labelled": sum(m[4] == 1 and m[2] not in labelled[m[1]] for m in maps)}
+    reported = {pid: set(np.flatnonzero(found_at[pid] >= 0.5).tolist()) for pid in labelled}
+    hits = sum(len(labelled[pid] & reported[pid]) for pid in reported)
+    total = sum(len(labelled[pid]) for pid in reported)
+    extra = sum(len(reported[pid] - labelled[pid]) for pid in reported)
+    assert {k: calls[k] for k in ("images", "labelled", "found", "missed", "not_labelled")} == {
+        "images": len(picked) - 1, "labelled": total, "found": hits, "missed": total - hits, "not_labelled": extra}
+    assert calls["recall"]["value"] == pytest.approx(hits / total) and calls["missed"] >= 1
+    assert calls["recall"]["ci_low"] <= calls["recall"]["value"] <= calls["recall"]["ci_high"]
+    assert f"{total - hits} missed" in invoke("summary", "--db", db).output
     # regions: each map against its own finding's mask; other findings of the photo have none
     own = {m[0] for m in maps if m[3] == masks[image_of[m[0]]]}
     assert set(scored) == own and len(own) == len(picked) and len(maps) > len(own)
@@ -380,15 +394,38 @@ def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp
     per = {f["finding"]: f["maps"] for f in regions["means"]["by_finding"]}
     assert per == {name: sum(m[3] == name for m in maps if m[0] in own) for name in set(masks.values())}
     assert regions["means"]["maps"] == len(own)
+    # judge-check: the full view is asked of every sampled target that is labelled (found or missed), none other
+    invoke_json("eval", "judge-check", "--db", db, *model, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens",
+                "16", "--sample", "6")
+    with sqlite3.connect(db) as conn:
+        sampled = {sid for (sid,) in conn.execute("select saliency_id from canary_judgments where kind = 'blank'")}
+        full = {sid for (sid,) in conn.execute("select saliency_id from canary_judgments where kind = 'full_view'")}
+        (model_name,) = conn.execute("select distinct model from predictions").fetchone()
+    target_of = {m[0]: (m[1], m[2]) for m in maps}
+    assert full == {s for s in sampled if target_of[s][0] in labelled and target_of[s][1] in labelled[target_of[s][0]]}
+    assert sampled - full  # the sample holds a target that is not labelled (or an unlabelled photo's)
+    # label issues are found for single-label models only
+    truth = write_manifest(tmp_path / "truth.csv", [{"path": str(data_dir / "seg-photos" / r["file"]),
+                                                     "label_ok": 1} for r in picked])
+    refused = invoke("eval", "label-issues", "--db", db, "--truth", truth, "--model", model_name, expect_ok=False)
+    assert refused.exit_code != 0 and "multilabel" in refused.output
     # a threshold above every finding: the same maps, each now a miss (marked again, not made again)
     again = invoke_json("explain", "--db", db, *model, "--targets", "labelled", "--finding-threshold", "0.999999")
     assert again["explain"]["computed"] == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("select count(*) from saliency_maps where finding = 1").fetchone() == (0,)
-    # now only labelled classes are targets (each a miss); a finding of the old threshold without a label is none
+    # now only labelled classes are targets (each a miss); a finding of the old threshold without a label is none,
+    # on the unlabelled photo too
     now = invoke_json("matrix", "--db", db)["matrices"][0]
-    assert now["judgments"] == sum(m[2] in labelled[m[1]] for m in maps if m[0] in judged)
-    assert now["counts"]["CH"] + now["counts"]["CL"] == 0
+    assert now["judgments"] == sum(m[1] in labelled and m[2] in labelled[m[1]] for m in maps if m[0] in judged)
+    assert now["counts"]["CH"] + now["counts"]["CL"] == 0 and sum(now["unlabelled"].values()) == 0
+    # a run without --targets labelled, at the first threshold: the missed findings are no targets again
+    invoke_json("explain", "--db", db, *model)
+    findings_only = invoke_json("matrix", "--db", db)["matrices"][0]
+    assert findings_only["judgments"] == sum(m[4] == 1 for m in maps if m[0] in judged)
+    assert findings_only["counts"]["CH"] + findings_only["counts"]["CL"] == right
+    assert findings_only["counts"]["WH"] + findings_only["counts"]["WL"] == sum(
+        m[4] == 1 and m[2] not in labelled[m[1]] for m in maps if m[0] in judged and m[1] in labelled)
 
 
 def test_targets_labelled_is_for_multilabel_models(tmp_path, three_photos):

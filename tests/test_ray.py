@@ -156,6 +156,10 @@ def test_findings_added_since_are_judged_once_on_a_cluster(tiny_vlms, data_dir, 
         judged = dict(conn.execute("select saliency_id, created_at from judgments").fetchall())
         ids = dict(conn.execute("select id, created_at from judgments").fetchall())
     new = {m for m in maps if m not in before}
+    with sqlite3.connect(db) as conn:
+        image_of = dict(conn.execute("select id, image_sha256 from saliency_maps").fetchall())
+    # the premise: images with maps judged before gained maps (made again whole on the cluster)
+    assert before and judged_before and {image_of[m] for m in new} & {image_of[m] for m in before}
     assert len(new) >= len(picked) and stages["explain"]["computed"] == len(new)
     assert stages["judge"]["computed"] == sum(maps[m] is None for m in new)
     assert set(judged) == {m for m, failure in maps.items() if failure is None}

@@ -235,6 +235,8 @@ def test_mask_column_needs_a_manifest_and_the_recognizer_needs_masked_images(tmp
     folder = data_dir / "seg-photos" / "images"
     result = invoke("run", folder, "--db", tmp_path / "x.db", "--mask-column", "mask", expect_ok=False)
     assert result.exit_code == 2 and "--mask-column reads the CSV manifest" in result.output
+    result = invoke("run", folder, "--db", tmp_path / "x.db", "--mask-label-column", "finding", expect_ok=False)
+    assert result.exit_code == 2 and "--mask-label-column names the class" in result.output
     result = invoke("judge", "--db", tmp_path / "y.db", "--image-mode", "heatmap", expect_ok=False)
     assert result.exit_code != 0 and "recognizer judge reads the masked image" in result.output
 

@@ -94,8 +94,9 @@ def test_ground_truth_of_an_old_store_becomes_each_images_object_region(data_dir
     invoke("run", manifest, "--db", old, "--masks", data_dir / "seg-photos" / "masks")
     store = Store(old)
     store.db["ground_truth"].transform(drop={"label"}, pk="image_sha256")
-    for column in ("finding", "target_probability"):
+    for column in ("finding", "target_probability", "current_target"):
         store.db.execute(f"alter table saliency_maps drop column {column}")
+    store.db.execute("alter table predictions drop column task")
     store.close()
     forget(old, "m015_findings_and_regions_per_finding")
     merged = tmp_path / "merged.db"

@@ -116,9 +116,12 @@ def correlation_interval(x, y, correlation: Callable[[np.ndarray, np.ndarray], f
 
 
 def paired_difference_interval(first: np.ndarray, second: np.ndarray, statistic: Callable[[np.ndarray], float],
-                               resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> dict:
+                               resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
+                               clusters=None) -> dict:
     """The difference statistic(second) - statistic(first) over the same units (aligned rows of `first` and
-    `second`), with its paired bootstrap interval: each resample draws the units once for both."""
+    `second`), with its paired bootstrap interval: each resample draws the units once for both. With `clusters`
+    (each unit's image) where an image has several units (a multilabel model's findings), the images are drawn,
+    each with all its units."""
     first, second = np.asarray(first), np.asarray(second)
     if len(first) != len(second):
         raise ValueError("paired samples must have the same units in the same order")
@@ -128,7 +131,20 @@ def paired_difference_interval(first: np.ndarray, second: np.ndarray, statistic:
     def difference(rows: np.ndarray) -> float:
         return statistic(second[rows]) - statistic(first[rows])
 
-    low, high = interval(difference, len(first), resamples, seed, level)
+    members: list[list[int]] = []
+    if clusters is not None:
+        index: dict = {}
+        for unit, cluster in enumerate(clusters):
+            if cluster not in index:
+                index[cluster] = len(members)
+                members.append([])
+            members[index[cluster]].append(unit)
+    if clusters is not None and len(members) < len(first):
+        groups = [np.array(m) for m in members]
+        low, high = interval(lambda drawn: difference(np.concatenate([groups[c] for c in drawn])), len(groups),
+                             resamples, seed, level)
+    else:
+        low, high = interval(difference, len(first), resamples, seed, level)
     observed = difference(np.arange(len(first)))
     return {"difference": None if math.isnan(observed) else observed, "ci_low": low, "ci_high": high,
             "n": int(len(first))}

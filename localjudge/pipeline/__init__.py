@@ -196,6 +196,7 @@ class Audit:
         self._vision = None
         self._judge: Judge | None = None
         self._owns_judge = True
+        self._findings_marked = False  # a multilabel model's stored maps marked for this run's settings
         self._identity: JudgeIdentity | None = None
         self._judgment_key_parts: tuple[str, str, dict] | None = None  # prompt template, its hash, decoding
         self._prompt_stored = False
@@ -453,8 +454,10 @@ class Audit:
         vision_hash = self.vision_hash()
         keys = {sha: self.prediction_key(sha, vision_hash) for sha in image_ids}
         stored = {p["image_sha256"]: p for p in self.store.predictions(keys.values())}
-        self.refresh_correctness([p["id"] for p in stored.values()])
+        if self.refresh_correctness([p["id"] for p in stored.values()]):  # labels changed: their targets may too
+            stored = {p["image_sha256"]: p for p in self.store.predictions(keys.values())}
         if self.card.task == "multilabel":
+            self.refresh_all_findings()
             self.refresh_findings(list(stored.values()))
         maps = {sha: self.map_keys(p) for sha, p in stored.items()}
         every = [key for keys_of in maps.values() for key in keys_of]
@@ -546,6 +549,7 @@ class Audit:
                 "id": keys[sha], "image_sha256": sha, "model": self.card.name, "model_hash": vision_hash,
                 "backend": self._backend, "preprocessing": preprocessing, "predicted_index": predicted,
                 "predicted_label": labels.names[predicted], "confidence": float(p[predicted]),
+                "task": "multilabel" if self.card.task == "multilabel" else None,
                 "top5": json.dumps([{"index": int(i), "label": labels.names[int(i)], "probability": float(p[i])}
                                     for i in top5]),
                 "probs": pack_array(p, np.float32),
@@ -560,11 +564,13 @@ class Audit:
         multilabel model's map records whether its target is a finding of the model or a labelled one it missed."""
         probabilities = unpack_array(prediction["probs"], (-1,), np.float32)
         finding = int(self.findings(prediction)[int(target)]) if self.card.task == "multilabel" else None
+        current = 1 if finding is not None else None  # a map is made for a target of this run's settings
         return {"id": self.saliency_key(prediction, target), "prediction_id": prediction["id"],
                 "image_sha256": prediction["image_sha256"], "method": self.config.cam,
                 "target_layer": self.card.target_tensor, "target_index": int(target),
                 "target_label": self.card.label_list().names[int(target)],
                 "target_probability": float(probabilities[int(target)]), "finding": finding,
+                "current_target": current,
                 "height": int(saliency.shape[0]), "width": int(saliency.shape[1]), "map": pack_array(saliency),
                 "failure": failure, "run_id": self.run_id, "created_at": now()}
 
@@ -576,8 +582,9 @@ class Audit:
                           "count as unlabelled. Use class indices, WordNet ids or the model's class names.",
                           stacklevel=3)
 
-    def refresh_correctness(self, prediction_ids: list[str]) -> None:
-        """Correctness follows the image's current label, so a fixed label needs no new prediction."""
+    def refresh_correctness(self, prediction_ids: list[str]) -> int:
+        """Correctness follows the image's current label, so a fixed label needs no new prediction. Returns how
+        many predictions changed."""
         labels = self.card.label_list()
         updates = []
         for row in self.store.predictions_with_labels(prediction_ids):
@@ -587,18 +594,35 @@ class Audit:
                 correct = None if label_indices is None else int(row["predicted_index"] in label_indices)
                 updates.append({"id": row["id"], "label_indices": encoded, "correct": correct})
         self.store.update_predictions(updates)
+        return len(updates)
 
     def refresh_findings(self, predictions: list[dict]) -> None:
-        """Whether a multilabel map's target is a finding follows this run's thresholds (as correctness follows
-        the current labels): a map stored under another threshold is marked again, not made again."""
-        by_id = {p["id"]: self.findings(p) for p in predictions}
+        """A multilabel map's target follows this run's settings (as correctness follows the current labels):
+        whether the model finds it at this run's thresholds, and whether it is a target now (a finding, or with
+        --targets labelled a labelled class); a map stored under other settings is marked again, not made again."""
+        marks = {}
+        for p in predictions:
+            found = self.findings(p)
+            targets = set(self.targets(p))
+            marks[p["id"]] = (found, targets)
         updates = {}
-        for row in self.store.map_findings(by_id):
-            found = by_id[row["prediction_id"]]
-            current = int(found[row["target_index"]]) if row["target_index"] < len(found) else None
-            if current is not None and row["finding"] != current:
-                updates[row["id"]] = current
+        for row in self.store.map_findings(marks):
+            found, targets = marks[row["prediction_id"]]
+            if row["target_index"] >= len(found):
+                continue
+            now = (int(found[row["target_index"]]), int(row["target_index"] in targets))
+            if (row["finding"], row["current_target"]) != now:
+                updates[row["id"]] = now
         self.store.set_map_findings(updates)
+
+    def refresh_all_findings(self) -> None:
+        """Once per audit: every stored prediction of this multilabel model marked for this run's settings, so that
+        a run on part of a dataset leaves no matrix of mixed thresholds."""
+        if self.card.task == "multilabel" and not self._findings_marked:
+            self._findings_marked = True
+            ids = self.stored_predictions()
+            for start in range(0, len(ids), 1024):
+                self.refresh_findings(self.store.predictions(ids[start:start + 1024]))
 
     def stored_predictions(self) -> list[str]:
         """Every prediction of this configuration's model in the store (for `explain` on its own)."""
@@ -612,6 +636,7 @@ class Audit:
         # one map per target of each prediction (its class; each finding of a multilabel model)
         predictions = self.store.predictions(prediction_ids)
         if self.card.task == "multilabel":
+            self.refresh_all_findings()
             self.refresh_findings(predictions)
         wanted = [{**p, "target": target} for p in predictions for target in self.targets(p)]
         keys = [self.saliency_key(w, w["target"]) for w in wanted]

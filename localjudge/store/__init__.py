@@ -220,11 +220,16 @@ class Store:
                 self.db["predictions"].update(row["id"], {k: v for k, v in row.items() if k != "id"})
 
     def set_ground_truth(self, rows: list[dict]) -> None:
-        """Each image's regions, replacing all it had (a new source is the image's whole ground truth)."""
+        """Each image's regions, replacing all it had (a new source is the image's whole ground truth), and the
+        region scores against regions the image no longer has (derived from a region gone, they would be read as
+        current)."""
+        images = json.dumps(sorted({row["image_sha256"] for row in rows}))
         with self.transaction():
-            self.db.execute("delete from ground_truth where image_sha256 in (select value from json_each(?))",
-                            [json.dumps(sorted({row["image_sha256"] for row in rows}))])
+            self.db.execute("delete from ground_truth where image_sha256 in (select value from json_each(?))", [images])
             self.db["ground_truth"].insert_all(rows, pk=("image_sha256", "label"))
+            self.db.execute("delete from region_scores where image_sha256 in (select value from json_each(?)) and "
+                            "mask_sha256 not in (select g.mask_sha256 from ground_truth g where g.image_sha256 = "
+                            "region_scores.image_sha256)", [images])
 
     def ground_truth(self, sha256s: Iterable[str]) -> list[dict]:
         return self._rows_where_in("ground_truth", "image_sha256", sha256s, "image_sha256")
@@ -238,14 +243,15 @@ class Store:
     def map_findings(self, prediction_ids: Iterable[str]) -> list[dict]:
         """The maps of these predictions with their targets and whether each is a finding (not the maps)."""
         return list(self.db.query(
-            "select id, prediction_id, target_index, finding from saliency_maps where prediction_id in "
+            "select id, prediction_id, target_index, finding, current_target from saliency_maps where prediction_id in "
             "(select value from json_each(?))", [json.dumps(list(prediction_ids))]))
 
-    def set_map_findings(self, findings: dict[str, int]) -> None:
-        if findings:
+    def set_map_findings(self, marks: dict[str, tuple[int, int]]) -> None:
+        """Each map's (finding, current_target), by map id."""
+        if marks:
             with self.transaction():
-                self.db.conn.executemany("update saliency_maps set finding = ? where id = ?",
-                                         [(value, key) for key, value in findings.items()])
+                self.db.conn.executemany("update saliency_maps set finding = ?, current_target = ? where id = ?",
+                                         [(finding, current, key) for key, (finding, current) in marks.items()])
 
     def saliency_maps(self, ids: Iterable[str]) -> list[dict]:
         return self._rows_by_id("saliency_maps", ids)

@@ -18,7 +18,11 @@ from .schema import TABLES, flag_zero_maps
 # of its content: two stores that computed the same row at different times, or on machines that mount the images
 # elsewhere, agree.
 # Columns a store made before they existed holds as NULL (images.kind: m013): another store's value fills them.
-FILLABLE = {"images": ("kind",)}
+# (m015: a map's target probability, a prediction's task.)
+FILLABLE = {"images": ("kind",), "saliency_maps": ("target_probability",), "predictions": ("task",)}
+# Marks a run sets from its own settings (a multilabel map's finding at its threshold, whether it is a target of its
+# --targets): two stores run with other thresholds differ there without disagreeing; the next run marks them again.
+RUN_MARKS = frozenset({"finding", "current_target"})
 PROVENANCE = frozenset({"run_id", "created_at", "updated_at", "started_at", "finished_at", "batch_seconds",
                         "batch_size", "execution_provider", "path", "reference"})
 # A model's float outputs depend in their last bits on the batch they were computed in (another batch size, another
@@ -94,7 +98,8 @@ def _merge_table(conn, table: str, key: tuple[str, ...], source: Path, conflicts
         return added  # a run is provenance itself: the same run merged twice may differ in its status and times
     # Rows both have: compared on what they say (not provenance, not float noise).
     types = {r[1]: (r[2] or "").upper() for r in conn.execute(f"pragma main.table_info([{table}])")}
-    compared = [c for c in columns if c not in PROVENANCE and c not in NUMERIC_NOISE and c not in key
+    compared = [c for c in columns if c not in PROVENANCE and c not in NUMERIC_NOISE and c not in RUN_MARKS
+                and c not in key
                 and types.get(c) != "BLOB"]
     if compared:
         def different(c: str) -> str:

@@ -264,11 +264,16 @@ def m014_target_labels(db: sqlite_utils.Database) -> None:
 
 @migration
 def m015_findings_and_regions_per_finding(db: sqlite_utils.Database) -> None:
-    # A multilabel model's map says how its target came to be explained: the target's probability, and whether the
+    # A multilabel model's map says how its target came to be explained: the target's probability, whether the
     # model finds it (1: at or above its threshold; 0: a labelled finding the model missed, explained with
-    # --targets labelled). NULL for a single-label model's maps and maps stored before.
+    # --targets labelled) and whether it is a target of the newest run's settings (its threshold and --targets: a
+    # map made under others is marked again, never made again). NULL for a single-label model's maps and maps
+    # stored before.
     db["saliency_maps"].add_column("target_probability", float)
     db["saliency_maps"].add_column("finding", int)
+    db["saliency_maps"].add_column("current_target", int)
+    # a prediction's task where it is not single-label classification ("multilabel"): its targets are its findings
+    db["predictions"].add_column("task", str)
     # An image's regions, one per finding it names ('' the image's object, whatever its class): a COCO category's
     # boxes, a mask with its class (--mask-label-column). The key becomes (image, label).
     db["ground_truth"].add_column("label", str, not_null_default="")
