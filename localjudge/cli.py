@@ -625,26 +625,53 @@ def evaluate():
               help="The manifest's column of image paths (for --mask-column).")
 @click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True,
               help="Attention mask threshold: map >= beta is attended.")
+@click.option("--artifact-regions", "artifact_specs", multiple=True, metavar="SPEC",
+              help="Where a shortcut may sit: border:PX or corner:PX (pixels of the model's view), or a JSON file "
+                   "{\"regions\": {\"name\": [x0, y0, x1, y1]}} of boxes in fractions of the image; the share of "
+                   "each map's mass there, beside the region's area (a flat map's share). Repeatable.")
 @json_option
 @user_errors
-def eval_regions(db_path, manifest, as_json, **given):
+def eval_regions(db_path, manifest, artifact_specs, as_json, **given):
     """IoU, Dice, pixel accuracy and F1 of each stored map's attention mask (map >= beta) against its image's
-    ground-truth region, stored; prints their means.
+    ground-truth region, stored; prints their means. With --artifact-regions, the share of each map's mass in each
+    artifact region, per class, and the images that put most there.
 
     \b
     Example:
         localjudge eval regions --db audit.db --mask-column mask --manifest labels.csv --path-column file
+        localjudge eval regions --db audit.db --artifact-regions border:16 --artifact-regions textbox.json
     """
+    from .analysis.artifacts import ArtifactSpecError, parse_specs
+    from .queries import artifact_table
+
+    try:
+        artifact_regions = parse_specs(list(artifact_specs))
+    except ArtifactSpecError as error:
+        raise click.BadParameter(str(error), param_hint="--artifact-regions") from error
     audit = open_audit(db_path, manifest, ("regions",), show_progress=not as_json, **given)
-    if not audit.has_ground_truth_source():
-        raise click.UsageError("give the regions: --masks DIR, --mask-column NAME --manifest CSV, or --boxes FILE")
+    if not audit.has_ground_truth_source() and not artifact_regions:
+        raise click.UsageError("give the regions: --masks DIR, --mask-column NAME --manifest CSV, or --boxes FILE; "
+                               "or --artifact-regions SPEC")
+    means = table = None
+    stages = {}
     with audit.recorded("eval regions", manifest):
-        images = [row["sha256"] for row in audit.store.images()]
-        stages = audit.evaluate_regions(images, audit.stored_saliency_maps(), manifest=manifest)
-    means = region_means(audit.store, stages["regions"].ids)
-    table = audit.localisation(audit.stored_saliency_maps())
+        maps = audit.stored_saliency_maps()
+        if audit.has_ground_truth_source():
+            images = [row["sha256"] for row in audit.store.images()]
+            stages = audit.evaluate_regions(images, maps, manifest=manifest)
+        if artifact_regions:
+            stages["artifacts"] = audit.score_artifacts(maps, artifact_regions)
+    artifacts = artifact_table(audit.store, stages["artifacts"].ids) if artifact_regions else []
+    if "regions" in stages:
+        means = region_means(audit.store, stages["regions"].ids)
+        table = audit.localisation(maps)
     if as_json:
-        click.echo(json.dumps({"stages": stages_json(stages), "means": means, "localisation": table}, indent=2))
+        click.echo(json.dumps({"stages": stages_json(stages), "means": means, "localisation": table,
+                               "artifacts": artifacts}, indent=2))
+        return
+    if artifacts:
+        print_artifacts(artifacts)
+    if means is None:
         return
     for stage in stages.values():
         for error in stage.errors:
@@ -658,6 +685,22 @@ def eval_regions(db_path, manifest, as_json, **given):
             click.echo(f"  {finding['finding']:20} {finding['maps']:5} maps  "
                        + "  ".join(f"{metric} {mean_text(finding, metric)}" for metric in ("iou", "dice", "f1")))
     print_localisation(table)
+
+
+def print_artifacts(artifacts: list[dict]) -> None:
+    """Each artifact region: the maps' mean mass share there beside its area, the classes and images putting most."""
+    def figure(found: dict) -> str:
+        interval = "" if found["ci_low"] is None else f" [{found['ci_low']:.3f}, {found['ci_high']:.3f}]"
+        return f"{found['mean']:.3f}{interval}"
+
+    for region in artifacts:
+        click.echo(f"artifact region {region['region']} ({region['maps']} maps): mass share "
+                   f"{figure(region['mass_share'])}, area {figure(region['area_fraction'])} (a flat map's share), "
+                   f"excess {figure(region['excess'])}")
+        classes = ", ".join(f"{c['class']} {c['mass_share']:.3f} (n={c['maps']})" for c in region["by_class"][:5])
+        click.echo(f"  classes putting most mass there: {classes}")
+        for image in region["top_images"][:5]:
+            click.echo(f"  {image['mass_share']:.3f}  {image['class']}  {image['path']}")
 
 
 def print_localisation(table: dict) -> None:

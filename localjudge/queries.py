@@ -506,6 +506,44 @@ def class_statistics(store: Store, threshold: int, by: str = "predicted", beta: 
     return found
 
 
+def artifact_table(store: Store, score_ids: list[str], top: int = 10) -> list[dict]:
+    """Per artifact region, over the given scores: the mean share of the maps' mass inside it beside its baseline
+    (the region's mean area: a flat map's share), their mean difference, each with its bootstrap interval (the maps
+    resampled); the mean share per class (the map's target) and the images whose maps put most mass there."""
+    from .analysis.bootstrap import mean_interval
+
+    rows = list(store.query(
+        "select a.region, a.spec, a.mass_share, a.area_fraction, a.saliency_id, i.path, "
+        "coalesce(s.target_label, p.predicted_label) as class from artifact_scores a "
+        "join saliency_maps s on s.id = a.saliency_id join predictions p on p.id = s.prediction_id "
+        "join images i on i.sha256 = a.image_sha256 where a.id in (select value from json_each(?)) "
+        "and a.mass_share is not null order by a.region, a.mass_share desc, i.path", [json.dumps(list(score_ids))]))
+    regions: dict[str, list[dict]] = {}
+    for row in rows:
+        regions.setdefault(row["region"], []).append(row)
+    found = []
+    for name, members in regions.items():
+        share = np.array([r["mass_share"] for r in members])
+        area = np.array([r["area_fraction"] for r in members])
+
+        def figure(values: np.ndarray) -> dict:
+            low, high = mean_interval(values)
+            return {"mean": float(values.mean()), "ci_low": low, "ci_high": high}
+
+        by_class: dict[str, list[float]] = {}
+        for r in members:
+            by_class.setdefault(r["class"], []).append(r["mass_share"])
+        found.append({
+            "region": name, "spec": members[0]["spec"], "maps": len(members), "mass_share": figure(share),
+            "area_fraction": figure(area), "excess": figure(share - area),
+            "by_class": sorted(({"class": c, "maps": len(v), "mass_share": float(np.mean(v))}
+                                for c, v in by_class.items()), key=lambda c: (-c["mass_share"], c["class"])),
+            "top_images": [{"path": r["path"], "class": r["class"], "mass_share": r["mass_share"],
+                            "area_fraction": r["area_fraction"], "saliency_id": r["saliency_id"]}
+                           for r in members[:top]]})
+    return found
+
+
 def map_signals(store: Store, beta: float, steps: int, baseline: str, model: str | None = None,
                 cam: str | None = None) -> dict[str, np.ndarray]:
     """Per-saliency-map signals, aligned (NaN where a map lacks one): judge scores (one signal per judgment setting,

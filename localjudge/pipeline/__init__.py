@@ -763,6 +763,49 @@ class Audit:
         stage.computed += len(rows)
         return stage
 
+    def score_artifacts(self, saliency_ids: list[str], regions: list) -> Stage:
+        """The share of each map's mass in each artifact region (analysis.artifacts), stored; degenerate maps are
+        skipped. A box of the image is cut and resized as the image was for the model, nearest neighbour."""
+        from ..analysis.artifacts import box_mask, mass_share, view_region
+        from ..ground_truth import oriented_size
+        from ..vision.preprocess import mask_view
+
+        stage = Stage()
+        for start in range(0, len(saliency_ids), 256):
+            chunk = saliency_ids[start:start + 256]
+            keys = {(sid, region.name): content_key("artifact", sid, region.digest()) for sid in chunk
+                    for region in regions}
+            stage.ids.extend(keys.values())
+            existing = self.store.existing_ids("artifact_scores", keys.values())
+            wanted = {sid for (sid, _), key in keys.items() if key not in existing}
+            maps = [m for m in self.store.saliency_maps(wanted) if not m.get("failure")]
+            if not maps:
+                continue
+            predictions = {p["id"]: p for p in self.store.predictions({m["prediction_id"] for m in maps})}
+            images = {i["sha256"]: i for i in self.store.images({m["image_sha256"] for m in maps})}
+            rows = []
+            for m in maps:
+                saliency = unpack_array(m["map"], (m["height"], m["width"]))
+                for region in regions:
+                    key = keys[(m["id"], region.name)]
+                    if key in existing:
+                        continue
+                    if region.view_pixels is not None:
+                        mask = view_region(*region.view_pixels, saliency.shape)
+                    else:
+                        image = images[m["image_sha256"]]
+                        width, height = oriented_size(Path(image["path"]), image["width"], image["height"])
+                        geometry = json.loads(predictions[m["prediction_id"]]["preprocessing"])
+                        mask = mask_view(box_mask(region.box, width, height), geometry, saliency.shape[1])
+                        if mask.shape != saliency.shape:
+                            mask = np.asarray(Image.fromarray(mask).resize(saliency.shape[::-1], Image.NEAREST))
+                    rows.append({"id": key, "saliency_id": m["id"], "image_sha256": m["image_sha256"],
+                                 "region": region.name, "spec": region.spec, "mass_share": mass_share(saliency, mask),
+                                 "area_fraction": float(mask.mean()), "run_id": self.run_id, "created_at": now()})
+            self.store.upsert_rows("artifact_scores", rows)
+            stage.computed += len(rows)
+        return stage
+
     def localisation(self, saliency_ids: list[str]) -> dict:
         """The localisation suite (analysis.localisation) of these maps against their images' regions, beside the
         trivial baselines on the same regions (queries.localisation)."""

@@ -280,12 +280,25 @@ def m015_findings_and_regions_per_finding(db: sqlite_utils.Database) -> None:
     db["ground_truth"].transform(pk=("image_sha256", "label"))
 
 
+@migration
+def m016_artifact_scores(db: sqlite_utils.Database) -> None:
+    # The share of each map's mass in a named artifact region (a border, the corners, a box of the image): keyed by
+    # the map and the region's definition, with the region's area fraction (a flat map's share: the baseline).
+    db["artifact_scores"].create(
+        {"id": str, "saliency_id": str, "image_sha256": str, "region": str, "spec": str, "mass_share": float,
+         "area_fraction": float, "run_id": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("saliency_id", "saliency_maps", "id")],
+    )
+    db["artifact_scores"].create_index(["saliency_id"])
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
           ("saliency_maps", ("id",)), ("prompts", ("hash",)), ("judgments", ("id",)),
           ("ground_truth", ("image_sha256", "label")), ("region_scores", ("id",)), ("faithfulness", ("id",)),
           ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)),
-          ("canary_judgments", ("id",)), ("judge_checks", ("id",)))
+          ("canary_judgments", ("id",)), ("judge_checks", ("id",)), ("artifact_scores", ("id",)))
 # What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
 SCRATCH_KEPT = ("runs", "prompts")
