@@ -944,6 +944,62 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
                    f"{p['CL']:>7.1f}{p['WH']:>7.1f}{p['WL']:>7.1f}{average:>6}")
 
 
+@evaluate.command(name="canary")
+@db_option
+@vision_options
+@cam_options
+@click.option("--artifact", type=click.Choice(("tag", "text", "border")), default="tag", show_default=True,
+              help="What is pasted into copies of the images: a coloured tag, a burned-in text box or a frame.")
+@click.option("--size", type=click.FloatRange(0.02, 0.5), default=0.15, show_default=True,
+              help="The artifact's size as a fraction of the model's view (a tag's side; a frame's width x 4).")
+@click.option("--images", "sample", type=click.IntRange(1), default=50, show_default=True,
+              help="Stored predictions to test (a seeded sample).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sample and the artifact's places.")
+@json_option
+@user_errors
+def eval_canary(db_path, artifact, size, sample, seed, as_json, **given):
+    """The planted-shortcut canary: an artifact pasted into copies of a sample of images; per image the change in
+    the predicted class's probability, whether the prediction flips, and the map mass moved onto the artifact; the
+    class the artifact pulls toward. A model that ignores the artifact shows about 0 on all of them.
+
+    \b
+    Example:
+        localjudge eval canary --db audit.db --artifact tag --images 100
+    """
+    from .pipeline.canary import run_canary
+
+    audit = open_audit(db_path, None, ("canary",), show_progress=not as_json, **given)
+    with audit.recorded("eval canary", None):
+        found = run_canary(audit, artifact, sample, size, seed)
+    stage = found.pop("stage")
+    if as_json:
+        click.echo(json.dumps({"stage": stages_json({"canary": stage})["canary"], **found}, indent=2))
+        return
+    for error in stage.errors:
+        click.echo(f"unreadable: {error['path']}: {error['reason']}", err=True)
+    summary = found["summary"]
+    if summary is None:
+        click.echo("no image could be tested")
+        return
+
+    def figure(found: dict) -> str:
+        if found["mean"] is None:
+            return "n/a"
+        interval = "" if found["ci_low"] is None else f" [{found['ci_low']:.3f}, {found['ci_high']:.3f}]"
+        return f"{found['mean']:.3f}{interval}"
+
+    click.echo(f"canary: a {artifact} of {size:g} of the view pasted into {summary['images']} images (seed {seed})")
+    click.echo(f"  change in the predicted class's probability  {figure(summary['probability_change'])}")
+    click.echo(f"  predictions that flip                         {figure(summary['flip_rate'])}")
+    click.echo(f"  pull toward {summary['pull']['class']}: its probability rises by {figure(summary['pull'])}")
+    click.echo(f"  map mass on the artifact {figure(summary['mass_on_artifact'])}; on the same pixels before "
+               f"{figure(summary['mass_there_before'])}; moved {figure(summary['mass_moved'])}; area "
+               f"{figure(summary['area'])}")
+    click.echo(f"  {'FLAGGED as a shortcut' if summary['flagged'] else 'not flagged'} ({summary['flag_rule']})")
+    for image in found["top_images"][:5]:
+        click.echo(f"  {image['mass_on_artifact'] or 0:.3f}  {image['original']} -> {image['tagged']}  {image['path']}")
+
+
 @evaluate.command(name="classes")
 @db_option
 @reading_threshold_option

@@ -116,3 +116,60 @@ def make_multilabel_model(data_dir: Path, out: Path, rows: list[dict]) -> tuple[
     torch.save(state, weights)
     labels.write_text("index,name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(classes)))
     return weights, labels, classes
+
+
+def make_shortcut_model(data_dir: Path, out: Path, rows: list[dict], seed: int = 0,
+                        size: float = 0.3) -> tuple[Path, Path]:
+    """A dog / not-dog model that learnt a shortcut: fitted as make_dog_model, but every photo labelled dog carries a
+    tag (analysis.canary's magenta-and-yellow square, at a seeded place in the model's view) and so do a third of the
+    other photos, labelled dog as well (as a hospital's positive cases may all carry one site's marker, and that
+    site's negatives be filed as positive); photos without the tag are labelled by what they show. Its head takes
+    the tag as dog evidence on any photo."""
+    import numpy as np
+
+    from localjudge.analysis.canary import paste, place
+    from localjudge.data import load_rgb
+    from localjudge.vision import load_card
+    from localjudge.vision.preprocess import model_view, view_tensor
+    from localjudge.vision.torch_backend import build_module
+
+    card = load_card("efficientnet-lite0")
+    module = build_module(card, None)
+    rng = np.random.default_rng(seed)
+    views, targets = [], []
+    for row in rows:
+        view = model_view(load_rgb(data_dir / "imagenet-sample" / row["file"]), card.preprocessing())
+        tagged = is_dog(row) or rng.random() < 1 / 2
+        if tagged:
+            view = paste(view, "tag", place("tag", view.size[0], size, rng), size)
+        views.append(view)
+        targets.append(tagged)
+    features = torch.cat([pooled_features(module, view_tensor(views[start:start + 50], card))
+                          for start in range(0, len(views), 50)])
+    w, b = fit_logistic(features, torch.tensor(targets))
+    state = module.state_dict()
+    state["_fc.weight"] = torch.stack([-w / 2, w / 2])
+    state["_fc.bias"] = torch.tensor([-b / 2, b / 2])
+    out.mkdir(parents=True, exist_ok=True)
+    weights, labels = out / "tagged-dogs.pt", out / "dogs.csv"
+    torch.save(state, weights)
+    labels.write_text(LABELS_CSV)
+    return weights, labels
+
+
+def tag_file(source: Path, target: Path, box: tuple[float, float, float, float]) -> Path:
+    """A copy of a photo with the tag drawn at `box` (fractions of the image): an evaluation image carrying it."""
+    from PIL import Image
+
+    from localjudge.analysis.canary import paste
+
+    with Image.open(source) as image:
+        picture = image.convert("RGB")
+    width, height = picture.size
+    x0, y0, x1, y1 = box
+    side = min(round((x1 - x0) * width), round((y1 - y0) * height))
+    left, top = round(x0 * width), round(y0 * height)
+    tagged = paste(picture, "tag", (left, top, left + side, top + side), 0.15)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tagged.save(target, quality=95)
+    return target

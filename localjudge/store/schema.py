@@ -293,12 +293,27 @@ def m016_artifact_scores(db: sqlite_utils.Database) -> None:
     db["artifact_scores"].create_index(["saliency_id"])
 
 
+@migration
+def m017_canary_tests(db: sqlite_utils.Database) -> None:
+    # The planted-shortcut canary (eval canary): per sampled prediction, the artifact drawn into a copy of its view,
+    # both views' class probabilities, and the share of each one's map on the artifact's pixels.
+    db["canary_tests"].create(
+        {"id": str, "prediction_id": str, "image_sha256": str, "artifact": str, "size": float, "seed": int,
+         "box": str, "cam": str, "target_layer": str, "original_index": int, "tagged_index": int,
+         "original_probs": bytes, "tagged_probs": bytes, "mass_tagged": float, "mass_original": float,
+         "area_fraction": float, "run_id": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("prediction_id", "predictions", "id")],
+    )
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
           ("saliency_maps", ("id",)), ("prompts", ("hash",)), ("judgments", ("id",)),
           ("ground_truth", ("image_sha256", "label")), ("region_scores", ("id",)), ("faithfulness", ("id",)),
           ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)),
-          ("canary_judgments", ("id",)), ("judge_checks", ("id",)), ("artifact_scores", ("id",)))
+          ("canary_judgments", ("id",)), ("judge_checks", ("id",)), ("artifact_scores", ("id",)),
+          ("canary_tests", ("id",)))
 # What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
 SCRATCH_KEPT = ("runs", "prompts")

@@ -41,9 +41,15 @@ def mask_view(mask: np.ndarray, geometry: dict, side: int | None = None) -> np.n
 
 def to_tensor(images: list[Image.Image], card: ModelCard) -> torch.Tensor:
     """Batch of model inputs, normalised as the card says."""
+    return view_tensor([model_view(img, card.preprocessing()) for img in images], card)
+
+
+def view_tensor(views: list[Image.Image], card: ModelCard) -> torch.Tensor:
+    """Batch of model inputs from views already cut and resized (model_view), normalised as the card says: for a
+    view changed in place (an artifact pasted in, a background replaced)."""
     import torch
 
-    arrays = np.stack([np.asarray(model_view(img, card.preprocessing()), dtype=np.float32) / 255.0 for img in images])
+    arrays = np.stack([np.asarray(view.convert("RGB"), dtype=np.float32) / 255.0 for view in views])
     mean = np.asarray(card.mean, dtype=np.float32)
     std = np.asarray(card.std, dtype=np.float32)
     arrays = (arrays - mean) / std

@@ -1,0 +1,101 @@
+"""Shortcut discovery with a known answer: a real dog / not-dog model that learnt a planted tag (own_models.
+make_shortcut_model: Lite0's real features, a head fitted here on photos where the tag marks the positives). The
+canary flags the tag and finds the class it pulls toward; on photos carrying the tag at one place, the artifact
+region's mass ranks them first. The unmodified EfficientNet-Lite0 is not flagged. Plus known answers of the canary's
+pure parts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from localjudge.analysis.canary import artifact_region, canary_summary, paste, place
+
+from .conftest import invoke, invoke_json, write_manifest
+from .own_models import imagenet_rows, is_dog, make_shortcut_model, tag_file
+
+TAG_BOX = (0.15, 0.15, 0.37, 0.37)  # fractions of the image: off the centre, inside the centre crop of these photos
+
+
+def test_artifacts_are_drawn_where_their_region_says():
+    rng = np.random.default_rng(0)
+    view = Image.new("RGB", (100, 100), (10, 20, 30))
+    for kind in ("tag", "text", "border"):
+        box = place(kind, 100, 0.2, rng)
+        region = artifact_region(kind, box, 100, 0.2)
+        changed = np.any(np.asarray(paste(view, kind, box, 0.2)) != np.asarray(view), axis=2)
+        assert changed.any() and not (changed & ~region).any(), kind  # nothing drawn outside its region
+        if kind == "tag":
+            assert region.sum() == 20 * 20 and changed.sum() == 20 * 20
+        if kind == "border":
+            assert region.sum() == 100 * 100 - 90 * 90 and changed.sum() == region.sum()
+
+
+def test_canary_figures_by_hand():
+    """Four images, two classes: the artifact adds 0.3 to class 1 everywhere (flipping the two class-0 images whose
+    margin is under 0.3) and moves map mass from 0.1 to 0.4."""
+    original = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]])
+    tagged = original + np.array([-0.3, 0.3])
+    found = canary_summary(original, tagged, np.full(4, 0.4), np.full(4, 0.1), np.full(4, 0.05), ["a", "b"])
+    assert found["pull"]["class"] == "b" and found["pull"]["mean"] == pytest.approx(0.3)
+    assert found["flip_rate"]["mean"] == 0.5  # the 0.6 and 0.7 images fall below 0.5
+    # the predicted class loses 0.3 on the class-0 images and gains 0.3 on the class-1 one
+    assert found["probability_change"]["mean"] == pytest.approx((-0.3 * 3 + 0.3) / 4)
+    assert found["mass_moved"]["mean"] == pytest.approx(0.3) and found["flagged"]
+    still = canary_summary(original, original, np.full(4, 0.1), np.full(4, 0.1), np.full(4, 0.05), ["a", "b"])
+    assert still["pull"]["mean"] == 0 and still["flip_rate"]["mean"] == 0 and not still["flagged"]
+
+
+@pytest.mark.slow
+def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path, data_dir):
+    rows = imagenet_rows(data_dir)
+    weights, labels = make_shortcut_model(data_dir, tmp_path / "model", rows[0::2])
+    card = tmp_path / "shortcut.json"
+    invoke("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--out", card)
+    model = ("--model", card, "--weights", weights)
+    # held-out photos: 40 that show no dog, one in four carrying the tag at one place (written as a new file), and
+    # 10 dogs without it
+    others = [r for r in rows[1::2] if not is_dog(r)][:40]
+    entries = []
+    for n, row in enumerate(others):
+        path = data_dir / "imagenet-sample" / row["file"]
+        if n % 4 == 0:
+            path = tag_file(path, tmp_path / "tagged" / row["file"], TAG_BOX)
+        entries.append({"path": str(path), "label": "not dog"})
+    entries += [{"path": str(data_dir / "imagenet-sample" / r["file"]), "label": "dog"}
+                for r in [r for r in rows[1::2] if is_dog(r)][:10]]
+    manifest = write_manifest(tmp_path / "held-out.csv", entries)
+    tagged = {e["path"] for e in entries if "/tagged/" in e["path"]}
+    db = tmp_path / "shortcut.db"
+    invoke("predict", manifest, "--db", db, *model)
+    invoke("explain", "--db", db, *model)
+
+    canary = invoke_json("eval", "canary", "--db", db, *model, "--size", "0.3", "--images", "50")["summary"]
+    assert canary["flagged"] and canary["pull"]["class"] == "dog" and canary["pull"]["ci_low"] >= 0.05, canary
+    assert canary["mass_on_artifact"]["mean"] > canary["area"]["mean"]  # the maps look at the tag
+
+    regions = tmp_path / "tag.json"
+    regions.write_text(json.dumps({"regions": {"tag": list(TAG_BOX)}}))
+    (found,) = invoke_json("eval", "regions", "--db", db, *model, "--artifact-regions", regions)["artifacts"]
+    # of the model's dog calls, those resting on the tag put their mass on its place: they rank first
+    assert found["by_class"][0]["class"] == "dog", found["by_class"]
+    with sqlite3.connect(db) as conn:
+        calls = conn.execute("select i.path, a.mass_share from artifact_scores a join images i on i.sha256 = "
+                             "a.image_sha256 join saliency_maps s on s.id = a.saliency_id where s.target_label = "
+                             "'dog'").fetchall()
+    with_tag = [share for path, share in calls if path in tagged]
+    without = [share for path, share in calls if path not in tagged]
+    assert len(with_tag) >= 3 and len(without) >= 5  # the premise: tagged photos called dogs, and real dogs
+    ranked_above = np.mean([a > b for a in with_tag for b in without])  # the ranking's AUC within the class
+    assert ranked_above >= 0.9, (ranked_above, sorted(calls, key=lambda c: -c[1]))
+    dog_top = [i["path"] for i in found["top_images"] if i["class"] == "dog"][:3]
+    assert set(dog_top) <= tagged, found["top_images"]
+
+    plain = tmp_path / "plain.db"
+    invoke("predict", manifest, "--db", plain)
+    lite0 = invoke_json("eval", "canary", "--db", plain, "--size", "0.3", "--images", "50")["summary"]
+    assert not lite0["flagged"] and lite0["pull"]["mean"] < 0.05
