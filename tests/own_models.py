@@ -121,7 +121,7 @@ def make_multilabel_model(data_dir: Path, out: Path, rows: list[dict]) -> tuple[
 def make_shortcut_model(data_dir: Path, out: Path, rows: list[dict], seed: int = 0,
                         size: float = 0.3) -> tuple[Path, Path]:
     """A dog / not-dog model that learnt a shortcut: fitted as make_dog_model, but every photo labelled dog carries a
-    tag (analysis.canary's magenta-and-yellow square, at a seeded place in the model's view) and so do a third of the
+    tag (analysis.canary's magenta-and-yellow square, at a seeded place in the model's view) and so do half the
     other photos, labelled dog as well (as a hospital's positive cases may all carry one site's marker, and that
     site's negatives be filed as positive); photos without the tag are labelled by what they show. Its head takes
     the tag as dog evidence on any photo."""
