@@ -1000,6 +1000,57 @@ def eval_canary(db_path, artifact, size, sample, seed, as_json, **given):
         click.echo(f"  {image['mass_on_artifact'] or 0:.3f}  {image['original']} -> {image['tagged']}  {image['path']}")
 
 
+@evaluate.command(name="clusters")
+@db_option
+@click.option("--model", help="Only maps of this vision model.")
+@click.option("--cam", help="Only maps of this CAM method.")
+@click.option("--target-layer", help="Only maps of this target tensor.")
+@click.option("--grid", type=click.IntRange(4, 64), default=16, show_default=True,
+              help="Maps are compared on a grid x grid downsampling.")
+@click.option("--max-clusters", type=click.IntRange(2, 32), default=8, show_default=True,
+              help="The eigengap chooses at most this many clusters per class.")
+@click.option("--min-maps", type=click.IntRange(3), default=6, show_default=True,
+              help="A class with fewer maps is not clustered.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the spectral clustering.")
+@click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True, help="Region mass at this beta.")
+@json_option
+@user_errors
+def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, min_maps, seed, beta, as_json):
+    """Cluster each class's maps (SpRAy: maps on a small grid, spectral clustering, k by the eigengap); per cluster
+    its size, mean judge score, accuracy, region mass and border share, exemplars, and whether it is a shortcut
+    candidate (a minority of the class's maps that look elsewhere than its main cluster). Stored.
+
+    \b
+    Example:
+        localjudge eval clusters --db audit.db --json
+    """
+    from .pipeline.clusters import cluster_maps
+
+    store = Store(db_path, create=False)
+    found = cluster_maps(store, grid, max_clusters, min_maps, seed, beta, model=model, cam=cam,
+                         target_layer=target_layer)
+    if as_json:
+        click.echo(json.dumps({"classes": found}, indent=2))
+        return
+    if not found:
+        click.echo(f"no class has {min_maps} or more maps")
+
+    def number(value, digits=2) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    for entry in found:
+        click.echo(f"\n{entry['class']} ({entry['model']} {entry['cam']}@{entry['target_layer']}): "
+                   f"{entry['maps']} maps, "
+                   f"{len(entry['clusters'])} clusters")
+        for c in entry["clusters"]:
+            flag = "  SHORTCUT CANDIDATE: " + "; ".join(c["reasons"]) if c["shortcut_candidate"] else ""
+            click.echo(f"  #{c['cluster']} {c['size']:4} maps  score {number(c['score'])}  accuracy "
+                       f"{number(c['accuracy'])}  region mass {number(c['mass_in_region'])}  border "
+                       f"{number(c['border_share'])}{flag}")
+            for path in c["exemplars"]:
+                click.echo(f"      {path}")
+
+
 @evaluate.command(name="classes")
 @db_option
 @reading_threshold_option

@@ -307,6 +307,25 @@ def m017_canary_tests(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m018_map_clusters(db: sqlite_utils.Database) -> None:
+    # Clusters of a class's maps (eval clusters): each cluster with its figures, mean map and whether it is a
+    # shortcut candidate, keyed by the clustering (model file, method, target, class, parameters, the maps) and its
+    # number; and its members.
+    db["map_clusters"].create(
+        {"id": str, "clustering": str, "model": str, "model_hash": str, "cam": str, "target_layer": str,
+         "class": str, "cluster": int, "size": int, "shortcut_candidate": int, "reasons": str, "figures": str,
+         "grid": int, "mean_map": bytes, "run_id": str, "created_at": str},
+        pk="id",
+    )
+    db["cluster_members"].create(
+        {"id": str, "cluster_id": str, "saliency_id": str},
+        pk="id",
+        foreign_keys=[("cluster_id", "map_clusters", "id"), ("saliency_id", "saliency_maps", "id")],
+    )
+    db["cluster_members"].create_index(["cluster_id"])
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
@@ -314,6 +333,6 @@ TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), 
           ("ground_truth", ("image_sha256", "label")), ("region_scores", ("id",)), ("faithfulness", ("id",)),
           ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)),
           ("canary_judgments", ("id",)), ("judge_checks", ("id",)), ("artifact_scores", ("id",)),
-          ("canary_tests", ("id",)))
+          ("canary_tests", ("id",)), ("map_clusters", ("id",)), ("cluster_members", ("id",)))
 # What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
 SCRATCH_KEPT = ("runs", "prompts")

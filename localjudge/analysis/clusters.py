@@ -1,0 +1,117 @@
+"""Clusters of saliency maps within a class, as SpRAy (Lapuschkin et al., 2019): the maps downsampled to a small grid
+(each as the distribution of its mass), a Gaussian affinity between them, spectral clustering with the number of
+clusters chosen by the eigengap of the normalised graph Laplacian, seeded. Pure functions over arrays (scikit-learn
+and scipy do the linear algebra).
+
+Per cluster: its size, the mean of its maps (on the grid), the share of that mean map's mass on the border of the
+grid, and whatever per-map figures the caller gives (score, accuracy, region mass). A cluster is a *shortcut
+candidate* when it is not the class's largest (its main way of looking) and looks elsewhere: where its maps and the
+main cluster's have ground-truth regions, when its maps put at least REGION_GAP less of their mass on the object
+(the object may sit anywhere, so a differently placed map on it is no shortcut); without regions, when its mean
+map is unlike the main cluster's (Pearson correlation below MAIN_SIMILARITY)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+GRID = 16
+MAX_CLUSTERS = 8
+MIN_MAPS = 6  # a class with fewer maps is not clustered
+MAIN_SIMILARITY = 0.3
+REGION_GAP = 0.2
+BORDER = 2  # grid cells: the border's width on a 16 x 16 grid is 1/8 of the side
+
+
+def downsample(saliency: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """The map's mean over each cell of a grid x grid partition (area averaging), as a vector summing to 1: where
+    the map's mass lies, whatever its overall strength (a map without mass: zeros)."""
+    saliency = np.asarray(saliency, dtype=np.float64)
+    height, width = saliency.shape
+    rows = np.linspace(0, height, grid + 1).astype(int)
+    columns = np.linspace(0, width, grid + 1).astype(int)
+    cells = np.add.reduceat(np.add.reduceat(saliency, rows[:-1], axis=0), columns[:-1], axis=1)
+    sizes = np.outer(np.diff(rows), np.diff(columns))
+    means = (cells / np.maximum(sizes, 1)).ravel()
+    total = means.sum()
+    return means / total if total > 0 else means
+
+
+def eigengap_clusters(features: np.ndarray, max_clusters: int = MAX_CLUSTERS,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster labels (0 = the largest cluster, then by size) and the normalised Laplacian's smallest eigenvalues.
+    The affinity is a Gaussian of the maps' distances with the median distance as its width (a scale-free choice);
+    k clusters (1 <= k <= max_clusters) where the gap between the k-th and (k+1)-th eigenvalue is largest (the
+    eigengap heuristic, von Luxburg 2007, as SpRAy): k well separated groups give k eigenvalues near 0, then a gap;
+    maps that vary smoothly stay one cluster."""
+    from scipy.sparse.csgraph import laplacian
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.cluster import SpectralClustering
+
+    features = np.asarray(features, dtype=np.float64)
+    count = len(features)
+    if count < 3:
+        return np.zeros(count, dtype=int), np.zeros(0)
+    distances = squareform(pdist(features))
+    width = np.median(distances[distances > 0]) if (distances > 0).any() else 1.0
+    affinity = np.exp(-distances ** 2 / (2 * width ** 2))
+    np.fill_diagonal(affinity, 0.0)
+    values = np.sort(np.linalg.eigvalsh(laplacian(affinity, normed=True)))
+    top = min(max_clusters, count - 1)
+    gaps = np.diff(values[:top + 1])  # gaps[k - 1] = lambda_(k+1) - lambda_k
+    k = int(np.argmax(gaps)) + 1 if len(gaps) else 1
+    if k == 1:
+        return np.zeros(count, dtype=int), values[:top + 1]
+    labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed,
+                                assign_labels="cluster_qr").fit_predict(affinity)
+    order = sorted(set(labels.tolist()), key=lambda c: (-int((labels == c).sum()), int(np.flatnonzero(labels == c)[0])))
+    renumber = {old: new for new, old in enumerate(order)}
+    return np.array([renumber[c] for c in labels]), values[:top + 1]
+
+
+def border_share(mean_map: np.ndarray, grid: int = GRID, border: int = BORDER) -> float | None:
+    """The share of a grid map's mass in its outer `border` cells."""
+    cells = np.asarray(mean_map, dtype=np.float64).reshape(grid, grid)
+    total = cells.sum()
+    if total <= 0:
+        return None
+    inner = cells[border:grid - border, border:grid - border].sum()
+    return float((total - inner) / total)
+
+
+def describe_clusters(features: np.ndarray, labels: np.ndarray, figures: dict[str, np.ndarray],
+                      grid: int = GRID) -> list[dict]:
+    """Each cluster's size, mean map, border share, the means of `figures` (NaN left out) and whether it is a
+    shortcut candidate (see the module's rule)."""
+    features = np.asarray(features, dtype=np.float64)
+    clusters = []
+    for cluster in range(int(labels.max()) + 1 if len(labels) else 0):
+        members = labels == cluster
+        mean_map = features[members].mean(axis=0)
+        entry = {"cluster": cluster, "size": int(members.sum()), "mean_map": mean_map,
+                 "border_share": border_share(mean_map, grid)}
+        for name, values in figures.items():
+            chosen = np.asarray(values, dtype=np.float64)[members]
+            chosen = chosen[~np.isnan(chosen)]
+            entry[name] = float(chosen.mean()) if len(chosen) else None
+        clusters.append(entry)
+    main = clusters[0] if clusters else None
+    for entry in clusters:
+        entry["similarity_to_main"] = None if entry is main else _pearson(entry["mean_map"], main["mean_map"])
+        reasons = []
+        if entry is not main:
+            own, main_mass = entry.get("mass_in_region"), main.get("mass_in_region")
+            if own is not None and main_mass is not None:
+                if main_mass - own >= REGION_GAP:
+                    reasons.append(f"it puts {main_mass - own:.2f} less of its mass on the object than the main "
+                                   "cluster")
+            elif entry["similarity_to_main"] is not None and entry["similarity_to_main"] < MAIN_SIMILARITY:
+                reasons.append(f"its mean map is unlike the main cluster's (r = {entry['similarity_to_main']:.2f})")
+        entry["shortcut_candidate"] = bool(reasons)
+        entry["reasons"] = reasons
+    return clusters
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    if np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])

@@ -1,0 +1,75 @@
+"""`eval clusters`: the stored maps of each model file, CAM method and target tensor clustered per class (the class a
+map explains) with analysis.clusters, and the clusters stored with their members (`map_clusters`,
+`cluster_members`). Per cluster: its size, mean judge score, accuracy, mean mass inside the ground-truth region,
+the border share of its mean map, exemplars, and whether it is a shortcut candidate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..analysis.clusters import GRID, MAX_CLUSTERS, MIN_MAPS, describe_clusters, downsample, eigengap_clusters
+from ..queries import TARGET_CORRECT, TARGET_CURRENT, filter_clauses
+from ..store import Store, content_key, now, pack_array, unpack_array
+
+
+def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTERS, min_maps: int = MIN_MAPS,
+                 seed: int = 0, beta: float = 0.6, run_id: str | None = None, exemplars: int = 3,
+                 **filters) -> list[dict]:
+    clauses, params = filter_clauses({k: v for k, v in filters.items() if k in ("model", "cam", "target_layer")})
+    where = " and ".join(["s.failure is null", TARGET_CURRENT, *clauses])
+    rows = list(store.query(
+        "select s.id, s.image_sha256, p.model, p.model_hash, s.method as cam, s.target_layer, i.path, "
+        "coalesce(s.target_label, p.predicted_label) as class, " + TARGET_CORRECT + " as correct "
+        "from saliency_maps s join predictions p on p.id = s.prediction_id join images i on i.sha256 = "
+        "s.image_sha256 where " + where + " order by p.model, s.method, s.target_layer, class, s.id", params))
+    scores: dict[str, list[int]] = {}
+    for j in store.query("select saliency_id, score from judgments where status = 'ok'"):
+        scores.setdefault(j["saliency_id"], []).append(j["score"])
+    mass = {r["saliency_id"]: r["mass_share"] for r in store.query(
+        "select r.saliency_id, r.mass_share from region_scores r join ground_truth g on g.image_sha256 = "
+        "r.image_sha256 and g.mask_sha256 = r.mask_sha256 where r.beta = ?", [beta])}
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["model_hash"], row["cam"], row["target_layer"], row["class"]),
+                          []).append(row)
+    found = []
+    for (model, model_hash, cam, target_layer, name), members in groups.items():
+        if len(members) < min_maps:
+            continue
+        maps = {m["id"]: m for m in store.saliency_maps([m["id"] for m in members])}
+        features = np.stack([downsample(unpack_array(maps[m["id"]]["map"], (maps[m["id"]]["height"],
+                                                                           maps[m["id"]]["width"])), grid)
+                             for m in members])
+        labels, eigenvalues = eigengap_clusters(features, max_clusters, seed)
+        figures = {
+            "score": np.array([np.mean(scores[m["id"]]) if m["id"] in scores else np.nan for m in members]),
+            "accuracy": np.array([np.nan if m["correct"] is None else m["correct"] for m in members], dtype=float),
+            "mass_in_region": np.array([np.nan if mass.get(m["id"]) is None else mass[m["id"]] for m in members]),
+        }
+        clustering = content_key("clusters", model_hash, cam, target_layer, name, grid, max_clusters, seed,
+                                 sorted(m["id"] for m in members))
+        described = describe_clusters(features, labels, figures, grid)
+        cluster_rows, member_rows = [], []
+        for entry in described:
+            cluster_id = content_key("cluster", clustering, entry["cluster"])
+            chosen = [m for m, label in zip(members, labels) if label == entry["cluster"]]
+            entry.update({"id": cluster_id, "exemplars": [m["path"] for m in chosen[:exemplars]],
+                          "members": [m["id"] for m in chosen]})
+            stats = {k: entry[k] for k in ("border_share", "score", "accuracy", "mass_in_region",
+                                           "similarity_to_main")}
+            cluster_rows.append({"id": cluster_id, "clustering": clustering, "model": model, "model_hash": model_hash,
+                                 "cam": cam, "target_layer": target_layer, "class": name, "cluster": entry["cluster"],
+                                 "size": entry["size"], "shortcut_candidate": int(entry["shortcut_candidate"]),
+                                 "reasons": json.dumps(entry["reasons"]), "figures": json.dumps(stats),
+                                 "grid": grid, "mean_map": pack_array(entry["mean_map"].reshape(grid, grid)),
+                                 "run_id": run_id, "created_at": now()})
+            member_rows += [{"id": content_key("member", cluster_id, m["id"]), "cluster_id": cluster_id,
+                             "saliency_id": m["id"]} for m in chosen]
+        store.upsert_rows("map_clusters", cluster_rows)
+        store.upsert_rows("cluster_members", member_rows)
+        found.append({"model": model, "cam": cam, "target_layer": target_layer, "class": name, "maps": len(members),
+                      "clustering": clustering, "eigenvalues": [float(v) for v in eigenvalues],
+                      "clusters": [{k: v for k, v in entry.items() if k != "mean_map"} for entry in described]})
+    return found
