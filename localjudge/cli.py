@@ -1051,6 +1051,55 @@ def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, min_map
                 click.echo(f"      {path}")
 
 
+@evaluate.command(name="background")
+@db_option
+@vision_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds which background each object gets.")
+@json_option
+@user_errors
+def eval_background(db_path, seed, as_json, **given):
+    """Background reliance (the ImageNet-9 test) on the images with ground-truth regions: accuracy on the original,
+    only the object, no object, the object on a background of its own class and of another class, and the
+    background gap (mixed same minus mixed rand), with intervals, overall and per class. Stored.
+
+    \b
+    Example:
+        localjudge eval background --db audit.db
+    """
+    from .pipeline.background import VARIANTS, run_background
+
+    audit = open_audit(db_path, None, ("background",), show_progress=not as_json, **given)
+    with audit.recorded("eval background", None):
+        found = run_background(audit, seed)
+    stage = found.pop("stage")
+    if as_json:
+        click.echo(json.dumps({"stage": stages_json({"background": stage})["background"], **found}, indent=2))
+        return
+    for error in stage.errors:
+        click.echo(f"unreadable: {error['path']}: {error['reason']}", err=True)
+
+    def line(name: str, figures: dict) -> str:
+        cells = []
+        for variant in VARIANTS:
+            found = figures[variant]
+            cells.append("n/a" if found["accuracy"] is None else f"{found['accuracy']:.2f}")
+        gap = figures["bg_gap"]
+        gap_text = "n/a" if gap["difference"] is None else (
+            f"{gap['difference']:+.2f}" + ("" if gap["ci_low"] is None else
+                                           f" [{gap['ci_low']:+.2f}, {gap['ci_high']:+.2f}]"))
+        return f"{name[:24]:25}{figures['images']:5}" + "".join(f"{c:>13}" for c in cells) + f"  {gap_text}"
+
+    click.echo(f"{'class':25}{'n':>5}" + "".join(f"{v:>13}" for v in VARIANTS) + "  BG-gap (same - rand)")
+    click.echo(line("all", found["overall"]))
+    overall = found["overall"]
+    for variant in VARIANTS:
+        v = overall[variant]
+        if v["accuracy"] is not None and v["ci_low"] is not None:
+            click.echo(f"  {variant:12} {v['accuracy']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}] (n={v['n']})")
+    for row in found["by_class"]:
+        click.echo(line(row["class"], row))
+
+
 @evaluate.command(name="classes")
 @db_option
 @reading_threshold_option

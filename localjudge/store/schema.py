@@ -326,6 +326,18 @@ def m018_map_clusters(db: sqlite_utils.Database) -> None:
     db["cluster_members"].create_index(["cluster_id"])
 
 
+@migration
+def m019_background_tests(db: sqlite_utils.Database) -> None:
+    # eval background: each image's prediction on a variant of its view (only object, no object, the object on
+    # another image's background), keyed by the prediction, the variant, the seed and the region used.
+    db["background_tests"].create(
+        {"id": str, "prediction_id": str, "image_sha256": str, "variant": str, "seed": int, "partner_sha256": str,
+         "predicted_index": int, "correct": int, "probs": bytes, "run_id": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("prediction_id", "predictions", "id")],
+    )
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
@@ -333,6 +345,7 @@ TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), 
           ("ground_truth", ("image_sha256", "label")), ("region_scores", ("id",)), ("faithfulness", ("id",)),
           ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)),
           ("canary_judgments", ("id",)), ("judge_checks", ("id",)), ("artifact_scores", ("id",)),
-          ("canary_tests", ("id",)), ("map_clusters", ("id",)), ("cluster_members", ("id",)))
+          ("canary_tests", ("id",)), ("map_clusters", ("id",)), ("cluster_members", ("id",)),
+          ("background_tests", ("id",)))
 # What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
 SCRATCH_KEPT = ("runs", "prompts")

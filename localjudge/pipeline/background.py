@@ -1,0 +1,148 @@
+"""`eval background`: how much the model's decisions rest on the background, as the ImageNet-9 backgrounds test (Xiao
+et al., 2021) measures it, on the audit's own images with ground-truth regions. Variants of each image's model view,
+made in memory in the normalised input space (0 there is the normalisation mean):
+- original;
+- only object: the background replaced by the mean;
+- no object: the object replaced by the mean;
+- mixed same: the object on the background of another image of the same labelled class (that image's own object
+  replaced by the mean), seeded;
+- mixed rand: the same with an image of another class.
+Each variant's prediction is right where its class is among the image's labels. Per class and overall: each
+variant's accuracy with its interval, and the background gap, mixed same minus mixed rand (IN-9's BG-Gap), with its
+paired interval over the images that have both. Results are stored (`background_tests`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..store import content_key, now, pack_array, unpack_array
+
+VARIANTS = ("original", "only_object", "no_object", "mixed_same", "mixed_rand")
+
+
+def run_background(audit, seed: int = 0) -> dict:
+    from ..ground_truth import region_of_map
+    from ..vision.preprocess import mask_view, model_view, view_tensor
+    from . import Stage
+
+    store, config, card = audit.store, audit.config, audit.card
+    predictions = [p for p in store.predictions(audit.stored_predictions()) if p["label_indices"]]
+    regions: dict[str, dict[str, dict]] = {}
+    for t in store.ground_truth({p["image_sha256"] for p in predictions}):
+        regions.setdefault(t["image_sha256"], {})[t["label"]] = t
+    chosen = []
+    for p in predictions:
+        labels = json.loads(p["label_indices"])
+        truth = region_of_map(regions.get(p["image_sha256"], {}),
+                              {"target_label": None, "finding": None, "target_index": p["predicted_index"]}, labels)
+        if truth is not None and truth["area_fraction"] > 0:
+            chosen.append((p, truth, labels))
+    stage = Stage()
+    if len(chosen) < 2:
+        raise ValueError("eval background needs two or more labelled images with ground-truth regions and stored "
+                         "predictions of this model: give regions with `eval regions --masks/--boxes/--mask-column`")
+    chosen.sort(key=lambda c: c[0]["image_sha256"])
+    rng = np.random.default_rng(seed)
+    label_of = [c[2][0] for c in chosen]
+    partners = {}
+    for n, (p, _, _) in enumerate(chosen):
+        same = [m for m in range(len(chosen)) if m != n and label_of[m] == label_of[n]]
+        other = [m for m in range(len(chosen)) if label_of[m] != label_of[n]]
+        partners[n] = {"mixed_same": int(rng.choice(same)) if same else None,
+                       "mixed_rand": int(rng.choice(other)) if other else None}
+    keys = {(n, v): content_key("background", c[0]["id"], v, seed, c[1]["mask_sha256"])
+            for n, c in enumerate(chosen) for v in VARIANTS}
+    existing = store.existing_ids("background_tests", keys.values())
+    stage.ids = list(keys.values())
+    if any(key not in existing for key in keys.values()):
+        pictures, kept = audit.load_images([c[0] for c in chosen], stage)
+        readable = {p["id"] for p in kept}
+        position = {c[0]["id"]: n for n, c in enumerate(chosen)}
+        inputs, masks = {}, {}  # the views as inputs, and their regions in the view (all in memory: one per image)
+        for picture, p in zip(pictures, kept):
+            n = position[p["id"]]
+            view = model_view(picture, json.loads(p["preprocessing"]))
+            inputs[n] = view_tensor([view], card)[0]
+            truth = chosen[n][1]
+            region = unpack_array(truth["mask"], (truth["height"], truth["width"]), dtype=np.uint8) > 0.5
+            masks[n] = np.asarray(mask_view(region, json.loads(p["preprocessing"]), view.size[0]), dtype=np.float32)
+        batch, wanted = [], []
+        for n, (p, _, labels) in enumerate(chosen):
+            if p["id"] not in readable:
+                continue
+            x, m = inputs[n].numpy(), masks[n][None]
+            for variant in VARIANTS:
+                if keys[(n, variant)] in existing:
+                    continue
+                partner = partners[n].get(variant)
+                if variant == "original":
+                    made = x
+                elif variant == "only_object":
+                    made = x * m
+                elif variant == "no_object":
+                    made = x * (1 - m)
+                elif partner is None or partner not in inputs:
+                    continue  # no image of the same (or another) class to take a background from
+                else:
+                    background = inputs[partner].numpy() * (1 - masks[partner][None])
+                    made = x * m + background * (1 - m)
+                batch.append(made.astype(np.float32))
+                wanted.append((n, variant, partner))
+        if batch:
+            import torch
+
+            model = audit.vision_model()
+            stage.model_loaded = True
+            rows = []
+            for start in range(0, len(batch), config.batch_size):
+                scores = model.predict(torch.from_numpy(np.stack(batch[start:start + config.batch_size])))
+                for (n, variant, partner), probs in zip(wanted[start:start + config.batch_size], scores):
+                    p, _, labels = chosen[n]
+                    predicted = int(np.argmax(probs))
+                    rows.append({"id": keys[(n, variant)], "prediction_id": p["id"], "image_sha256": p["image_sha256"],
+                                 "variant": variant, "seed": seed,
+                                 "partner_sha256": None if partner is None else chosen[partner][0]["image_sha256"],
+                                 "predicted_index": predicted, "correct": int(predicted in labels),
+                                 "probs": pack_array(np.asarray(probs, dtype=np.float32), np.float32),
+                                 "run_id": audit.run_id, "created_at": now()})
+            store.insert_rows("background_tests", rows)
+            stage.computed = len(rows)
+    names = list(card.label_list().names)
+    return {"stage": stage, **background_table(store, stage.ids, names)}
+
+
+def background_table(store, ids: list[str], names: list[str]) -> dict:
+    """Each variant's accuracy with its interval, overall and per labelled class, and the background gap."""
+    from ..analysis.bootstrap import mean_interval, paired_difference_interval
+
+    rows = list(store.query("select b.image_sha256, b.variant, b.correct, p.label_indices from background_tests b "
+                            "join predictions p on p.id = b.prediction_id where b.id in "
+                            "(select value from json_each(?))", [json.dumps(ids)]))
+    by_image: dict[str, dict] = {}
+    for r in rows:
+        entry = by_image.setdefault(r["image_sha256"], {"label": json.loads(r["label_indices"])[0]})
+        entry[r["variant"]] = r["correct"]
+
+    def figures(images: list[dict]) -> dict:
+        result = {"images": len(images)}
+        for variant in VARIANTS:
+            values = np.array([i[variant] for i in images if variant in i], dtype=float)
+            low, high = mean_interval(values)
+            result[variant] = {"accuracy": float(values.mean()) if len(values) else None, "ci_low": low,
+                               "ci_high": high, "n": int(len(values))}
+        both = [i for i in images if "mixed_same" in i and "mixed_rand" in i]
+        gap = paired_difference_interval(np.array([i["mixed_rand"] for i in both], dtype=float),
+                                         np.array([i["mixed_same"] for i in both], dtype=float),
+                                         lambda v: float(v.mean()))
+        result["bg_gap"] = gap  # mixed same minus mixed rand, over the images with both
+        return result
+
+    images = list(by_image.values())
+    classes: dict[int, list[dict]] = {}
+    for image in images:
+        classes.setdefault(image["label"], []).append(image)
+    return {"overall": figures(images),
+            "by_class": sorted(({"class": names[c] if c < len(names) else str(c), **figures(members)}
+                                for c, members in classes.items()), key=lambda c: (-c["images"], c["class"]))}

@@ -1,0 +1,69 @@
+"""eval background (the ImageNet-9 test on the audit's images): the original variant is the stored prediction again;
+with a region covering the whole view, only-object is the original and no-object is one constant input; the gap's
+figures add up."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from PIL import Image
+
+from .conftest import invoke, invoke_json, write_manifest
+
+
+def test_background_variants_on_real_photos(tmp_path, data_dir):
+    from .own_models import seg_rows as read_seg_rows
+
+    seg_rows = read_seg_rows(data_dir)
+    horses = [r for r in seg_rows if r["class_name"] == "horse"][:4]
+    others = [r for r in seg_rows if r["class_name"] != "horse"][:3]
+    manifest = write_manifest(tmp_path / "seven.csv", [
+        {"path": str(data_dir / "seg-photos" / r["file"]), "label": r["imagenet_indices"],
+         "mask": str(data_dir / "seg-photos" / r["mask"])} for r in horses + others])
+    db = tmp_path / "background.db"
+    invoke("predict", manifest, "--db", db)
+    invoke("eval", "regions", "--db", db, "--mask-column", "mask", "--manifest", manifest, expect_ok=True)
+    found = invoke_json("eval", "background", "--db", db)
+    overall = found["overall"]
+    assert overall["images"] == 7 and overall["original"]["n"] == 7 and overall["mixed_rand"]["n"] == 7
+    assert overall["mixed_same"]["n"] == 4  # only the horses have another image of their class
+    with sqlite3.connect(db) as conn:
+        again = conn.execute("select b.predicted_index, p.predicted_index from background_tests b join predictions p "
+                             "on p.id = b.prediction_id where b.variant = 'original'").fetchall()
+        stored_accuracy = conn.execute("select avg(correct) from predictions").fetchone()[0]
+    assert len(again) == 7 and all(a == b for a, b in again)  # the unmodified view: the stored prediction
+    assert overall["original"]["accuracy"] == pytest.approx(stored_accuracy)
+    # the gap: mixed same minus mixed rand on the images that have both
+    assert overall["bg_gap"]["difference"] == pytest.approx(overall["mixed_same"]["accuracy"] - _rand_on_same(db))
+    assert overall["bg_gap"]["n"] == 4
+    by_class = {row["class"]: row for row in found["by_class"]}
+    assert by_class["sorrel"]["images"] == 4
+    assert invoke_json("eval", "background", "--db", db)["stage"]["computed"] == 0  # stored
+
+    # a region that is the whole image: only-object is the original, no-object one constant input for all
+    masks = tmp_path / "whole"
+    masks.mkdir()
+    for r in horses + others:
+        with Image.open(data_dir / "seg-photos" / r["file"]) as image:
+            Image.new("L", image.size, 255).save(masks / (r["file"].split("/")[-1].rsplit(".", 1)[0] + ".png"))
+    whole = tmp_path / "whole.db"
+    invoke("predict", manifest, "--db", whole)
+    invoke("eval", "regions", "--db", whole, "--masks", masks)
+    invoke_json("eval", "background", "--db", whole)
+    with sqlite3.connect(whole) as conn:
+        rows = conn.execute("select b.variant, b.predicted_index, p.predicted_index from background_tests b join "
+                            "predictions p on p.id = b.prediction_id").fetchall()
+    only = [(a, b) for variant, a, b in rows if variant == "only_object"]
+    empty = {a for variant, a, _ in rows if variant == "no_object"}
+    assert only and all(a == b for a, b in only) and len(empty) == 1
+
+
+def _rand_on_same(db) -> float:
+    """Mixed-rand accuracy over the images that also have a mixed-same variant (the gap's paired units)."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select image_sha256, variant, correct from background_tests where variant in "
+                            "('mixed_same', 'mixed_rand')").fetchall()
+    same = {sha for sha, variant, _ in rows if variant == "mixed_same"}
+    values = [correct for sha, variant, correct in rows if variant == "mixed_rand" and sha in same]
+    return sum(values) / len(values)
