@@ -1011,11 +1011,13 @@ def eval_canary(db_path, artifact, size, sample, seed, as_json, **given):
               help="The eigengap chooses at most this many clusters per class.")
 @click.option("--min-maps", type=click.IntRange(3), default=6, show_default=True,
               help="A class with fewer maps is not clustered.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the spectral clustering.")
+@click.option("--max-maps", type=click.IntRange(10), default=2000, show_default=True,
+              help="A class with more maps is clustered on a seeded sample of this many (the affinity is n x n).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the spectral clustering and the sample.")
 @click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True, help="Region mass at this beta.")
 @json_option
 @user_errors
-def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, min_maps, seed, beta, as_json):
+def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, min_maps, max_maps, seed, beta, as_json):
     """Cluster each class's maps (SpRAy: maps on a small grid, spectral clustering, k by the eigengap); per cluster
     its size, mean judge score, accuracy, region mass and border share, exemplars, and whether it is a shortcut
     candidate (a minority of the class's maps that look elsewhere than its main cluster). Stored.
@@ -1027,7 +1029,7 @@ def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, min_map
     from .pipeline.clusters import cluster_maps
 
     store = Store(db_path, create=False)
-    found = cluster_maps(store, grid, max_clusters, min_maps, seed, beta, model=model, cam=cam,
+    found = cluster_maps(store, grid, max_clusters, min_maps, seed, beta, max_maps=max_maps, model=model, cam=cam,
                          target_layer=target_layer)
     if as_json:
         click.echo(json.dumps({"classes": found}, indent=2))
@@ -1108,7 +1110,7 @@ def eval_background(db_path, seed, as_json, **given):
               help="Group each judgment by the class its map explains, or by the image's labelled class.")
 @click.option("--groups", "groups_file", type=click.Path(exists=True, dir_okay=False),
               help="Group classes into super-classes: JSON {\"group\": [class indices]} (a class in no group is "
-                   "\"other\"); localjudge ships ImageNet-1k's in models/labels/imagenet-1k-superclasses.json.")
+                   "\"other\"; a class in two groups is refused).")
 @click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True,
               help="Attended area and region mass at this beta.")
 @click.option("--min-n", type=click.IntRange(1), default=None,

@@ -464,7 +464,7 @@ def class_statistics(store: Store, threshold: int, by: str = "predicted", beta: 
         names = label_names_of_runs(store, {r["predict_run_id"] for r in members})
         keys = []
         for r in members:
-            multilabel = r["target_index"] != r["predicted_index"]
+            multilabel = r["finding"] is not None or r["target_index"] != r["predicted_index"]
             labels = json.loads(r["label_indices"]) if r["label_indices"] else []
             if by == "predicted" or multilabel or (labels and r["target_index"] in labels):
                 index, name = r["target_index"], r["target_label"]  # a right prediction's label is its own class

@@ -54,12 +54,16 @@ def test_artifact_mass_on_real_photos(tmp_path, data_dir):
     invoke("run", manifest, "--db", db)
     halves = tmp_path / "halves.json"
     halves.write_text(json.dumps({"regions": {"left": [0, 0, 0.5, 1], "right": [0.5, 0, 1, 1],
-                                              "whole": [0, 0, 1, 1]}}))
+                                              "whole": [0, 0, 1, 1], "same box": [0, 0, 1, 1],
+                                              "cut away": [0, 0, 0.05, 1]}}))
     found = invoke_json("eval", "regions", "--db", db, "--artifact-regions", halves, "--artifact-regions",
                         "border:16")
     by_region = {r["region"]: r for r in found["artifacts"]}
-    assert set(by_region) == {"left", "right", "whole", "border:16"} and all(
+    assert set(by_region) == {"left", "right", "whole", "same box", "cut away", "border:16"} and all(
         r["maps"] == 4 for r in by_region.values())
+    assert by_region["same box"]["mass_share"] == by_region["whole"]["mass_share"]  # two names, two regions
+    # the first 5 % of each landscape photo's width lies outside the model's centre crop: nothing of it is seen
+    assert by_region["cut away"]["area_fraction"]["mean"] == 0
     assert by_region["whole"]["mass_share"]["mean"] == pytest.approx(1.0)
     assert by_region["whole"]["area_fraction"]["mean"] == pytest.approx(1.0)
     side = 224

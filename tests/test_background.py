@@ -29,10 +29,15 @@ def test_background_variants_on_real_photos(tmp_path, data_dir):
     assert overall["images"] == 7 and overall["original"]["n"] == 7 and overall["mixed_rand"]["n"] == 7
     assert overall["mixed_same"]["n"] == 4  # only the horses have another image of their class
     with sqlite3.connect(db) as conn:
+        probs = {(sha, variant): blob for sha, variant, blob in conn.execute(
+            "select image_sha256, variant, probs from background_tests")}
         again = conn.execute("select b.predicted_index, p.predicted_index from background_tests b join predictions p "
                              "on p.id = b.prediction_id where b.variant = 'original'").fetchall()
         stored_accuracy = conn.execute("select avg(correct) from predictions").fetchone()[0]
     assert len(again) == 7 and all(a == b for a, b in again)  # the unmodified view: the stored prediction
+    # a mixed view is not the object on the mean: another image's background is there
+    assert all(probs[(sha, "mixed_rand")] != probs[(sha, "only_object")] for sha, variant in probs
+               if variant == "mixed_rand")
     assert overall["original"]["accuracy"] == pytest.approx(stored_accuracy)
     # the gap: mixed same minus mixed rand on the images that have both
     assert overall["bg_gap"]["difference"] == pytest.approx(overall["mixed_same"]["accuracy"] - _rand_on_same(db))
@@ -54,9 +59,10 @@ def test_background_variants_on_real_photos(tmp_path, data_dir):
     with sqlite3.connect(whole) as conn:
         rows = conn.execute("select b.variant, b.predicted_index, p.predicted_index from background_tests b join "
                             "predictions p on p.id = b.prediction_id").fetchall()
-    only = [(a, b) for variant, a, b in rows if variant == "only_object"]
+    only = [(a, b) for variant, a, b in rows if variant.startswith("mixed") or variant == "only_object"]
     empty = {a for variant, a, _ in rows if variant == "no_object"}
-    assert only and all(a == b for a, b in only) and len(empty) == 1
+    # the object is the whole view: only-object and both mixed views are the original, no-object one constant input
+    assert len(only) == 7 + 4 + 7 and all(a == b for a, b in only) and len(empty) == 1
 
 
 def _rand_on_same(db) -> float:

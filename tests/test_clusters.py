@@ -66,4 +66,6 @@ def test_clusters_of_real_maps_are_stored_with_their_members(tmp_path, data_dir)
         assert sum(c["size"] for c in entry["clusters"]) == entry["maps"]
         assert all(c["mass_in_region"] is not None for c in entry["clusters"])  # regions were given to the run
     again = invoke_json("eval", "clusters", "--db", db, "--min-maps", "6")["classes"]
-    assert [c["clusters"][0]["members"] for c in again] == [c["clusters"][0]["members"] for c in found]  # seeded
+    assert [c["clusters"][0]["members"] for c in again] == [c["clusters"][0]["members"] for c in found]
+    sampled = invoke_json("eval", "clusters", "--db", db, "--min-maps", "6", "--max-maps", "10")["classes"]
+    assert all(c["maps"] == min(10, c["class_maps"]) for c in sampled) and any(c["class_maps"] > 10 for c in sampled)

@@ -36,7 +36,9 @@ class ArtifactRegion:
     box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in fractions of the image
 
     def digest(self) -> str:
-        return json.dumps({"view": self.view_pixels, "box": self.box}, sort_keys=True)
+        """What a stored score is keyed by: the region's name and its definition (two names for one box are two
+        regions; a renamed box is scored under its new name)."""
+        return json.dumps({"name": self.name, "view": self.view_pixels, "box": self.box}, sort_keys=True)
 
 
 def parse_specs(specs: list[str]) -> list[ArtifactRegion]:

@@ -12,7 +12,8 @@ its mass: its share on the artifact, beside the share the original image's map p
 artifact's place before it was there) and the artifact's area (a flat map's share).
 
 Across images: the means of those with bootstrap intervals, the flip rate, and the class the artifact pulls toward:
-the class whose probability rises most on average, with its rise and interval. A model that ignores the artifact
+the class whose probability rises most on average, with its rise and an interval of the largest mean rise of any
+class (the class chosen again in each resample, so the choice does not bias the interval upward). A model that ignores the artifact
 shows a pull near 0 and mass near the original's share. The artifact is flagged as a shortcut when the lower end of
 the pull's interval reaches PULL_FLAG (the artifact alone adds that much probability to one class, on average over
 images of every class) or the lower end of the interval of the mass moved onto it (tagged share minus original
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .bootstrap import mean_interval
+from .bootstrap import mean_interval, percentile_interval, resample_indices
 
 ARTIFACTS = ("tag", "text", "border")
 DEFAULT_SIZE = 0.15  # of the view's side
@@ -96,13 +97,21 @@ def canary_summary(original: np.ndarray, tagged: np.ndarray, mass_tagged: np.nda
     flips = (tagged.argmax(axis=1) != predicted).astype(float)
     rise = tagged - original
     pulled = int(rise.mean(axis=0).argmax()) if len(rise) else None
+    # the pulled class is chosen on the same images: its interval is the largest mean rise of any class in each
+    # resample (the choice made again each time), not the chosen class's own, which would lean upward
+    pull_low = pull_high = None
+    if len(rise):
+        low_high = percentile_interval(np.array([rise[rows_].mean(axis=0).max()
+                                                 for rows_ in resample_indices(len(rise))]))
+        pull_low, pull_high = low_high
     moved = np.asarray(mass_tagged, dtype=np.float64) - np.asarray(mass_original, dtype=np.float64)
     result = {
         "images": int(len(original)),
         "probability_change": mean_with_interval(drop),
         "flip_rate": mean_with_interval(flips),
         "pull": {"class_index": pulled, "class": None if pulled is None or names is None else names[pulled],
-                 **mean_with_interval(rise[:, pulled] if pulled is not None else [])},
+                 "mean": None if pulled is None else float(rise[:, pulled].mean()), "ci_low": pull_low,
+                 "ci_high": pull_high, "n": int(len(rise))},
         "mass_on_artifact": mean_with_interval(mass_tagged),
         "mass_there_before": mean_with_interval(mass_original),
         "mass_moved": mean_with_interval(moved),

@@ -24,8 +24,8 @@ VARIANTS = ("original", "only_object", "no_object", "mixed_same", "mixed_rand")
 
 def run_background(audit, seed: int = 0) -> dict:
     from ..ground_truth import region_of_map
-    from ..vision.preprocess import mask_view, model_view, view_tensor
     from . import Stage
+    from .canary import image_rng
 
     store, config, card = audit.store, audit.config, audit.card
     predictions = [p for p in store.predictions(audit.stored_predictions()) if p["label_indices"]]
@@ -35,8 +35,9 @@ def run_background(audit, seed: int = 0) -> dict:
     chosen = []
     for p in predictions:
         labels = json.loads(p["label_indices"])
-        truth = region_of_map(regions.get(p["image_sha256"], {}),
-                              {"target_label": None, "finding": None, "target_index": p["predicted_index"]}, labels)
+        truth = region_of_map(regions.get(p["image_sha256"], {}),  # a region named by its class, else the object's
+                              {"target_label": p["predicted_label"], "finding": None,
+                               "target_index": p["predicted_index"]}, labels)
         if truth is not None and truth["area_fraction"] > 0:
             chosen.append((p, truth, labels))
     stage = Stage()
@@ -44,73 +45,91 @@ def run_background(audit, seed: int = 0) -> dict:
         raise ValueError("eval background needs two or more labelled images with ground-truth regions and stored "
                          "predictions of this model: give regions with `eval regions --masks/--boxes/--mask-column`")
     chosen.sort(key=lambda c: c[0]["image_sha256"])
-    rng = np.random.default_rng(seed)
     label_of = [c[2][0] for c in chosen]
-    partners = {}
+    # each image's partners drawn by its own seeded generator from the sorted candidates: adding an image changes
+    # no other image's partner unless it becomes a candidate; a partner (and its region) is part of the key
+    partners: dict[int, dict[str, int | None]] = {}
     for n, (p, _, _) in enumerate(chosen):
+        rng = image_rng(seed, p["image_sha256"])
         same = [m for m in range(len(chosen)) if m != n and label_of[m] == label_of[n]]
         other = [m for m in range(len(chosen)) if label_of[m] != label_of[n]]
-        partners[n] = {"mixed_same": int(rng.choice(same)) if same else None,
-                       "mixed_rand": int(rng.choice(other)) if other else None}
-    keys = {(n, v): content_key("background", c[0]["id"], v, seed, c[1]["mask_sha256"])
-            for n, c in enumerate(chosen) for v in VARIANTS}
-    existing = store.existing_ids("background_tests", keys.values())
-    stage.ids = list(keys.values())
-    if any(key not in existing for key in keys.values()):
-        pictures, kept = audit.load_images([c[0] for c in chosen], stage)
-        readable = {p["id"] for p in kept}
-        position = {c[0]["id"]: n for n, c in enumerate(chosen)}
-        inputs, masks = {}, {}  # the views as inputs, and their regions in the view (all in memory: one per image)
-        for picture, p in zip(pictures, kept):
-            n = position[p["id"]]
-            view = model_view(picture, json.loads(p["preprocessing"]))
-            inputs[n] = view_tensor([view], card)[0]
-            truth = chosen[n][1]
-            region = unpack_array(truth["mask"], (truth["height"], truth["width"]), dtype=np.uint8) > 0.5
-            masks[n] = np.asarray(mask_view(region, json.loads(p["preprocessing"]), view.size[0]), dtype=np.float32)
-        batch, wanted = [], []
-        for n, (p, _, labels) in enumerate(chosen):
-            if p["id"] not in readable:
-                continue
-            x, m = inputs[n].numpy(), masks[n][None]
-            for variant in VARIANTS:
-                if keys[(n, variant)] in existing:
-                    continue
-                partner = partners[n].get(variant)
-                if variant == "original":
-                    made = x
-                elif variant == "only_object":
-                    made = x * m
-                elif variant == "no_object":
-                    made = x * (1 - m)
-                elif partner is None or partner not in inputs:
-                    continue  # no image of the same (or another) class to take a background from
-                else:
-                    background = inputs[partner].numpy() * (1 - masks[partner][None])
-                    made = x * m + background * (1 - m)
-                batch.append(made.astype(np.float32))
-                wanted.append((n, variant, partner))
-        if batch:
-            import torch
+        partners[n] = {"mixed_same": same[int(rng.integers(len(same)))] if same else None,
+                       "mixed_rand": other[int(rng.integers(len(other)))] if other else None}
 
-            model = audit.vision_model()
-            stage.model_loaded = True
-            rows = []
-            for start in range(0, len(batch), config.batch_size):
-                scores = model.predict(torch.from_numpy(np.stack(batch[start:start + config.batch_size])))
-                for (n, variant, partner), probs in zip(wanted[start:start + config.batch_size], scores):
-                    p, _, labels = chosen[n]
-                    predicted = int(np.argmax(probs))
-                    rows.append({"id": keys[(n, variant)], "prediction_id": p["id"], "image_sha256": p["image_sha256"],
-                                 "variant": variant, "seed": seed,
-                                 "partner_sha256": None if partner is None else chosen[partner][0]["image_sha256"],
-                                 "predicted_index": predicted, "correct": int(predicted in labels),
-                                 "probs": pack_array(np.asarray(probs, dtype=np.float32), np.float32),
-                                 "run_id": audit.run_id, "created_at": now()})
-            store.insert_rows("background_tests", rows)
-            stage.computed = len(rows)
+    def key(n: int, variant: str) -> str:
+        partner = partners[n].get(variant)
+        return content_key("background", chosen[n][0]["id"], variant, seed, chosen[n][1]["mask_sha256"],
+                           None if partner is None else [chosen[partner][0]["image_sha256"],
+                                                         chosen[partner][1]["mask_sha256"]])
+
+    wanted = [(n, variant) for n in range(len(chosen)) for variant in VARIANTS
+              if variant in ("original", "only_object", "no_object") or partners[n][variant] is not None]
+    keys = {item: key(*item) for item in wanted}
+    stage.ids = list(keys.values())
+    existing = store.existing_ids("background_tests", keys.values())
+    missing = [item for item in wanted if keys[item] not in existing]
+    size = config.batch_size
+    for start in range(0, len(missing), size):  # a batch at a time: views are made for it and let go
+        batch = missing[start:start + size]
+        needed = sorted({n for n, _ in batch} | {partners[n][v] for n, v in batch if v.startswith("mixed")})
+        views = _views(audit, [chosen[m] for m in needed], stage)
+        made, done = [], []
+        for n, variant in batch:
+            if chosen[n][0]["id"] not in views:
+                continue
+            x, m = views[chosen[n][0]["id"]]
+            if variant == "original":
+                made.append(x)
+            elif variant == "only_object":
+                made.append(x * m)
+            elif variant == "no_object":
+                made.append(x * (1 - m))
+            else:
+                partner = chosen[partners[n][variant]][0]["id"]
+                if partner not in views:
+                    continue
+                other, other_mask = views[partner]
+                made.append(x * m + other * (1 - other_mask) * (1 - m))  # its own object blanked to the mean
+            done.append((n, variant))
+        if not made:
+            continue
+        import torch
+
+        model = audit.vision_model()
+        stage.model_loaded = True
+        scores = model.predict(torch.from_numpy(np.stack(made).astype(np.float32)))
+        rows = []
+        for (n, variant), probs in zip(done, scores):
+            p, _, labels = chosen[n]
+            partner = partners[n].get(variant)
+            predicted = int(np.argmax(probs))
+            rows.append({"id": keys[(n, variant)], "prediction_id": p["id"], "image_sha256": p["image_sha256"],
+                         "variant": variant, "seed": seed,
+                         "partner_sha256": None if partner is None else chosen[partner][0]["image_sha256"],
+                         "predicted_index": predicted, "correct": int(predicted in labels),
+                         "probs": pack_array(np.asarray(probs, dtype=np.float32), np.float32),
+                         "run_id": audit.run_id, "created_at": now()})
+        store.insert_rows("background_tests", rows)
+        stage.computed += len(rows)
     names = list(card.label_list().names)
     return {"stage": stage, **background_table(store, stage.ids, names)}
+
+
+def _views(audit, items: list[tuple], stage) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each readable prediction's view as a normalised input (C, H, W) and its region in the view (1, H, W)."""
+    from ..vision.preprocess import mask_view, model_view, view_tensor
+
+    pictures, kept = audit.load_images([item[0] for item in items], stage)
+    truths = {item[0]["id"]: item[1] for item in items}
+    found = {}
+    for picture, p in zip(pictures, kept):
+        geometry = json.loads(p["preprocessing"])
+        view = model_view(picture, geometry)
+        truth = truths[p["id"]]
+        region = unpack_array(truth["mask"], (truth["height"], truth["width"]), dtype=np.uint8) > 0.5
+        found[p["id"]] = (view_tensor([view], audit.card)[0].numpy(),
+                          np.asarray(mask_view(region, geometry, view.size[0]), dtype=np.float32)[None])
+    return found
 
 
 def background_table(store, ids: list[str], names: list[str]) -> dict:

@@ -28,11 +28,13 @@ def run_canary(audit, artifact: str, sample: int = CANARY_SAMPLE, size: float = 
     from . import Stage
 
     store, config, card = audit.store, audit.config, audit.card
-    ids = sorted(audit.stored_predictions())  # the seed draws the same predictions in any row order
-    if not ids:
+    predictions = store.predictions(audit.stored_predictions())
+    if not predictions:
         raise ValueError(f"no stored predictions of {card.name} in {store.path}: run `localjudge predict` first")
-    rng = np.random.default_rng(seed)
-    chosen = [ids[i] for i in sorted(rng.choice(len(ids), size=min(sample, len(ids)), replace=False).tolist())]
+    # each image's own seeded draw ranks it: the sample of a store that gains images keeps the images it had
+    # (those still ranked among the first `sample`)
+    ranked = sorted(predictions, key=lambda p: (image_rng(seed, p["image_sha256"]).random(), p["id"]))
+    chosen = sorted(p["id"] for p in ranked[:sample])
     keys = {pid: content_key("canary", pid, artifact, size, seed, config.cam, card.target_tensor) for pid in chosen}
     existing = store.existing_ids("canary_tests", keys.values())
     stage = Stage(ids=list(keys.values()))

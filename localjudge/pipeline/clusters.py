@@ -10,13 +10,21 @@ import json
 import numpy as np
 
 from ..analysis.clusters import GRID, MAX_CLUSTERS, MIN_MAPS, describe_clusters, downsample, eigengap_clusters
-from ..queries import TARGET_CORRECT, TARGET_CURRENT, filter_clauses
+from ..queries import (GROUP_COLUMNS, SETTING_SELECT, TARGET_CORRECT, TARGET_CURRENT, describe_setting,
+                       filter_clauses, setting_key)
 from ..store import Store, content_key, now, pack_array, unpack_array
+
+
+MAX_MAPS = 2000  # a class with more maps is clustered on a seeded sample of them (the affinity is dense)
 
 
 def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTERS, min_maps: int = MIN_MAPS,
                  seed: int = 0, beta: float = 0.6, run_id: str | None = None, exemplars: int = 3,
-                 **filters) -> list[dict]:
+                 max_maps: int = MAX_MAPS, **filters) -> list[dict]:
+    """Each class's clusters (see the module). A cluster's mean score reads one judge setting, the one with the most
+    judgments in the store (scores of two settings are not comparable)."""
+    from .canary import image_rng
+
     clauses, params = filter_clauses({k: v for k, v in filters.items() if k in ("model", "cam", "target_layer")})
     where = " and ".join(["s.failure is null", TARGET_CURRENT, *clauses])
     rows = list(store.query(
@@ -24,9 +32,16 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
         "coalesce(s.target_label, p.predicted_label) as class, " + TARGET_CORRECT + " as correct "
         "from saliency_maps s join predictions p on p.id = s.prediction_id join images i on i.sha256 = "
         "s.image_sha256 where " + where + " order by p.model, s.method, s.target_layer, class, s.id", params))
-    scores: dict[str, list[int]] = {}
-    for j in store.query("select saliency_id, score from judgments where status = 'ok'"):
-        scores.setdefault(j["saliency_id"], []).append(j["score"])
+    by_setting: dict[str, dict[str, int]] = {}
+    described_setting: dict[str, str] = {}
+    for j in store.query("select j.saliency_id, j.score, " + SETTING_SELECT + " from judgments j join predictions p "
+                         "on p.id = j.prediction_id join saliency_maps s on s.id = j.saliency_id where "
+                         "j.status = 'ok'"):
+        key = setting_key(j)
+        by_setting.setdefault(key, {})[j["saliency_id"]] = j["score"]
+        described_setting[key] = describe_setting({c: j[c] for c in GROUP_COLUMNS})
+    chosen_setting = max(sorted(by_setting), key=lambda k: len(by_setting[k])) if by_setting else None
+    scores = by_setting.get(chosen_setting, {})
     mass = {r["saliency_id"]: r["mass_share"] for r in store.query(
         "select r.saliency_id, r.mass_share from region_scores r join ground_truth g on g.image_sha256 = "
         "r.image_sha256 and g.mask_sha256 = r.mask_sha256 where r.beta = ?", [beta])}
@@ -38,17 +53,21 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
     for (model, model_hash, cam, target_layer, name), members in groups.items():
         if len(members) < min_maps:
             continue
+        total = len(members)
+        if total > max_maps:  # each map's own seeded draw ranks it, so a grown class keeps most of its sample
+            members = sorted(members, key=lambda m: (image_rng(seed, m["image_sha256"]).random(),
+                                                     m["id"]))[:max_maps]
         maps = {m["id"]: m for m in store.saliency_maps([m["id"] for m in members])}
         features = np.stack([downsample(unpack_array(maps[m["id"]]["map"], (maps[m["id"]]["height"],
                                                                            maps[m["id"]]["width"])), grid)
                              for m in members])
         labels, eigenvalues = eigengap_clusters(features, max_clusters, seed)
         figures = {
-            "score": np.array([np.mean(scores[m["id"]]) if m["id"] in scores else np.nan for m in members]),
+            "score": np.array([scores.get(m["id"], np.nan) for m in members], dtype=float),
             "accuracy": np.array([np.nan if m["correct"] is None else m["correct"] for m in members], dtype=float),
             "mass_in_region": np.array([np.nan if mass.get(m["id"]) is None else mass[m["id"]] for m in members]),
         }
-        clustering = content_key("clusters", model_hash, cam, target_layer, name, grid, max_clusters, seed,
+        clustering = content_key("clusters", model_hash, cam, target_layer, name, grid, max_clusters, seed, beta,
                                  sorted(m["id"] for m in members))
         described = describe_clusters(features, labels, figures, grid)
         cluster_rows, member_rows = [], []
@@ -70,6 +89,7 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
         store.upsert_rows("map_clusters", cluster_rows)
         store.upsert_rows("cluster_members", member_rows)
         found.append({"model": model, "cam": cam, "target_layer": target_layer, "class": name, "maps": len(members),
+                      "class_maps": total, "score_setting": described_setting.get(chosen_setting),
                       "clustering": clustering, "eigenvalues": [float(v) for v in eigenvalues],
                       "clusters": [{k: v for k, v in entry.items() if k != "mean_map"} for entry in described]})
     return found
