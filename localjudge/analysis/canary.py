@@ -13,8 +13,8 @@ artifact's place before it was there) and the artifact's area (a flat map's shar
 
 Across images: the means of those with bootstrap intervals, the flip rate, and the class the artifact pulls toward:
 the class whose probability rises most on average, with its rise and an interval of the largest mean rise of any
-class (the class chosen again in each resample, so the choice does not bias the interval upward). A model that ignores the artifact
-shows a pull near 0 and mass near the original's share. The artifact is flagged as a shortcut when the lower end of
+class (the class chosen again in each resample, so the choice does not bias the interval upward). A model that
+ignores the artifact shows a pull near 0 and mass near the original's share. The artifact is flagged as a shortcut when the lower end of
 the pull's interval reaches PULL_FLAG (the artifact alone adds that much probability to one class, on average over
 images of every class) or the lower end of the interval of the mass moved onto it (tagged share minus original
 share) reaches MASS_FLAG."""
