@@ -148,7 +148,7 @@ def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("classes", [2, 14])
+@pytest.mark.parametrize("classes", [14])  # CheXNet's 14 findings (2 classes: the dog model's path; 46 s saved)
 def test_densenet121_on_both_backends_at_its_post_relu_target(tmp_path, data_dir, classes):
     """CheXNet's architecture with a head of the user's size (seeded random weights, asked for by name): the target
     is relu(features.norm5), the map its classifier pools; `models export` and a run on each backend agree."""
