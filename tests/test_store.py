@@ -80,3 +80,26 @@ def test_a_writer_waits_for_another_connections_transaction(tmp_path):
     assert errors == []
     assert time.perf_counter() - started > 0.2  # it waited for the first transaction to commit
     assert {row["hash"] for row in second.db["prompts"].rows} == {"held", "waited"}
+
+
+def test_processes_that_open_a_new_store_at_once_all_migrate_it_once(tmp_path):
+    """Two runs started together on a new file: each migration is applied once, under the write lock, and no opener
+    fails on a table another created a moment before (the first-open race)."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; from localjudge.store import Store\n"
+            "start = float(sys.argv[2])\n"
+            "time.sleep(max(0.0, start - time.time()))\n"
+            "Store(sys.argv[1]).close()\n")
+    for round_ in range(4):
+        path = tmp_path / f"race{round_}.db"
+        start = time.time() + 2.0  # every process imports first, then all open the file together
+        processes = [subprocess.Popen([sys.executable, "-c", code, str(path), str(start)], stderr=subprocess.PIPE,
+                                      text=True) for _ in range(4)]
+        errors = [p.communicate(timeout=120)[1] for p in processes]
+        assert all(p.returncode == 0 for p in processes), "\n".join(errors)
+        with sqlite3.connect(path) as conn:
+            names = [n for (n,) in conn.execute("select name from _migrations")]
+        assert len(names) == len(set(names)) == len(MIGRATIONS)

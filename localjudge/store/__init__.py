@@ -85,14 +85,20 @@ class Store:
 
     # --- schema -----------------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
-        if "_migrations" not in self.db.table_names():
-            self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
+        # Two processes may open a new store at once (two runs started together): the list of migrations is made and
+        # each migration applied under the write lock taken up front (a statement that reads the schema and then
+        # writes could not wait for the other's lock: SQLite answers "database is locked" at once), and a migration
+        # only if the other has not recorded it meanwhile.
+        with self.transaction():
+            self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
         done = {row["name"] for row in self.db["_migrations"].rows}
         applied = []
         for fn in MIGRATIONS:
             if fn.__name__ in done:
                 continue
             with self.transaction():
+                if self.db.execute("select 1 from _migrations where name = ?", [fn.__name__]).fetchone():
+                    continue  # applied by another connection since this one read the list
                 fn(self.db)
                 self.db["_migrations"].insert({"name": fn.__name__, "applied_at": now()})
             applied.append(fn.__name__)
