@@ -89,8 +89,9 @@ class Store:
         # each migration applied under the write lock taken up front (a statement that reads the schema and then
         # writes could not wait for the other's lock: SQLite answers "database is locked" at once), and a migration
         # only if the other has not recorded it meanwhile.
-        with self.transaction():
-            self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+        if "_migrations" not in self.db.table_names():  # (a store that has it is opened without a write lock)
+            with self.transaction():
+                self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
         done = {row["name"] for row in self.db["_migrations"].rows}
         applied = []
         for fn in MIGRATIONS:
