@@ -61,13 +61,18 @@ def make_dog_model(data_dir: Path, out: Path, rows: list[dict]) -> tuple[Path, P
                           for start in range(0, len(rows), 50)])
     targets = torch.tensor([is_dog(r) for r in rows])
     w, b = fit_logistic(features, targets)
+    return save_dog_head(module, w, b, out / "dogs.pt")
+
+
+def save_dog_head(module: torch.nn.Module, w: torch.Tensor, b: float, weights: Path) -> tuple[Path, Path]:
+    """The module's state dict with the fitted logistic head as its 2-output classifier, and the labels file."""
     state = module.state_dict()
     # softmax over (-(w.x + b) / 2, (w.x + b) / 2) is the fitted sigmoid, P(dog) = sigma(w.x + b), with evidence for
     # each class (a head of (0, w.x + b) would leave "not dog" a constant logit, and its maps all zero)
     state["_fc.weight"] = torch.stack([-w / 2, w / 2])
     state["_fc.bias"] = torch.tensor([-b / 2, b / 2])
-    out.mkdir(parents=True, exist_ok=True)
-    weights, labels = out / "dogs.pt", out / "dogs.csv"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    labels = weights.parent / "dogs.csv"
     torch.save(state, weights)
     labels.write_text(LABELS_CSV)
     return weights, labels
@@ -147,14 +152,7 @@ def make_shortcut_model(data_dir: Path, out: Path, rows: list[dict], seed: int =
     features = torch.cat([pooled_features(module, view_tensor(views[start:start + 50], card))
                           for start in range(0, len(views), 50)])
     w, b = fit_logistic(features, torch.tensor(targets))
-    state = module.state_dict()
-    state["_fc.weight"] = torch.stack([-w / 2, w / 2])
-    state["_fc.bias"] = torch.tensor([-b / 2, b / 2])
-    out.mkdir(parents=True, exist_ok=True)
-    weights, labels = out / "tagged-dogs.pt", out / "dogs.csv"
-    torch.save(state, weights)
-    labels.write_text(LABELS_CSV)
-    return weights, labels
+    return save_dog_head(module, w, b, out / "tagged-dogs.pt")
 
 
 def tag_file(source: Path, target: Path, box: tuple[float, float, float, float]) -> Path:
