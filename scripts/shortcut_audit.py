@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """The known-answer shortcut, measured: a real dog / not-dog head fitted on EfficientNet-Lite0's features of the even
 rows of imagenet-sample where a tag marks the positives (tests/own_models.make_shortcut_model), audited on held-out
-odd rows: photos without a dog, one in four carrying the tag at one place, and dogs without it.
+odd rows: photos without a dog, one in three carrying the tag at one place, and dogs without it (the setting of
+tests/test_shortcuts.py).
 
-    python scripts/shortcut_audit.py [--folder DIR] [--others 40] [--dogs 10]
+    python scripts/shortcut_audit.py [--folder DIR] [--others 80] [--every 3] [--dogs N]
 
 Prints, for the shortcut model and for the plain Lite0 on the same photos: the canary (probability change, flip
 rate, pull, mass moved, flagged or not), the tag region's mass ranking of the dog calls (its AUC: tagged calls above
@@ -25,16 +26,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sample_data import DATA, localjudge_json  # noqa: E402
-from tests.own_models import imagenet_rows, is_dog, make_shortcut_model, tag_file  # noqa: E402
-
-TAG_BOX = (0.15, 0.15, 0.37, 0.37)
+from tests.own_models import TAG_BOX, imagenet_rows, is_dog, make_shortcut_model, tag_file  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path)
-    parser.add_argument("--others", type=int, default=40)
-    parser.add_argument("--dogs", type=int, default=10)
+    parser.add_argument("--others", type=int, default=80, help="held-out photos without a dog")
+    parser.add_argument("--every", type=int, default=3, help="one in this many of them carries the tag")
+    parser.add_argument("--dogs", type=int, help="held-out dogs (default: all of them)")
     args = parser.parse_args(argv)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="localjudge-shortcut-"))
     os.environ.setdefault("LOCALJUDGE_HOME", str(folder / "home"))
@@ -45,11 +45,11 @@ def main(argv=None) -> int:
     entries = []
     for n, row in enumerate([r for r in rows[1::2] if not is_dog(r)][:args.others]):
         path = DATA / "imagenet-sample" / row["file"]
-        if n % 4 == 0:
+        if n % args.every == 0:
             path = tag_file(path, folder / "tagged" / row["file"], TAG_BOX)
         entries.append((str(path), "not dog"))
     entries += [(str(DATA / "imagenet-sample" / r["file"]), "dog") for r in [r for r in rows[1::2] if is_dog(r)]
-                [:args.dogs]]
+                [:args.dogs]]  # [:None]: all
     manifest = folder / "held-out.csv"
     manifest.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in entries))
     tagged = {p for p, _ in entries if "/tagged/" in p}

@@ -155,14 +155,24 @@ def make_shortcut_model(data_dir: Path, out: Path, rows: list[dict], seed: int =
     return save_dog_head(module, w, b, out / "tagged-dogs.pt")
 
 
+# where the held-out photos carry the tag: fractions of the (square) image, toward a corner as a scanner's marker,
+# inside the model's centre crop
+TAG_BOX = (0.62, 0.62, 0.92, 0.92)
+
+
 def tag_file(source: Path, target: Path, box: tuple[float, float, float, float]) -> Path:
-    """A copy of a photo with the tag drawn at `box` (fractions of the image): an evaluation image carrying it."""
+    """A copy of a photo, cut to its central square, with the tag drawn at `box` (fractions of the square): an
+    evaluation image carrying it, at one place in the image and in the model's view alike (as a scanner's marker
+    sits at one place on every film of one format)."""
     from PIL import Image
 
     from localjudge.analysis.canary import paste
 
     with Image.open(source) as image:
-        picture = image.convert("RGB")
+        width, height = image.size
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        picture = image.convert("RGB").crop((left, top, left + side, top + side))
     width, height = picture.size
     x0, y0, x1, y1 = box
     side = min(round((x1 - x0) * width), round((y1 - y0) * height))

@@ -3,12 +3,13 @@ photos (clusters stored with their members)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import numpy as np
 import pytest
 
-from localjudge.analysis.clusters import border_share, describe_clusters, downsample, eigengap_clusters
+from localjudge.analysis.clusters import border_share, describe_clusters, downsample, eigengap_clusters, knn_affinity
 
 from .conftest import invoke_json
 
@@ -26,6 +27,13 @@ def test_downsample_and_border_by_hand():
     assert downsample(np.zeros((4, 4)), 2).tolist() == [0.0] * 4
     grid = np.ones((16, 16))
     assert border_share(grid.ravel()) == pytest.approx(1 - 144 / 256)
+
+
+def test_neighbour_links_by_hand():
+    """Points at 0, 1, 3 and 10 on a line, one neighbour each: 0 <-> 1 mutual (1), 3 -> 1 and 10 -> 3 one-sided
+    (0.5 each way)."""
+    affinity = knn_affinity(np.array([[0.0], [1.0], [3.0], [10.0]]), 1)
+    assert affinity.tolist() == [[0, 1, 0, 0], [1, 0, 0.5, 0], [0, 0.5, 0, 0.5], [0, 0, 0.5, 0]]
 
 
 def test_a_minority_looking_elsewhere_is_its_own_cluster_and_a_candidate():
@@ -67,5 +75,9 @@ def test_clusters_of_real_maps_are_stored_with_their_members(tmp_path, data_dir)
         assert all(c["mass_in_region"] is not None for c in entry["clusters"])  # regions were given to the run
     again = invoke_json("eval", "clusters", "--db", db, "--min-maps", "6")["classes"]
     assert [c["clusters"][0]["members"] for c in again] == [c["clusters"][0]["members"] for c in found]
+    with sqlite3.connect(db) as conn:  # how each clustering was made is stored with it
+        parameters = [json.loads(p) for (p,) in conn.execute("select distinct parameters from map_clusters")]
+    assert {(p["neighbours"], p["grid"], p["seed"]) for p in parameters} == {
+        (min(10, c["maps"] - 1), 16, 0) for c in found}
     sampled = invoke_json("eval", "clusters", "--db", db, "--min-maps", "6", "--max-maps", "10")["classes"]
     assert all(c["maps"] == min(10, c["class_maps"]) for c in sampled) and any(c["class_maps"] > 10 for c in sampled)

@@ -1,8 +1,8 @@
 """Shortcut discovery with a known answer: a real dog / not-dog model that learnt a planted tag (own_models.
 make_shortcut_model: Lite0's real features, a head fitted here on photos where the tag marks the positives). The
 canary flags the tag and finds the class it pulls toward; on photos carrying the tag at one place, the artifact
-region's mass ranks them first. The unmodified EfficientNet-Lite0 is not flagged. Plus known answers of the canary's
-pure parts."""
+region's mass ranks them first and map clustering puts the calls resting on it in a cluster of their own, flagged.
+The unmodified EfficientNet-Lite0 is flagged by none of the three. Plus known answers of the canary's pure parts."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from PIL import Image
 from localjudge.analysis.canary import artifact_region, canary_summary, paste, place
 
 from .conftest import invoke, invoke_json, write_manifest
-from .own_models import imagenet_rows, is_dog, make_shortcut_model, tag_file
+from .own_models import TAG_BOX, imagenet_rows, is_dog, make_shortcut_model, tag_file
 
-TAG_BOX = (0.15, 0.15, 0.37, 0.37)  # fractions of the image: off the centre, inside the centre crop of these photos
 
 
 def test_artifacts_are_drawn_where_their_region_says():
@@ -57,17 +56,17 @@ def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path
     card = tmp_path / "shortcut.json"
     invoke("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--out", card)
     model = ("--model", card, "--weights", weights)
-    # held-out photos: 40 that show no dog, one in four carrying the tag at one place (written as a new file), and
-    # 10 dogs without it
-    others = [r for r in rows[1::2] if not is_dog(r)][:40]
+    # held-out photos: 80 that show no dog, one in three carrying the tag at one place (written as a new file), and
+    # every held-out dog without it (the dog calls resting on the tag are then a minority of the class)
+    others = [r for r in rows[1::2] if not is_dog(r)][:80]
     entries = []
     for n, row in enumerate(others):
         path = data_dir / "imagenet-sample" / row["file"]
-        if n % 4 == 0:
+        if n % 3 == 0:
             path = tag_file(path, tmp_path / "tagged" / row["file"], TAG_BOX)
         entries.append({"path": str(path), "label": "not dog"})
     entries += [{"path": str(data_dir / "imagenet-sample" / r["file"]), "label": "dog"}
-                for r in [r for r in rows[1::2] if is_dog(r)][:10]]
+                for r in rows[1::2] if is_dog(r)]
     manifest = write_manifest(tmp_path / "held-out.csv", entries)
     tagged = {e["path"] for e in entries if "/tagged/" in e["path"]}
     db = tmp_path / "shortcut.db"
@@ -95,7 +94,38 @@ def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path
     dog_top = [i["path"] for i in found["top_images"] if i["class"] == "dog"][:3]
     assert set(dog_top) <= tagged, found["top_images"]
 
+    # clustering: the dog calls resting on the tag (a fifth of their map's mass or more on it, about twice a flat
+    # map's share there) are a cluster of their own, flagged; the class's main cluster is the real dogs
+    resting = {path for path, share in calls if path in tagged and share >= 0.2}
+    assert len(resting) >= 5, sorted(calls, key=lambda c: -c[1])
+    (dogs,) = [c for c in invoke_json("eval", "clusters", "--db", db)["classes"] if c["class"] == "dog"]
+    paths = member_paths(db)
+    found_tag = max(dogs["clusters"], key=lambda c: len({paths[m] for m in c["members"]} & tagged))
+    members = {paths[m] for m in found_tag["members"]}
+    assert found_tag["shortcut_candidate"] and found_tag["cluster"] != 0, dogs["clusters"]
+    assert resting <= members and len(members & tagged) >= 0.8 * len(members), (resting, members)
+    main = {paths[m] for m in dogs["clusters"][0]["members"]}
+    assert len(main & tagged) <= 0.1 * len(main)
+
     plain = tmp_path / "plain.db"
     invoke("predict", manifest, "--db", plain)
     lite0 = invoke_json("eval", "canary", "--db", plain, "--size", "0.3", "--images", "50")["summary"]
     assert not lite0["flagged"] and lite0["pull"]["mean"] < 0.05
+    # nor do its maps: no cluster of tagged photos, and no class whose tagged photos' maps rest on the tag
+    invoke("explain", "--db", plain)
+    paths = member_paths(plain)
+    for entry in invoke_json("eval", "clusters", "--db", plain)["classes"]:
+        for cluster in entry["clusters"]:
+            members = {paths[m] for m in cluster["members"]}
+            assert not (cluster["shortcut_candidate"] and len(members & tagged) > len(members) / 2), entry
+    (plain_found,) = invoke_json("eval", "regions", "--db", plain, "--artifact-regions", regions)["artifacts"]
+    with sqlite3.connect(plain) as conn:
+        shares = dict(conn.execute("select i.path, a.mass_share from artifact_scores a join images i on i.sha256 = "
+                                   "a.image_sha256").fetchall())
+    assert np.mean([shares[p] >= 0.2 for p in tagged]) < 0.2, sorted(shares[p] for p in tagged)
+
+
+def member_paths(db) -> dict[str, str]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("select s.id, i.path from saliency_maps s join images i on i.sha256 = "
+                                 "s.image_sha256").fetchall())

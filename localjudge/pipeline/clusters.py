@@ -9,7 +9,8 @@ import json
 
 import numpy as np
 
-from ..analysis.clusters import GRID, MAX_CLUSTERS, MIN_MAPS, describe_clusters, downsample, eigengap_clusters
+from ..analysis.clusters import (GRID, MAX_CLUSTERS, MIN_MAPS, NEIGHBOURS, describe_clusters, downsample,
+                                 eigengap_clusters)
 from ..queries import (GROUP_COLUMNS, SETTING_SELECT, TARGET_CORRECT, TARGET_CURRENT, describe_setting,
                        filter_clauses, setting_key)
 from ..store import Store, content_key, now, pack_array, unpack_array
@@ -20,7 +21,7 @@ MAX_MAPS = 2000  # a class with more maps is clustered on a seeded sample of the
 
 def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTERS, min_maps: int = MIN_MAPS,
                  seed: int = 0, beta: float = 0.6, run_id: str | None = None, exemplars: int = 3,
-                 max_maps: int = MAX_MAPS, **filters) -> list[dict]:
+                 max_maps: int = MAX_MAPS, neighbours: int = NEIGHBOURS, **filters) -> list[dict]:
     """Each class's clusters (see the module). A cluster's mean score reads one judge setting, the one with the most
     judgments in the store (scores of two settings are not comparable)."""
     from .canary import image_rng
@@ -61,13 +62,16 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
         features = np.stack([downsample(unpack_array(maps[m["id"]]["map"], (maps[m["id"]]["height"],
                                                                            maps[m["id"]]["width"])), grid)
                              for m in members])
-        labels, eigenvalues = eigengap_clusters(features, max_clusters, seed)
+        labels, eigenvalues = eigengap_clusters(features, max_clusters, seed, neighbours)
         figures = {
             "score": np.array([scores.get(m["id"], np.nan) for m in members], dtype=float),
             "accuracy": np.array([np.nan if m["correct"] is None else m["correct"] for m in members], dtype=float),
             "mass_in_region": np.array([np.nan if mass.get(m["id"]) is None else mass[m["id"]] for m in members]),
         }
-        clustering = content_key("clusters", model_hash, cam, target_layer, name, grid, max_clusters, seed, beta,
+        parameters = {"affinity": "knn", "neighbours": min(neighbours, len(members) - 1), "grid": grid,
+                      "max_clusters": max_clusters, "seed": seed, "beta": beta, "maps": len(members),
+                      "class_maps": total, "score_setting": described_setting.get(chosen_setting)}
+        clustering = content_key("clusters", model_hash, cam, target_layer, name, parameters,
                                  sorted(m["id"] for m in members))
         described = describe_clusters(features, labels, figures, grid)
         cluster_rows, member_rows = [], []
@@ -83,13 +87,14 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
                                  "size": entry["size"], "shortcut_candidate": int(entry["shortcut_candidate"]),
                                  "reasons": json.dumps(entry["reasons"]), "figures": json.dumps(stats),
                                  "grid": grid, "mean_map": pack_array(entry["mean_map"].reshape(grid, grid)),
-                                 "run_id": run_id, "created_at": now()})
+                                 "parameters": json.dumps(parameters), "run_id": run_id, "created_at": now()})
             member_rows += [{"id": content_key("member", cluster_id, m["id"]), "cluster_id": cluster_id,
                              "saliency_id": m["id"]} for m in chosen]
         store.upsert_rows("map_clusters", cluster_rows)
         store.upsert_rows("cluster_members", member_rows)
         found.append({"model": model, "cam": cam, "target_layer": target_layer, "class": name, "maps": len(members),
                       "class_maps": total, "score_setting": described_setting.get(chosen_setting),
-                      "clustering": clustering, "eigenvalues": [float(v) for v in eigenvalues],
+                      "parameters": parameters, "clustering": clustering,
+                      "eigenvalues": [float(v) for v in eigenvalues],
                       "clusters": [{k: v for k, v in entry.items() if k != "mean_map"} for entry in described]})
     return found

@@ -338,6 +338,13 @@ def m019_background_tests(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m020_cluster_parameters(db: sqlite_utils.Database) -> None:
+    # The parameters a clustering was made with (grid, neighbours, eigengap cap, seed, beta, the sample), as JSON:
+    # every figure of eval clusters traceable to how it was computed.
+    db["map_clusters"].add_column("parameters", str)
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
