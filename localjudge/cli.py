@@ -1011,6 +1011,9 @@ def eval_canary(db_path, artifact, size, sample, seed, as_json, **given):
               help="The eigengap chooses at most this many clusters per class.")
 @click.option("--neighbours", type=click.IntRange(2), default=10, show_default=True,
               help="Each map is linked to this many nearest maps (SpRAy's k-nearest-neighbour affinity).")
+@click.option("--groups", "groups_file", type=click.Path(exists=True, dir_okay=False),
+              help="Cluster per super-class instead of per class: JSON {\"group\": [class indices]} (as eval "
+                   "classes --groups).")
 @click.option("--min-maps", type=click.IntRange(3), default=6, show_default=True,
               help="A class with fewer maps is not clustered.")
 @click.option("--max-maps", type=click.IntRange(10), default=2000, show_default=True,
@@ -1019,8 +1022,8 @@ def eval_canary(db_path, artifact, size, sample, seed, as_json, **given):
 @click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True, help="Region mass at this beta.")
 @json_option
 @user_errors
-def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, neighbours, min_maps, max_maps, seed, beta,
-                  as_json):
+def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, neighbours, groups_file, min_maps, max_maps,
+                  seed, beta, as_json):
     """Cluster each class's maps (SpRAy: maps on a small grid, a nearest-neighbour graph, spectral clustering, k by
     the eigengap); per cluster
     its size, mean judge score, accuracy, region mass and border share, exemplars, and whether it is a shortcut
@@ -1033,8 +1036,9 @@ def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, neighbo
     from .pipeline.clusters import cluster_maps
 
     store = Store(db_path, create=False)
+    groups = read_groups(groups_file) if groups_file else None
     found = cluster_maps(store, grid, max_clusters, min_maps, seed, beta, max_maps=max_maps, neighbours=neighbours,
-                         model=model, cam=cam, target_layer=target_layer)
+                         groups=groups, model=model, cam=cam, target_layer=target_layer)
     if as_json:
         click.echo(json.dumps({"classes": found}, indent=2))
         return

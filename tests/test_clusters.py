@@ -79,5 +79,14 @@ def test_clusters_of_real_maps_are_stored_with_their_members(tmp_path, data_dir)
         parameters = [json.loads(p) for (p,) in conn.execute("select distinct parameters from map_clusters")]
     assert {(p["neighbours"], p["grid"], p["seed"]) for p in parameters} == {
         (min(10, c["maps"] - 1), 16, 0) for c in found}
+    groups = tmp_path / "groups.json"  # per super-class: the horse classes together, everything else "other"
+    groups.write_text(json.dumps({"groups": {"horses": [339, 603]}}))
+    grouped = invoke_json("eval", "clusters", "--db", db, "--min-maps", "3", "--groups", groups)["classes"]
+    with sqlite3.connect(db) as conn:
+        targets = dict(conn.execute("select coalesce(s.target_index, p.predicted_index) in (339, 603), count(*) from "
+                                    "saliency_maps s join predictions p on p.id = s.prediction_id group by 1"))
+    assert {c["class"]: c["maps"] for c in grouped} == {name: targets[flag] for name, flag in
+                                                        (("horses", 1), ("other", 0)) if targets.get(flag, 0) >= 3}
+    assert all(c["parameters"]["by"] == "group" for c in grouped) and grouped
     sampled = invoke_json("eval", "clusters", "--db", db, "--min-maps", "6", "--max-maps", "10")["classes"]
     assert all(c["maps"] == min(10, c["class_maps"]) for c in sampled) and any(c["class_maps"] > 10 for c in sampled)

@@ -21,16 +21,19 @@ MAX_MAPS = 2000  # a class with more maps is clustered on a seeded sample of the
 
 def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTERS, min_maps: int = MIN_MAPS,
                  seed: int = 0, beta: float = 0.6, run_id: str | None = None, exemplars: int = 3,
-                 max_maps: int = MAX_MAPS, neighbours: int = NEIGHBOURS, **filters) -> list[dict]:
-    """Each class's clusters (see the module). A cluster's mean score reads one judge setting, the one with the most
-    judgments in the store (scores of two settings are not comparable)."""
+                 max_maps: int = MAX_MAPS, neighbours: int = NEIGHBOURS, groups: dict[int, str] | None = None,
+                 **filters) -> list[dict]:
+    """Each class's clusters (see the module), or with `groups` (class index -> super-class) each super-class's (a
+    class in no group: "other"). A cluster's mean score reads one judge setting, the one with the most judgments in
+    the store (scores of two settings are not comparable)."""
     from .canary import image_rng
 
     clauses, params = filter_clauses({k: v for k, v in filters.items() if k in ("model", "cam", "target_layer")})
     where = " and ".join(["s.failure is null", TARGET_CURRENT, *clauses])
     rows = list(store.query(
         "select s.id, s.image_sha256, p.model, p.model_hash, s.method as cam, s.target_layer, i.path, "
-        "coalesce(s.target_label, p.predicted_label) as class, " + TARGET_CORRECT + " as correct "
+        "coalesce(s.target_label, p.predicted_label) as class, coalesce(s.target_index, p.predicted_index) as "
+        "target_index, " + TARGET_CORRECT + " as correct "
         "from saliency_maps s join predictions p on p.id = s.prediction_id join images i on i.sha256 = "
         "s.image_sha256 where " + where + " order by p.model, s.method, s.target_layer, class, s.id", params))
     by_setting: dict[str, dict[str, int]] = {}
@@ -46,12 +49,12 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
     mass = {r["saliency_id"]: r["mass_share"] for r in store.query(
         "select r.saliency_id, r.mass_share from region_scores r join ground_truth g on g.image_sha256 = "
         "r.image_sha256 and g.mask_sha256 = r.mask_sha256 where r.beta = ?", [beta])}
-    groups: dict[tuple, list[dict]] = {}
+    by_class: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["model_hash"], row["cam"], row["target_layer"], row["class"]),
-                          []).append(row)
+        name = row["class"] if groups is None else groups.get(row["target_index"], "other")
+        by_class.setdefault((row["model"], row["model_hash"], row["cam"], row["target_layer"], name), []).append(row)
     found = []
-    for (model, model_hash, cam, target_layer, name), members in groups.items():
+    for (model, model_hash, cam, target_layer, name), members in by_class.items():
         if len(members) < min_maps:
             continue
         total = len(members)
@@ -70,7 +73,8 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
         }
         parameters = {"affinity": "knn", "neighbours": min(neighbours, len(members) - 1), "grid": grid,
                       "max_clusters": max_clusters, "seed": seed, "beta": beta, "maps": len(members),
-                      "class_maps": total, "score_setting": described_setting.get(chosen_setting)}
+                      "class_maps": total, "score_setting": described_setting.get(chosen_setting),
+                      "by": "class" if groups is None else "group"}
         clustering = content_key("clusters", model_hash, cam, target_layer, name, parameters,
                                  sorted(m["id"] for m in members))
         described = describe_clusters(features, labels, figures, grid)
