@@ -24,6 +24,7 @@ from ..queries import samples as read_samples
 from ..store import Store, content_key, unpack_array
 from ..vision import weights_note
 from ..vision.preprocess import model_view
+from .findings import exemplar_rows, findings
 from .thumbnails import THUMBNAIL_KINDS, thumbnail
 
 ASSETS = ("index.html", "report.js", "report.css")
@@ -188,6 +189,28 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
         judges[(row["judge_model"], row["judge_model_hash"], row["decoding"])] = {
             "judge_model": row["judge_model"], "verdict": card["verdict"] if card else "not checked",
             "reasons": card["reasons"] if card else []}
+    found = findings(store, threshold, thresholds, filters)
+    exemplars = exemplar_rows(store, found)
+    for row in exemplars:
+        row["file"] = (locations or {}).get(row["path"])
+        for kind in THUMBNAIL_KINDS:
+            row[kind] = thumbnail_name(kind, row, side)
+    exemplar_errors: dict[str, str] = {}
+    by_exemplar_image: dict[str, list[dict]] = {}
+    for row in exemplars:
+        by_exemplar_image.setdefault(row["image_sha256"], []).append(row)
+    for sha, group in by_exemplar_image.items():
+        reason = _render_image(out, group, {m["id"]: m for m in store.saliency_maps({r["saliency_id"] for r in group})},
+                               side)
+        if reason:
+            exemplar_errors[sha] = reason
+    shown = {row["saliency_id"]: row for row in exemplars}
+    for candidate in found["clusters"]["candidates"]:
+        candidate["exemplars"] = [
+            {"path": shown[sid]["path"], "error": exemplar_errors.get(shown[sid]["image_sha256"]),
+             **{kind: None if shown[sid]["image_sha256"] in exemplar_errors else shown[sid][kind]
+                for kind in THUMBNAIL_KINDS}}
+            for sid in candidate["exemplars"] if sid in shown]
     failures = map_failures(store, filters.get("model"), filters.get("cam"))
     checks = sanity_checks(store, filters.get("model"), filters.get("cam"))
     localised = [_localisation_summary(found) for found in
@@ -195,7 +218,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     (out / "data.js").write_text(
         "window.LOCALJUDGE_REPORT = " + _script_json({"meta": meta, "fields": FIELDS, "rows": data_rows,
                                                       "map_failures": failures, "sanity": checks,
-                                                      "localisation": localised,
+                                                      "localisation": localised, "findings": found,
                                                       "judges": list(judges.values())}) + ";\n",
         encoding="utf-8")
     assets = resources.files(__package__) / "assets"
@@ -203,7 +226,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
         with resources.as_file(assets / name) as source:
             shutil.copyfile(source, out / name)
     # Thumbnails of an earlier build that this one does not show (other filters, samples since deleted) go.
-    named = {row[kind] for row in rows for kind in THUMBNAIL_KINDS}
+    named = {row[kind] for row in rows + exemplars for kind in THUMBNAIL_KINDS}
     for stale in (out / THUMBNAIL_DIR).iterdir():
         if f"{THUMBNAIL_DIR}/{stale.name}" not in named:
             stale.unlink()
@@ -213,6 +236,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
             "map_failures": len(failures), "localisation_settings": len(localised),
             "judge_verdicts": sorted({(j["judge_model"], j["verdict"]) for j in judges.values()}),
             "sanity_flagged": sorted(c["method"] for c in checks if c["flagged"]),
+            "findings": {name: part["ran"] for name, part in found.items()},
             "thumbnails": len(thumbnails), "thumbnail_bytes": sum(p.stat().st_size for p in thumbnails),
             "data_bytes": (out / "data.js").stat().st_size,
             "total_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),

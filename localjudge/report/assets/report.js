@@ -231,6 +231,129 @@
     return function (value) { return value === null || value === undefined ? "n/a" : value.toFixed(digits); };
   }
 
+  // Findings: the five-minute section. Each part names the command whose --json output holds the same figures.
+  function interval(value, low, high, digits) {
+    if (value === null || value === undefined) return "n/a";
+    const text = value.toFixed(digits);
+    return low === null || low === undefined ? text : text + " [" + low.toFixed(digits) + ", " + high.toFixed(digits) + "]";
+  }
+  function meanText(found, digits) { return found ? interval(found.mean, found.ci_low, found.ci_high, digits || 2) : "n/a"; }
+  function shareText(found) { return found ? interval(found.share, found.ci_low, found.ci_high, 2) : "n/a"; }
+  function signed(found) {
+    if (!found || found.difference === null || found.difference === undefined) return "n/a";
+    const plus = function (v) { return (v >= 0 ? "+" : "") + v.toFixed(2); };
+    return plus(found.difference) + (found.ci_low === null ? "" : " [" + plus(found.ci_low) + ", " + plus(found.ci_high) + "]");
+  }
+
+  // `items`: the part's results, each with the exact command of its own figures (one model, artifact, seed...).
+  function finding(name, title, part, items) {
+    const article = element("article", { "class": "finding", "data-finding": name });
+    article.appendChild(element("h3", {}, title));
+    const body = element("div");
+    article.appendChild(body);
+    const commands = part.ran && items && items.length ? Array.from(new Set(items.map(function (i) { return i.command; })))
+      : [part.command];
+    commands.forEach(function (text) {
+      const command = element("p", { "class": "command" }, "From: ");
+      command.appendChild(element("code", {}, text));
+      article.appendChild(command);
+    });
+    if (!part.ran) {
+      body.appendChild(element("p", { "class": "not-run" }, "Not run on this store: run the command below to check."));
+      article.setAttribute("data-ran", "0");
+    } else {
+      article.setAttribute("data-ran", "1");
+    }
+    byId("findings-body").appendChild(article);
+    return body;
+  }
+
+  function renderFindings(found) {
+    if (!found) { byId("findings").hidden = true; return; }
+    const classes = finding("classes", "Classes to inspect", found.classes);
+    found.classes.settings.forEach(function (setting) {
+      classes.appendChild(element("p", {}, setting.setting + ": " + setting.classes + " classes; the dataset's " +
+        "CL+WH share (judge and correctness disagree) is " + shareText(setting.baseline) + ". Ranked by " + setting.rule + "."));
+      const table = element("table", { "class": "findings-table" });
+      fillTable(table, ["class", "n", "accuracy", "CL+WH share [95% CI]", ""], setting.inspect.map(function (row) {
+        return [row["class"], row.n, fixed(2)(row.accuracy), shareText(row.disagreement),
+                row.above_baseline ? "above the dataset's" : ""];
+      }), setting.inspect.map(function (row) { return row.above_baseline; }));
+      classes.appendChild(table);
+    });
+
+    const clusters = finding("clusters", "Shortcut-candidate clusters", found.clusters);
+    if (found.clusters.ran) {
+      clusters.appendChild(element("p", {}, found.clusters.candidates.length ?
+        found.clusters.candidates.length + found.clusters.more + " clusters of maps look elsewhere than their class's main " +
+        "cluster (" + found.clusters.clustered_classes + " classes clustered); the largest first, with exemplars " +
+        "(the model's view, the heatmap, what the judge saw):" :
+        "No cluster looks elsewhere than its class's main cluster (" + found.clusters.clustered_classes +
+        " classes clustered)."));
+    }
+    found.clusters.candidates.forEach(function (c) {
+      const block = element("div", { "class": "cluster" });
+      const figures = c.figures || {};
+      block.appendChild(element("p", {}, c["class"] + " (" + c.model + ", " + c.cam + "): cluster #" + c.cluster +
+        ", " + c.size + " of " + c.class_maps + " maps; " + c.reasons.join("; ") + ". Mean score " +
+        fixed(2)(figures.score) + ", accuracy " + fixed(2)(figures.accuracy) + ", border share " +
+        fixed(2)(figures.border_share) + "."));
+      const row = element("div", { "class": "exemplars" });
+      c.exemplars.forEach(function (e) {
+        const figure = element("figure", { "class": "exemplar" });
+        ["original", "heatmap", "masked"].forEach(function (kind) {
+          if (e[kind]) figure.appendChild(element("img", { src: e[kind], alt: kind + " " + e.path, width: 96, height: 96 }));
+        });
+        figure.appendChild(element("figcaption", {}, e.error || e.path));
+        row.appendChild(figure);
+      });
+      block.appendChild(row);
+      clusters.appendChild(block);
+    });
+
+    const artifacts = finding("artifacts", "Map mass on artifact regions", found.artifacts, found.artifacts.regions);
+    if (found.artifacts.regions.length) {
+      artifacts.appendChild(element("p", {}, "The share of each map's mass inside a named region, beside the " +
+        "region's area (the share a flat map would put there); a share well above the area means the model looks there."));
+      const table = element("table", { "class": "findings-table" });
+      fillTable(table, ["region", "model", "maps", "mass share", "area", "share - area", "classes putting most there"],
+        found.artifacts.regions.map(function (r) {
+          return [r.region, r.model + " " + r.cam, r.maps, meanText(r.mass_share, 3), meanText(r.area_fraction, 3), meanText(r.excess, 3),
+                  r.top_classes.map(function (c) { return c["class"] + " " + c.mass_share.toFixed(2); }).join(", ")];
+        }), found.artifacts.regions.map(function (r) { return r.excess.ci_low !== null && r.excess.ci_low > 0; }));
+      artifacts.appendChild(table);
+    }
+
+    const background = finding("background", "Background reliance", found.background, found.background.tables);
+    if (found.background.tables.length) {
+      background.appendChild(element("p", {}, "Accuracy on variants of each image made with its ground-truth " +
+        "region (ImageNet-9's test): BG-gap is the accuracy with a background of the same class minus with one of " +
+        "another class; near 0, the background does not drive the decision."));
+      const table = element("table", { "class": "findings-table" });
+      const variants = ["original", "only_object", "no_object", "mixed_same", "mixed_rand"];
+      fillTable(table, ["model", "images", "original", "only object", "no object", "mixed same", "mixed rand", "BG-gap"],
+        found.background.tables.map(function (t) {
+          return [t.model, t.images].concat(variants.map(function (v) {
+            return t[v] ? interval(t[v].accuracy, t[v].ci_low, t[v].ci_high, 2) : "n/a";
+          })).concat([signed(t.bg_gap)]);
+        }), found.background.tables.map(function (t) { return t.bg_gap && t.bg_gap.ci_low !== null && t.bg_gap.ci_low > 0; }));
+      background.appendChild(table);
+    }
+
+    const canary = finding("canary", "Planted-shortcut canary", found.canary, found.canary.results);
+    found.canary.results.forEach(function (r) {
+      const c = r.summary;
+      if (!c) return;
+      canary.appendChild(element("p", { "class": c.flagged ? "flagged" : "" }, r.model + ", " + r.artifact + " of " +
+        r.size + " of the view on " + c.images + " images: " + (c.flagged ? "FLAGGED as a shortcut" : "not flagged") +
+        ". The artifact pulls toward " + (c.pull["class"] || "n/a") + " by " + meanText(c.pull) +
+        "; the predicted class's probability changes by " + meanText(c.probability_change) + "; the map puts " +
+        meanText(c.mass_on_artifact) + " of its mass on the artifact (" + meanText(c.mass_there_before) +
+        " on those pixels before; a flat map " + meanText(c.area) + ")."));
+    });
+  }
+  renderFindings(DATA.findings);
+
   const localised = DATA.localisation || [];
   if (localised.length) {
     localised.forEach(function (found) {
