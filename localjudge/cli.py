@@ -955,9 +955,13 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
 @click.option("--images", "sample", type=click.IntRange(1), default=50, show_default=True,
               help="Stored predictions to test (a seeded sample).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sample and the artifact's places.")
+@click.option("--judge-quadrants", is_flag=True,
+              help="Also ask the judge about each image's view before and after the artifact (each masked by its "
+                   "own map) and report the quadrant changes.")
+@judge_options
 @json_option
 @user_errors
-def eval_canary(db_path, artifact, size, sample, seed, as_json, **given):
+def eval_canary(db_path, artifact, size, sample, seed, judge_quadrants, as_json, **given):
     """The planted-shortcut canary: an artifact pasted into copies of a sample of images; per image the change in
     the predicted class's probability, whether the prediction flips, and the map mass moved onto the artifact; the
     class the artifact pulls toward. A model that ignores the artifact shows about 0 on all of them.
@@ -970,7 +974,7 @@ def eval_canary(db_path, artifact, size, sample, seed, as_json, **given):
 
     audit = open_audit(db_path, None, ("canary",), show_progress=not as_json, **given)
     with audit.recorded("eval canary", None):
-        found = run_canary(audit, artifact, sample, size, seed)
+        found = run_canary(audit, artifact, sample, size, seed, judge=judge_quadrants)
     stage = found.pop("stage")
     if as_json:
         click.echo(json.dumps({"stage": stages_json({"canary": stage})["canary"], **found}, indent=2))
@@ -996,6 +1000,12 @@ def eval_canary(db_path, artifact, size, sample, seed, as_json, **given):
                f"{figure(summary['mass_there_before'])}; moved {figure(summary['mass_moved'])}; area "
                f"{figure(summary['area'])}")
     click.echo(f"  {'FLAGGED as a shortcut' if summary['flagged'] else 'not flagged'} ({summary['flag_rule']})")
+    quadrants = found["quadrants"]
+    if quadrants is not None:
+        changes = ", ".join(f"{move} {count}" for move, count in quadrants["transitions"].items()) or "none"
+        click.echo(f"  quadrant changes (the judge on each view, threshold {quadrants['threshold']}, "
+                   f"{quadrants['images']} images labelled and judged): {figure(quadrants['changed'])} changed "
+                   f"({changes}); before {quadrants['before']}, after {quadrants['after']}")
     for image in found["top_images"][:5]:
         click.echo(f"  {image['mass_on_artifact'] or 0:.3f}  {image['original']} -> {image['tagged']}  {image['path']}")
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import shlex
+import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .conftest import invoke, invoke_json, no_network
@@ -55,7 +57,7 @@ def test_findings_name_what_was_not_run_then_show_every_check_with_its_command(a
     clusters = invoke_json("eval", "clusters", "--db", audit, "--min-maps", "3")["classes"]
     invoke_json("eval", "regions", "--db", audit, "--artifact-regions", "border:16")
     background = invoke_json("eval", "background", "--db", audit)
-    canary = invoke_json("eval", "canary", "--db", audit, "--size", "0.3", "--images", "12")
+    canary = invoke_json("eval", "canary", "--db", audit, "--size", "0.3", "--images", "12", "--judge-quadrants")
     folder = (tmp_path / "after").resolve()
     with no_network() as attempts:
         written = invoke_json("report", "--db", audit, "--out", folder)
@@ -105,3 +107,20 @@ def test_findings_name_what_was_not_run_then_show_every_check_with_its_command(a
     assert f"toward {pull['class']} by {pull['mean']:.2f} [{pull['ci_low']:.2f}, {pull['ci_high']:.2f}]" in \
         after["canary"]["text"]
     assert ("not flagged" in after["canary"]["text"]) == (not canary["summary"]["flagged"])
+    # the quadrants: the judge on the view before the artifact reads as the run's own judgment of the image did
+    quadrants = canary["quadrants"]
+    assert rerun(after["canary"]["command"], audit)["quadrants"] == quadrants
+    assert f"{quadrants['images']} labelled images judged" in after["canary"]["text"]
+    assert sum(quadrants["before"].values()) == quadrants["images"] >= 10
+    with sqlite3.connect(audit) as conn:
+        stored = dict(conn.execute(
+            "select c.id, case when p.correct = 1 then 'C' else 'W' end || case when j.score >= 3 then 'H' else 'L' "
+            "end from canary_tests c join saliency_maps s on s.prediction_id = c.prediction_id join judgments j on "
+            "j.saliency_id = s.id join predictions p on p.id = c.prediction_id where j.status = 'ok' and "
+            "p.correct is not null").fetchall())
+        again = dict(conn.execute(
+            "select q.canary_id, case when p.correct = 1 then 'C' else 'W' end || case when q.original_score >= 3 "
+            "then 'H' else 'L' end from canary_quadrants q join canary_tests c on c.id = q.canary_id join "
+            "predictions p on p.id = c.prediction_id where q.original_status = 'ok' and p.correct is not null"
+        ).fetchall())
+    assert again and np.mean([again[k] == stored[k] for k in again]) >= 0.9, (again, stored)

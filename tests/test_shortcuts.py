@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from localjudge.analysis.canary import artifact_region, canary_summary, paste, place
+from localjudge.analysis.canary import artifact_region, canary_summary, paste, place, quadrant_changes
 
 from .conftest import invoke, invoke_json, write_manifest
 from .own_models import TAG_BOX, imagenet_rows, is_dog, make_shortcut_model, tag_file
@@ -47,6 +47,19 @@ def test_canary_figures_by_hand():
     assert found["mass_moved"]["mean"] == pytest.approx(0.3) and found["flagged"]
     still = canary_summary(original, original, np.full(4, 0.1), np.full(4, 0.1), np.full(4, 0.05), ["a", "b"])
     assert still["pull"]["mean"] == 0 and still["flip_rate"]["mean"] == 0 and not still["flagged"]
+
+
+def test_quadrant_changes_by_hand():
+    """Six images: one unlabelled (left out), four judged both times: CH stays, CL -> CH (the score rises), WL -> CH
+    (the prediction and the score change), WH -> WL; and one whose tagged answer failed (left out)."""
+    before = np.array(["CH", "CL", "WL", "WH", None, "CH"], dtype=object)
+    after = np.array(["CH", "CH", "CH", "WL", "CH", None], dtype=object)
+    found = quadrant_changes(before, after)
+    assert found["images"] == 4 and found["changed"]["mean"] == 0.75
+    assert found["score_level_changed"]["mean"] == 0.75 and found["correctness_changed"]["mean"] == 0.25
+    assert found["transitions"] == {"CL->CH": 1, "WH->WL": 1, "WL->CH": 1}
+    assert found["before"] == {"CH": 1, "CL": 1, "WH": 1, "WL": 1} and found["after"] == {"CH": 3, "CL": 0, "WH": 0,
+                                                                                           "WL": 1}
 
 
 @pytest.mark.slow

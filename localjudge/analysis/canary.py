@@ -14,10 +14,14 @@ artifact's place before it was there) and the artifact's area (a flat map's shar
 Across images: the means of those with bootstrap intervals, the flip rate, and the class the artifact pulls toward:
 the class whose probability rises most on average, with its rise and an interval of the largest mean rise of any
 class (the class chosen again in each resample, so the choice does not bias the interval upward). A model that
-ignores the artifact shows a pull near 0 and mass near the original's share. The artifact is flagged as a shortcut when the lower end of
-the pull's interval reaches PULL_FLAG (the artifact alone adds that much probability to one class, on average over
-images of every class) or the lower end of the interval of the mass moved onto it (tagged share minus original
-share) reaches MASS_FLAG."""
+ignores the artifact shows a pull near 0 and mass near the original's share. The artifact is flagged as a shortcut
+when the lower end of the pull's interval reaches PULL_FLAG (the artifact alone adds that much probability to one
+class, on average over images of every class) or the lower end of the interval of the mass moved onto it (tagged
+share minus original share) reaches MASS_FLAG.
+
+With a judge (quadrant_changes): each image's quadrant before and after the artifact (its prediction right or
+wrong, the judge's score of its view masked by its own map high or low), the share that changes quadrant with its
+interval, and the transitions: a model that ignores the artifact keeps its quadrants."""
 
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .bootstrap import mean_interval, percentile_interval, resample_indices
+
+QUADRANTS = ("CH", "CL", "WH", "WL")
 
 ARTIFACTS = ("tag", "text", "border")
 DEFAULT_SIZE = 0.15  # of the view's side
@@ -123,3 +129,25 @@ def canary_summary(original: np.ndarray, tagged: np.ndarray, mass_tagged: np.nda
     result["flag_rule"] = (f"flagged when the lower end of the pull's interval reaches {PULL_FLAG} or that of the "
                            f"mass moved onto the artifact reaches {MASS_FLAG}")
     return result
+
+
+def quadrant_changes(original: np.ndarray, tagged: np.ndarray) -> dict:
+    """How the artifact moves images between the matrix's quadrants: `original` and `tagged` are each image's
+    quadrant (CH/CL/WH/WL) before and after; images with a failed judgment or no label ("unlabelled", None) are left
+    out. The share that changes quadrant with its interval, the shares whose score crosses the threshold (high <->
+    low) and whose correctness changes, and the transition counts (from -> to)."""
+    original, tagged = np.asarray(original, dtype=object), np.asarray(tagged, dtype=object)
+    placed = np.array([a in QUADRANTS and b in QUADRANTS for a, b in zip(original, tagged)], dtype=bool)
+    before, after = original[placed], tagged[placed]
+    changed = (before != after).astype(float)
+    level = np.array([a[1] != b[1] for a, b in zip(before, after)], dtype=float)
+    correctness = np.array([a[0] != b[0] for a, b in zip(before, after)], dtype=float)
+    transitions: dict[str, int] = {}
+    for a, b in zip(before, after):
+        if a != b:
+            transitions[f"{a}->{b}"] = transitions.get(f"{a}->{b}", 0) + 1
+    return {"images": int(placed.sum()), "changed": mean_with_interval(changed),
+            "score_level_changed": mean_with_interval(level), "correctness_changed": mean_with_interval(correctness),
+            "before": {q: int((before == q).sum()) for q in QUADRANTS},
+            "after": {q: int((after == q).sum()) for q in QUADRANTS},
+            "transitions": dict(sorted(transitions.items(), key=lambda t: (-t[1], t[0])))}

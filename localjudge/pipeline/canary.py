@@ -10,7 +10,8 @@ import json
 import numpy as np
 
 from ..analysis.artifacts import mass_share
-from ..analysis.canary import artifact_region, canary_summary, paste, place
+from ..analysis.canary import (artifact_region, canary_summary, mean_with_interval, paste, place,
+                               quadrant_changes)
 from ..store import content_key, now, pack_array, unpack_array
 from ..vision.preprocess import model_view, view_tensor
 
@@ -23,7 +24,10 @@ def image_rng(seed: int, image_sha256: str) -> np.random.Generator:
     return np.random.default_rng([seed, int(image_sha256[:12], 16)])
 
 
-def run_canary(audit, artifact: str, sample: int = CANARY_SAMPLE, size: float = 0.15, seed: int = CANARY_SEED) -> dict:
+def run_canary(audit, artifact: str, sample: int = CANARY_SAMPLE, size: float = 0.15, seed: int = CANARY_SEED,
+               judge: bool = False) -> dict:
+    """The canary on a seeded sample of stored predictions; with `judge`, also the audit's judge on each image's
+    view before and after the artifact (its quadrant change)."""
     from ..saliency.engine import CamEngine
     from . import Stage
 
@@ -79,16 +83,106 @@ def run_canary(audit, artifact: str, sample: int = CANARY_SAMPLE, size: float = 
                         "area_fraction": float(region.mean()), "run_id": audit.run_id, "created_at": now()})
                 store.insert_rows("canary_tests", rows)
                 stage.computed += len(rows)
-    return {"stage": stage, **canary_report(store, stage.ids, list(card.label_list().names))}
+    names = list(card.label_list().names)
+    quadrant_setting = judge_quadrants(audit, keys, artifact, size, seed, stage) if judge else None
+    return {"stage": stage, **canary_report(store, stage.ids, names, quadrant_setting=quadrant_setting,
+                                            threshold=config.threshold)}
 
 
-def canary_report(store, ids: list[str], names: list[str], top: int = 10) -> dict:
+def quadrant_key_setting(audit) -> str:
+    """The judge setting a canary's quadrant scores are kept under: the judge, its decoding and prompt, the image
+    mode, mask and image size (what its answers depend on)."""
+    identity = audit.judge_identity()
+    template, prompt_digest, decoding = audit.judgment_key_parts()
+    config = audit.config
+    return json.dumps({"judge_model_hash": identity.hash, "decoding": decoding, "prompt_hash": prompt_digest,
+                       "image_mode": config.image_mode, "alpha": config.alpha, "beta": config.beta,
+                       "judge_image_size": config.judge_image_size}, sort_keys=True)
+
+
+def judge_quadrants(audit, keys: dict[str, str], artifact: str, size: float, seed: int, stage) -> str:
+    """The judge's score of each sampled image's judge view, masked by its map (or overlaid, in heatmap mode), and of
+    the same view with the artifact, masked by the tagged image's own map, each asked about its own predicted class;
+    stored in `canary_quadrants`. The maps are computed again here (the canary stores their mass, not the maps).
+    Returns the setting the scores are keyed by."""
+    from ..judge.prompts import render
+    from ..saliency.engine import CamEngine
+    from ..saliency.masking import judge_image, soft_mask, upsample
+    from .judge_check import _ask
+
+    store, config, card = audit.store, audit.config, audit.card
+    setting = quadrant_key_setting(audit)
+    quadrant_ids = {pid: content_key("canary-quadrant", canary_id, setting) for pid, canary_id in keys.items()}
+    existing = store.existing_ids("canary_quadrants", quadrant_ids.values())
+    wanted = [pid for pid in sorted(keys) if quadrant_ids[pid] not in existing]
+    if not wanted:
+        return setting
+    identity = audit.judge_identity()
+    template = audit.prompt()[0]
+    labels = card.label_list()
+    names = list(labels.names)
+    tests = {r["prediction_id"]: r for r in store.query(
+        "select * from canary_tests where id in (select value from json_each(?))",
+        [json.dumps([keys[pid] for pid in wanted])])}
+    kinds = {image["sha256"]: audit.image_kind(image.get("kind")) for image in store.images(
+        {tests[pid]["image_sha256"] for pid in wanted if pid in tests})}
+    model = audit.vision_model()
+    stage.model_loaded = True
+    with CamEngine(config.cam, model) as cam:
+        for start in range(0, len(wanted), config.batch_size):
+            pictures, batch = audit.load_images(store.predictions(wanted[start:start + config.batch_size]), stage)
+            if not batch:
+                continue
+            views, tagged, asks = [], [], []
+            for picture, p in zip(pictures, batch):
+                geometry = json.loads(p["preprocessing"])
+                view = model_view(picture, geometry)
+                box = json.loads(tests[p["id"]]["box"])
+                views.append(view)
+                tagged.append(paste(view, artifact, box, size))
+            _, original_maps, _ = cam.predict_and_compute(view_tensor(views, card))
+            tagged_scores, tagged_maps, _ = cam.predict_and_compute(view_tensor(tagged, card))
+            for n, (picture, p) in enumerate(zip(pictures, batch)):
+                test = tests[p["id"]]
+                side = config.judge_image_size
+                judge_view = model_view(picture, json.loads(p["preprocessing"]), side)
+                scale = side / views[n].size[0]  # the artifact at the same place and size in the judge's view
+                box = tuple(round(v * scale) for v in json.loads(test["box"]))
+                tagged_view = paste(judge_view, artifact, box, size)
+                for variant, shown, saliency, index in (
+                        ("original", judge_view, original_maps[n], test["original_index"]),
+                        ("tagged", tagged_view, tagged_maps[n], test["tagged_index"])):
+                    label = names[index] if index < len(names) else str(index)
+                    asks.append({"kind": variant, "image": judge_image(shown, saliency, config.image_mode,
+                                                                        config.alpha, config.beta),
+                                 "label": label, "index": index, "view": shown,
+                                 "mask": soft_mask(upsample(saliency, shown.size), config.alpha, config.beta),
+                                 "prompt": render(template, label, kinds[p["image_sha256"]],
+                                                  labels.description(index))})
+            answers = _ask(audit, asks)
+            rows = []
+            for n, p in enumerate(batch):
+                before, after = answers[2 * n], answers[2 * n + 1]
+                rows.append({"id": quadrant_ids[p["id"]], "canary_id": keys[p["id"]],
+                             "judge_model": identity.name, "judge_model_hash": identity.hash, "setting": setting,
+                             "original_status": before["status"], "original_score": before["score"],
+                             "tagged_status": after["status"], "tagged_score": after["score"],
+                             "errors": json.dumps([a["error"] for a in (before, after) if a["error"]]),
+                             "run_id": audit.run_id, "created_at": now()})
+            store.insert_rows("canary_quadrants", rows)
+    return setting
+
+
+def canary_report(store, ids: list[str], names: list[str], top: int = 10, quadrant_setting: str | None = None,
+                  threshold: int = 3) -> dict:
     """The canary's figures over the stored results `ids` (analysis.canary.canary_summary), per class (the original
-    prediction's) and the images whose tagged maps put most mass on the artifact."""
+    prediction's, each figure with its interval) and the images whose tagged maps put most mass on the artifact;
+    with `quadrant_setting`, the quadrant changes of the images the judge scored under it (a score at or above
+    `threshold` is high; right where the prediction is among the image's labels)."""
     rows = list(store.query("select c.*, i.path from canary_tests c join images i on i.sha256 = c.image_sha256 "
                             "where c.id in (select value from json_each(?)) order by c.id", [json.dumps(ids)]))
     if not rows:
-        return {"summary": None, "by_class": [], "top_images": []}
+        return {"summary": None, "by_class": [], "quadrants": None, "top_images": []}
     original = np.stack([unpack_array(r["original_probs"], (-1,), np.float32) for r in rows])
     tagged = np.stack([unpack_array(r["tagged_probs"], (-1,), np.float32) for r in rows])
 
@@ -104,13 +198,32 @@ def canary_report(store, ids: list[str], names: list[str], top: int = 10) -> dic
     for index, members in by_class.items():
         members = np.array(members)
         classes.append({"class": names[index] if index < len(names) else str(index), "images": len(members),
-                        "flip_rate": float(np.mean([rows[m]["tagged_index"] != index for m in members])),
-                        "probability_change": float(np.mean(tagged[members, index] - original[members, index])),
-                        "mass_on_artifact": float(np.nanmean(column("mass_tagged")[members]))
-                        if not np.isnan(column("mass_tagged")[members]).all() else None})
+                        "flip_rate": mean_with_interval([rows[m]["tagged_index"] != index for m in members]),
+                        "probability_change": mean_with_interval(tagged[members, index] - original[members, index]),
+                        "mass_on_artifact": mean_with_interval(column("mass_tagged")[members])})
     classes.sort(key=lambda c: (-c["images"], c["class"]))
+    quadrants = None
+    if quadrant_setting is not None:
+        judged = {r["canary_id"]: r for r in store.query(
+            "select q.*, p.label_indices from canary_quadrants q join canary_tests c on c.id = q.canary_id join "
+            "predictions p on p.id = c.prediction_id where q.setting = ? and q.canary_id in (select value from "
+            "json_each(?))", [quadrant_setting, json.dumps(ids)])}
+
+        def quadrant(row: dict, index: int, status: str, score) -> str | None:
+            labelled = json.loads(row["label_indices"]) if row["label_indices"] else []
+            if status != "ok" or not labelled:
+                return None
+            return ("C" if index in labelled else "W") + ("H" if score >= threshold else "L")
+
+        pairs = [(quadrant(judged[r["id"]], r["original_index"], judged[r["id"]]["original_status"],
+                           judged[r["id"]]["original_score"]),
+                  quadrant(judged[r["id"]], r["tagged_index"], judged[r["id"]]["tagged_status"],
+                           judged[r["id"]]["tagged_score"])) for r in rows if r["id"] in judged]
+        quadrants = {**quadrant_changes(np.array([a for a, _ in pairs], dtype=object),
+                                        np.array([b for _, b in pairs], dtype=object)),
+                     "judged": len(pairs), "threshold": threshold, "setting": json.loads(quadrant_setting)}
     ranked = sorted(range(len(rows)), key=lambda n: (-(rows[n]["mass_tagged"] or 0.0), rows[n]["path"]))
-    return {"summary": summary, "by_class": classes,
+    return {"summary": summary, "by_class": classes, "quadrants": quadrants,
             "top_images": [{"path": rows[n]["path"], "mass_on_artifact": rows[n]["mass_tagged"],
                             "original": names[rows[n]["original_index"]], "tagged": names[rows[n]["tagged_index"]],
                             "box": json.loads(rows[n]["box"])} for n in ranked[:top]]}

@@ -147,8 +147,9 @@ def background_gap(store: Store, model: str | None) -> dict:
     return {"ran": bool(tables), "tables": tables, "command": _command(store.path.name, "eval", "background")}
 
 
-def canary_results(store: Store, model: str | None, cam: str | None) -> dict:
-    """Per vision model file, artifact, size, seed, CAM and target: the canary's summary."""
+def canary_results(store: Store, model: str | None, cam: str | None, threshold: int) -> dict:
+    """Per vision model file, artifact, size, seed, CAM and target: the canary's summary, and its quadrant changes
+    where a judge scored them (the setting with the most scores)."""
     from ..pipeline.canary import canary_report
 
     where, params = _vision_filter(model, cam, "p.model", "c.cam")
@@ -170,11 +171,22 @@ def canary_results(store: Store, model: str | None, cam: str | None) -> dict:
         if names is None:  # the label list can no longer be read: classes by index
             first = next(iter(store.query("select original_probs from canary_tests where id = ?", [group["ids"][0]])))
             names = [str(i) for i in range(len(unpack_array(first["original_probs"], (-1,), np.float32)))]
-        summary = canary_report(store, group["ids"], names)["summary"]
+        settings = [r["setting"] for r in store.query(
+            "select setting, count(*) as n from canary_quadrants where canary_id in (select value from json_each(?)) "
+            "group by setting order by n desc, setting", [json.dumps(group["ids"])])]
+        found = canary_report(store, group["ids"], names, quadrant_setting=settings[0] if settings else None,
+                              threshold=threshold)
+        words = _model_words(runs, group["canary_runs"], name)
+        if settings:  # the judge the quadrants were scored with, as the canary's run named it
+            words.append("--judge-quadrants")
+            for run_id in sorted(r for r in group["canary_runs"] if r):
+                config = (runs.get(run_id) or {}).get("config") or {}
+                words += [w for option in ("judge", "vlm") if config.get(option) not in (None, "auto")
+                          for w in (f"--{option}", str(config[option]))]
+                break
         results.append({"model": name, "artifact": artifact, "size": size, "seed": seed, "cam": method,
-                        "target_layer": target, "summary": summary,
-                        "command": _command(store.path.name, "eval", "canary",
-                                            *_model_words(runs, group["canary_runs"], name), "--cam", method,
+                        "target_layer": target, "summary": found["summary"], "quadrants": found["quadrants"],
+                        "command": _command(store.path.name, "eval", "canary", *words, "--cam", method,
                                             "--artifact", artifact, "--size", f"{size:g}", "--images",
                                             str(len(group["ids"])), "--seed", str(seed))})
     return {"ran": bool(results), "results": results,
@@ -187,7 +199,7 @@ def findings(store: Store, threshold: int, thresholds: dict | None, filters: dic
             "clusters": candidate_clusters(store, model, cam),
             "artifacts": artifact_mass(store, model, cam),
             "background": background_gap(store, model),
-            "canary": canary_results(store, model, cam)}
+            "canary": canary_results(store, model, cam, threshold)}
 
 
 def exemplar_rows(store: Store, found: dict) -> list[dict]:

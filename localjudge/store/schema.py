@@ -345,6 +345,20 @@ def m020_cluster_parameters(db: sqlite_utils.Database) -> None:
     db["map_clusters"].add_column("parameters", str)
 
 
+@migration
+def m021_canary_quadrants(db: sqlite_utils.Database) -> None:
+    # eval canary --judge-quadrants: the judge's scores of an image's masked view before and after the artifact (each
+    # with its own map and prediction), keyed by the canary result and the judge setting.
+    db["canary_quadrants"].create(
+        {"id": str, "canary_id": str, "judge_model": str, "judge_model_hash": str, "setting": str,
+         "original_status": str, "original_score": int, "tagged_status": str, "tagged_score": int, "errors": str,
+         "run_id": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("canary_id", "canary_tests", "id")],
+    )
+    db["canary_quadrants"].create_index(["canary_id"])
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
@@ -353,6 +367,6 @@ TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), 
           ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)),
           ("canary_judgments", ("id",)), ("judge_checks", ("id",)), ("artifact_scores", ("id",)),
           ("canary_tests", ("id",)), ("map_clusters", ("id",)), ("cluster_members", ("id",)),
-          ("background_tests", ("id",)))
+          ("background_tests", ("id",)), ("canary_quadrants", ("id",)))
 # What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
 SCRATCH_KEPT = ("runs", "prompts")

@@ -350,6 +350,13 @@
         "; the predicted class's probability changes by " + meanText(c.probability_change) + "; the map puts " +
         meanText(c.mass_on_artifact) + " of its mass on the artifact (" + meanText(c.mass_there_before) +
         " on those pixels before; a flat map " + meanText(c.area) + ")."));
+      const q = r.quadrants;
+      if (q) {
+        const moves = Object.keys(q.transitions).map(function (k) { return k + " " + q.transitions[k]; }).join(", ");
+        canary.appendChild(element("p", { "class": "quadrants" }, "With the judge (" + q.images + " labelled images " +
+          "judged before and after, a score of " + q.threshold + " or more is high): " + meanText(q.changed) +
+          " of them change quadrant" + (moves ? " (" + moves + ")" : "") + "."));
+      }
     });
   }
   renderFindings(DATA.findings);
