@@ -1048,7 +1048,7 @@ def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, neighbo
     store = Store(db_path, create=False)
     groups = read_groups(groups_file) if groups_file else None
     found = cluster_maps(store, grid, max_clusters, min_maps, seed, beta, max_maps=max_maps, neighbours=neighbours,
-                         groups=groups, model=model, cam=cam, target_layer=target_layer)
+                         groups=groups, groups_file=groups_file, model=model, cam=cam, target_layer=target_layer)
     if as_json:
         click.echo(json.dumps({"classes": found}, indent=2))
         return
@@ -1116,6 +1116,8 @@ def eval_background(db_path, seed, as_json, **given):
         v = overall[variant]
         if v["accuracy"] is not None and v["ci_low"] is not None:
             click.echo(f"  {variant:12} {v['accuracy']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}] (n={v['n']})")
+    if overall["majority_baseline"] is not None:
+        click.echo(f"  trivial baseline (always the commonest labelled class): {overall['majority_baseline']:.3f}")
     for row in found["by_class"]:
         click.echo(line(row["class"], row))
 
@@ -1129,8 +1131,8 @@ def eval_background(db_path, seed, as_json, **given):
 @click.option("--groups", "groups_file", type=click.Path(exists=True, dir_okay=False),
               help="Group classes into super-classes: JSON {\"group\": [class indices]} (a class in no group is "
                    "\"other\"; a class in two groups is refused).")
-@click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True,
-              help="Attended area and region mass at this beta.")
+@click.option("--beta", type=float, default=None,
+              help="Attended area and region mass at this beta (default: each judge setting's own).")
 @click.option("--min-n", type=click.IntRange(1), default=None,
               help="Placed judgments a class needs to be ranked among the classes to inspect (default 5).")
 @click.option("--top", type=click.IntRange(1), default=25, show_default=True, help="Classes shown per setting (text).")

@@ -447,7 +447,7 @@ def _means(store: Store, table: str, ids: list[str], metrics, percent: tuple[str
     return {**means, "intervals": intervals, "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}}
 
 
-def class_statistics(store: Store, threshold: int, by: str = "predicted", beta: float = 0.6,
+def class_statistics(store: Store, threshold: int, by: str = "predicted", beta: float | None = None,
                      groups: dict[int, str] | None = None, min_n: int | None = None,
                      thresholds: dict[str, int] | None = None, **filters) -> list[dict]:
     """Per-class attention statistics of each judge setting (analysis.classes): its judgments grouped by their
@@ -460,7 +460,10 @@ def class_statistics(store: Store, threshold: int, by: str = "predicted", beta: 
     if by not in ("predicted", "labelled"):
         raise ValueError(f"group by 'predicted' or 'labelled', not {by!r}")
     found = []
+    asked_beta = beta
     for setting, members in _judged_settings(store, filters):
+        # attended area and region mass at the beta given, else at the setting's own (what its judge was shown)
+        beta = setting["beta"] if asked_beta is None else asked_beta
         names = label_names_of_runs(store, {r["predict_run_id"] for r in members})
         keys = []
         for r in members:
@@ -517,12 +520,13 @@ def artifact_table(store: Store, score_ids: list[str], top: int = 10) -> list[di
         "coalesce(s.target_label, p.predicted_label) as class from artifact_scores a "
         "join saliency_maps s on s.id = a.saliency_id join predictions p on p.id = s.prediction_id "
         "join images i on i.sha256 = a.image_sha256 where a.id in (select value from json_each(?)) "
-        "and a.mass_share is not null order by a.region, a.mass_share desc, i.path", [json.dumps(list(score_ids))]))
-    regions: dict[str, list[dict]] = {}
-    for row in rows:
-        regions.setdefault(row["region"], []).append(row)
+        "and a.mass_share is not null order by a.region, a.spec, a.mass_share desc, i.path",
+        [json.dumps(list(score_ids))]))
+    regions: dict[tuple, list[dict]] = {}
+    for row in rows:  # by definition: two files may name different boxes alike
+        regions.setdefault((row["region"], row["spec"]), []).append(row)
     found = []
-    for name, members in regions.items():
+    for (name, _), members in regions.items():
         share = np.array([r["mass_share"] for r in members])
         area = np.array([r["area_fraction"] for r in members])
 

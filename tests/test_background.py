@@ -28,6 +28,7 @@ def test_background_variants_on_real_photos(tmp_path, data_dir):
     overall = found["overall"]
     assert overall["images"] == 7 and overall["original"]["n"] == 7 and overall["mixed_rand"]["n"] == 7
     assert overall["mixed_same"]["n"] == 4  # only the horses have another image of their class
+    assert overall["majority_baseline"] == pytest.approx(4 / 7)  # always "sorrel": right on the four horses
     with sqlite3.connect(db) as conn:
         probs = {(sha, variant): blob for sha, variant, blob in conn.execute(
             "select image_sha256, variant, probs from background_tests")}
@@ -73,3 +74,21 @@ def _rand_on_same(db) -> float:
     same = {sha for sha, variant, _ in rows if variant == "mixed_same"}
     values = [correct for sha, variant, correct in rows if variant == "mixed_rand" and sha in same]
     return sum(values) / len(values)
+
+
+def test_an_added_image_moves_few_partners():
+    """60 images of 3 labels, then one more: only the partners the new image now ranks first for change (about one
+    in 20 of the same label and one in 40 of the others, so 3 or so of 120); a draw by position in the grown list
+    moved 24."""
+    import hashlib
+
+    from localjudge.pipeline.background import choose_partners
+
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(61)]
+    labels = [i % 3 for i in range(61)]
+    before, after = choose_partners(shas[:60], labels[:60], 0), choose_partners(shas, labels, 0)
+    moved = sum(before[n][v] != after[n][v] for n in range(60) for v in ("mixed_same", "mixed_rand"))
+    assert moved <= 8, moved
+    assert all(after[n]["mixed_same"] != n and labels[after[n]["mixed_same"]] == labels[n] for n in range(61))
+    assert all(labels[after[n]["mixed_rand"]] != labels[n] for n in range(61))
+    assert choose_partners(shas, labels, 1) != after  # the seed chooses

@@ -47,6 +47,22 @@ def test_the_class_whose_judgments_surely_disagree_is_ranked_first():
     assert 0.1 < low < 0.5 < high < 0.9  # ten judgments: a wide interval around one half
 
 
+def test_wilson_interval_by_hand_and_a_small_class_does_not_outrank_a_large_one():
+    """Wilson 95 %: 5 of 5 -> [0.566, 1]; 90 of 100 -> [0.826, 0.945] (by the closed form). A class of 5 judgments
+    that all disagree ranks below a class of 100 of which 90 do (a bootstrap of the 5 would be [1, 1] and rank it
+    first)."""
+    from localjudge.analysis.classes import wilson_interval
+
+    assert wilson_interval(5, 5) == (pytest.approx(0.5655, abs=1e-4), 1.0)
+    assert wilson_interval(90, 100) == (pytest.approx(0.8256, abs=1e-4), pytest.approx(0.9448, abs=1e-4))
+    assert wilson_interval(0, 10)[0] == 0.0
+    groups = np.array(["small"] * 5 + ["large"] * 100, dtype=object)
+    correct = np.ones(105)
+    scores = np.array([1] * 5 + [1] * 90 + [5] * 10, dtype=float)  # CL: right, low
+    table = class_table(groups, correct, scores, 3, {})
+    assert [row["group"] for row in table["inspect"]] == ["large", "small"]
+
+
 def test_unlabelled_judgments_are_not_placed():
     share, low, high = disagreement(np.array(["unlabelled", "CL", "CH"], dtype=object))
     assert share == 0.5

@@ -26,7 +26,9 @@ def test_downsample_and_border_by_hand():
     assert downsample(saliency, 2).tolist() == [0.5, 0.0, 0.0, 0.5]  # cell means 1, 0, 0, 1 as a distribution
     assert downsample(np.zeros((4, 4)), 2).tolist() == [0.0] * 4
     grid = np.ones((16, 16))
-    assert border_share(grid.ravel()) == pytest.approx(1 - 144 / 256)
+    assert border_share(grid.ravel()) == pytest.approx(1 - 144 / 256)  # 2 cells of 16
+    assert border_share(np.ones(64 * 64), 64) == pytest.approx(1 - 48 ** 2 / 64 ** 2)  # 8 cells of 64: 1/8 again
+    assert border_share(np.ones(16), 4) == pytest.approx(1 - 2 * 2 / 16)  # 1 cell of 4: an inside of 2 x 2 remains
 
 
 def test_neighbour_links_by_hand():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 from localjudge.analysis.canary import artifact_region, canary_summary, paste, place, quadrant_changes
 
 from .conftest import invoke, invoke_json, write_manifest
+from .test_report import open_report
 from .own_models import TAG_BOX, imagenet_rows, is_dog, make_shortcut_model, tag_file
 
 
@@ -63,7 +65,7 @@ def test_quadrant_changes_by_hand():
 
 
 @pytest.mark.slow
-def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path, data_dir):
+def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path, data_dir, browser):
     rows = imagenet_rows(data_dir)
     weights, labels = make_shortcut_model(data_dir, tmp_path / "model", rows[0::2])
     card = tmp_path / "shortcut.json"
@@ -88,7 +90,8 @@ def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path
 
     canary = invoke_json("eval", "canary", "--db", db, *model, "--size", "0.3", "--images", "50")["summary"]
     assert canary["flagged"] and canary["pull"]["class"] == "dog" and canary["pull"]["ci_low"] >= 0.05, canary
-    assert canary["mass_on_artifact"]["mean"] > canary["area"]["mean"]  # the maps look at the tag
+    # the maps look at the tag: mass moves onto it (its interval above 0), well above a flat map's share
+    assert canary["mass_moved"]["ci_low"] > 0 and canary["mass_on_artifact"]["mean"] > 1.5 * canary["area"]["mean"]
 
     regions = tmp_path / "tag.json"
     regions.write_text(json.dumps({"regions": {"tag": list(TAG_BOX)}}))
@@ -105,7 +108,7 @@ def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path
     ranked_above = np.mean([a > b for a in with_tag for b in without])  # the ranking's AUC within the class
     assert ranked_above >= 0.9, (ranked_above, sorted(calls, key=lambda c: -c[1]))
     dog_top = [i["path"] for i in found["top_images"] if i["class"] == "dog"][:3]
-    assert set(dog_top) <= tagged, found["top_images"]
+    assert len(dog_top) == 3 and set(dog_top) <= tagged, found["top_images"]
 
     # clustering: the dog calls resting on the tag (a fifth of their map's mass or more on it, about twice a flat
     # map's share there) are a cluster of their own, flagged; the class's main cluster is the real dogs
@@ -119,6 +122,22 @@ def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path
     assert resting <= members and len(members & tagged) >= 0.8 * len(members), (resting, members)
     main = {paths[m] for m in dogs["clusters"][0]["members"]}
     assert len(main & tagged) <= 0.1 * len(main)
+    # the report's findings show that cluster with exemplars: the tagged photos, drawn as thumbnails in the folder
+    folder = (tmp_path / "report").resolve()
+    invoke_json("report", "--db", db, "--out", folder)
+    page, seen = open_report(browser, folder)
+    try:
+        shown = page.eval_on_selector_all(".cluster", "nodes => nodes.map(n => ({text: n.innerText, images: "
+                                          "Array.from(n.querySelectorAll('img')).map(i => [i.getAttribute('src'), "
+                                          "i.complete && i.naturalWidth > 0, i.getAttribute('alt')])}))")
+    finally:
+        page.close()
+    (block,) = [b for b in shown if f"cluster #{found_tag['cluster']}, {found_tag['size']} of" in b["text"]]
+    assert len(block["images"]) == 9 and all(loaded and src.startswith("thumbs/") for src, loaded, _ in
+                                             block["images"]), block
+    photos = {alt.split(" ", 1)[1] for _, _, alt in block["images"]}  # three exemplars of a cluster mostly tagged
+    assert len(photos) == 3 and len(photos & tagged) >= 2, block
+    assert all(url.startswith("file://") and Path(url[7:]).resolve().is_relative_to(folder) for url in seen["requests"])
 
     plain = tmp_path / "plain.db"
     invoke("predict", manifest, "--db", plain)
@@ -127,7 +146,12 @@ def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path
     # nor do its maps: no cluster of tagged photos, and no class whose tagged photos' maps rest on the tag
     invoke("explain", "--db", plain)
     paths = member_paths(plain)
-    for entry in invoke_json("eval", "clusters", "--db", plain)["classes"]:
+    groups = Path(__file__).resolve().parents[1] / "scripts" / "imagenet_superclasses.json"
+    clustered = invoke_json("eval", "clusters", "--db", plain, "--groups", groups)["classes"]
+    assert len(clustered) >= 3, clustered  # per super-class: the tagged photos' classes are clustered
+    # most of the 27 tagged photos are in a clustered super-class (the rest in ones of fewer than 6 maps)
+    assert sum(len({paths[m] for c in e["clusters"] for m in c["members"]} & tagged) for e in clustered) >= 15
+    for entry in clustered:
         for cluster in entry["clusters"]:
             members = {paths[m] for m in cluster["members"]}
             assert not (cluster["shortcut_candidate"] and len(members & tagged) > len(members) / 2), entry

@@ -8,10 +8,12 @@ normalised entropy (how spread out it is) and its attended area (the share of th
 Which classes to inspect: a judgment "disagrees" where the judge's reading and the prediction's correctness part:
 a correct prediction whose attention scored low (CL: right for a reason the judge could not see) or a wrong one
 whose attention scored high (WH: the model looked at something that looks like the class). A class is ranked by the
-lower end of the 95 % interval of its disagreement share (CL + WH over its placed judgments), highest first, so a
-class with a few judgments ranks by what its data can support, not by its point estimate; ties go to the larger
-class. Classes with fewer than `min_n` placed judgments are listed but not ranked. The trivial baseline is the
-dataset's own disagreement share: a class whose interval lies above it is flagged."""
+lower end of the 95 % Wilson score interval of its disagreement share (CL + WH over its placed judgments), highest
+first, so a class with a few judgments ranks by what its data can support, not by its point estimate; ties go to
+the larger class. (Wilson's, not a bootstrap's: the bootstrap of 5 disagreeing judgments of 5 is [1, 1], which
+would rank a class of five above one of a hundred at 0.9.) Classes with fewer than `min_n` placed judgments are
+listed but not ranked. The trivial baseline is the dataset's own disagreement share: a class whose interval lies
+above it is flagged."""
 
 from __future__ import annotations
 
@@ -41,16 +43,23 @@ def attended_area(saliency: np.ndarray, beta: float) -> float:
     return float((np.asarray(saliency) >= beta).mean())
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95 % by default)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def disagreement(labels: np.ndarray) -> tuple[float | None, float | None, float | None]:
-    """The share (0-1) of placed judgments (CH, CL, WH, WL) that are CL or WH, with its bootstrap interval."""
+    """The share (0-1) of placed judgments (CH, CL, WH, WL) that are CL or WH, with its Wilson interval."""
     labels = np.asarray(labels, dtype=object)
-    placed = np.isin(labels, QUADRANTS)
-    if not placed.any():
+    placed = int(np.isin(labels, QUADRANTS).sum())
+    if not placed:
         return None, None, None
-    marked = np.where(np.isin(labels, DISAGREEING), "disagree", np.where(placed, "agree", "unplaced")).astype(object)
-    low, high = share_intervals(marked, ("disagree", "agree"))["disagree"]
-    share = float(np.isin(labels, DISAGREEING).sum() / placed.sum())
-    return share, None if low is None else low / 100, None if high is None else high / 100
+    disagreeing = int(np.isin(labels, DISAGREEING).sum())
+    low, high = wilson_interval(disagreeing, placed)
+    return disagreeing / placed, low, high
 
 
 def group_statistics(correct: np.ndarray, scores: np.ndarray, threshold: int, signals: dict[str, np.ndarray]) -> dict:
@@ -106,6 +115,6 @@ def class_table(groups: np.ndarray, correct: np.ndarray, scores: np.ndarray, thr
     return {"groups": table, "baseline": baseline, "min_n": min_n,
             "inspect": [{"group": row["group"], "disagreement": row["disagreement"],
                          "above_baseline": row["above_baseline"]} for row in ranked],
-            "rule": "ranked by the lower end of the 95 % interval of the share of CL and WH judgments among the "
-                    f"placed ones, highest first (ties: the larger class); classes with fewer than {min_n} placed "
+            "rule": "ranked by the lower end of the 95 % Wilson interval of the share of CL and WH judgments among "
+                    f"the placed ones, highest first (ties: the larger class); classes with fewer than {min_n} placed "
                     "judgments are not ranked; flagged where that lower end lies above the dataset's share"}

@@ -24,7 +24,7 @@ NEIGHBOURS = 10  # CoRelAy's SparseKNN default (at most the class's size - 1)
 MIN_MAPS = 6  # a class with fewer maps is not clustered
 MAIN_SIMILARITY = 0.3
 REGION_GAP = 0.2
-BORDER = 2  # grid cells: the border's width on a 16 x 16 grid is 1/8 of the side
+BORDER = 1 / 8  # the border's width, as a share of the grid's side (2 cells of 16)
 
 
 def downsample(saliency: np.ndarray, grid: int = GRID) -> np.ndarray:
@@ -85,13 +85,15 @@ def eigengap_clusters(features: np.ndarray, max_clusters: int = MAX_CLUSTERS, se
     return np.array([renumber[c] for c in labels]), values[:top + 1]
 
 
-def border_share(mean_map: np.ndarray, grid: int = GRID, border: int = BORDER) -> float | None:
-    """The share of a grid map's mass in its outer `border` cells."""
+def border_share(mean_map: np.ndarray, grid: int = GRID, border: float = BORDER) -> float | None:
+    """The share of a grid map's mass in its outer `border` of the side (at least one cell, and less than half the
+    side so that an inside remains)."""
     cells = np.asarray(mean_map, dtype=np.float64).reshape(grid, grid)
     total = cells.sum()
     if total <= 0:
         return None
-    inner = cells[border:grid - border, border:grid - border].sum()
+    width = min(max(1, round(border * grid)), (grid - 1) // 2)
+    inner = cells[width:grid - width, width:grid - width].sum()
     return float((total - inner) / total)
 
 

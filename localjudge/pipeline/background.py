@@ -13,6 +13,7 @@ paired interval over the images that have both. Results are stored (`background_
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -22,10 +23,31 @@ from ..store import content_key, now, pack_array, unpack_array
 VARIANTS = ("original", "only_object", "no_object", "mixed_same", "mixed_rand")
 
 
+def pair_rank(seed: int, image: str, candidate: str) -> int:
+    """A seeded rank of `candidate` as the partner of `image`, from their hashes alone."""
+    return int(hashlib.sha256(f"{seed}:{image}:{candidate}".encode()).hexdigest()[:16], 16)
+
+
+def choose_partners(shas: list[str], labels: list, seed: int) -> dict[int, dict[str, int | None]]:
+    """Each image's mixed-same partner (another image of its label) and mixed-rand partner (an image of another
+    label): the candidate that ranks first by a seeded hash of the pair. An image added to the store takes over
+    another image's partner only where it ranks first for it (a draw by position in a growing list would move
+    many); a partner (and its region) is part of the result's key."""
+    partners: dict[int, dict[str, int | None]] = {}
+    for n, sha in enumerate(shas):
+        same = [m for m in range(len(shas)) if m != n and labels[m] == labels[n]]
+        other = [m for m in range(len(shas)) if labels[m] != labels[n]]
+
+        def first(candidates: list[int]) -> int | None:
+            return min(candidates, key=lambda m: pair_rank(seed, sha, shas[m]), default=None)
+
+        partners[n] = {"mixed_same": first(same), "mixed_rand": first(other)}
+    return partners
+
+
 def run_background(audit, seed: int = 0) -> dict:
     from ..ground_truth import region_of_map
     from . import Stage
-    from .canary import image_rng
 
     store, config, card = audit.store, audit.config, audit.card
     predictions = [p for p in store.predictions(audit.stored_predictions()) if p["label_indices"]]
@@ -46,15 +68,7 @@ def run_background(audit, seed: int = 0) -> dict:
                          "predictions of this model: give regions with `eval regions --masks/--boxes/--mask-column`")
     chosen.sort(key=lambda c: c[0]["image_sha256"])
     label_of = [c[2][0] for c in chosen]
-    # each image's partners drawn by its own seeded generator from the sorted candidates: adding an image changes
-    # no other image's partner unless it becomes a candidate; a partner (and its region) is part of the key
-    partners: dict[int, dict[str, int | None]] = {}
-    for n, (p, _, _) in enumerate(chosen):
-        rng = image_rng(seed, p["image_sha256"])
-        same = [m for m in range(len(chosen)) if m != n and label_of[m] == label_of[n]]
-        other = [m for m in range(len(chosen)) if label_of[m] != label_of[n]]
-        partners[n] = {"mixed_same": same[int(rng.integers(len(same)))] if same else None,
-                       "mixed_rand": other[int(rng.integers(len(other)))] if other else None}
+    partners = choose_partners([c[0]["image_sha256"] for c in chosen], label_of, seed)
 
     def key(n: int, variant: str) -> str:
         partner = partners[n].get(variant)
@@ -159,9 +173,12 @@ def background_table(store, ids: list[str], names: list[str]) -> dict:
         return result
 
     images = list(by_image.values())
+    # the trivial baseline: the accuracy of always answering the commonest labelled class, whatever the image
+    labels = [i["label"] for i in images]
+    majority = max(labels.count(label) for label in set(labels)) / len(labels) if labels else None
     classes: dict[int, list[dict]] = {}
     for image in images:
         classes.setdefault(image["label"], []).append(image)
-    return {"overall": figures(images),
+    return {"overall": {**figures(images), "majority_baseline": majority},
             "by_class": sorted(({"class": names[c] if c < len(names) else str(c), **figures(members)}
                                 for c, members in classes.items()), key=lambda c: (-c["images"], c["class"]))}

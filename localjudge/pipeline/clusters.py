@@ -22,7 +22,7 @@ MAX_MAPS = 2000  # a class with more maps is clustered on a seeded sample of the
 def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTERS, min_maps: int = MIN_MAPS,
                  seed: int = 0, beta: float = 0.6, run_id: str | None = None, exemplars: int = 3,
                  max_maps: int = MAX_MAPS, neighbours: int = NEIGHBOURS, groups: dict[int, str] | None = None,
-                 **filters) -> list[dict]:
+                 groups_file: str | None = None, **filters) -> list[dict]:
     """Each class's clusters (see the module), or with `groups` (class index -> super-class) each super-class's (a
     class in no group: "other"). A cluster's mean score reads one judge setting, the one with the most judgments in
     the store (scores of two settings are not comparable)."""
@@ -36,16 +36,17 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
         "target_index, " + TARGET_CORRECT + " as correct "
         "from saliency_maps s join predictions p on p.id = s.prediction_id join images i on i.sha256 = "
         "s.image_sha256 where " + where + " order by p.model, s.method, s.target_layer, class, s.id", params))
-    by_setting: dict[str, dict[str, int]] = {}
+    # judge settings per maps' setting (model file, method, target): a clustering reads the one of its own maps'
+    # setting with the most judgments
+    by_setting: dict[tuple, dict[str, dict[str, int]]] = {}
     described_setting: dict[str, str] = {}
     for j in store.query("select j.saliency_id, j.score, " + SETTING_SELECT + " from judgments j join predictions p "
                          "on p.id = j.prediction_id join saliency_maps s on s.id = j.saliency_id where "
                          "j.status = 'ok'"):
         key = setting_key(j)
-        by_setting.setdefault(key, {})[j["saliency_id"]] = j["score"]
+        maps_setting = (j["model_hash"], j["cam"], j["target_layer"])
+        by_setting.setdefault(maps_setting, {}).setdefault(key, {})[j["saliency_id"]] = j["score"]
         described_setting[key] = describe_setting({c: j[c] for c in GROUP_COLUMNS})
-    chosen_setting = max(sorted(by_setting), key=lambda k: len(by_setting[k])) if by_setting else None
-    scores = by_setting.get(chosen_setting, {})
     mass = {r["saliency_id"]: r["mass_share"] for r in store.query(
         "select r.saliency_id, r.mass_share from region_scores r join ground_truth g on g.image_sha256 = "
         "r.image_sha256 and g.mask_sha256 = r.mask_sha256 where r.beta = ?", [beta])}
@@ -57,6 +58,9 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
     for (model, model_hash, cam, target_layer, name), members in by_class.items():
         if len(members) < min_maps:
             continue
+        settings = by_setting.get((model_hash, cam, target_layer), {})
+        chosen_setting = max(sorted(settings), key=lambda k: len(settings[k])) if settings else None
+        scores = settings.get(chosen_setting, {})
         total = len(members)
         if total > max_maps:  # each map's own seeded draw ranks it, so a grown class keeps most of its sample
             members = sorted(members, key=lambda m: (image_rng(seed, m["image_sha256"]).random(),
@@ -71,10 +75,13 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
             "accuracy": np.array([np.nan if m["correct"] is None else m["correct"] for m in members], dtype=float),
             "mass_in_region": np.array([np.nan if mass.get(m["id"]) is None else mass[m["id"]] for m in members]),
         }
-        parameters = {"affinity": "knn", "neighbours": min(neighbours, len(members) - 1), "grid": grid,
+        parameters = {"affinity": "knn", "neighbours": min(neighbours, len(members) - 1),
+                      "neighbours_asked": neighbours, "grid": grid,
                       "max_clusters": max_clusters, "seed": seed, "beta": beta, "maps": len(members),
                       "class_maps": total, "score_setting": described_setting.get(chosen_setting),
-                      "by": "class" if groups is None else "group"}
+                      "by": "class" if groups is None else "group", "min_maps": min_maps, "max_maps": max_maps,
+                      "groups_file": groups_file, "groups": None if groups is None else content_key(
+                          "groups", sorted(groups.items()))}
         clustering = content_key("clusters", model_hash, cam, target_layer, name, parameters,
                                  sorted(m["id"] for m in members))
         described = describe_clusters(features, labels, figures, grid)

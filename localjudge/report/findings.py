@@ -55,7 +55,7 @@ def _names_by_run(store: Store, run_ids: set) -> dict:
 
 
 def classes_to_inspect(store: Store, threshold: int, thresholds: dict | None, filters: dict) -> dict:
-    found = class_statistics(store, threshold, "predicted", DEFAULTS.beta, None, None, thresholds, **filters)
+    found = class_statistics(store, threshold, "predicted", None, None, None, thresholds, **filters)
     settings = []
     for setting in found:
         table = {row["group"]: row for row in setting["groups"]}
@@ -65,12 +65,30 @@ def classes_to_inspect(store: Store, threshold: int, thresholds: dict | None, fi
             "inspect": [{"class": row["group"], "n": table[row["group"]]["n"],
                          "accuracy": table[row["group"]]["accuracy"]["mean"], "disagreement": row["disagreement"],
                          "above_baseline": row["above_baseline"]} for row in setting["inspect"][:INSPECT_SHOWN]]})
-    return {"ran": bool(found), "settings": settings, "command": _command(store.path.name, "eval", "classes")}
+    words = ["--threshold", "calibrated" if thresholds else str(threshold)]
+    for name, value in filters.items():  # the report's own filters, as eval classes takes them
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    return {"ran": bool(found), "settings": settings,
+            "command": _command(store.path.name, "eval", "classes", *words)}
+
+
+def clusters_command(database: str, parameters: dict) -> str:
+    """The eval clusters command that makes a clustering with these stored parameters again."""
+    words = ["--grid", str(parameters.get("grid")), "--neighbours", str(parameters.get("neighbours_asked",
+             parameters.get("neighbours"))), "--max-clusters", str(parameters.get("max_clusters")),
+             "--seed", str(parameters.get("seed")), "--beta", f"{parameters.get('beta')}"]
+    for option in ("min_maps", "max_maps"):
+        if parameters.get(option) is not None:
+            words += [f"--{option.replace('_', '-')}", str(parameters[option])]
+    if parameters.get("groups_file"):
+        words += ["--groups", str(parameters["groups_file"])]
+    return _command(database, "eval", "clusters", *words)
 
 
 def candidate_clusters(store: Store, model: str | None, cam: str | None) -> dict:
     """The shortcut candidates of the newest clustering of each class (a class clustered again replaces its older
-    clusters), with up to EXEMPLARS member maps each (as exemplars: saliency ids)."""
+    clusters), with up to EXEMPLARS member maps each (as exemplars: saliency ids), and the command of each."""
     where, params = _vision_filter(model, cam, "c.model", "c.cam")
     rows = list(store.query("select c.* from map_clusters c where 1 = 1" + where + " order by c.created_at desc, "
                             "c.cluster", params))
@@ -90,10 +108,15 @@ def candidate_clusters(store: Store, model: str | None, cam: str | None) -> dict
         candidates.append({"model": row["model"], "cam": row["cam"], "target_layer": row["target_layer"],
                            "class": row["class"], "cluster": row["cluster"], "size": row["size"],
                            "class_maps": class_maps, "reasons": json.loads(row["reasons"]),
-                           "figures": json.loads(row["figures"]), "exemplars": members[:EXEMPLARS]})
+                           "figures": json.loads(row["figures"]), "exemplars": members[:EXEMPLARS],
+                           "command": clusters_command(store.path.name, json.loads(row.get("parameters") or "{}"))})
     candidates.sort(key=lambda c: (-c["size"], c["class"], c["cluster"]))
+    commands = sorted({clusters_command(store.path.name, json.loads(r.get("parameters") or "{}"))
+                       for r in clusterings})
     return {"ran": bool(clusterings), "clustered_classes": len(chosen), "candidates": candidates[:CLUSTERS_SHOWN],
-            "more": max(0, len(candidates) - CLUSTERS_SHOWN), "command": _command(store.path.name, "eval", "clusters")}
+            "more": max(0, len(candidates) - CLUSTERS_SHOWN),
+            "command": commands[0] if len(commands) == 1 else _command(store.path.name, "eval", "clusters"),
+            "commands": commands}
 
 
 def artifact_mass(store: Store, model: str | None, cam: str | None) -> dict:
@@ -103,15 +126,16 @@ def artifact_mass(store: Store, model: str | None, cam: str | None) -> dict:
 
     where, params = _vision_filter(model, cam, "p.model", "s.method")
     groups: dict[tuple, dict] = {}
-    for row in store.query("select a.id, a.run_id, p.model, s.method from artifact_scores a join saliency_maps s on "
-                           "s.id = a.saliency_id join predictions p on p.id = s.prediction_id where 1 = 1" + where
-                           + " order by p.model, s.method", params):
-        group = groups.setdefault((row["model"], row["method"]), {"ids": [], "runs": set()})
+    for row in store.query("select a.id, a.run_id, p.model, p.model_hash, s.method, s.target_layer from "
+                           "artifact_scores a join saliency_maps s on s.id = a.saliency_id join predictions p on "
+                           "p.id = s.prediction_id where 1 = 1" + where + " order by p.model, s.method", params):
+        group = groups.setdefault((row["model"], row["model_hash"], row["method"], row["target_layer"]),
+                                  {"ids": [], "runs": set()})
         group["ids"].append(row["id"])
         group["runs"].add(row["run_id"])
     runs = run_parameters(store)
     regions = []
-    for (name, method), group in groups.items():
+    for (name, _, method, _), group in groups.items():
         ids = group["ids"]
         for found in artifact_table(store, ids, top=3):  # a file's region is specified as FILE#NAME
             regions.append({"model": name, "cam": method, "region": found["region"], "spec": found["spec"],
@@ -131,9 +155,13 @@ def background_gap(store: Store, model: str | None) -> dict:
 
     where, params = _vision_filter(model, None)
     groups: dict[tuple, dict] = {}
-    for row in store.query("select b.id, b.seed, b.run_id, p.model, p.model_hash from background_tests b join "
-                           "predictions p on p.id = b.prediction_id where 1 = 1" + where + " order by p.model, b.seed",
-                           params):
+    newest: dict[tuple, dict] = {}
+    for row in store.query("select b.id, b.seed, b.run_id, b.prediction_id, b.variant, p.model, p.model_hash from "
+                           "background_tests b join predictions p on p.id = b.prediction_id where 1 = 1" + where
+                           + " order by b.created_at, b.id", params):
+        # an image's newest result of each variant (its partner may have changed since an older run)
+        newest[(row["prediction_id"], row["variant"], row["seed"])] = row
+    for row in sorted(newest.values(), key=lambda r: (r["model"], r["seed"], r["id"])):
         group = groups.setdefault((row["model"], row["model_hash"], row["seed"]), {"ids": [], "runs": set()})
         group["ids"].append(row["id"])
         group["runs"].add(row["run_id"])

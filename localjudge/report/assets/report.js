@@ -282,7 +282,8 @@
       classes.appendChild(table);
     });
 
-    const clusters = finding("clusters", "Shortcut-candidate clusters", found.clusters);
+    const clusters = finding("clusters", "Shortcut-candidate clusters", found.clusters,
+      (found.clusters.commands || []).map(function (c) { return { command: c }; }));
     if (found.clusters.ran) {
       clusters.appendChild(element("p", {}, found.clusters.candidates.length ?
         found.clusters.candidates.length + found.clusters.more + " clusters of maps look elsewhere than their class's main " +
@@ -331,9 +332,10 @@
         "another class; near 0, the background does not drive the decision."));
       const table = element("table", { "class": "findings-table" });
       const variants = ["original", "only_object", "no_object", "mixed_same", "mixed_rand"];
-      fillTable(table, ["model", "images", "original", "only object", "no object", "mixed same", "mixed rand", "BG-gap"],
+      fillTable(table, ["model", "images", "always the commonest class", "original", "only object", "no object",
+                        "mixed same", "mixed rand", "BG-gap"],
         found.background.tables.map(function (t) {
-          return [t.model, t.images].concat(variants.map(function (v) {
+          return [t.model, t.images, fixed(2)(t.majority_baseline)].concat(variants.map(function (v) {
             return t[v] ? interval(t[v].accuracy, t[v].ci_low, t[v].ci_high, 2) : "n/a";
           })).concat([signed(t.bg_gap)]);
         }), found.background.tables.map(function (t) { return t.bg_gap && t.bg_gap.ci_low !== null && t.bg_gap.ci_low > 0; }));
