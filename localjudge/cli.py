@@ -16,8 +16,8 @@ from typing import Callable, Iterable
 import click
 
 from . import __version__
-from .config import (DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES, JUDGE_CHECK_SAMPLE, JUDGE_CHECK_SEED, SANITY_IMAGES,
-                     SANITY_METHODS, SANITY_SEED)
+from .config import (CANARY_DEFAULTS, CLUSTER_DEFAULTS, DEFAULTS, FAITHFULNESS_BASELINES, IMAGE_MODES,
+                     JUDGE_CHECK_SAMPLE, JUDGE_CHECK_SEED, SANITY_IMAGES, SANITY_METHODS, SANITY_SEED)
 from .errors import OptionError, UserError
 from .export import FORMATS
 from .judge import JUDGE_CHOICES
@@ -654,7 +654,9 @@ def eval_regions(db_path, manifest, artifact_specs, as_json, **given):
                                "or --artifact-regions SPEC")
     means = table = None
     stages = {}
-    with audit.recorded("eval regions", manifest):
+    # the command's own options are recorded with the run (the config holds the shared ones)
+    with audit.recorded(" ".join(["eval regions", *(f"--artifact-regions {spec}" for spec in artifact_specs)]),
+                        manifest):
         maps = audit.stored_saliency_maps()
         if audit.has_ground_truth_source():
             images = [row["sha256"] for row in audit.store.images()]
@@ -950,11 +952,12 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
 @cam_options
 @click.option("--artifact", type=click.Choice(("tag", "text", "border")), default="tag", show_default=True,
               help="What is pasted into copies of the images: a coloured tag, a burned-in text box or a frame.")
-@click.option("--size", type=click.FloatRange(0.02, 0.5), default=0.15, show_default=True,
+@click.option("--size", type=click.FloatRange(0.02, 0.5), default=CANARY_DEFAULTS["size"], show_default=True,
               help="The artifact's size as a fraction of the model's view (a tag's side; a frame's width x 4).")
-@click.option("--images", "sample", type=click.IntRange(1), default=50, show_default=True,
+@click.option("--images", "sample", type=click.IntRange(1), default=CANARY_DEFAULTS["images"], show_default=True,
               help="Stored predictions to test (a seeded sample).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sample and the artifact's places.")
+@click.option("--seed", type=int, default=CANARY_DEFAULTS["seed"], show_default=True,
+              help="Seeds the sample and the artifact's places.")
 @click.option("--judge-quadrants", is_flag=True,
               help="Also ask the judge about each image's view before and after the artifact (each masked by its "
                    "own map) and report the quadrant changes.")
@@ -973,7 +976,8 @@ def eval_canary(db_path, artifact, size, sample, seed, judge_quadrants, as_json,
     from .pipeline.canary import run_canary
 
     audit = open_audit(db_path, None, ("canary",), show_progress=not as_json, **given)
-    with audit.recorded("eval canary", None):
+    with audit.recorded(f"eval canary --artifact {artifact} --size {size:g} --images {sample} --seed {seed}"
+                        + (" --judge-quadrants" if judge_quadrants else ""), None):
         found = run_canary(audit, artifact, sample, size, seed, judge=judge_quadrants)
     stage = found.pop("stage")
     if as_json:
@@ -1015,18 +1019,18 @@ def eval_canary(db_path, artifact, size, sample, seed, judge_quadrants, as_json,
 @click.option("--model", help="Only maps of this vision model.")
 @click.option("--cam", help="Only maps of this CAM method.")
 @click.option("--target-layer", help="Only maps of this target tensor.")
-@click.option("--grid", type=click.IntRange(4, 64), default=16, show_default=True,
+@click.option("--grid", type=click.IntRange(4, 64), default=CLUSTER_DEFAULTS["grid"], show_default=True,
               help="Maps are compared on a grid x grid downsampling.")
-@click.option("--max-clusters", type=click.IntRange(2, 32), default=8, show_default=True,
+@click.option("--max-clusters", type=click.IntRange(2, 32), default=CLUSTER_DEFAULTS["max_clusters"], show_default=True,
               help="The eigengap chooses at most this many clusters per class.")
-@click.option("--neighbours", type=click.IntRange(2), default=10, show_default=True,
+@click.option("--neighbours", type=click.IntRange(2), default=CLUSTER_DEFAULTS["neighbours"], show_default=True,
               help="Each map is linked to this many nearest maps (SpRAy's k-nearest-neighbour affinity).")
 @click.option("--groups", "groups_file", type=click.Path(exists=True, dir_okay=False),
               help="Cluster per super-class instead of per class: JSON {\"group\": [class indices]} (as eval "
                    "classes --groups).")
-@click.option("--min-maps", type=click.IntRange(3), default=6, show_default=True,
+@click.option("--min-maps", type=click.IntRange(3), default=CLUSTER_DEFAULTS["min_maps"], show_default=True,
               help="A class with fewer maps is not clustered.")
-@click.option("--max-maps", type=click.IntRange(10), default=2000, show_default=True,
+@click.option("--max-maps", type=click.IntRange(10), default=CLUSTER_DEFAULTS["max_maps"], show_default=True,
               help="A class with more maps is clustered on a seeded sample of this many (the affinity is n x n).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the spectral clustering and the sample.")
 @click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True, help="Region mass at this beta.")
@@ -1089,7 +1093,7 @@ def eval_background(db_path, seed, as_json, **given):
     from .pipeline.background import VARIANTS, run_background
 
     audit = open_audit(db_path, None, ("background",), show_progress=not as_json, **given)
-    with audit.recorded("eval background", None):
+    with audit.recorded(f"eval background --seed {seed}", None):
         found = run_background(audit, seed)
     stage = found.pop("stage")
     if as_json:

@@ -134,6 +134,11 @@ CONFIDENCE_LEVEL = 0.95
 SANITY_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
 SANITY_IMAGES = 20
 SANITY_SEED = 0
+# eval clusters (SpRAy): the grid maps are compared on, each map's nearest neighbours, the most clusters the eigengap
+# may choose, the fewest maps a class needs to be clustered, the most it is clustered on (a seeded sample)
+CLUSTER_DEFAULTS = {"grid": 16, "neighbours": 10, "max_clusters": 8, "min_maps": 6, "max_maps": 2000}
+# eval canary: the artifact's side as a share of the view, the stored predictions tested, the seed
+CANARY_DEFAULTS = {"size": 0.15, "images": 50, "seed": 0}
 JUDGE_CHECK_SAMPLE = 50  # stored maps the judge's canaries are drawn on (eval judge-check)
 JUDGE_CHECK_SEED = 0
 FAITHFULNESS_BASELINES = ("zeros", "black")

@@ -535,12 +535,16 @@ def artifact_table(store: Store, score_ids: list[str], top: int = 10) -> list[di
             return {"mean": float(values.mean()), "ci_low": low, "ci_high": high}
 
         by_class: dict[str, list[float]] = {}
+        area_of: dict[str, list[float]] = {}
         for r in members:
             by_class.setdefault(r["class"], []).append(r["mass_share"])
+            area_of.setdefault(r["class"], []).append(r["area_fraction"])
         found.append({
             "region": name, "spec": members[0]["spec"], "maps": len(members), "mass_share": figure(share),
             "area_fraction": figure(area), "excess": figure(share - area),
-            "by_class": sorted(({"class": c, "maps": len(v), "mass_share": float(np.mean(v))}
+            "by_class": sorted(({"class": c, "maps": len(v), "mass_share": float(np.mean(v)),
+                                 **dict(zip(("ci_low", "ci_high"), mean_interval(np.array(v)))),
+                                 "area_fraction": float(np.mean(area_of[c]))}
                                 for c, v in by_class.items()), key=lambda c: (-c["mass_share"], c["class"])),
             "top_images": [{"path": r["path"], "class": r["class"], "mass_share": r["mass_share"],
                             "area_fraction": r["area_fraction"], "saliency_id": r["saliency_id"]}

@@ -98,3 +98,26 @@ def test_eval_classes_on_real_photos(tmp_path, data_dir):
     assert sizes["horses"] == sum(row["n"] for row in labelled["groups"] if row["group"] in ("sorrel", "horse_cart"))
     text = invoke("eval", "classes", "--db", db).output
     assert "classes to inspect" in text and "sorrel" in text
+
+
+def test_the_imagenet_super_class_file_covers_every_class_once_at_its_named_boundaries(data_dir):
+    """scripts/imagenet_superclasses.json: each of the 1000 classes in exactly one group, and the groups' ranges
+    start and end where the class names say (checked against imagenet_classes.csv)."""
+    import csv
+    import json
+    from pathlib import Path
+
+    groups = json.loads((Path(__file__).resolve().parents[1] / "scripts" / "imagenet_superclasses.json").read_text())
+    members = sorted(i for indices in groups["groups"].values() for i in indices)
+    assert members == list(range(1000))
+    with open(data_dir / "imagenet_classes.csv", newline="") as handle:
+        names = {int(r["index"]): r["name"] for r in csv.DictReader(handle)}
+    first_last = {name: (names[min(i)], names[max(i)]) for name, i in groups["groups"].items()}
+    assert first_last["dog"] == ("Chihuahua", "Mexican_hairless")
+    assert first_last["wild canine"] == ("timber_wolf", "grey_fox")
+    assert first_last["feline"] == ("tabby", "cheetah")
+    assert first_last["primate"] == ("orangutan", "indri")
+    assert first_last["insect"] == ("tiger_beetle", "lycaenid")
+    assert first_last["geological formation"] == ("alp", "volcano")
+    assert first_last["fish"] == ("tench", "puffer")
+    assert names[max(groups["groups"]["reptile"])] == "sidewinder" and names[398] == "abacus"

@@ -28,12 +28,13 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..config import CANARY_DEFAULTS
 from .bootstrap import mean_interval, percentile_interval, resample_indices
 
 QUADRANTS = ("CH", "CL", "WH", "WL")
 
 ARTIFACTS = ("tag", "text", "border")
-DEFAULT_SIZE = 0.15  # of the view's side
+DEFAULT_SIZE = CANARY_DEFAULTS["size"]  # of the view's side
 PULL_FLAG = 0.05  # five points of probability, on average over images of every class
 MASS_FLAG = 0.10
 MAGENTA, YELLOW = (255, 0, 255), (255, 230, 0)

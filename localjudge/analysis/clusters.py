@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
-GRID = 16
-MAX_CLUSTERS = 8
-NEIGHBOURS = 10  # CoRelAy's SparseKNN default (at most the class's size - 1)
-MIN_MAPS = 6  # a class with fewer maps is not clustered
+from ..config import CLUSTER_DEFAULTS
+from .bootstrap import mean_interval
+
+GRID = CLUSTER_DEFAULTS["grid"]
+MAX_CLUSTERS = CLUSTER_DEFAULTS["max_clusters"]
+NEIGHBOURS = CLUSTER_DEFAULTS["neighbours"]  # CoRelAy's SparseKNN default (at most the class's size - 1)
+MIN_MAPS = CLUSTER_DEFAULTS["min_maps"]  # a class with fewer maps is not clustered
 MAIN_SIMILARITY = 0.3
 REGION_GAP = 0.2
 BORDER = 1 / 8  # the border's width, as a share of the grid's side (2 cells of 16)
@@ -112,6 +115,7 @@ def describe_clusters(features: np.ndarray, labels: np.ndarray, figures: dict[st
             chosen = np.asarray(values, dtype=np.float64)[members]
             chosen = chosen[~np.isnan(chosen)]
             entry[name] = float(chosen.mean()) if len(chosen) else None
+            entry[f"{name}_interval"] = list(mean_interval(chosen))  # the cluster's maps resampled
         clusters.append(entry)
     main = clusters[0] if clusters else None
     for entry in clusters:

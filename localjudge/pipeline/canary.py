@@ -12,11 +12,12 @@ import numpy as np
 from ..analysis.artifacts import mass_share
 from ..analysis.canary import (artifact_region, canary_summary, mean_with_interval, paste, place,
                                quadrant_changes)
+from ..config import CANARY_DEFAULTS
 from ..store import content_key, now, pack_array, unpack_array
 from ..vision.preprocess import model_view, view_tensor
 
-CANARY_SAMPLE = 50
-CANARY_SEED = 0
+CANARY_SAMPLE = CANARY_DEFAULTS["images"]
+CANARY_SEED = CANARY_DEFAULTS["seed"]
 
 
 def image_rng(seed: int, image_sha256: str, stream: int = 0) -> np.random.Generator:
@@ -29,8 +30,8 @@ def image_rng(seed: int, image_sha256: str, stream: int = 0) -> np.random.Genera
 PLACEMENT = 1
 
 
-def run_canary(audit, artifact: str, sample: int = CANARY_SAMPLE, size: float = 0.15, seed: int = CANARY_SEED,
-               judge: bool = False) -> dict:
+def run_canary(audit, artifact: str, sample: int = CANARY_SAMPLE, size: float = CANARY_DEFAULTS["size"],
+               seed: int = CANARY_SEED, judge: bool = False) -> dict:
     """The canary on a seeded sample of stored predictions; with `judge`, also the audit's judge on each image's
     view before and after the artifact (its quadrant change)."""
     from ..saliency.engine import CamEngine

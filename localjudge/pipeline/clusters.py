@@ -13,10 +13,11 @@ from ..analysis.clusters import (GRID, MAX_CLUSTERS, MIN_MAPS, NEIGHBOURS, descr
                                  eigengap_clusters)
 from ..queries import (GROUP_COLUMNS, SETTING_SELECT, TARGET_CORRECT, TARGET_CURRENT, describe_setting,
                        filter_clauses, setting_key)
+from ..config import CLUSTER_DEFAULTS
 from ..store import Store, content_key, now, pack_array, unpack_array
 
 
-MAX_MAPS = 2000  # a class with more maps is clustered on a seeded sample of them (the affinity is dense)
+MAX_MAPS = CLUSTER_DEFAULTS["max_maps"]  # a class with more maps is clustered on a seeded sample (a dense affinity)
 
 
 def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTERS, min_maps: int = MIN_MAPS,
@@ -92,7 +93,8 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
             entry.update({"id": cluster_id, "exemplars": [m["path"] for m in chosen[:exemplars]],
                           "members": [m["id"] for m in chosen]})
             stats = {k: entry[k] for k in ("border_share", "score", "accuracy", "mass_in_region",
-                                           "similarity_to_main")}
+                                           "similarity_to_main", "score_interval", "accuracy_interval",
+                                           "mass_in_region_interval")}
             cluster_rows.append({"id": cluster_id, "clustering": clustering, "model": model, "model_hash": model_hash,
                                  "cam": cam, "target_layer": target_layer, "class": name, "cluster": entry["cluster"],
                                  "size": entry["size"], "shortcut_candidate": int(entry["shortcut_candidate"]),

@@ -237,6 +237,9 @@
     const text = value.toFixed(digits);
     return low === null || low === undefined ? text : text + " [" + low.toFixed(digits) + ", " + high.toFixed(digits) + "]";
   }
+  function withRange(value, range) {
+    return interval(value === null ? undefined : value, range ? range[0] : null, range ? range[1] : null, 2);
+  }
   function meanText(found, digits) { return found ? interval(found.mean, found.ci_low, found.ci_high, digits || 2) : "n/a"; }
   function shareText(found) { return found ? interval(found.share, found.ci_low, found.ci_high, 2) : "n/a"; }
   function signed(found) {
@@ -297,8 +300,9 @@
       const figures = c.figures || {};
       block.appendChild(element("p", {}, c["class"] + " (" + c.model + ", " + c.cam + "): cluster #" + c.cluster +
         ", " + c.size + " of " + c.class_maps + " maps; " + c.reasons.join("; ") + ". Mean score " +
-        fixed(2)(figures.score) + ", accuracy " + fixed(2)(figures.accuracy) + ", border share " +
-        fixed(2)(figures.border_share) + "."));
+        withRange(figures.score, figures.score_interval) + ", accuracy " +
+        withRange(figures.accuracy, figures.accuracy_interval) + ", border share " + fixed(2)(figures.border_share) +
+        "."));
       const row = element("div", { "class": "exemplars" });
       c.exemplars.forEach(function (e) {
         const figure = element("figure", { "class": "exemplar" });
