@@ -4,7 +4,7 @@ statistics in under a minute on a 2-core CPU), measured in one process:
 
 1. without --db, `localjudge run` on the 500 photos (EfficientNet-Lite0, Grad-CAM, the embedded default judge)
    into a temporary store first (not part of the time);
-2. timed, each as its command: `eval classes` per predicted class, `eval classes --groups` per WordNet
+2. timed, each as its command: `eval classes` per predicted class, `eval classes --groups` per coarse
    super-class (scripts/imagenet_superclasses.json), `eval clusters` per class (the classes with 6 or more maps)
    and `eval clusters --groups` per super-class (every map clustered in its super-class);
 3. the total against the 60 s target, and the super-class table: n, accuracy, CL+WH share with its interval, and
@@ -62,9 +62,9 @@ def main() -> None:
 
     for setting in groups["settings"]:
         base = setting["baseline"]["disagreement"]
-        print(f"\nper WordNet super-class ({describe_setting(setting)}, threshold {setting['threshold']}); the "
-              f"dataset's CL+WH share {share(base)}")
-        print(f"{'super-class':38}{'n':>5}{'accuracy':>10}  CL+WH share [95% CI]")
+        print(f"\nper super-class of scripts/imagenet_superclasses.json ({describe_setting(setting)}, threshold "
+              f"{setting['threshold']}); the dataset's CL+WH share {share(base)}")
+        print(f"{'super-class':38}{'n':>5}{'accuracy':>10}  CL+WH share [Wilson 95% CI]")
         for row in setting["groups"]:
             print(f"{row['group'][:37]:38}{row['n']:>5}{row['accuracy']['mean'] or 0:>10.3f}  "
                   f"{share(row['disagreement'])}")
