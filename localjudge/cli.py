@@ -1052,7 +1052,8 @@ def eval_clusters(db_path, model, cam, target_layer, grid, max_clusters, neighbo
     store = Store(db_path, create=False)
     groups = read_groups(groups_file) if groups_file else None
     found = cluster_maps(store, grid, max_clusters, min_maps, seed, beta, max_maps=max_maps, neighbours=neighbours,
-                         groups=groups, groups_file=groups_file, model=model, cam=cam, target_layer=target_layer)
+                         groups=groups, groups_file=str(Path(groups_file).resolve()) if groups_file else None,
+                         model=model, cam=cam, target_layer=target_layer)
     if as_json:
         click.echo(json.dumps({"classes": found}, indent=2))
         return

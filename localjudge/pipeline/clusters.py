@@ -83,7 +83,9 @@ def cluster_maps(store: Store, grid: int = GRID, max_clusters: int = MAX_CLUSTER
                       "by": "class" if groups is None else "group", "min_maps": min_maps, "max_maps": max_maps,
                       "groups_file": groups_file, "groups": None if groups is None else content_key(
                           "groups", sorted(groups.items()))}
-        clustering = content_key("clusters", model_hash, cam, target_layer, name, parameters,
+        # keyed by what the clustering depends on: the groups by their content, not the file's path
+        clustering = content_key("clusters", model_hash, cam, target_layer, name,
+                                 {k: v for k, v in parameters.items() if k != "groups_file"},
                                  sorted(m["id"] for m in members))
         described = describe_clusters(features, labels, figures, grid)
         cluster_rows, member_rows = [], []

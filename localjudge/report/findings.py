@@ -74,15 +74,15 @@ def classes_to_inspect(store: Store, threshold: int, thresholds: dict | None, fi
 
 
 def clusters_command(database: str, parameters: dict) -> str:
-    """The eval clusters command that makes a clustering with these stored parameters again."""
-    words = ["--grid", str(parameters.get("grid")), "--neighbours", str(parameters.get("neighbours_asked",
-             parameters.get("neighbours"))), "--max-clusters", str(parameters.get("max_clusters")),
-             "--seed", str(parameters.get("seed")), "--beta", f"{parameters.get('beta')}"]
-    for option in ("min_maps", "max_maps"):
-        if parameters.get(option) is not None:
-            words += [f"--{option.replace('_', '-')}", str(parameters[option])]
-    if parameters.get("groups_file"):
-        words += ["--groups", str(parameters["groups_file"])]
+    """The eval clusters command that makes a clustering with these stored parameters again (an option a store
+    written before its parameters were kept lacks is left to its default)."""
+    values = {"--grid": parameters.get("grid"), "--neighbours": parameters.get("neighbours_asked"),
+              "--max-clusters": parameters.get("max_clusters"), "--seed": parameters.get("seed"),
+              "--beta": parameters.get("beta"), "--min-maps": parameters.get("min_maps"),
+              "--max-maps": parameters.get("max_maps"), "--groups": parameters.get("groups_file")}
+    if parameters.get("by") == "group" and not parameters.get("groups_file"):
+        values["--groups"] = "GROUPS.json"  # clustered per super-class before the file's path was kept
+    words = [w for option, value in values.items() if value is not None for w in (option, str(value))]
     return _command(database, "eval", "clusters", *words)
 
 
@@ -135,10 +135,11 @@ def artifact_mass(store: Store, model: str | None, cam: str | None) -> dict:
         group["runs"].add(row["run_id"])
     runs = run_parameters(store)
     regions = []
-    for (name, _, method, _), group in groups.items():
+    for (name, _, method, target), group in groups.items():
         ids = group["ids"]
         for found in artifact_table(store, ids, top=3):  # a file's region is specified as FILE#NAME
-            regions.append({"model": name, "cam": method, "region": found["region"], "spec": found["spec"],
+            regions.append({"model": name, "cam": method, "target_layer": target, "region": found["region"],
+                            "spec": found["spec"],
                             "maps": found["maps"], "mass_share": found["mass_share"],
                             "area_fraction": found["area_fraction"], "excess": found["excess"],
                             "top_classes": found["by_class"][:3],
@@ -182,10 +183,14 @@ def canary_results(store: Store, model: str | None, cam: str | None, threshold: 
 
     where, params = _vision_filter(model, cam, "p.model", "c.cam")
     groups: dict[tuple, dict] = {}
-    for row in store.query("select c.id, c.artifact, c.size, c.seed, c.cam, c.target_layer, c.run_id as canary_run, "
-                           "p.model, p.model_hash, p.run_id from canary_tests c join predictions p on p.id = "
-                           "c.prediction_id where 1 = 1" + where + " order by p.model, c.artifact, c.size, c.seed",
-                           params):
+    newest: dict[tuple, dict] = {}
+    for row in store.query("select c.id, c.prediction_id, c.artifact, c.size, c.seed, c.cam, c.target_layer, "
+                           "c.run_id as canary_run, p.model, p.model_hash, p.run_id from canary_tests c join "
+                           "predictions p on p.id = c.prediction_id where 1 = 1" + where
+                           + " order by c.created_at, c.id", params):
+        # an image's newest result (results of an older version of the canary stay in the store beside it)
+        newest[(row["prediction_id"], row["artifact"], row["size"], row["seed"], row["cam"], row["target_layer"])] = row
+    for row in sorted(newest.values(), key=lambda r: (r["model"], r["artifact"], r["size"], r["seed"], r["id"])):
         key = (row["model"], row["model_hash"], row["artifact"], row["size"], row["seed"], row["cam"],
                row["target_layer"])
         group = groups.setdefault(key, {"ids": [], "runs": set(), "canary_runs": set()})

@@ -323,7 +323,7 @@
       const table = element("table", { "class": "findings-table" });
       fillTable(table, ["region", "model", "maps", "mass share", "area", "share - area", "classes putting most there"],
         found.artifacts.regions.map(function (r) {
-          return [r.region, r.model + " " + r.cam, r.maps, meanText(r.mass_share, 3), meanText(r.area_fraction, 3), meanText(r.excess, 3),
+          return [r.region, r.model + " " + r.cam + (r.target_layer ? " at " + r.target_layer : ""), r.maps, meanText(r.mass_share, 3), meanText(r.area_fraction, 3), meanText(r.excess, 3),
                   r.top_classes.map(function (c) { return c["class"] + " " + c.mass_share.toFixed(2); }).join(", ")];
         }), found.artifacts.regions.map(function (r) { return r.excess.ci_low !== null && r.excess.ci_low > 0; }));
       artifacts.appendChild(table);
