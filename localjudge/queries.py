@@ -834,3 +834,104 @@ def views(store: Store, **filters) -> list[dict]:
                 found[key]["prompt_hash"], found[key]["judge_image_size"]):
             found[key] = {**row, "view_id": key}
     return [found[k] for k in sorted(found)]
+
+
+# eval background's variants of each image's view (pipeline.background makes them)
+BACKGROUND_VARIANTS = ("original", "only_object", "no_object", "mixed_same", "mixed_rand")
+
+
+def background_table(store, ids: list[str], names: list[str]) -> dict:
+    """Each variant's accuracy with its interval, overall and per labelled class, and the background gap."""
+    from .analysis.bootstrap import mean_interval, paired_difference_interval
+
+    rows = list(store.query("select b.image_sha256, b.variant, b.correct, p.label_indices from background_tests b "
+                            "join predictions p on p.id = b.prediction_id where b.id in "
+                            "(select value from json_each(?))", [json.dumps(ids)]))
+    by_image: dict[str, dict] = {}
+    for r in rows:
+        entry = by_image.setdefault(r["image_sha256"], {"label": json.loads(r["label_indices"])[0]})
+        entry[r["variant"]] = r["correct"]
+
+    def figures(images: list[dict]) -> dict:
+        result = {"images": len(images)}
+        for variant in BACKGROUND_VARIANTS:
+            values = np.array([i[variant] for i in images if variant in i], dtype=float)
+            low, high = mean_interval(values)
+            result[variant] = {"accuracy": float(values.mean()) if len(values) else None, "ci_low": low,
+                               "ci_high": high, "n": int(len(values))}
+        both = [i for i in images if "mixed_same" in i and "mixed_rand" in i]
+        gap = paired_difference_interval(np.array([i["mixed_rand"] for i in both], dtype=float),
+                                         np.array([i["mixed_same"] for i in both], dtype=float),
+                                         lambda v: float(v.mean()))
+        result["bg_gap"] = gap  # mixed same minus mixed rand, over the images with both
+        return result
+
+    images = list(by_image.values())
+    # the trivial baseline: the accuracy of always answering the commonest labelled class, whatever the image
+    labels = [i["label"] for i in images]
+    majority = max(labels.count(label) for label in set(labels)) / len(labels) if labels else None
+    classes: dict[int, list[dict]] = {}
+    for image in images:
+        classes.setdefault(image["label"], []).append(image)
+    return {"overall": {**figures(images), "majority_baseline": majority},
+            "by_class": sorted(({"class": names[c] if c < len(names) else str(c), **figures(members)}
+                                for c, members in classes.items()), key=lambda c: (-c["images"], c["class"]))}
+
+
+def canary_report(store, ids: list[str], names: list[str], top: int = 10, quadrant_setting: str | None = None,
+                  threshold: int = 3) -> dict:
+    """The canary's figures (eval canary; read from the store without torch, as the report reads them) over the
+    stored results `ids` (analysis.canary.canary_summary), per class (the original
+    prediction's, each figure with its interval) and the images whose tagged maps put most mass on the artifact;
+    with `quadrant_setting`, the quadrant changes of the images the judge scored under it (a score at or above
+    `threshold` is high; right where the prediction is among the image's labels)."""
+    from .analysis.canary import canary_summary, mean_with_interval, quadrant_changes
+
+    rows = list(store.query("select c.*, i.path from canary_tests c join images i on i.sha256 = c.image_sha256 "
+                            "where c.id in (select value from json_each(?)) order by c.id", [json.dumps(ids)]))
+    if not rows:
+        return {"summary": None, "by_class": [], "quadrants": None, "top_images": []}
+    original = np.stack([unpack_array(r["original_probs"], (-1,), np.float32) for r in rows])
+    tagged = np.stack([unpack_array(r["tagged_probs"], (-1,), np.float32) for r in rows])
+
+    def column(name: str) -> np.ndarray:
+        return np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)
+
+    summary = canary_summary(original, tagged, column("mass_tagged"), column("mass_original"), column("area_fraction"),
+                             names)
+    by_class: dict[int, list[int]] = {}
+    for n, r in enumerate(rows):
+        by_class.setdefault(r["original_index"], []).append(n)
+    classes = []
+    for index, members in by_class.items():
+        members = np.array(members)
+        classes.append({"class": names[index] if index < len(names) else str(index), "images": len(members),
+                        "flip_rate": mean_with_interval([rows[m]["tagged_index"] != index for m in members]),
+                        "probability_change": mean_with_interval(tagged[members, index] - original[members, index]),
+                        "mass_on_artifact": mean_with_interval(column("mass_tagged")[members])})
+    classes.sort(key=lambda c: (-c["images"], c["class"]))
+    quadrants = None
+    if quadrant_setting is not None:
+        judged = {r["canary_id"]: r for r in store.query(
+            "select q.*, p.label_indices from canary_quadrants q join canary_tests c on c.id = q.canary_id join "
+            "predictions p on p.id = c.prediction_id where q.setting = ? and q.canary_id in (select value from "
+            "json_each(?))", [quadrant_setting, json.dumps(ids)])}
+
+        def quadrant(row: dict, index: int, status: str, score) -> str | None:
+            labelled = json.loads(row["label_indices"]) if row["label_indices"] else []
+            if status != "ok" or not labelled:
+                return None
+            return ("C" if index in labelled else "W") + ("H" if score >= threshold else "L")
+
+        pairs = [(quadrant(judged[r["id"]], r["original_index"], judged[r["id"]]["original_status"],
+                           judged[r["id"]]["original_score"]),
+                  quadrant(judged[r["id"]], r["tagged_index"], judged[r["id"]]["tagged_status"],
+                           judged[r["id"]]["tagged_score"])) for r in rows if r["id"] in judged]
+        quadrants = {**quadrant_changes(np.array([a for a, _ in pairs], dtype=object),
+                                        np.array([b for _, b in pairs], dtype=object)),
+                     "judged": len(pairs), "threshold": threshold, "setting": json.loads(quadrant_setting)}
+    ranked = sorted(range(len(rows)), key=lambda n: (-(rows[n]["mass_tagged"] or 0.0), rows[n]["path"]))
+    return {"summary": summary, "by_class": classes, "quadrants": quadrants,
+            "top_images": [{"path": rows[n]["path"], "mass_on_artifact": rows[n]["mass_tagged"],
+                            "original": names[rows[n]["original_index"]], "tagged": names[rows[n]["tagged_index"]],
+                            "box": json.loads(rows[n]["box"])} for n in ranked[:top]]}

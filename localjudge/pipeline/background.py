@@ -18,9 +18,9 @@ import json
 
 import numpy as np
 
+from ..queries import BACKGROUND_VARIANTS as VARIANTS, background_table
 from ..store import content_key, now, pack_array, unpack_array
 
-VARIANTS = ("original", "only_object", "no_object", "mixed_same", "mixed_rand")
 
 
 def pair_rank(seed: int, image: str, candidate: str) -> int:
@@ -144,41 +144,3 @@ def _views(audit, items: list[tuple], stage) -> dict[str, tuple[np.ndarray, np.n
         found[p["id"]] = (view_tensor([view], audit.card)[0].numpy(),
                           np.asarray(mask_view(region, geometry, view.size[0]), dtype=np.float32)[None])
     return found
-
-
-def background_table(store, ids: list[str], names: list[str]) -> dict:
-    """Each variant's accuracy with its interval, overall and per labelled class, and the background gap."""
-    from ..analysis.bootstrap import mean_interval, paired_difference_interval
-
-    rows = list(store.query("select b.image_sha256, b.variant, b.correct, p.label_indices from background_tests b "
-                            "join predictions p on p.id = b.prediction_id where b.id in "
-                            "(select value from json_each(?))", [json.dumps(ids)]))
-    by_image: dict[str, dict] = {}
-    for r in rows:
-        entry = by_image.setdefault(r["image_sha256"], {"label": json.loads(r["label_indices"])[0]})
-        entry[r["variant"]] = r["correct"]
-
-    def figures(images: list[dict]) -> dict:
-        result = {"images": len(images)}
-        for variant in VARIANTS:
-            values = np.array([i[variant] for i in images if variant in i], dtype=float)
-            low, high = mean_interval(values)
-            result[variant] = {"accuracy": float(values.mean()) if len(values) else None, "ci_low": low,
-                               "ci_high": high, "n": int(len(values))}
-        both = [i for i in images if "mixed_same" in i and "mixed_rand" in i]
-        gap = paired_difference_interval(np.array([i["mixed_rand"] for i in both], dtype=float),
-                                         np.array([i["mixed_same"] for i in both], dtype=float),
-                                         lambda v: float(v.mean()))
-        result["bg_gap"] = gap  # mixed same minus mixed rand, over the images with both
-        return result
-
-    images = list(by_image.values())
-    # the trivial baseline: the accuracy of always answering the commonest labelled class, whatever the image
-    labels = [i["label"] for i in images]
-    majority = max(labels.count(label) for label in set(labels)) / len(labels) if labels else None
-    classes: dict[int, list[dict]] = {}
-    for image in images:
-        classes.setdefault(image["label"], []).append(image)
-    return {"overall": {**figures(images), "majority_baseline": majority},
-            "by_class": sorted(({"class": names[c] if c < len(names) else str(c), **figures(members)}
-                                for c, members in classes.items()), key=lambda c: (-c["images"], c["class"]))}

@@ -10,10 +10,10 @@ import json
 import numpy as np
 
 from ..analysis.artifacts import mass_share
-from ..analysis.canary import (artifact_region, canary_summary, mean_with_interval, paste, place,
-                               quadrant_changes)
+from ..analysis.canary import artifact_region, paste, place
 from ..config import CANARY_DEFAULTS
-from ..store import content_key, now, pack_array, unpack_array
+from ..queries import canary_report
+from ..store import content_key, now, pack_array
 from ..vision.preprocess import model_view, view_tensor
 
 CANARY_SAMPLE = CANARY_DEFAULTS["images"]
@@ -179,59 +179,3 @@ def judge_quadrants(audit, keys: dict[str, str], artifact: str, size: float, see
                              "run_id": audit.run_id, "created_at": now()})
             store.insert_rows("canary_quadrants", rows)
     return setting
-
-
-def canary_report(store, ids: list[str], names: list[str], top: int = 10, quadrant_setting: str | None = None,
-                  threshold: int = 3) -> dict:
-    """The canary's figures over the stored results `ids` (analysis.canary.canary_summary), per class (the original
-    prediction's, each figure with its interval) and the images whose tagged maps put most mass on the artifact;
-    with `quadrant_setting`, the quadrant changes of the images the judge scored under it (a score at or above
-    `threshold` is high; right where the prediction is among the image's labels)."""
-    rows = list(store.query("select c.*, i.path from canary_tests c join images i on i.sha256 = c.image_sha256 "
-                            "where c.id in (select value from json_each(?)) order by c.id", [json.dumps(ids)]))
-    if not rows:
-        return {"summary": None, "by_class": [], "quadrants": None, "top_images": []}
-    original = np.stack([unpack_array(r["original_probs"], (-1,), np.float32) for r in rows])
-    tagged = np.stack([unpack_array(r["tagged_probs"], (-1,), np.float32) for r in rows])
-
-    def column(name: str) -> np.ndarray:
-        return np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)
-
-    summary = canary_summary(original, tagged, column("mass_tagged"), column("mass_original"), column("area_fraction"),
-                             names)
-    by_class: dict[int, list[int]] = {}
-    for n, r in enumerate(rows):
-        by_class.setdefault(r["original_index"], []).append(n)
-    classes = []
-    for index, members in by_class.items():
-        members = np.array(members)
-        classes.append({"class": names[index] if index < len(names) else str(index), "images": len(members),
-                        "flip_rate": mean_with_interval([rows[m]["tagged_index"] != index for m in members]),
-                        "probability_change": mean_with_interval(tagged[members, index] - original[members, index]),
-                        "mass_on_artifact": mean_with_interval(column("mass_tagged")[members])})
-    classes.sort(key=lambda c: (-c["images"], c["class"]))
-    quadrants = None
-    if quadrant_setting is not None:
-        judged = {r["canary_id"]: r for r in store.query(
-            "select q.*, p.label_indices from canary_quadrants q join canary_tests c on c.id = q.canary_id join "
-            "predictions p on p.id = c.prediction_id where q.setting = ? and q.canary_id in (select value from "
-            "json_each(?))", [quadrant_setting, json.dumps(ids)])}
-
-        def quadrant(row: dict, index: int, status: str, score) -> str | None:
-            labelled = json.loads(row["label_indices"]) if row["label_indices"] else []
-            if status != "ok" or not labelled:
-                return None
-            return ("C" if index in labelled else "W") + ("H" if score >= threshold else "L")
-
-        pairs = [(quadrant(judged[r["id"]], r["original_index"], judged[r["id"]]["original_status"],
-                           judged[r["id"]]["original_score"]),
-                  quadrant(judged[r["id"]], r["tagged_index"], judged[r["id"]]["tagged_status"],
-                           judged[r["id"]]["tagged_score"])) for r in rows if r["id"] in judged]
-        quadrants = {**quadrant_changes(np.array([a for a, _ in pairs], dtype=object),
-                                        np.array([b for _, b in pairs], dtype=object)),
-                     "judged": len(pairs), "threshold": threshold, "setting": json.loads(quadrant_setting)}
-    ranked = sorted(range(len(rows)), key=lambda n: (-(rows[n]["mass_tagged"] or 0.0), rows[n]["path"]))
-    return {"summary": summary, "by_class": classes, "quadrants": quadrants,
-            "top_images": [{"path": rows[n]["path"], "mass_on_artifact": rows[n]["mass_tagged"],
-                            "original": names[rows[n]["original_index"]], "tagged": names[rows[n]["tagged_index"]],
-                            "box": json.loads(rows[n]["box"])} for n in ranked[:top]]}

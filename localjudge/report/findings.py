@@ -152,7 +152,7 @@ def artifact_mass(store: Store, model: str | None, cam: str | None) -> dict:
 
 def background_gap(store: Store, model: str | None) -> dict:
     """Per vision model file and seed: each variant's accuracy and the background gap."""
-    from ..pipeline.background import background_table
+    from ..queries import background_table
 
     where, params = _vision_filter(model, None)
     groups: dict[tuple, dict] = {}
@@ -179,7 +179,7 @@ def background_gap(store: Store, model: str | None) -> dict:
 def canary_results(store: Store, model: str | None, cam: str | None, threshold: int) -> dict:
     """Per vision model file, artifact, size, seed, CAM and target: the canary's summary, and its quadrant changes
     where a judge scored them (the setting with the most scores)."""
-    from ..pipeline.canary import canary_report
+    from ..queries import canary_report
 
     where, params = _vision_filter(model, cam, "p.model", "c.cam")
     groups: dict[tuple, dict] = {}
