@@ -23,6 +23,9 @@ from .test_vision import small_card
 IMAGES = 50
 CHUNK = 10
 MODELS = ["efficientnet-lite0", "resnet18", "convnext_tiny", "maxvit_t"]
+# the two largest (random-weight) networks on 20 of the images: the parity of two implementations needs no more, and
+# on 50 they took five minutes of the suite
+FEWER_IMAGES = {"convnext_tiny": 20, "maxvit_t": 20}
 SHARED_PASS_METHODS = [m for m in REFERENCE_CLASSES if m != "scorecam"]
 
 
@@ -81,13 +84,14 @@ def test_parity_with_pytorch_grad_cam_on_both_backends(name, pictures):
     card = load_card(name)
     torch_model = open_model(card, None, "cpu", "torch")
     onnx_model = open_model(card, None, "cpu", "onnx")  # exported once into the test's cache, checked on export
-    batch = to_tensor(pictures, card)
+    count = FEWER_IMAGES.get(name, IMAGES)
+    batch = to_tensor(pictures[:count], card)
     targets = torch_model.predict(batch).argmax(axis=1).tolist()
     reference = reference_maps(torch_model, batch, targets)
     for method in SHARED_PASS_METHODS:
         for model in (torch_model, onnx_model):
             ours = our_maps(model, method, batch, targets)
-            assert ours.shape == reference[method].shape == (IMAGES, card.crop, card.crop)
+            assert ours.shape == reference[method].shape == (count, card.crop, card.crop)
             assert_maps_match(ours, reference[method], f"{name} {method} on {model.backend}")
 
 
