@@ -142,7 +142,9 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     out = Path(out)
     (out / THUMBNAIL_DIR).mkdir(parents=True, exist_ok=True)
     rows = read_samples(store, threshold, thresholds, **filters)
-    for row in rows:
+    found = findings(store, threshold, thresholds, filters)
+    exemplars = exemplar_rows(store, found)  # the findings' cluster exemplars: thumbnails as the samples' are
+    for row in rows + exemplars:
         row["file"] = (locations or {}).get(row["path"])
         for kind in THUMBNAIL_KINDS:
             row[kind] = thumbnail_name(kind, row, side)
@@ -150,20 +152,23 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     by_image: dict[str, list[dict]] = {}
     for row in rows:
         by_image.setdefault(row["image_sha256"], []).append(row)
+    pictures: dict[str, list[dict]] = {sha: list(group) for sha, group in by_image.items()}
+    for row in exemplars:
+        pictures.setdefault(row["image_sha256"], []).append(row)
     image_errors: dict[str, str] = {}
     local = threading.local()  # SQLite connections belong to their thread: each worker reads through its own
 
     def render(sha: str) -> None:
         if not hasattr(local, "store"):
             local.store = Store(store.path, create=False)
-        group = by_image[sha]
+        group = pictures[sha]
         maps = {m["id"]: m for m in local.store.saliency_maps({r["saliency_id"] for r in group})}
         reason = _render_image(out, group, maps, side)
         if reason:
             image_errors[sha] = reason
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(render, by_image))
+        list(pool.map(render, pictures))
 
     names = label_names_of_runs(store, {row["predict_run_id"] for row in rows})
     random = sorted({row["model"] for row in rows if weights_note(row["model_hash"])})
@@ -189,26 +194,12 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
         judges[(row["judge_model"], row["judge_model_hash"], row["decoding"])] = {
             "judge_model": row["judge_model"], "verdict": card["verdict"] if card else "not checked",
             "reasons": card["reasons"] if card else []}
-    found = findings(store, threshold, thresholds, filters)
-    exemplars = exemplar_rows(store, found)
-    for row in exemplars:
-        row["file"] = (locations or {}).get(row["path"])
-        for kind in THUMBNAIL_KINDS:
-            row[kind] = thumbnail_name(kind, row, side)
-    exemplar_errors: dict[str, str] = {}
-    by_exemplar_image: dict[str, list[dict]] = {}
-    for row in exemplars:
-        by_exemplar_image.setdefault(row["image_sha256"], []).append(row)
-    for sha, group in by_exemplar_image.items():
-        reason = _render_image(out, group, {m["id"]: m for m in store.saliency_maps({r["saliency_id"] for r in group})},
-                               side)
-        if reason:
-            exemplar_errors[sha] = reason
+    sample_errors = {sha: reason for sha, reason in image_errors.items() if sha in by_image}
     shown = {row["saliency_id"]: row for row in exemplars}
     for candidate in found["clusters"]["candidates"]:
         candidate["exemplars"] = [
-            {"path": shown[sid]["path"], "error": exemplar_errors.get(shown[sid]["image_sha256"]),
-             **{kind: None if shown[sid]["image_sha256"] in exemplar_errors else shown[sid][kind]
+            {"path": shown[sid]["path"], "error": image_errors.get(shown[sid]["image_sha256"]),
+             **{kind: None if shown[sid]["image_sha256"] in image_errors else shown[sid][kind]
                 for kind in THUMBNAIL_KINDS}}
             for sid in candidate["exemplars"] if sid in shown]
     failures = map_failures(store, filters.get("model"), filters.get("cam"))
@@ -232,7 +223,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
             stale.unlink()
     thumbnails = sorted((out / THUMBNAIL_DIR).glob("*.jpg"))
     return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
-            "images_unavailable": len(image_errors), "unavailable": sorted(image_errors.values()),
+            "images_unavailable": len(sample_errors), "unavailable": sorted(sample_errors.values()),
             "map_failures": len(failures), "localisation_settings": len(localised),
             "judge_verdicts": sorted({(j["judge_model"], j["verdict"]) for j in judges.values()}),
             "sanity_flagged": sorted(c["method"] for c in checks if c["flagged"]),

@@ -50,6 +50,23 @@ def _model_words(runs: dict, run_ids, name: str) -> list[str]:
     return ["--model", name]
 
 
+def _grouped(rows, key, runs: tuple[str, ...] = ("run_id",), newest=None, order=None) -> dict[tuple, dict]:
+    """Rows grouped by `key(row)` (in their order, or sorted by `order(row)`), each group with its ids and the set
+    of each `runs` column; with `newest(row)`, only the last row (rows come oldest first) of each such key is kept:
+    results an older run or version left in the store beside a newer one are not counted twice."""
+    if newest is not None:
+        rows = list({newest(row): row for row in rows}.values())
+    if order is not None:
+        rows = sorted(rows, key=order)
+    groups: dict[tuple, dict] = {}
+    for row in rows:
+        group = groups.setdefault(key(row), {"ids": [], **{column: set() for column in runs}})
+        group["ids"].append(row["id"])
+        for column in runs:
+            group[column].add(row[column])
+    return groups
+
+
 def _names_by_run(store: Store, run_ids: set) -> dict:
     return {run: list(names) if names else [] for run, names in label_names_of_runs(store, run_ids).items()}
 
@@ -125,14 +142,11 @@ def artifact_mass(store: Store, model: str | None, cam: str | None) -> dict:
     from ..queries import artifact_table
 
     where, params = _vision_filter(model, cam, "p.model", "s.method")
-    groups: dict[tuple, dict] = {}
-    for row in store.query("select a.id, a.run_id, p.model, p.model_hash, s.method, s.target_layer from "
-                           "artifact_scores a join saliency_maps s on s.id = a.saliency_id join predictions p on "
-                           "p.id = s.prediction_id where 1 = 1" + where + " order by p.model, s.method", params):
-        group = groups.setdefault((row["model"], row["model_hash"], row["method"], row["target_layer"]),
-                                  {"ids": [], "runs": set()})
-        group["ids"].append(row["id"])
-        group["runs"].add(row["run_id"])
+    groups = _grouped(store.query("select a.id, a.run_id, p.model, p.model_hash, s.method, s.target_layer from "
+                                  "artifact_scores a join saliency_maps s on s.id = a.saliency_id join predictions p "
+                                  "on p.id = s.prediction_id where 1 = 1" + where + " order by p.model, s.method",
+                                  params),
+                      lambda r: (r["model"], r["model_hash"], r["method"], r["target_layer"]))
     runs = run_parameters(store)
     regions = []
     for (name, _, method, target), group in groups.items():
@@ -144,7 +158,7 @@ def artifact_mass(store: Store, model: str | None, cam: str | None) -> dict:
                             "area_fraction": found["area_fraction"], "excess": found["excess"],
                             "top_classes": found["by_class"][:3],
                             "command": _command(store.path.name, "eval", "regions",
-                                                *_model_words(runs, group["runs"], name), "--cam", method,
+                                                *_model_words(runs, group["run_id"], name), "--cam", method,
                                                 "--artifact-regions", found["spec"].rsplit("#", 1)[0])})
     return {"ran": bool(regions), "regions": regions,
             "command": _command(store.path.name, "eval", "regions", "--artifact-regions", "border:16")}
@@ -155,24 +169,20 @@ def background_gap(store: Store, model: str | None) -> dict:
     from ..queries import background_table
 
     where, params = _vision_filter(model, None)
-    groups: dict[tuple, dict] = {}
-    newest: dict[tuple, dict] = {}
-    for row in store.query("select b.id, b.seed, b.run_id, b.prediction_id, b.variant, p.model, p.model_hash from "
-                           "background_tests b join predictions p on p.id = b.prediction_id where 1 = 1" + where
-                           + " order by b.created_at, b.id", params):
-        # an image's newest result of each variant (its partner may have changed since an older run)
-        newest[(row["prediction_id"], row["variant"], row["seed"])] = row
-    for row in sorted(newest.values(), key=lambda r: (r["model"], r["seed"], r["id"])):
-        group = groups.setdefault((row["model"], row["model_hash"], row["seed"]), {"ids": [], "runs": set()})
-        group["ids"].append(row["id"])
-        group["runs"].add(row["run_id"])
+    # an image's newest result of each variant (its partner may have changed since an older run)
+    groups = _grouped(store.query("select b.id, b.seed, b.run_id, b.prediction_id, b.variant, p.model, p.model_hash "
+                                  "from background_tests b join predictions p on p.id = b.prediction_id where 1 = 1"
+                                  + where + " order by b.created_at, b.id", params),
+                      lambda r: (r["model"], r["model_hash"], r["seed"]),
+                      newest=lambda r: (r["prediction_id"], r["variant"], r["seed"]),
+                      order=lambda r: (r["model"], r["seed"], r["id"]))
     runs = run_parameters(store)
     tables = []
     for (name, _, seed), group in groups.items():
         overall = background_table(store, group["ids"], [])["overall"]
         tables.append({"model": name, "seed": seed, **overall,
                        "command": _command(store.path.name, "eval", "background",
-                                           *_model_words(runs, group["runs"], name), "--seed", str(seed))})
+                                           *_model_words(runs, group["run_id"], name), "--seed", str(seed))})
     return {"ran": bool(tables), "tables": tables, "command": _command(store.path.name, "eval", "background")}
 
 
@@ -182,25 +192,21 @@ def canary_results(store: Store, model: str | None, cam: str | None, threshold: 
     from ..queries import canary_report
 
     where, params = _vision_filter(model, cam, "p.model", "c.cam")
-    groups: dict[tuple, dict] = {}
-    newest: dict[tuple, dict] = {}
-    for row in store.query("select c.id, c.prediction_id, c.artifact, c.size, c.seed, c.cam, c.target_layer, "
-                           "c.run_id as canary_run, p.model, p.model_hash, p.run_id from canary_tests c join "
-                           "predictions p on p.id = c.prediction_id where 1 = 1" + where
-                           + " order by c.created_at, c.id", params):
-        # an image's newest result (results of an older version of the canary stay in the store beside it)
-        newest[(row["prediction_id"], row["artifact"], row["size"], row["seed"], row["cam"], row["target_layer"])] = row
-    for row in sorted(newest.values(), key=lambda r: (r["model"], r["artifact"], r["size"], r["seed"], r["id"])):
-        key = (row["model"], row["model_hash"], row["artifact"], row["size"], row["seed"], row["cam"],
-               row["target_layer"])
-        group = groups.setdefault(key, {"ids": [], "runs": set(), "canary_runs": set()})
-        group["ids"].append(row["id"])
-        group["runs"].add(row["run_id"])
-        group["canary_runs"].add(row["canary_run"])
+    # an image's newest result (results of an older version of the canary stay in the store beside it)
+    groups = _grouped(store.query("select c.id, c.prediction_id, c.artifact, c.size, c.seed, c.cam, c.target_layer, "
+                                  "c.run_id as canary_run, p.model, p.model_hash, p.run_id from canary_tests c join "
+                                  "predictions p on p.id = c.prediction_id where 1 = 1" + where
+                                  + " order by c.created_at, c.id", params),
+                      lambda r: (r["model"], r["model_hash"], r["artifact"], r["size"], r["seed"], r["cam"],
+                                 r["target_layer"]),
+                      runs=("run_id", "canary_run"),
+                      newest=lambda r: (r["prediction_id"], r["artifact"], r["size"], r["seed"], r["cam"],
+                                        r["target_layer"]),
+                      order=lambda r: (r["model"], r["artifact"], r["size"], r["seed"], r["id"]))
     runs = run_parameters(store)
     results = []
     for (name, _, artifact, size, seed, method, target), group in groups.items():
-        names = next((n for n in _names_by_run(store, group["runs"]).values() if n), None)
+        names = next((n for n in _names_by_run(store, group["run_id"]).values() if n), None)
         if names is None:  # the label list can no longer be read: classes by index
             first = next(iter(store.query("select original_probs from canary_tests where id = ?", [group["ids"][0]])))
             names = [str(i) for i in range(len(unpack_array(first["original_probs"], (-1,), np.float32)))]
@@ -209,10 +215,10 @@ def canary_results(store: Store, model: str | None, cam: str | None, threshold: 
             "group by setting order by n desc, setting", [json.dumps(group["ids"])])]
         found = canary_report(store, group["ids"], names, quadrant_setting=settings[0] if settings else None,
                               threshold=threshold)
-        words = _model_words(runs, group["canary_runs"], name)
+        words = _model_words(runs, group["canary_run"], name)
         if settings:  # the judge the quadrants were scored with, as the canary's run named it
             words.append("--judge-quadrants")
-            for run_id in sorted(r for r in group["canary_runs"] if r):
+            for run_id in sorted(r for r in group["canary_run"] if r):
                 config = (runs.get(run_id) or {}).get("config") or {}
                 words += [w for option in ("judge", "vlm") if config.get(option) not in (None, "auto")
                           for w in (f"--{option}", str(config[option]))]
