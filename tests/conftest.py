@@ -42,7 +42,17 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vlms(tmp_path_factory) -> dict[str, Path]:
-    return build_tiny_vlms(tmp_path_factory.mktemp("tiny-vlms"))
+    """Tiny random Qwen2.5-VL and Gemma-3 with the released tokenizers, vocabulary sizes, image-token counts and chat
+    templates: the judge paths' tests."""
+    return build_tiny_vlms(tmp_path_factory.mktemp("tiny-vlms"), "real")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlms_bpe512(tmp_path_factory) -> dict[str, Path]:
+    """The same tiny models with a 512-token BPE and 4-16 image tokens, for speed only: tests of the pipeline's
+    mechanics (stores, resumes, clusters, bundles) whose judge could be any, where a 262,208-token vocabulary would
+    multiply their time."""
+    return build_tiny_vlms(tmp_path_factory.mktemp("tiny-vlms-bpe512"), "bpe512")
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:

@@ -41,11 +41,11 @@ def test_predict_efficientnet_lite0_top1_on_imagenet_sample(tmp_path, imagenet_m
 
 
 def test_stages_on_their_own_and_a_changed_parameter_redoes_only_what_depends_on_it(
-        tmp_path, small_manifest, tiny_vlms):
+        tmp_path, small_manifest, tiny_vlms_bpe512):
     db = tmp_path / "stages.db"
     assert invoke_json("predict", small_manifest, "--db", db)["predict"]["computed"] == 4
     assert invoke_json("explain", "--db", db)["explain"]["computed"] == 4
-    qwen = tiny_vlms["qwen2_5_vl"]
+    qwen = tiny_vlms_bpe512["qwen2_5_vl"]
     assert invoke_json("judge", "--db", db, "--vlm", qwen)["judge"]["computed"] == 4
     before = Store(db).row_counts()
     # The heatmap mode is a new judgment of the same maps: no prediction or map is recomputed.
@@ -65,10 +65,11 @@ def test_stages_on_their_own_and_a_changed_parameter_redoes_only_what_depends_on
     assert "heatmap" in text and "correct" in text and "wrong" in text
 
 
-def test_unparseable_answers_are_stored_as_failures_and_not_counted(tmp_path, small_manifest, tiny_vlms):
+def test_unparseable_answers_are_stored_as_failures_and_not_counted(tmp_path, small_manifest, tiny_vlms_bpe512):
     db = tmp_path / "fail.db"
     # Eight new tokens cannot hold the JSON object: every answer is cut off.
-    stages = invoke_json("run", small_manifest, "--db", db, "--vlm", tiny_vlms["gemma3"], "--max-new-tokens", "8")
+    stages = invoke_json("run", small_manifest, "--db", db, "--vlm", tiny_vlms_bpe512["gemma3"],
+                         "--max-new-tokens", "8")
     assert stages["judge"]["failed"] == 4
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select status, failure_kind, score, raw_text, error, output_tokens from judgments").fetchall()
@@ -80,7 +81,7 @@ def test_unparseable_answers_are_stored_as_failures_and_not_counted(tmp_path, sm
     assert summary["judgments_failed"] == 4 and summary["judgments_succeeded"] == 0
     assert invoke_json("matrix", "--db", db)["matrices"] == []
     # A parse failure is an answer, not a crash: running again does not retry it.
-    again = invoke_json("run", small_manifest, "--db", db, "--vlm", tiny_vlms["gemma3"], "--max-new-tokens", "8")
+    again = invoke_json("run", small_manifest, "--db", db, "--vlm", tiny_vlms_bpe512["gemma3"], "--max-new-tokens", "8")
     assert not again["judge"]["model_loaded"]
 
 
@@ -194,9 +195,9 @@ def test_an_unlabelled_source_keeps_the_labels_and_paths_are_absolute(tmp_path, 
     assert all(path.startswith(str(tmp_path / "plain")) for path, _ in rows)
 
 
-def test_judge_image_size_is_part_of_a_judgment(tmp_path, small_manifest, tiny_vlms):
+def test_judge_image_size_is_part_of_a_judgment(tmp_path, small_manifest, tiny_vlms_bpe512):
     db = tmp_path / "size.db"
-    qwen = tiny_vlms["qwen2_5_vl"]
+    qwen = tiny_vlms_bpe512["qwen2_5_vl"]
     invoke("run", small_manifest, "--db", db, "--vlm", qwen)
     again = invoke_json("judge", "--db", db, "--vlm", qwen, "--judge-image-size", "224")
     assert again["judge"]["computed"] == 4

@@ -41,10 +41,10 @@ def test_missing_values_and_degenerate_signals():
         correlation_table({"iou": np.ones(3)}, "score")
 
 
-def test_correlate_over_a_run(tmp_path, data_dir, tiny_vlms):
+def test_correlate_over_a_run(tmp_path, data_dir, tiny_vlms_bpe512):
     manifest = seg_photos_manifest(data_dir, tmp_path / "eight.csv", 8)
     db = tmp_path / "eight.db"
-    invoke("run", manifest, "--db", db, "--vlm", tiny_vlms["gemma3"], "--max-new-tokens", "48",
+    invoke("run", manifest, "--db", db, "--vlm", tiny_vlms_bpe512["gemma3"], "--max-new-tokens", "48",
            "--masks", data_dir / "seg-photos" / "masks")
     invoke("eval", "faithfulness", "--db", db, "--steps", "5")
     table = invoke_json("eval", "correlate", "--db", db, "--steps", "5", "--target", "iou")
@@ -63,10 +63,10 @@ def test_correlate_over_a_run(tmp_path, data_dir, tiny_vlms):
     assert "Pearson r [Fisher 95%] [bootstrap]" in text and "deletion" in text
 
 
-def test_compare_puts_every_setting_side_by_side(tmp_path, data_dir, tiny_vlms):
+def test_compare_puts_every_setting_side_by_side(tmp_path, data_dir, tiny_vlms_bpe512):
     manifest = seg_photos_manifest(data_dir, tmp_path / "six.csv", 6)
     db = tmp_path / "six.db"
-    qwen = tiny_vlms["qwen2_5_vl"]
+    qwen = tiny_vlms_bpe512["qwen2_5_vl"]
     invoke("run", manifest, "--db", db, "--vlm", qwen)
     invoke("judge", "--db", db, "--vlm", qwen, "--image-mode", "heatmap")
     settings = invoke_json("compare", "--db", db)["settings"]

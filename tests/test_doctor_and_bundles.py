@@ -73,11 +73,12 @@ def test_embedded_weights_that_are_not_the_cards_are_refused():
     assert model_hash(card, None, sha256_file) == "sha256:" + card.weights_sha256
 
 
-def test_a_bundle_is_verified_and_named_in_the_run(tmp_path, data_dir, tiny_vlms):
+def test_a_bundle_is_verified_and_named_in_the_run(tmp_path, data_dir, tiny_vlms_bpe512):
     out = tmp_path / "bundle"
-    made = invoke_json("bundle", "create", out, "--model", "efficientnet-lite0", "--vlm", tiny_vlms["qwen2_5_vl"])
+    made = invoke_json("bundle", "create", out, "--model", "efficientnet-lite0",
+                       "--vlm", tiny_vlms_bpe512["qwen2_5_vl"])
     manifest = json.loads((out / "manifest.json").read_text())
-    assert made["files"] == len(manifest["files"]) and manifest["vlm"] == f"vlm/{tiny_vlms['qwen2_5_vl'].name}"
+    assert made["files"] == len(manifest["files"]) and manifest["vlm"] == f"vlm/{tiny_vlms_bpe512['qwen2_5_vl'].name}"
     assert invoke_json("bundle", "verify", out)["ok"]
     assert doctor("--bundle", out)[0] == 0
 
@@ -93,13 +94,13 @@ def test_a_bundle_is_verified_and_named_in_the_run(tmp_path, data_dir, tiny_vlms
     bundled = [json.loads(h) for h, _ in runs if "bundle_manifest" in json.loads(h)]
     assert len(bundled) == 1 and bundled[0]["bundle_manifest"] == made["manifest_hash"]
     assert len(models) == 1  # the bundle's weights are the embedded ones: the same model, the same predictions
-    assert tiny_vlms["qwen2_5_vl"].name in judges
+    assert tiny_vlms_bpe512["qwen2_5_vl"].name in judges
 
 
-def test_a_changed_bundle_is_refused(tmp_path, tiny_vlms):
+def test_a_changed_bundle_is_refused(tmp_path, tiny_vlms_bpe512):
     out = tmp_path / "bundle"
-    invoke("bundle", "create", out, "--vlm", tiny_vlms["gemma3"])
-    config = out / "vlm" / tiny_vlms["gemma3"].name / "config.json"
+    invoke("bundle", "create", out, "--vlm", tiny_vlms_bpe512["gemma3"])
+    config = out / "vlm" / tiny_vlms_bpe512["gemma3"].name / "config.json"
     changed = bytearray(config.read_bytes())
     changed[1] ^= 0x20  # one byte changed, the size the same
     config.write_bytes(bytes(changed))

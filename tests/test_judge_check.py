@@ -80,25 +80,25 @@ def test_a_judge_that_always_says_5_fails_the_blank_and_absent_class_canaries(au
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
-def test_a_tiny_random_vlm_is_unusable_and_the_card_says_why(family, audited, tiny_vlms, tmp_path):
+def test_a_tiny_random_vlm_is_unusable_and_the_card_says_why(family, audited, tiny_vlms_bpe512, tmp_path):
     db = copy(audited, tmp_path)
-    card = invoke_json("eval", "judge-check", "--db", db, "--sample", "4", "--vlm", tiny_vlms[family],
+    card = invoke_json("eval", "judge-check", "--db", db, "--sample", "4", "--vlm", tiny_vlms_bpe512[family],
                        "--max-new-tokens", "256")
     assert card["verdict"] == "unusable"
     # why: it scores blank images or absent classes high, or cannot write an answer at all
     assert any(r.split()[0] in ("blank", "absent_class", "full_view") or "answers failed" in r for r in card["reasons"])
-    text = invoke("eval", "judge-check", "--db", db, "--sample", "4", "--vlm", tiny_vlms[family],
+    text = invoke("eval", "judge-check", "--db", db, "--sample", "4", "--vlm", tiny_vlms_bpe512[family],
                   "--max-new-tokens", "256").output  # stored: asked nothing again, printed
     assert "verdict: UNUSABLE" in text
 
 
-def test_judge_check_through_a_real_transformers_serve(audited, tiny_vlms, tmp_path):
+def test_judge_check_through_a_real_transformers_serve(audited, tiny_vlms_bpe512, tmp_path):
     """The OpenAI-compatible path against `transformers serve` (which ignores the response format: answers that
     cannot be read pass no canary)."""
     from .conftest import TransformersServer
 
     db = copy(audited, tmp_path)
-    server = TransformersServer(tiny_vlms["qwen2_5_vl"], tmp_path)
+    server = TransformersServer(tiny_vlms_bpe512["qwen2_5_vl"], tmp_path)
     try:
         with no_network(allow=server.address) as attempts:
             card = invoke_json("eval", "judge-check", "--db", db, "--sample", "2", "--judge", "openai",

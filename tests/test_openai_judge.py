@@ -8,21 +8,24 @@ counts are what must agree with the transformers backend, not the text."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from localjudge.judge import JudgeError, JudgeRequest, JudgeUnavailable
 from localjudge.judge.openai_backend import OpenAIJudge, chat_body, check_endpoint
 
-from .conftest import TransformersServer, invoke, invoke_json, no_network
+from .conftest import TransformersServer, invoke, invoke_json, no_network, write_manifest
 from .model_server import ScriptedServer
 
 FAMILIES = ("qwen2_5_vl", "gemma3")
 READABLE = 70
+SERVED = 20  # the real-vocabulary models through the server: 262,208 logits a step for Gemma, so fewer photos
 TOKENS = ["--max-new-tokens", "48"]  # unconstrained gibberish runs to the cap: keep it short
 
 
@@ -40,19 +43,30 @@ def judgment_rows(db, backend):
             "select * from judgments where judge_backend = ?", [backend])}
 
 
-def test_run_through_the_server_gives_the_rows_of_the_transformers_backend(server, seg_manifest, tmp_path):
+@pytest.fixture(scope="module")
+def served_manifest(data_dir, bad_files, tmp_path_factory) -> Path:
+    """The first SERVED seg-photos and the 3 bad files."""
+    with open(data_dir / "seg-photos" / "labels.csv", newline="") as handle:
+        rows = [{"path": str(data_dir / "seg-photos" / r["file"]), "label": r["imagenet_indices"]}
+                for r in list(csv.DictReader(handle))[:SERVED]]
+    return write_manifest(tmp_path_factory.mktemp("served") / "photos.csv",
+                          rows + [{"path": str(p), "label": "339"} for p in bad_files.values()])
+
+
+def test_run_through_the_server_gives_the_rows_of_the_transformers_backend(server, served_manifest, tmp_path):
+    seg_manifest = served_manifest
     db = tmp_path / "openai.db"
     with no_network(allow=server.address) as attempts:
         through_server = invoke_json("run", seg_manifest, "--db", db, "--judge", "openai", "--base-url", server.url,
                                      *TOKENS)
     assert attempts == []  # no connection but to the loopback server it was pointed at
     assert through_server["ingest"]["failed"] == 3  # the bad files are reported, and the run went on
-    assert through_server["judge"]["rows"] == through_server["judge"]["computed"] == READABLE
+    assert through_server["judge"]["rows"] == through_server["judge"]["computed"] == SERVED
     in_process = invoke_json("run", seg_manifest, "--db", db, "--vlm", server.model_dir, *TOKENS)
-    assert in_process["judge"]["computed"] == READABLE
+    assert in_process["judge"]["computed"] == SERVED
 
     served, local = judgment_rows(db, "openai"), judgment_rows(db, "transformers")
-    assert set(served) == set(local) and len(served) == READABLE  # one judgment per readable image, same maps
+    assert set(served) == set(local) and len(served) == SERVED  # one judgment per readable image, same maps
     same = ("prediction_id", "image_sha256", "alpha", "beta", "image_mode", "judge_image_size", "prompt_hash",
             "judge_model", "input_tokens")
     for saliency_id, row in served.items():
@@ -82,8 +96,9 @@ def test_a_server_that_refuses_the_request_is_a_clear_error(server, seg_manifest
     assert statuses == [("failed", "rejected")] and run_status == "failed"
 
 
-def test_stopping_the_server_mid_run_stores_failures_and_a_rerun_completes_them(tiny_vlms, seg_manifest, tmp_path):
-    model = tiny_vlms["qwen2_5_vl"]
+def test_stopping_the_server_mid_run_stores_failures_and_a_rerun_completes_them(tiny_vlms_bpe512, seg_manifest,
+                                                                                 tmp_path):
+    model = tiny_vlms_bpe512["qwen2_5_vl"]  # what a stopped server does to a run: the small vocabulary, for speed
     db = tmp_path / "interrupted.db"
     args = ["run", seg_manifest, "--db", db, "--judge", "openai", "--judge-batch-size", "2",
             "--api-concurrency", "2", "--api-retries", "1", *TOKENS]

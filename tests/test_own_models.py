@@ -106,7 +106,7 @@ def test_a_card_for_your_own_model_from_the_command_line(tmp_path, three_photos,
                        two_class_resnet / "two.pt")["predict"]["computed"] == 3
 
 
-def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tmp_path, three_photos, tiny_vlms,
+def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tmp_path, three_photos, tiny_vlms_bpe512,
                                                                              browser):
     db = tmp_path / "r.db"
     refused = invoke("run", three_photos, "--db", db, "--model", "resnet18", expect_ok=False)
@@ -122,7 +122,7 @@ def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tm
     by_index.write_text("".join(line if n == 0 else line.replace(",not dog", ",0").replace(",dog", ",1")
                                 for n, line in enumerate(three_photos.read_text().splitlines(keepends=True))))
     run = ["--model", "resnet18", "--random-weights", "--labels", labels]
-    invoke_json("run", by_index, "--db", db, *run, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")
+    invoke_json("run", by_index, "--db", db, *run, "--vlm", tiny_vlms_bpe512["qwen2_5_vl"], "--max-new-tokens", "256")
     with sqlite3.connect(db) as conn:
         config = json.loads(conn.execute("select config from runs where command = 'run'").fetchone()[0])
     assert config["random_weights"] is True and config["labels"] == str(labels)
@@ -142,7 +142,7 @@ def test_random_weights_are_refused_unless_asked_for_and_then_said_everywhere(tm
     assert "random weights" in invoke("summary", "--db", db).output
     # a trained model's outputs say nothing of the kind
     lite = tmp_path / "lite.db"
-    invoke_json("run", three_photos, "--db", lite, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")
+    invoke_json("run", three_photos, "--db", lite, "--vlm", tiny_vlms_bpe512["qwen2_5_vl"], "--max-new-tokens", "256")
     assert all(m["model_weights"] is None for m in invoke_json("matrix", "--db", lite)["matrices"])
     assert "random" not in invoke("matrix", "--db", lite).output
 
@@ -201,7 +201,7 @@ def test_densenet121_on_both_backends_at_its_post_relu_target(tmp_path, data_dir
 
 
 @pytest.mark.slow
-def test_a_trained_two_class_model_is_audited_end_to_end_on_both_backends(tmp_path, data_dir, tiny_vlms):
+def test_a_trained_two_class_model_is_audited_end_to_end_on_both_backends(tmp_path, data_dir, tiny_vlms_bpe512):
     """A real model: Lite0's real features with a logistic-regression head fitted here (dog / not dog) on the even
     rows of imagenet-sample; audited on held-out odd rows, as a user would: a card from the command line, a run on
     torch, an export and a run on ONNX Runtime."""
@@ -211,7 +211,7 @@ def test_a_trained_two_class_model_is_audited_end_to_end_on_both_backends(tmp_pa
     manifest = dog_manifest(data_dir, held_out, tmp_path / "held-out.csv")
     card = tmp_path / "dogs.json"
     invoke("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--out", card)
-    judge = ["--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256"]
+    judge = ["--vlm", tiny_vlms_bpe512["qwen2_5_vl"], "--max-new-tokens", "256"]
     on_torch = invoke_json("run", manifest, "--db", tmp_path / "torch.db", "--model", card, "--weights", weights,
                            *judge)
     assert on_torch["predict"]["computed"] == 8 and on_torch["explain"]["computed"] == 8
@@ -265,7 +265,7 @@ def multilabel_model(tmp_path_factory, data_dir):
 
 
 @pytest.mark.slow
-def test_a_multilabel_model_gets_a_map_and_a_judgment_per_finding(tmp_path, data_dir, tiny_vlms):
+def test_a_multilabel_model_gets_a_map_and_a_judgment_per_finding(tmp_path, data_dir, tiny_vlms_bpe512):
     """A real multilabel model: one logistic head per category on Lite0's real features, fitted on the seg-photos
     (17 of which show several labelled objects). Every finding of an image (sigmoid >= 0.5) gets its own map and
     judgment, told that finding's name; each is right or wrong by the image's labels; the matrix counts findings."""
@@ -282,7 +282,7 @@ def test_a_multilabel_model_gets_a_map_and_a_judgment_per_finding(tmp_path, data
            "--out", card)
     db = tmp_path / "multi.db"
     stages = invoke_json("run", manifest, "--db", db, "--model", card, "--weights", weights,
-                         "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "256")
+                         "--vlm", tiny_vlms_bpe512["qwen2_5_vl"], "--max-new-tokens", "256")
     with sqlite3.connect(db) as conn:
         probs = [unpack_array(b, (-1,), np.float32) for (b,) in conn.execute("select probs from predictions")]
         maps = conn.execute("select s.image_sha256, s.target_index, p.label_indices from saliency_maps s "
@@ -316,7 +316,7 @@ def test_a_multilabel_model_gets_a_map_and_a_judgment_per_finding(tmp_path, data
 
 
 @pytest.mark.slow
-def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp_path, data_dir, tiny_vlms,
+def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp_path, data_dir, tiny_vlms_bpe512,
                                                                             multilabel_model):
     """--targets labelled: each labelled finding the model misses gets its map and judgment too, and counts as wrong
     (the model's call disagrees with the label); a found finding is right where it is labelled. With each mask's
@@ -338,7 +338,7 @@ def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp
          "mask": str(data_dir / "seg-photos" / r["mask"]), "finding": objects_of(r)[0]} for r in picked])
     db = tmp_path / "missed.db"
     model = ("--model", multilabel_model["card"], "--weights", multilabel_model["weights"])
-    invoke_json("run", manifest, "--db", db, *model, "--targets", "labelled", "--vlm", tiny_vlms["qwen2_5_vl"],
+    invoke_json("run", manifest, "--db", db, *model, "--targets", "labelled", "--vlm", tiny_vlms_bpe512["qwen2_5_vl"],
                 "--max-new-tokens", "256", "--mask-column", "mask", "--mask-label-column", "finding")
     with sqlite3.connect(db) as conn:
         predictions = conn.execute("select id, probs, label_indices from predictions").fetchall()
@@ -395,7 +395,7 @@ def test_missed_findings_are_explained_and_wrong_and_regions_are_per_finding(tmp
     assert per == {name: sum(m[3] == name for m in maps if m[0] in own) for name in set(masks.values())}
     assert regions["means"]["maps"] == len(own)
     # judge-check: the full view is asked of every sampled target that is labelled (found or missed), none other
-    invoke_json("eval", "judge-check", "--db", db, *model, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens",
+    invoke_json("eval", "judge-check", "--db", db, *model, "--vlm", tiny_vlms_bpe512["qwen2_5_vl"], "--max-new-tokens",
                 "16", "--sample", "6")
     with sqlite3.connect(db) as conn:
         sampled = {sid for (sid,) in conn.execute("select saliency_id from canary_judgments where kind = 'blank'")}

@@ -1,4 +1,4 @@
-"""`run --ray` on a local Ray cluster with 2 workers per stage, the tiny VLMs judging the 70 seg-photos: the rows
+"""`run --ray` on a local Ray cluster with 2 workers per stage, a tiny VLM judging 40 seg-photos: the rows
 (keys and values) of the single-process run; a driver killed mid-run, then run again, completes it."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ pytest.importorskip("ray", reason="the ray extra is not installed")
 
 # Where the rows of two runs may differ: which run made them and when, how long their batch took, how big it was.
 PROVENANCE = {"run_id", "created_at", "batch_seconds", "batch_size"}
-READABLE = 70
+READABLE = 40
 
 
 def rows(db: Path, table: str) -> dict[str, dict]:
@@ -51,10 +51,13 @@ def stop_ray() -> None:
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
-def test_a_run_on_a_local_ray_cluster_writes_the_single_process_rows(family, tiny_vlms, data_dir, tmp_path):
+# One family: the cluster moves the same rows whichever judge makes them (both families judge on one process in
+# test_judges); two families here doubled the suite's longest test.
+@pytest.mark.parametrize("family", ["gemma3"])
+def test_a_run_on_a_local_ray_cluster_writes_the_single_process_rows(family, tiny_vlms_bpe512, data_dir, tmp_path):
     manifest = seg_photos_manifest(data_dir, tmp_path / "photos.csv", READABLE)
-    judge = ["--vlm", tiny_vlms[family], "--max-new-tokens", "256", "--batch-size", "8", "--judge-batch-size", "8"]
+    judge = ["--vlm", tiny_vlms_bpe512[family], "--max-new-tokens", "256", "--batch-size", "8",
+             "--judge-batch-size", "8"]
     local, cluster = tmp_path / "local.db", tmp_path / "cluster.db"
     invoke_json("run", manifest, "--db", local, *judge)
 
@@ -106,11 +109,12 @@ def test_actor_resources_share_the_cluster():
     assert actor_resources(0, 3, 2, True, recognizer) == ({"num_cpus": 0.5},) * 2  # one CPU kept for Ray Data
 
 
-def test_data_parallel_runs_copies_of_the_judge_on_a_local_cluster(tiny_vlms, data_dir, tmp_path):
+def test_data_parallel_runs_copies_of_the_judge_on_a_local_cluster(tiny_vlms_bpe512, data_dir, tmp_path):
     manifest = seg_photos_manifest(data_dir, tmp_path / "four.csv", 4)
     db = tmp_path / "dp.db"
     try:
-        stages = invoke_json("run", manifest, "--db", db, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "64",
+        stages = invoke_json("run", manifest, "--db", db, "--vlm", tiny_vlms_bpe512["qwen2_5_vl"],
+                             "--max-new-tokens", "64",
                              "--data-parallel", "2", "--batch-size", "2", "--judge-batch-size", "2")
     finally:
         stop_ray()
@@ -120,7 +124,7 @@ def test_data_parallel_runs_copies_of_the_judge_on_a_local_cluster(tiny_vlms, da
     assert (config["ray"], config["ray_workers"], config["data_parallel_size"]) == ("local", 2, 2)
 
 
-def test_findings_added_since_are_judged_once_on_a_cluster(tiny_vlms, data_dir, tmp_path):
+def test_findings_added_since_are_judged_once_on_a_cluster(tiny_vlms_bpe512, data_dir, tmp_path):
     """A multilabel store whose images gain targets (--targets labelled after a run of findings only): on Ray the
     images are made again whole by the vision actors; only the new maps are judged and counted, the maps judged
     before are not judged again, and every judgeable map ends with one judgment."""
@@ -141,7 +145,7 @@ def test_findings_added_since_are_judged_once_on_a_cluster(tiny_vlms, data_dir, 
             writer.writerow({"path": str(data_dir / "seg-photos" / r["file"]), "label": ";".join(objects_of(r)
                                                                                                 + [absent])})
     db = tmp_path / "ml.db"
-    common = ["--db", db, "--model", card, "--weights", weights, "--vlm", tiny_vlms["qwen2_5_vl"],
+    common = ["--db", db, "--model", card, "--weights", weights, "--vlm", tiny_vlms_bpe512["qwen2_5_vl"],
               "--max-new-tokens", "64", "--batch-size", "2", "--judge-batch-size", "2"]
     invoke_json("run", manifest, *common)
     with sqlite3.connect(db) as conn:

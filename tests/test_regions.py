@@ -177,12 +177,12 @@ def test_boxes_and_bad_masks(tmp_path, data_dir):
     assert area == 1.0 and precision == 1.0 and recall == pytest.approx(attended)
 
 
-def test_run_scores_regions_and_records_their_source(tmp_path, data_dir, seg_rows, tiny_vlms):
+def test_run_scores_regions_and_records_their_source(tmp_path, data_dir, seg_rows, tiny_vlms_bpe512):
     manifest = write_manifest(tmp_path / "three.csv", [
         {"path": str(data_dir / "seg-photos" / r["file"]), "label": r["imagenet_indices"]} for r in seg_rows[:3]])
     db = tmp_path / "run.db"
     masks = data_dir / "seg-photos" / "masks"
-    result = invoke_json("run", manifest, "--db", db, "--vlm", tiny_vlms["qwen2_5_vl"], "--max-new-tokens", "64",
+    result = invoke_json("run", manifest, "--db", db, "--vlm", tiny_vlms_bpe512["qwen2_5_vl"], "--max-new-tokens", "64",
                          "--masks", masks)
     assert result["truth"]["computed"] == 3 and result["regions"]["computed"] == 3
     with sqlite3.connect(db) as conn:

@@ -16,12 +16,12 @@ READABLE = 70
 
 
 @pytest.fixture(scope="module")
-def audit(tmp_path_factory, seg_manifest, tiny_vlms):
+def audit(tmp_path_factory, seg_manifest, tiny_vlms_bpe512):
     db = tmp_path_factory.mktemp("e2e") / "audit.db"
 
     def command(family):
         # 1024 new tokens leave room for the schema's longest answer, so most tiny-model answers complete.
-        return ["run", seg_manifest, "--db", db, "--vlm", tiny_vlms[family], "--max-new-tokens", "1024"]
+        return ["run", seg_manifest, "--db", db, "--vlm", tiny_vlms_bpe512[family], "--max-new-tokens", "1024"]
 
     first, network = {}, {}
     for family in FAMILIES:

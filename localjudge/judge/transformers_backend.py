@@ -139,14 +139,21 @@ class TransformersJudge(Judge):
             batch.step(self.model, [tokens[i] for i in keep], self._cache_argument)
         return list(zip(written, finished, prompt_tokens))
 
-    def _prefill(self, rows: list[int], requests: list[JudgeRequest]) -> "DecodingBatch":
+    def prompt_inputs(self, requests: list[JudgeRequest]):
+        """The model's inputs for these requests: each prompt in the model's chat template with its image's
+        placeholder tokens (as many as the processor gives the image), padded on the left."""
         conversations = [
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r.prompt}]}] for r in requests
         ]
         texts = [self.processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
                  for c in conversations]
-        inputs = self.processor(text=texts, images=[[r.image] for r in requests], return_tensors="pt",
-                                padding=True).to(self.device)
+        # The chat template writes every special token itself (Gemma-3's begins with <bos>, and its tokenizer adds
+        # one too): tokenizing it with the tokenizer's own specials would start the prompt with two <bos>.
+        return self.processor(text=texts, images=[[r.image] for r in requests], return_tensors="pt",
+                              padding=True, add_special_tokens=False).to(self.device)
+
+    def _prefill(self, rows: list[int], requests: list[JudgeRequest]) -> "DecodingBatch":
+        inputs = self.prompt_inputs(requests)
         positions = self.model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
         output = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
         return DecodingBatch(rows=list(rows), cache=output[self._cache_argument], attention=inputs["attention_mask"],

@@ -11,18 +11,29 @@ through exactly the code a real checkpoint goes through::
 
 The weights are random (seeded), so the generated text is gibberish by design; what matters
 is that the whole pipeline (chat template, image placeholders, vision tower, generate,
-constrained decoding) runs. Each checkpoint takes well under a second to build and is < 1 MB.
+constrained decoding) runs.
+
+Two vocabularies:
+- ``real`` (the default): the released tokenizers (../shared/data/tokenizers: Gemma-3's 262,144 tokens + its added
+  tokens, Qwen's 151,643 + its special tokens), the released configs' vocabulary sizes (262,208; 151,936), image-token
+  ids and counts (Gemma-3: 256 ``<image_soft_token>`` per image; Qwen2.5-VL: one ``<|image_pad|>`` per 28x28 pixels,
+  the released processor's pixel bounds) and chat templates (Gemma-3's from its tokenizer config; Qwen2.5-VL's
+  documented template, since the shared Qwen tokenizer carries Qwen3's text template). Each checkpoint is 40-70 MB
+  (the embedding), built in seconds.
+- ``bpe512``: a 512-token byte-level BPE trained here, for tests that need speed only; < 1 MB each.
 
 Usage::
 
-    python scripts/make_tiny_vlms.py OUT_DIR
+    python scripts/make_tiny_vlms.py OUT_DIR [--vocabulary real|bpe512]
 
-writes OUT_DIR/tiny-qwen2.5-vl and OUT_DIR/tiny-gemma3. Recipe: shared/docs/tiny-vlm-recipe.md.
+writes OUT_DIR/tiny-qwen2.5-vl and OUT_DIR/tiny-gemma3 (``-bpe512`` appended for the small vocabulary). Recipe:
+shared/docs/tiny-vlm-recipe.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -31,6 +42,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 SEED = 0
+VOCABULARIES = ("real", "bpe512")
+# The released tokenizers travel with the shared test data (its README says where they come from).
+TOKENIZERS = Path(os.environ.get("LOCALJUDGE_TEST_DATA", Path(__file__).resolve().parents[2].parent / "shared" /
+                                 "data")) / "tokenizers"
 # Upper bound for BPE training; the few sentences below yield ~455 tokens. Model configs use
 # len(tokenizer) so embeddings and tokenizer always agree.
 VOCAB_SIZE = 512
@@ -154,24 +169,47 @@ QWEN_SPECIALS = [
 ]
 
 
-def build_tiny_qwen2_5_vl(out: Path) -> Path:
+# Qwen2.5-VL's released sizes: the config's vocabulary (3B-Instruct: 151,936 rows, more than the tokenizer's ids, as
+# released) and the preprocessor's pixel bounds (3,136 .. 12,845,056 pixels: 4 .. 16,384 image tokens).
+QWEN_VOCAB_SIZE = 151_936
+QWEN_PIXELS = (56 * 56, 28 * 28 * 16_384)
+
+
+def _real_tokenizer(family: str):
+    from transformers import AutoTokenizer
+
+    folder = TOKENIZERS / family
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder}: the released {family} tokenizer is not there (set LOCALJUDGE_TEST_DATA "
+                                "to shared/data, or build with --vocabulary bpe512)")
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def build_tiny_qwen2_5_vl(out: Path, vocabulary: str = "real") -> Path:
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor)
 
     torch.manual_seed(SEED)
-    tokenizer = _wrap_tokenizer(
-        _train_byte_level_bpe(QWEN_SPECIALS),
-        "Qwen2TokenizerFast",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=QWEN_SPECIALS[1:],  # as in the real tokenizer_config.json
-        chat_template=QWEN_CHAT_TEMPLATE,
-        model_max_length=4096,
-    )
+    if vocabulary == "real":
+        tokenizer = _real_tokenizer("qwen")
+        tokenizer.chat_template = QWEN_CHAT_TEMPLATE  # the shared tokenizer's own template is Qwen3's (text only)
+        vocab_size = QWEN_VOCAB_SIZE
+        min_pixels, max_pixels = QWEN_PIXELS
+    else:
+        tokenizer = _wrap_tokenizer(
+            _train_byte_level_bpe(QWEN_SPECIALS),
+            "Qwen2TokenizerFast",
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            additional_special_tokens=QWEN_SPECIALS[1:],  # as in the real tokenizer_config.json
+            chat_template=QWEN_CHAT_TEMPLATE,
+            model_max_length=4096,
+        )
+        vocab_size = len(tokenizer)
+        # Tiny images: 56*56..112*112 pixels, 14px patches merged 2x2 -> 4..16 tokens per image.
+        min_pixels, max_pixels = 56 * 56, 112 * 112
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
 
-    # Tiny images: 56*56..112*112 pixels, 14px patches merged 2x2 -> 4..16 tokens per image.
-    min_pixels, max_pixels = 56 * 56, 112 * 112
     vision_kwargs = dict(
         size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
         # 4.x processors read these attributes rather than `size` (5.x folds them into `size`).
@@ -204,7 +242,7 @@ def build_tiny_qwen2_5_vl(out: Path) -> Path:
         else {"rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}, "rope_theta": 1_000_000.0}
     )
     text_config = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         **TINY_TEXT_DIMENSIONS,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
@@ -227,11 +265,12 @@ def build_tiny_qwen2_5_vl(out: Path) -> Path:
         ),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
+        tie_word_embeddings=True,  # as released for Qwen2.5-VL-3B: one 151,936 x 64 table, not two
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
     if not _TRANSFORMERS_V5:  # 4.x reads vocab_size and token ids from the top-level config
-        config.vocab_size = len(tokenizer)
+        config.vocab_size = vocab_size
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     return _save(
         model,
@@ -300,11 +339,68 @@ GEMMA_SPECIALS = [
 ]
 
 
-def build_tiny_gemma3(out: Path) -> Path:
+# Gemma-3's released sizes (4B-IT): the config's vocabulary (262,208 rows: the tokenizer's 262,144 + <image_soft_token>
+# and unused rows) and 256 soft tokens per image. The tiny vision tower sees 224 px in 14 px patches (the released
+# patch size): 16 x 16 patches, one soft token each (the released 896 px would pool 64 x 64 patches 4 x 4 to the same
+# 256 tokens, at 16 times the vision cost).
+GEMMA_VOCAB_SIZE = 262_208
+GEMMA_IMAGE_TOKENS = 256
+
+
+def build_tiny_gemma3(out: Path, vocabulary: str = "real") -> Path:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
     torch.manual_seed(SEED)
-    tokenizer = _wrap_tokenizer(
+    if vocabulary == "real":
+        tokenizer = _real_tokenizer("gemma3")  # with the released chat template
+        vocab_size, image_size, patch_size, image_tokens = GEMMA_VOCAB_SIZE, 224, 14, GEMMA_IMAGE_TOKENS
+    else:
+        tokenizer = _small_gemma_tokenizer()
+        # 32x32 images, 8px patches -> 4x4 patches, pooled to 2x2 = 4 soft tokens per image.
+        vocab_size, image_size, patch_size, image_tokens = len(tokenizer), 32, 8, 4
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA_SPECIALS}
+
+    image_processor = Gemma3ImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+        image_seq_length=image_tokens,
+    )
+
+    config = Gemma3Config(
+        text_config=dict(
+            vocab_size=vocab_size,
+            **TINY_TEXT_DIMENSIONS,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=64,
+            sliding_window_pattern=2,  # layer 0 sliding, layer 1 global, to exercise both
+            pad_token_id=ids["<pad>"],
+            eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
+            bos_token_id=ids["<bos>"],
+        ),
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
+        mm_tokens_per_image=image_tokens,  # must match the processor's image_seq_length
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+    )
+    return _finish_gemma3(Gemma3ForConditionalGeneration(config).eval(), processor, out, ids)
+
+
+def _small_gemma_tokenizer():
+    return _wrap_tokenizer(
         _train_byte_level_bpe(GEMMA_SPECIALS),
         "GemmaTokenizerFast",
         add_bos_token=False,  # the chat template writes <bos> itself (4.x GemmaTokenizerFast would add another)
@@ -321,46 +417,9 @@ def build_tiny_gemma3(out: Path) -> Path:
         chat_template=GEMMA_CHAT_TEMPLATE,
         model_max_length=4096,
     )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA_SPECIALS}
 
-    # 32x32 images, 8px patches -> 4x4 patches, pooled to 2x2 = 4 soft tokens per image.
-    image_processor = Gemma3ImageProcessor(
-        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
-    processor = Gemma3Processor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        chat_template=GEMMA_CHAT_TEMPLATE,
-        image_seq_length=4,
-    )
 
-    config = Gemma3Config(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            **TINY_TEXT_DIMENSIONS,
-            head_dim=16,
-            query_pre_attn_scalar=16,
-            sliding_window=64,
-            sliding_window_pattern=2,  # layer 0 sliding, layer 1 global, to exercise both
-            pad_token_id=ids["<pad>"],
-            eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
-            bos_token_id=ids["<bos>"],
-        ),
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        mm_tokens_per_image=4,  # must match the processor's image_seq_length
-        boi_token_index=ids["<start_of_image>"],
-        eoi_token_index=ids["<end_of_image>"],
-        image_token_index=ids["<image_soft_token>"],
-    )
-    model = Gemma3ForConditionalGeneration(config).eval()
+def _finish_gemma3(model, processor, out: Path, ids: dict) -> Path:
     # Gemma 3 initialises the vision->text projection to zeros (real checkpoints overwrite it),
     # which would make every image embed to 0 and the output independent of the image. Give it
     # random weights on the scale of the sqrt(hidden)-scaled text embeddings (~0.16).
@@ -381,20 +440,25 @@ def build_tiny_gemma3(out: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def build_tiny_vlms(out_dir: Path) -> dict[str, Path]:
+def build_tiny_vlms(out_dir: Path, vocabulary: str = "real") -> dict[str, Path]:
     """Build both tiny checkpoints under ``out_dir`` and return their directories."""
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"vocabulary must be one of {VOCABULARIES}, not {vocabulary!r}")
     out_dir = Path(out_dir)
+    suffix = "" if vocabulary == "real" else f"-{vocabulary}"
     return {
-        "qwen2_5_vl": build_tiny_qwen2_5_vl(out_dir / "tiny-qwen2.5-vl"),
-        "gemma3": build_tiny_gemma3(out_dir / "tiny-gemma3"),
+        "qwen2_5_vl": build_tiny_qwen2_5_vl(out_dir / f"tiny-qwen2.5-vl{suffix}", vocabulary),
+        "gemma3": build_tiny_gemma3(out_dir / f"tiny-gemma3{suffix}", vocabulary),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="where to write the checkpoints")
+    parser.add_argument("--vocabulary", choices=VOCABULARIES, default="real",
+                        help="the released tokenizers (default) or a 512-token BPE, for speed only")
     args = parser.parse_args(argv)
-    for name, path in build_tiny_vlms(args.out_dir).items():
+    for name, path in build_tiny_vlms(args.out_dir, args.vocabulary).items():
         size_kb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1024
         print(f"{name}: {path} ({size_kb:.0f} KB)")
 
