@@ -26,7 +26,7 @@ from .judge.prompts import PROMPT_STYLES
 from .queries import (calibrated_thresholds, describe_setting, faithfulness_means, label_issue_table, map_signals,
                       matrices, region_means, summary)
 from .store import Store
-from .vision import BACKENDS, list_cards
+from .vision import BACKEND_CHOICES, list_cards
 
 USER_ERRORS = (UserError, ValueError, FileNotFoundError)
 
@@ -100,8 +100,9 @@ vision_options = options(
                       "(a description is given to the judge). Give it to every stage, as --model."),
     click.option("--card", type=click.Path(exists=True, dir_okay=False),
                  help="Card for --model FILE.onnx (default: FILE.json beside it)."),
-    click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULTS.backend, show_default=True,
-                 help="torch, or onnx (ONNX Runtime; a registered model is exported once into the cache)."),
+    click.option("--backend", type=click.Choice(BACKEND_CHOICES), default=DEFAULTS.backend, show_default=True,
+                 help="auto (ONNX Runtime where it is installed for the device, else torch), torch, or onnx (ONNX "
+                      "Runtime; a registered model is exported once into the cache)."),
     click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True),
     click.option("--finding-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),

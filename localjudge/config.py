@@ -24,7 +24,8 @@ class RunConfig:
     bundle: str | None = None
     bundle_hash: str | None = None
     card: str | None = None  # a card for --model FILE.onnx (default: FILE.json beside it)
-    backend: str = "torch"  # torch | onnx
+    # auto (settled when a run opens: ONNX Runtime where it is installed for the device, torch otherwise) | torch | onnx
+    backend: str = "auto"
     device: str = "auto"
     batch_size: int = 16
     # multilabel models: a class whose probability reaches this is a finding (a card may give one per class); each

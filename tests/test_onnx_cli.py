@@ -22,7 +22,7 @@ from .conftest import invoke, invoke_json
 @pytest.mark.slow
 def test_onnx_backend_gives_the_torch_top1_on_all_500_images(tmp_path, imagenet_manifest):
     db = tmp_path / "backends.db"
-    invoke("predict", imagenet_manifest, "--db", db, "--batch-size", "32")
+    invoke("predict", imagenet_manifest, "--db", db, "--batch-size", "32", "--backend", "torch")
     stages = invoke_json("predict", imagenet_manifest, "--db", db, "--batch-size", "32", "--backend", "onnx")
     assert stages["predict"]["computed"] == 500  # another backend is another model for the store
     with sqlite3.connect(db) as conn:
@@ -34,6 +34,28 @@ def test_onnx_backend_gives_the_torch_top1_on_all_500_images(tmp_path, imagenet_
     assert len(by_backend["torch"]) == len(by_backend["onnx"]) == 500
     assert by_backend["torch"] == by_backend["onnx"]
     assert provider == "CPUExecutionProvider"
+
+
+def test_the_default_backend_is_onnx_runtime_where_it_is_installed_and_is_recorded(tmp_path, data_dir):
+    """--backend auto: the test extra installs onnxruntime, onnx and onnxscript, so a CPU run settles on ONNX Runtime
+    and records that, not "auto"; eval sanity (which randomises torch parameters) settles on torch."""
+    from localjudge.vision import auto_backend
+
+    assert auto_backend("cpu") == auto_backend("auto") == "onnx"  # no GPU here
+    with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:2]
+    manifest = tmp_path / "two.csv"
+    manifest.write_text("path,label\n" + "".join(f"{data_dir / 'imagenet-sample' / r['file']},{r['imagenet_index']}\n"
+                                                  for r in rows))
+    db = tmp_path / "auto.db"
+    invoke_json("predict", manifest, "--db", db)
+    with sqlite3.connect(db) as conn:
+        config = json.loads(conn.execute("select config from runs").fetchone()[0])
+        backends = {r[0] for r in conn.execute("select backend from predictions")}
+        provider = conn.execute("select execution_provider from runs").fetchone()[0]
+    assert config["backend"] == "onnx" and backends == {"onnx"} and provider == "CPUExecutionProvider"
+    again = invoke_json("predict", manifest, "--db", db, "--backend", "onnx")
+    assert again["predict"]["computed"] == 0  # auto and onnx are the same model for the store
 
 
 def test_models_export_writes_a_checked_graph_and_its_card(tmp_path):

@@ -34,7 +34,8 @@ from ..judge import AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeRequest
 from ..judge.prompts import PHOTO, fill_kind, prompt_hash, prompt_template, prompt_text, render
 from ..saliency.masking import judge_image, soft_mask, upsample
 from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
-from ..vision import ModelCard, backend_of, main_class, model_hash, open_model, require_weights, resolve_card
+from ..vision import (BACKENDS, ModelCard, auto_backend, backend_of, main_class, model_hash, open_model,
+                      require_weights, resolve_card)
 from ..vision.preprocess import model_view, to_tensor
 
 PACKAGES = ("localjudge", "torch", "torchvision", "transformers", "xgrammar", "grad-cam", "numpy", "pillow",
@@ -162,6 +163,9 @@ def open_audit(db_path: str | Path, source: str | Path | None = None, stages: It
             config = config.replace(**overlay)
         if config.judge == AUTO:
             config = config.replace(judge=auto_judge(config))
+        if config.backend == AUTO:  # recorded with the run as the backend it became
+            # eval sanity randomises the model's parameters, which only torch holds
+            config = config.replace(backend="torch" if "sanity" in stages else auto_backend(config.device))
         card = resolve_card(config.model, config.card, config.labels)
         require_weights(card, config.weights, config.random_weights)
         if config.targets == "labelled" and card.task != "multilabel":
@@ -182,8 +186,9 @@ class Audit:
 
     def __init__(self, store: Store, config: RunConfig, card: ModelCard | None = None, stages: Iterable[str] = (),
                  show_progress: bool = True):
-        if config.judge not in JUDGES:
-            raise ValueError(f"judge {config.judge!r} is not settled: open audits with open_audit")
+        if config.judge not in JUDGES or config.backend not in BACKENDS:
+            raise ValueError(f"judge {config.judge!r} or backend {config.backend!r} is not settled: open audits with "
+                             "open_audit")
         self.store = store
         self.config = config
         self.stages = set(stages)

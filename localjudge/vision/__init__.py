@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 BACKENDS = ("torch", "onnx")
+BACKEND_CHOICES = ("auto", *BACKENDS)  # auto: settled per machine by auto_backend
 EXPORT_FORMAT = "localjudge-onnx-v1"  # bump when the exported graph's contract changes
 
 
@@ -136,6 +137,27 @@ def open_model(card: ModelCard, weights: Path | None, device: str, backend: str 
     return TorchVisionModel(card, weights=weights, device=device)
 
 
+def auto_backend(device: str) -> str:
+    """`--backend auto`: ONNX Runtime (the design's engine) wherever it can run the model on the chosen device, torch
+    otherwise. A CPU run needs onnxruntime and the exporter (onnx, onnxscript: the `onnx` extra); a GPU run needs
+    onnxruntime-gpu's CUDA provider, since torch on the GPU beats ONNX Runtime on the CPU."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) is None for name in ("onnxruntime", "onnx", "onnxscript")):
+        return "torch"
+    if device == "cpu":
+        return "onnx"
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return "onnx"
+    if device != "auto":  # cuda or cuda:N without onnxruntime-gpu
+        return "torch"
+    import torch
+
+    return "torch" if torch.cuda.is_available() else "onnx"
+
+
 def backend_of(card: ModelCard, backend: str) -> str:
     return "onnx" if card.framework == "onnx" else backend
 
@@ -170,5 +192,6 @@ def _sha256(path: Path) -> str:
 
 
 __all__ = ["VisionModel", "ModelCard", "CardError", "WeightsError", "list_cards", "load_card", "resolve_card",
-           "open_model", "model_hash", "backend_of", "main_class", "BACKENDS", "with_labels", "require_weights",
+           "open_model", "model_hash", "backend_of", "auto_backend", "BACKEND_CHOICES", "main_class", "BACKENDS",
+           "with_labels", "require_weights",
            "weights_note", "RANDOM_WEIGHTS"]
