@@ -108,3 +108,34 @@ def test_decoding_loop_writes_what_generate_writes(family, tiny_vlms, requests_)
         tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
         assert len(tokens) == output.output_tokens
         assert judge.processor.tokenizer.decode(tokens, skip_special_tokens=True) == output.raw_text
+
+
+def test_a_batch_handed_over_while_answers_are_written_joins_them(tiny_vlms, requests_):
+    """One continuous decoder across calls: a second batch handed over while the first is being written takes the
+    free places at once (a per-call judge would run the first batch's rows alone until the last ended), and every
+    answer is the one of judging one at a time."""
+    judge = TransformersJudge(tiny_vlms["qwen2_5_vl"], device="cpu", max_new_tokens=64, max_rows=8)
+    steps: list[int] = []  # the rows of every decoding step (one token each)
+
+    def hook(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] == 1:
+            steps.append(kwargs["input_ids"].shape[0])
+
+    handle = judge.model.register_forward_pre_hook(hook, with_kwargs=True)
+    decoder = judge.continuous()
+    first = decoder.submit(requests_[:6])
+    for _ in range(5):
+        decoder.step()
+    assert set(steps) == {6}  # the first call's rows, alone so far
+    second = decoder.submit(requests_[6:12])
+    outputs = {}
+    while decoder.busy:
+        for index in decoder.step():
+            outputs[index] = decoder.take(index)
+    handle.remove()
+    assert steps[5] == 8  # two of the second call's requests joined the first's rows at once
+    assert sorted(outputs) == first + second
+    assert sum(seconds for _, seconds in outputs.values()) > 0
+    judge.max_rows = 1
+    alone = [judge.judge([r])[0] for r in requests_[:12]]
+    assert [outputs[i][0] for i in first + second] == alone

@@ -47,6 +47,12 @@ class Judge:
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
         raise NotImplementedError
 
+    def continuous(self):
+        """A decoder that takes requests while it writes answers (`submit(requests) -> indices`, `busy`,
+        `waiting_count`, `step() -> ended indices`, `take(index) -> (output, seconds)`), for judges that can; None
+        where each call answers its batch whole."""
+        return None
+
     def close(self, cancel: bool = False) -> None:
         """Let go of what the judge holds; with `cancel` (a failed or interrupted run), send nothing more. Most
         judges hold nothing that needs it."""

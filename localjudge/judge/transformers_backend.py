@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,47 +98,24 @@ class TransformersJudge(Judge):
 
         with torch.inference_mode():
             answers = self._decode(requests)
-        return [JudgeOutput(raw_text=self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
-                            input_tokens=count, output_tokens=len(tokens), finished=finished)
-                for tokens, finished, count in answers]
+        return [self.output(*answer) for answer in answers]
+
+    def output(self, tokens: list[int], finished: bool, prompt_tokens: int) -> JudgeOutput:
+        return JudgeOutput(raw_text=self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
+                           input_tokens=prompt_tokens, output_tokens=len(tokens), finished=finished)
+
+    def continuous(self) -> "ContinuousDecoder":
+        """A decoder that takes requests while it writes answers: the pipeline hands it each batch from the vision
+        stage as it comes, so rows never run alone at the end of a batch while work is waiting."""
+        return ContinuousDecoder(self)
 
     def _decode(self, requests: list[JudgeRequest]) -> list[tuple[list[int], bool, int]]:
-        """Continuous batching over the model's forward pass and KV cache: at most `max_rows` answers are written
-        together, one token per row and step, each allowed by its row's grammar matcher. A row whose answer ends
-        (end token or max_new_tokens) leaves the batch at once (its cache rows are dropped), and once a quarter of
-        the places are free, waiting requests are prefilled and join (their cache rows padded on the left to the
-        batch's length), so no step is spent on a finished answer and the batch stays full. generate() computes
-        every row until the longest ends. Positions are those generate() gives each prompt, so answers are
-        generate()'s, token for token. Returns (tokens, ended with an end token, prompt tokens) per request."""
-        waiting = deque(range(len(requests)))
-        written: list[list[int]] = [[] for _ in requests]
-        finished = [False] * len(requests)
-        prompt_tokens = [0] * len(requests)
-        grammar = BatchGrammar(self._grammar, len(requests), min(len(requests), self.max_rows), self._vocab_size)
-        batch: DecodingBatch | None = None
-        while waiting or batch is not None:
-            free = self.max_rows - (len(batch.rows) if batch else 0)
-            if waiting and (batch is None or (batch.can_join and free >= max(1, self.max_rows // 4))):
-                joining = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                new = self._prefill(joining, [requests[i] for i in joining])
-                for row, count in zip(joining, new.attention.sum(dim=1).tolist()):
-                    prompt_tokens[row] = int(count)
-                batch = new if batch is None else batch.joined(new)
-            tokens = self._choose(grammar.mask(batch.logits, batch.rows))
-            grammar.accept(batch.rows, tokens)
-            keep = []
-            for index, (row, token) in enumerate(zip(batch.rows, tokens)):
-                written[row].append(token)
-                if token in self._eos_ids:
-                    finished[row] = True
-                elif len(written[row]) < self.max_new_tokens:
-                    keep.append(index)
-            if not keep:
-                batch = None
-                continue
-            batch.keep(keep)
-            batch.step(self.model, [tokens[i] for i in keep], self._cache_argument)
-        return list(zip(written, finished, prompt_tokens))
+        """Returns (tokens, ended with an end token, prompt tokens) per request."""
+        decoder = ContinuousDecoder(self)
+        indices = decoder.submit(requests)
+        while decoder.busy:
+            decoder.step()
+        return [decoder.answer(i) for i in indices]
 
     def prompt_inputs(self, requests: list[JudgeRequest]):
         """The model's inputs for these requests: each prompt in the model's chat template with its image's
@@ -175,6 +153,107 @@ class TransformersJudge(Judge):
             if token in self._eos_ids:
                 return tokens[: position + 1], True
         return tokens, False
+
+
+class ContinuousDecoder:
+    """Continuous batching over the model's forward pass and KV cache: at most `max_rows` answers are written
+    together, one token per row and step, each allowed by its row's grammar matcher. A row whose answer ends (end
+    token or max_new_tokens) leaves the batch at once (its cache rows are dropped), and once a quarter of the places
+    are free, waiting requests are prefilled and join (their cache rows padded on the left to the batch's length), so
+    no step is spent on a finished answer and the batch stays full. Requests may be submitted at any time, also while
+    answers are being written. generate() computes every row until the longest ends. Positions are those generate()
+    gives each prompt, so answers are generate()'s, token for token.
+
+    Each request is charged its share of the time of every forward pass it took part in (a step's time split evenly
+    over its rows), so the shares of all requests add up to the decoder's busy time."""
+
+    def __init__(self, judge: TransformersJudge):
+        self.judge = judge
+        self.waiting: deque[int] = deque()
+        self.requests: dict[int, JudgeRequest] = {}
+        self.written: dict[int, list[int]] = {}
+        self.finished: dict[int, bool] = {}
+        self.prompt_tokens: dict[int, int] = {}
+        self.seconds: dict[int, float] = {}
+        self.grammar = BatchGrammar(judge._grammar, judge.max_rows, judge._vocab_size)
+        self.batch: DecodingBatch | None = None
+        self._next = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting) or self.batch is not None
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self.waiting)
+
+    def submit(self, requests: list[JudgeRequest]) -> list[int]:
+        """Queue requests; their indices, by which their answers are asked for."""
+        indices = list(range(self._next, self._next + len(requests)))
+        self._next += len(requests)
+        for index, request in zip(indices, requests):
+            self.requests[index] = request
+            self.written[index] = []
+            self.seconds[index] = 0.0
+            self.grammar.add(index)
+        self.waiting.extend(indices)
+        return indices
+
+    def step(self) -> list[int]:
+        """Waiting requests join where they can, then one token for every row: the indices whose answers ended."""
+        import torch
+
+        judge = self.judge
+        ended = []
+        with torch.inference_mode():
+            batch = self.batch
+            free = judge.max_rows - (len(batch.rows) if batch else 0)
+            if self.waiting and (batch is None or (batch.can_join and free >= max(1, judge.max_rows // 4))):
+                joining = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+                started = time.perf_counter()
+                new = judge._prefill(joining, [self.requests[i] for i in joining])
+                self._charge(joining, time.perf_counter() - started)
+                for row, count in zip(joining, new.attention.sum(dim=1).tolist()):
+                    self.prompt_tokens[row] = int(count)
+                    del self.requests[row]  # its image is in the cache now
+                batch = self.batch = new if batch is None else batch.joined(new)
+            started = time.perf_counter()
+            tokens = judge._choose(self.grammar.mask(batch.logits, batch.rows))
+            self.grammar.accept(batch.rows, tokens)
+            keep = []
+            for index, (row, token) in enumerate(zip(batch.rows, tokens)):
+                self.written[row].append(token)
+                if token in judge._eos_ids:
+                    self.finished[row] = True
+                    ended.append(row)
+                elif len(self.written[row]) < judge.max_new_tokens:
+                    keep.append(index)
+                else:
+                    self.finished[row] = False
+                    ended.append(row)
+            rows = batch.rows
+            if keep:
+                batch.keep(keep)
+                batch.step(judge.model, [tokens[i] for i in keep], judge._cache_argument)
+            else:
+                self.batch = None
+            self._charge(rows, time.perf_counter() - started)
+        return ended
+
+    def answer(self, index: int) -> tuple[list[int], bool, int]:
+        """An ended request's (tokens, ended with an end token, prompt tokens); what was kept for it is let go."""
+        self.grammar.remove(index)
+        self.seconds.pop(index)
+        return self.written.pop(index), self.finished.pop(index), self.prompt_tokens.pop(index)
+
+    def take(self, index: int) -> tuple[JudgeOutput, float]:
+        """An ended request's output and the decoder time charged to it."""
+        seconds = self.seconds[index]
+        return self.judge.output(*self.answer(index)), seconds
+
+    def _charge(self, rows: list[int], seconds: float) -> None:
+        for row in rows:
+            self.seconds[row] += seconds / len(rows)
 
 
 PLACEHOLDER_TOKEN_NAMES = ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id",
@@ -260,16 +339,23 @@ class DecodingBatch:
 
 
 class BatchGrammar:
-    """One xgrammar matcher per request; the masks of the rows being written are filled by one call, on several
-    threads."""
+    """One xgrammar matcher per request (by its index, added and removed as requests come and go); the masks of the
+    rows being written are filled by one call, on several threads."""
 
-    def __init__(self, grammar, requests: int, rows: int, vocab_size: int):
+    def __init__(self, grammar, rows: int, vocab_size: int):
         import xgrammar
 
         self._xgrammar = xgrammar
-        self.matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(requests)]
+        self._grammar = grammar
+        self.matchers: dict[int, object] = {}
         self.bitmask = xgrammar.allocate_token_bitmask(rows, vocab_size)
         self.batch = xgrammar.BatchGrammarMatcher()
+
+    def add(self, index: int) -> None:
+        self.matchers[index] = self._xgrammar.GrammarMatcher(self._grammar)
+
+    def remove(self, index: int) -> None:
+        self.matchers.pop(index, None)
 
     def mask(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """`logits` holds the rows still writing, in the order of `rows`; masked in place (on CPU or CUDA)."""

@@ -30,7 +30,8 @@ from ..config import DEFAULTS, RunConfig
 from ..data import (IMAGE_SUFFIXES, ChangedImage, IngestError, InputItem, ReadFailure, discover, is_redacted,
                     load_verified, read_image, redacted_path, resolve_label)
 from ..errors import OptionError
-from ..judge import AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeRequest, JudgeStopped, auto_judge, parse_answer
+from ..judge import (AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeStopped,
+                     auto_judge, parse_answer)
 from ..judge.prompts import PHOTO, fill_kind, prompt_hash, prompt_template, prompt_text, render
 from ..saliency.masking import judge_image, soft_mask, upsample
 from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
@@ -94,6 +95,15 @@ class Chunk:
 
     ids: list[str]
     pictures: dict[str, Image.Image]
+
+
+@dataclass
+class JudgeBatch:
+    """A batch's maps to show the judge (stored rows), what the judge is told each image is, and its requests."""
+
+    maps: list[dict]
+    kinds: dict[str, str]
+    requests: list[JudgeRequest]
 
 
 @dataclass
@@ -955,12 +965,22 @@ class Audit:
     # --- judge ------------------------------------------------------------------------------------------
     def judge(self, saliency_ids: list[str], stage: Stage | None = None) -> Stage:
         """Judge stored maps (`localjudge judge`, a sweep's setting), --judge-batch-size at a time."""
+        from .continuous import ContinuousJudging
+
         stage = Stage() if stage is None else stage
         missing = self.judgments_missing(saliency_ids, stage)
-        batches = batched(missing, self.config.judge_batch_size)
-        for batch in progress(batches, -(-len(missing) // self.config.judge_batch_size), "judge",
-                              self.show_progress):
-            self.judge_batch(batch, stage)
+        batches = progress(batched(missing, self.config.judge_batch_size),
+                           -(-len(missing) // self.config.judge_batch_size), "judge", self.show_progress)
+        judging = ContinuousJudging.open_for(self, stage) if missing else None
+        if judging is None:
+            for batch in batches:
+                self.judge_batch(batch, stage)
+            return stage
+        for batch in batches:  # the next batch is handed over once every request of the last has a row
+            judging.submit(batch, {})
+            while judging.waiting:
+                judging.step()
+        judging.finish()
         return stage
 
     def judgment_key_parts(self) -> tuple[str, str, dict]:
@@ -1051,14 +1071,18 @@ class Audit:
         judge = self.judge_model()
         stage.model_loaded = True
         rows, stop = self._judge_batch(judge, list(saliency_ids), stage, views or {})
+        self.store_judgments(rows, stage)
+        if stop is not None:
+            raise JudgeError(f"{stop} ({stage.computed - self._judgments_failed} judged and {self._judgments_failed} "
+                             "stored as failures in this run so far)") from stop
+
+    def store_judgments(self, rows: list[dict], stage: Stage) -> None:
+        """One batch's judgments, in one transaction, counted in `stage`."""
         self.store.upsert_judgments(rows)
         failed = sum(r["status"] == "failed" for r in rows)
         stage.computed += len(rows)
         stage.failed += failed
         self._judgments_failed += failed
-        if stop is not None:
-            raise JudgeError(f"{stop} ({stage.computed - self._judgments_failed} judged and {self._judgments_failed} "
-                             "stored as failures in this run so far)") from stop
 
     def judge_views(self, image_ids: Iterable[str], pictures: dict[str, Image.Image]) -> dict[str, Image.Image]:
         """The model's views of these pictures at the judge's image size: what the judge's image is drawn on. By
@@ -1067,12 +1091,12 @@ class Audit:
         return {sha: model_view(pictures[sha], geometry, self.config.judge_image_size) for sha in image_ids
                 if sha in pictures}
 
-    def _judge_batch(self, judge: Judge, saliency_ids: list[str], stage: Stage,
-                     views: dict[str, Image.Image]) -> tuple[list[dict], JudgeStopped | None]:
-        """The rows of one batch's judgments, and the reason to stop the stage if the judge gave one."""
+    def judge_requests(self, saliency_ids: list[str], stage: Stage,
+                       views: dict[str, Image.Image]) -> "JudgeBatch | None":
+        """The judge's requests for these maps (their images read where no view is given), or None if none is left
+        to show (degenerate maps are never shown; an unreadable image's failure is counted in `stage`)."""
         config = self.config
-        keys = self.judgment_keys(saliency_ids)
-        template, template_hash, decoding = self.judgment_key_parts()
+        template, _, _ = self.judgment_key_parts()
         maps = [m for m in self.store.saliency_maps(saliency_ids) if not m.get("failure")]  # never shown to a judge
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
         kinds = self.image_kinds([m["id"] for m in maps])
@@ -1084,7 +1108,7 @@ class Audit:
                                                  {m["image_sha256"]: p for m, p in zip(kept, pictures)})}
         maps = [m for m in maps if m["image_sha256"] in views]
         if not maps:
-            return [], None
+            return None
         requests = []
         for m in maps:
             prediction = predictions[m["prediction_id"]]
@@ -1098,16 +1122,33 @@ class Audit:
             label = labels.names[target] if target < len(labels.names) else prediction["predicted_label"]
             prompt = render(template, label, kinds[m["id"]], labels.description(target))
             requests.append(JudgeRequest(image=image, label=label, prompt=prompt, label_index=target, **extra))
+        return JudgeBatch(maps=maps, kinds=kinds, requests=requests)
+
+    def _judge_batch(self, judge: Judge, saliency_ids: list[str], stage: Stage,
+                     views: dict[str, Image.Image]) -> tuple[list[dict], JudgeStopped | None]:
+        """The rows of one batch's judgments, and the reason to stop the stage if the judge gave one."""
+        batch = self.judge_requests(saliency_ids, stage, views)
+        if batch is None:
+            return [], None
         started = time.perf_counter()
         stop = None
         try:
-            outputs = judge.judge(requests)
+            outputs = judge.judge(batch.requests)
             backend_error = None
         except JudgeStopped as error:  # each request's failure is stored; then the stage stops
             outputs, backend_error, stop = error.outputs, None, error
         except Exception as error:  # a crashed batch is stored as failures and retried on the next run
             outputs, backend_error = None, f"{type(error).__name__}: {error}"
-        seconds = time.perf_counter() - started
+        return self.judgment_rows(batch, outputs, time.perf_counter() - started, backend_error), stop
+
+    def judgment_rows(self, batch: "JudgeBatch", outputs: list[JudgeOutput] | None, seconds: float,
+                      backend_error: str | None = None) -> list[dict]:
+        """The judgment rows of a batch from its outputs (None: the backend failed, with `backend_error`);
+        `seconds` is the judge's time on the batch."""
+        config = self.config
+        maps, kinds = batch.maps, batch.kinds
+        keys = self.judgment_keys([m["id"] for m in maps])
+        _, template_hash, decoding = self.judgment_key_parts()
         rows = []
         for index, m in enumerate(maps):
             row = {
@@ -1140,7 +1181,7 @@ class Audit:
                 else:
                     row.update(status="failed", failure_kind="parse", error=parsed.error)
             rows.append(row)
-        return rows, stop
+        return rows
 
 
 def layers_after_target(module: torch.nn.Module, target: torch.nn.Module, example: torch.Tensor) -> list[str]:

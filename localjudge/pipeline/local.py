@@ -3,8 +3,10 @@
 The vision thread reads each input file once (ingest), and on each batch of ingested images runs the vision stage
 from the pictures it read (predict and explain) and renders the model's view of each picture still to be judged; it
 hands the batch's maps and views to the judge through a bounded queue, so the judge is busy while CAMs are computed
-and the vision stage never runs more than `queue_batches` batches ahead. Each thread has its own connection to the
-store; every batch is stored in one transaction."""
+and the vision stage never runs more than `queue_batches` batches ahead. A judge that takes requests while it writes
+answers (`Judge.continuous()`: the transformers judge) gets each --judge-batch-size batch as soon as it is ready and
+keeps decoding between them, so a batch's last rows never run alone while maps are waiting. Each thread has its own
+connection to the store; every batch is stored in one transaction."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from tqdm import tqdm
 
 from ..store import Store
 from . import Audit, Stage
+from .continuous import ContinuousJudging
+
+_NOTHING = object()  # no new maps yet
 
 
 def run_local(audit: Audit, source: str | Path) -> dict[str, Stage]:
@@ -32,31 +37,52 @@ def run_local(audit: Audit, source: str | Path) -> dict[str, Stage]:
     bar = tqdm(total=len(items), desc="run", unit="image", leave=False,
                disable=None if audit.show_progress else True)
     batch_size = audit.config.judge_batch_size
+    judging: ContinuousJudging | None = None
+    continuous = True  # until the judge, once opened, says it answers each call whole
     worker.start()
     try:
         pending: list[str] = []
         views: dict = {}
-        while True:
-            waiting = time.perf_counter()
-            item = _next_from(handoff, worker)
-            judge_stage.waited_seconds += time.perf_counter() - waiting
-            if isinstance(item, BaseException):
-                raise item
-            if item is None:
-                break
-            maps, missing, chunk_views = item  # maps to judge (degenerate ones are not), those without a judgment
-            keys = audit.judgment_keys(maps)
-            judge_stage.ids.extend(keys[m] for m in maps)
-            bar.update(len(maps) - len(missing))
-            pending.extend(missing)
-            views.update(chunk_views)
-            while len(pending) >= batch_size:
-                batch, pending = pending[:batch_size], pending[batch_size:]
+        ended = False
+
+        def hand_to_judge(batch: list[str]) -> None:
+            nonlocal judging, continuous, views
+            if continuous and judging is None:
+                judging = ContinuousJudging.open_for(audit, judge_stage, bar.update)
+                continuous = judging is not None
+            if judging is not None:
+                judging.submit(batch, views)
+            else:
                 audit.judge_batch(batch, judge_stage, views)
-                views = _still_needed(audit, views, pending)
                 bar.update(len(batch))
-        audit.judge_batch(pending, judge_stage, views)
-        bar.update(len(pending))
+            views = _still_needed(audit, views, pending)
+
+        while not ended or (judging is not None and judging.busy):
+            if not ended:
+                # a judge writing answers only looks for new maps; an idle one waits for them
+                busy = judging is not None and judging.busy
+                waiting = time.perf_counter()
+                item = _poll(handoff) if busy else _next_from(handoff, worker)
+                judge_stage.waited_seconds += 0.0 if busy else time.perf_counter() - waiting
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    ended = True
+                    if pending:
+                        batch, pending = pending, []
+                        hand_to_judge(batch)
+                elif item is not _NOTHING:
+                    maps, missing, chunk_views = item  # maps to judge (degenerate ones are not), those to judge now
+                    keys = audit.judgment_keys(maps)
+                    judge_stage.ids.extend(keys[m] for m in maps)
+                    bar.update(len(maps) - len(missing))
+                    pending.extend(missing)
+                    views.update(chunk_views)
+                    while len(pending) >= batch_size:
+                        batch, pending = pending[:batch_size], pending[batch_size:]
+                        hand_to_judge(batch)
+            if judging is not None and judging.busy:
+                judging.step()
     finally:
         stop.set()
         worker.join()
@@ -82,6 +108,13 @@ def _still_needed(audit: Audit, views: dict, pending: list[str]) -> dict:
         return views
     wanted = {m["image_sha256"] for m in audit.store.saliency_maps(pending)}
     return {sha: view for sha, view in views.items() if sha in wanted}
+
+
+def _poll(handoff: queue.Queue):
+    try:
+        return handoff.get_nowait()
+    except queue.Empty:
+        return _NOTHING
 
 
 def _next_from(handoff: queue.Queue, worker: threading.Thread):
