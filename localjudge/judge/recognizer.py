@@ -139,26 +139,38 @@ class RecognizerSpec(JudgeSpec):
         from ..vision import model_hash, resolve_card
 
         model = recognizer_for(config)
-        weights = model_hash(resolve_card(model), None, hash_file, "torch")
+        # on ONNX Runtime the same weights are another judge for the store, as for the vision model (numerics differ
+        # slightly); on torch the hash is the one judgments were keyed by before the recognizer ran on either
+        weights = model_hash(resolve_card(model), None, hash_file, recognizer_backend(config))
         return JudgeIdentity(f"recognizer:{model}", content_key("recognizer", weights))
 
     def decoding(self, config) -> dict:  # no decoding: its design, thresholds and sibling groups decide
         return recognizer_params(recognizer_for(config), config.recognizer_design)
 
     def open(self, config, identity: JudgeIdentity) -> Judge:
-        return RecognizerJudge(device=config.device, model=recognizer_for(config), design=config.recognizer_design)
+        return RecognizerJudge(device=config.device, model=recognizer_for(config), design=config.recognizer_design,
+                               vision_backend=recognizer_backend(config))
+
+
+def recognizer_backend(config) -> str:
+    """The recognizer runs on the audit's vision backend (settled by open_audit: ONNX Runtime where it is installed),
+    torch where none is settled yet."""
+    from ..vision import BACKENDS
+
+    return config.backend if config.backend in BACKENDS else "torch"
 
 
 class RecognizerJudge(Judge):
     backend = "recognizer"
 
-    def __init__(self, device: str = "auto", model: str = RECOGNIZER_MODEL, design: str = DEFAULTS.recognizer_design):
+    def __init__(self, device: str = "auto", model: str = RECOGNIZER_MODEL, design: str = DEFAULTS.recognizer_design,
+                 vision_backend: str = "torch"):
         from ..vision import open_model, resolve_card
 
         self.name = model
         self.design = design
         self.card = resolve_card(model)
-        self.model = open_model(self.card, None, device, "torch")
+        self.model = open_model(self.card, None, device, vision_backend)
         self.labels = self.card.label_list().names
         self.siblings, self.group_names, _ = sibling_groups()
 
