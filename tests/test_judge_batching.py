@@ -139,3 +139,21 @@ def test_a_batch_handed_over_while_answers_are_written_joins_them(tiny_vlms, req
     judge.max_rows = 1
     alone = [judge.judge([r])[0] for r in requests_[:12]]
     assert [outputs[i][0] for i in first + second] == alone
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
+def test_masks_filled_during_the_forward_give_the_same_answers(family, tiny_vlms, requests_):
+    """On a GPU the next step's grammar masks are filled on a thread while the forward runs (forced here on the
+    CPU): the answers are those of filling them in line, rows joining and leaving included."""
+    judge = TransformersJudge(tiny_vlms[family], device="cpu", max_new_tokens=48, max_rows=4)
+    in_line = judge.judge(requests_[:8])
+    judge.overlap_grammar = True
+    fills: list[int] = []
+    decoder = judge.continuous()
+    original = decoder.grammar.prefetch
+    decoder.grammar.prefetch = lambda rows: (fills.append(len(rows)), original(rows))[1]
+    indices = decoder.submit(requests_[:8])
+    while decoder.busy:
+        decoder.step()
+    assert fills  # the overlapped path ran
+    assert [judge.output(*decoder.answer(i)) for i in indices] == in_line

@@ -65,6 +65,7 @@ class TransformersJudge(Judge):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.max_rows = max_rows  # answers written together
+        self.overlap_grammar = False  # fill masks during the forward on a CPU too (on a GPU it always is)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         try:
             self.processor = AutoProcessor.from_pretrained(self.vlm_dir, local_files_only=True)
@@ -175,7 +176,11 @@ class ContinuousDecoder:
         self.finished: dict[int, bool] = {}
         self.prompt_tokens: dict[int, int] = {}
         self.seconds: dict[int, float] = {}
-        self.grammar = BatchGrammar(judge._grammar, judge.max_rows, judge._vocab_size)
+        # On a GPU the masks of the next step are filled on a host thread while the device runs the forward (measured
+        # by scripts/bench_judge_steps.py: the fill is most of the host's time per step); on a CPU the forward
+        # already has every core.
+        self.grammar = BatchGrammar(judge._grammar, judge.max_rows, judge._vocab_size,
+                                    overlapped=judge.device.type == "cuda" or judge.overlap_grammar)
         self.batch: DecodingBatch | None = None
         self._next = 0
 
@@ -234,6 +239,8 @@ class ContinuousDecoder:
             rows = batch.rows
             if keep:
                 batch.keep(keep)
+                if self.grammar.overlapped:  # the next masks are filled while the forward runs
+                    self.grammar.prefetch(batch.rows)
                 batch.step(judge.model, [tokens[i] for i in keep], judge._cache_argument)
             else:
                 self.batch = None
@@ -340,9 +347,11 @@ class DecodingBatch:
 
 class BatchGrammar:
     """One xgrammar matcher per request (by its index, added and removed as requests come and go); the masks of the
-    rows being written are filled by one call, on several threads."""
+    rows being written are filled by one call, on several threads. `overlapped`: the next step's masks are filled on
+    a thread of their own (xgrammar releases the GIL) while the forward pass runs, and into pinned memory, copied to
+    the device without blocking."""
 
-    def __init__(self, grammar, rows: int, vocab_size: int):
+    def __init__(self, grammar, rows: int, vocab_size: int, overlapped: bool = False):
         import xgrammar
 
         self._xgrammar = xgrammar
@@ -350,6 +359,16 @@ class BatchGrammar:
         self.matchers: dict[int, object] = {}
         self.bitmask = xgrammar.allocate_token_bitmask(rows, vocab_size)
         self.batch = xgrammar.BatchGrammarMatcher()
+        self.overlapped = overlapped
+        self._filler = None
+        self._pending: tuple[list[int], object] | None = None
+        if overlapped:
+            import torch
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._filler = ThreadPoolExecutor(1, thread_name_prefix="grammar-fill")
+            if torch.cuda.is_available():
+                self.bitmask = self.bitmask.pin_memory()
 
     def add(self, index: int) -> None:
         self.matchers[index] = self._xgrammar.GrammarMatcher(self._grammar)
@@ -357,13 +376,25 @@ class BatchGrammar:
     def remove(self, index: int) -> None:
         self.matchers.pop(index, None)
 
+    def prefetch(self, rows: list[int]) -> None:
+        """Start filling the masks of `rows` (their matchers have accepted this step's tokens)."""
+        matchers = [self.matchers[row] for row in rows]
+        self._pending = (list(rows), self._filler.submit(self.batch.batch_fill_next_token_bitmask, matchers,
+                                                         self.bitmask[: len(rows)]))
+
     def mask(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """`logits` holds the rows still writing, in the order of `rows`; masked in place (on CPU or CUDA)."""
         bitmask = self.bitmask[: len(rows)]
-        self.batch.batch_fill_next_token_bitmask([self.matchers[row] for row in rows], bitmask)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].result()  # waits for the fill (and raises its error)
+        if pending is None or pending[0] != list(rows):  # nothing started, or rows joined since: fill them all
+            self.batch.batch_fill_next_token_bitmask([self.matchers[row] for row in rows], bitmask)
         logits = logits.float()
         on_cpu = logits.device.type == "cpu"
-        self._xgrammar.apply_token_bitmask_inplace(logits, bitmask if on_cpu else bitmask.to(logits.device))
+        # the next fill into this host buffer starts only after accept, after _choose has read the masked logits
+        self._xgrammar.apply_token_bitmask_inplace(
+            logits, bitmask if on_cpu else bitmask.to(logits.device, non_blocking=True))
         return logits
 
     def accept(self, rows: list[int], tokens: list[int]) -> None:
