@@ -180,10 +180,13 @@ class RecognizerJudge(Judge):
         import torch
 
         side = self.card.crop
-        arrays = np.stack([np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32)
-                           / 255.0 for image in images])
-        arrays = (arrays - np.asarray(self.card.mean, np.float32)) / np.asarray(self.card.std, np.float32)
-        return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
+        # stacked as bytes, normalised in place once in float: no full-size float temporaries per step
+        pixels = torch.from_numpy(np.stack([np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR))
+                                            for image in images]))
+        batch = pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+        batch.sub_(torch.tensor(self.card.mean, dtype=torch.float32)[:, None, None])
+        batch.div_(torch.tensor(self.card.std, dtype=torch.float32)[:, None, None])
+        return batch.contiguous()
 
     def _design_image(self, request: JudgeRequest) -> Image.Image:
         """What the design classifies (a request without a view, a canary's blank image, is classified as it is)."""

@@ -1114,9 +1114,11 @@ class Audit:
             prediction = predictions[m["prediction_id"]]
             saliency = unpack_array(m["map"], (m["height"], m["width"]))
             view = views[m["image_sha256"]]
-            image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta)
-            extra = ({"view": view, "mask": soft_mask(upsample(saliency, view.size), config.alpha, config.beta)}
-                     if self.judge_spec.reads_maps else {})
+            # M at the view's size, computed once for the masked image and for a judge that reads the map itself
+            mask = (soft_mask(upsample(saliency, view.size), config.alpha, config.beta)
+                    if self.judge_spec.reads_maps else None)
+            image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta, mask)
+            extra = {"view": view, "mask": mask} if self.judge_spec.reads_maps else {}
             # what the map explains: the predicted class, or one finding of a multilabel model
             target = m["target_index"] if m["target_index"] is not None else prediction["predicted_index"]
             label = labels.names[target] if target < len(labels.names) else prediction["predicted_label"]

@@ -20,9 +20,11 @@ def upsample(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize(size, Image.BILINEAR), dtype=np.float32)
 
 
-def masked_image(image: Image.Image, saliency: np.ndarray, alpha: float, beta: float) -> Image.Image:
-    """Paper Eq. 2: A = I * M, the regions the model did not attend to blacked out."""
-    mask = soft_mask(upsample(saliency, image.size), alpha, beta)
+def masked_image(image: Image.Image, saliency: np.ndarray, alpha: float, beta: float,
+                 mask: np.ndarray | None = None) -> Image.Image:
+    """Paper Eq. 2: A = I * M, the regions the model did not attend to blacked out (`mask`: M at the image's size,
+    where the caller has it already)."""
+    mask = soft_mask(upsample(saliency, image.size), alpha, beta) if mask is None else mask
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) * mask[..., None]
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
 
@@ -39,10 +41,11 @@ def heatmap_image(image: Image.Image, saliency: np.ndarray, image_weight: float 
     return Image.fromarray(np.uint8(255 * (overlay / np.max(overlay))))
 
 
-def judge_image(image: Image.Image, saliency: np.ndarray, mode: str, alpha: float, beta: float) -> Image.Image:
+def judge_image(image: Image.Image, saliency: np.ndarray, mode: str, alpha: float, beta: float,
+                mask: np.ndarray | None = None) -> Image.Image:
     """The judge's picture of an image already in the model's view: masked (Eq. 1-2) or the heatmap overlay."""
     if mode == "masked":
-        return masked_image(image, saliency, alpha, beta)
+        return masked_image(image, saliency, alpha, beta, mask)
     if mode == "heatmap":
         return heatmap_image(image, saliency)
     raise ValueError(f"unknown image mode {mode!r}; use masked or heatmap")
