@@ -132,7 +132,7 @@ def test_maps_writes_every_stored_map_with_an_index(tmp_path, data_dir):
     db = tmp_path / "maps.db"
     invoke("predict", manifest, "--db", db)
     invoke("explain", "--db", db, "--cam", "gradcam")
-    invoke("explain", "--db", db, "--cam", "layercam", "--backend", "torch")
+    invoke("explain", "--db", db, "--cam", "layercam")
     out = tmp_path / "maps"
     assert "wrote 6 maps" in invoke("maps", "--db", db, "--out", out).output
     index = list(csv.DictReader(open(out / "index.csv", newline="")))
@@ -145,4 +145,4 @@ def test_maps_writes_every_stored_map_with_an_index(tmp_path, data_dir):
         row = next(store.query("select map, height, width, target_index from saliency_maps where id = ?",
                                [entry["file"][:-4]]))
         assert np.array_equal(saved, unpack_array(row["map"], (row["height"], row["width"])))
-        assert int(entry["target_class"]) == row["target_index"] and entry["backend"] == "torch"
+        assert int(entry["target_class"]) == row["target_index"] and entry["backend"] == "onnx"  # the default here
