@@ -53,7 +53,7 @@ def test_one_judgment_per_readable_image_per_judge(audit):
     with sqlite3.connect(audit["db"]) as conn:
         rows = conn.execute("select judge_model, count(*), count(distinct image_sha256) from judgments "
                             "group by judge_model").fetchall()
-    assert sorted(rows) == [("tiny-gemma3", READABLE, READABLE), ("tiny-qwen2.5-vl", READABLE, READABLE)]
+    assert sorted(rows) == [("tiny-gemma3-bpe512", READABLE, READABLE), ("tiny-qwen2.5-vl-bpe512", READABLE, READABLE)]
     for family in FAMILIES:
         assert audit["first"][family]["judge"]["rows"] == READABLE
 
@@ -71,7 +71,7 @@ def test_every_success_has_an_integer_score_and_failures_keep_their_text(audit):
 
 def test_matrix_counts_sum_to_the_successes(audit):
     matrices = invoke_json("matrix", "--db", audit["db"])["matrices"]
-    assert {m["judge_model"] for m in matrices} == {"tiny-qwen2.5-vl", "tiny-gemma3"}
+    assert {m["judge_model"] for m in matrices} == {"tiny-qwen2.5-vl-bpe512", "tiny-gemma3-bpe512"}
     with sqlite3.connect(audit["db"]) as conn:
         successes = dict(conn.execute(
             "select judge_model, count(*) from judgments where status = 'ok' group by judge_model").fetchall())
@@ -114,8 +114,10 @@ def test_run_records_every_parameter(audit):
         config = json.loads(run["config"])
         assert config["alpha"] == 15.0 and config["beta"] == 0.6 and config["model"] == "efficientnet-lite0"
         assert config["max_new_tokens"] == 1024 and config["image_mode"] == "masked"
+        # --backend auto, settled on ONNX Runtime where it is installed (the test extra), and recorded as such
+        assert config["backend"] == "onnx"
         hashes = json.loads(run["model_hashes"])
-        assert hashes["vision"].startswith("sha256:") and hashes["judge"].startswith("sha256:")
+        assert hashes["vision"].startswith("localjudge-onnx-v1:sha256:") and hashes["judge"].startswith("sha256:")
         versions = json.loads(run["package_versions"])
         assert versions["torch"] and versions["transformers"] and versions["xgrammar"]
         assert run["status"] == "finished"
