@@ -35,9 +35,12 @@ IDENTITY = {
     "vllm": ("vlm", VLM_HASH),
     "openai": ("qwen-tiny", "served:490588043759c7a8400370fc26cfc0ed"),
     "openai+vlm": ("qwen-tiny", "served:1fe4b31cd84591a5b7fa0f16e3d118dc"),
-    # content_key("recognizer", EfficientNet-Lite2's weights hash)
+    # content_key("recognizer", EfficientNet-Lite2's weights hash): the recognizer on torch, its identity since it began
     "recognizer": ("recognizer:efficientnet-lite2", "59562f67dc67c6f3538d2b537344ac19"),
 }
+# The recognizer on ONNX Runtime (the default backend where it is installed, as here): another judge for the store,
+# content_key("recognizer", "localjudge-onnx-v1:" + the same weights hash)
+RECOGNIZER_ON_ONNX = ("recognizer:efficientnet-lite2", "88f551f51754f382755074c50997e4ff")
 
 
 @pytest.fixture
@@ -62,10 +65,14 @@ def test_each_backend_keeps_its_identity(name, known_vlm, tmp_path):
     given = configured(name, known_vlm)
     found = JUDGES[given["judge"]].identity(DEFAULTS.replace(**given), sha256_file)
     assert (found.name, found.hash) == IDENTITY[name]
-    # and an audit keys its judgments by it
+    # and an audit keys its judgments by it, on the backend it settles on
     audit = open_audit(tmp_path / "identity.db", None, ("judge",), **given)
-    assert (audit.judge_name(), audit.judge_hash()) == IDENTITY[name]
+    expected = RECOGNIZER_ON_ONNX if name == "recognizer" and audit.config.backend == "onnx" else IDENTITY[name]
+    assert (audit.judge_name(), audit.judge_hash()) == expected
     audit.store.close()
+    torch_audit = open_audit(tmp_path / "torch.db", None, ("judge",), **given, backend="torch")
+    assert (torch_audit.judge_name(), torch_audit.judge_hash()) == IDENTITY[name]
+    torch_audit.store.close()
 
 
 @pytest.mark.parametrize("name", sorted(DECODING))
