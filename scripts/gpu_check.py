@@ -431,8 +431,18 @@ def judge_rates(vlm: Path, device: str, requests: list, settings: list[int], max
         tokens = sum(o.output_tokens or 0 for o in outputs)
         results[seqs] = {"judgments": len(outputs), "seconds": round(seconds, 3),
                          "judgments_per_s": len(outputs) / seconds, "output_tokens_per_s": tokens / seconds,
-                         "ended": sum(o.finished for o in outputs), "warm_up_s": round(one, 3)}
+                         "ended": sum(o.finished for o in outputs), "warm_up_s": round(one, 3),
+                         "grammar_overlapped": judge.overlap_grammar}
+        if seqs == max(settings) and judge.overlap_grammar:
+            # on a GPU the masks are filled during the forward (pinned memory, a copy that does not block): the
+            # answers must be those of filling them in line
+            judge.close()
+            in_line = TransformersJudge(vlm, device=device, max_new_tokens=max_new_tokens, max_rows=seqs,
+                                        overlap_grammar=False)
+            results[seqs]["same_answers_in_line"] = in_line.judge(chosen) == outputs
+            del in_line
         settings_left -= 1
+        judge.close()
         del judge
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -442,9 +452,12 @@ def judge_rates(vlm: Path, device: str, requests: list, settings: list[int], max
 def judge_text(results: dict, vocabulary: int, built: str, what: str, max_new_tokens: int) -> str:
     parts = []
     for seqs, r in results.items():
+        same = r.get("same_answers_in_line")
         parts.append(f"--max-num-seqs {seqs}: {r['judgments_per_s']:.2f} judgments/s "
                      f"({r['output_tokens_per_s']:.0f} tokens/s, {r['judgments']} judged, {r['ended']} ended "
-                     "before max_new_tokens)")
+                     "before max_new_tokens" + ("" if same is None else
+                                                f"; masks filled during the forward: answers "
+                                                f"{'equal' if same else 'DIFFER from'} those filled in line") + ")")
     return (f"vocabulary {built}, len(tokenizer) {vocabulary:,}; {what}, max_new_tokens {max_new_tokens}; "
             + "; ".join(parts))
 

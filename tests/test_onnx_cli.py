@@ -56,6 +56,15 @@ def test_the_default_backend_is_onnx_runtime_where_it_is_installed_and_is_record
     assert config["backend"] == "onnx" and backends == {"onnx"} and provider == "CPUExecutionProvider"
     again = invoke_json("predict", manifest, "--db", db, "--backend", "onnx")
     assert again["predict"]["computed"] == 0  # auto and onnx are the same model for the store
+    # a store whose predictions were made on torch (before auto was the default) is read on torch, not made again
+    older = tmp_path / "older.db"
+    invoke_json("predict", manifest, "--db", older, "--backend", "torch")
+    reused = invoke_json("explain", "--db", older)
+    assert reused["explain"]["computed"] == 2  # the torch predictions found and explained
+    with sqlite3.connect(older) as conn:
+        settled = [json.loads(c)["backend"] for (c,) in conn.execute("select config from runs order by rowid")]
+        assert {r[0] for r in conn.execute("select backend from predictions")} == {"torch"}
+    assert settled == ["torch", "torch"]
 
 
 def test_models_export_writes_a_checked_graph_and_its_card(tmp_path):

@@ -213,7 +213,7 @@ def test_a_trained_two_class_model_is_audited_end_to_end_on_both_backends(tmp_pa
     invoke("models", "card", "efficientnet-lite0", "--labels", labels, "--weights", weights, "--out", card)
     judge = ["--vlm", tiny_vlms_bpe512["qwen2_5_vl"], "--max-new-tokens", "256"]
     on_torch = invoke_json("run", manifest, "--db", tmp_path / "torch.db", "--model", card, "--weights", weights,
-                           *judge)
+                           "--backend", "torch", *judge)
     assert on_torch["predict"]["computed"] == 8 and on_torch["explain"]["computed"] == 8
     summary = invoke_json("summary", "--db", tmp_path / "torch.db")
     accuracy = summary["models"][0]["top1_accuracy"]
@@ -233,7 +233,7 @@ def test_a_trained_two_class_model_is_audited_end_to_end_on_both_backends(tmp_pa
     assert set(torch_labels.values()) <= {"dog", "not dog"}
     # without a card: the registered architecture with --weights and --labels predicts the same
     invoke_json("predict", manifest, "--db", tmp_path / "plain.db", "--model", "efficientnet-lite0", "--weights",
-                weights, "--labels", labels)
+                weights, "--labels", labels, "--backend", "torch")
     with sqlite3.connect(tmp_path / "plain.db") as conn:
         assert dict(conn.execute("select image_sha256, predicted_label from predictions")) == torch_labels
 

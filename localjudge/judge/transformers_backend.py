@@ -48,7 +48,7 @@ class TransformersJudge(Judge):
     backend = "transformers"
 
     def __init__(self, vlm_dir: Path, device: str = "auto", max_new_tokens: int = 512, temperature: float = 0.0,
-                 max_rows: int = 32):
+                 max_rows: int = 32, overlap_grammar: bool | None = None):
         offline.enforce()  # a local directory only; never the hub
         import torch
         import xgrammar
@@ -65,7 +65,6 @@ class TransformersJudge(Judge):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.max_rows = max_rows  # answers written together
-        self.overlap_grammar = False  # fill masks during the forward on a CPU too (on a GPU it always is)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         try:
             self.processor = AutoProcessor.from_pretrained(self.vlm_dir, local_files_only=True)
@@ -93,6 +92,20 @@ class TransformersJudge(Judge):
             json.dumps(JUDGMENT_SCHEMA), any_whitespace=False)
         self._vocab_size = tokenizer_info.vocab_size
         self._placeholders = sorted(placeholder_token_ids(self.model.config) - self._eos_ids)
+        # On a GPU the masks of the next step are filled on a host thread while the device runs the forward (measured
+        # by scripts/bench_judge_steps.py: the fill is most of the host's time per step); on a CPU the forward
+        # already has every core. None: on a GPU only. One filler thread per judge, shut down by close().
+        self.overlap_grammar = self.device.type == "cuda" if overlap_grammar is None else overlap_grammar
+        self._filler = None
+        if self.overlap_grammar:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._filler = ThreadPoolExecutor(1, thread_name_prefix="grammar-fill")
+
+    def close(self, cancel: bool = False) -> None:
+        if self._filler is not None:
+            self._filler.shutdown(wait=True)
+            self._filler = None
 
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
         import torch
@@ -176,11 +189,7 @@ class ContinuousDecoder:
         self.finished: dict[int, bool] = {}
         self.prompt_tokens: dict[int, int] = {}
         self.seconds: dict[int, float] = {}
-        # On a GPU the masks of the next step are filled on a host thread while the device runs the forward (measured
-        # by scripts/bench_judge_steps.py: the fill is most of the host's time per step); on a CPU the forward
-        # already has every core.
-        self.grammar = BatchGrammar(judge._grammar, judge.max_rows, judge._vocab_size,
-                                    overlapped=judge.device.type == "cuda" or judge.overlap_grammar)
+        self.grammar = BatchGrammar(judge._grammar, judge.max_rows, judge._vocab_size, filler=judge._filler)
         self.batch: DecodingBatch | None = None
         self._next = 0
 
@@ -351,7 +360,7 @@ class BatchGrammar:
     a thread of their own (xgrammar releases the GIL) while the forward pass runs, and into pinned memory, copied to
     the device without blocking."""
 
-    def __init__(self, grammar, rows: int, vocab_size: int, overlapped: bool = False):
+    def __init__(self, grammar, rows: int, vocab_size: int, filler=None):
         import xgrammar
 
         self._xgrammar = xgrammar
@@ -359,16 +368,18 @@ class BatchGrammar:
         self.matchers: dict[int, object] = {}
         self.bitmask = xgrammar.allocate_token_bitmask(rows, vocab_size)
         self.batch = xgrammar.BatchGrammarMatcher()
-        self.overlapped = overlapped
-        self._filler = None
+        self._filler = filler  # a one-thread executor: the overlapped fill (see TransformersJudge)
         self._pending: tuple[list[int], object] | None = None
-        if overlapped:
+        self.prefetched = 0  # fills started ahead (the steps whose masks were filled during a forward)
+        if filler is not None:
             import torch
-            from concurrent.futures import ThreadPoolExecutor
 
-            self._filler = ThreadPoolExecutor(1, thread_name_prefix="grammar-fill")
             if torch.cuda.is_available():
                 self.bitmask = self.bitmask.pin_memory()
+
+    @property
+    def overlapped(self) -> bool:
+        return self._filler is not None
 
     def add(self, index: int) -> None:
         self.matchers[index] = self._xgrammar.GrammarMatcher(self._grammar)
@@ -381,6 +392,13 @@ class BatchGrammar:
         matchers = [self.matchers[row] for row in rows]
         self._pending = (list(rows), self._filler.submit(self.batch.batch_fill_next_token_bitmask, matchers,
                                                          self.bitmask[: len(rows)]))
+        self.prefetched += 1
+
+    def settle(self) -> None:
+        """Wait for a fill still running (a decoder let go mid-answer leaves none behind)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].result()
 
     def mask(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """`logits` holds the rows still writing, in the order of `rows`; masked in place (on CPU or CUDA)."""

@@ -173,9 +173,6 @@ def open_audit(db_path: str | Path, source: str | Path | None = None, stages: It
             config = config.replace(**overlay)
         if config.judge == AUTO:
             config = config.replace(judge=auto_judge(config))
-        if config.backend == AUTO:  # recorded with the run as the backend it became
-            # eval sanity randomises the model's parameters, which only torch holds
-            config = config.replace(backend="torch" if "sanity" in stages else auto_backend(config.device))
         card = resolve_card(config.model, config.card, config.labels)
         require_weights(card, config.weights, config.random_weights)
         if config.targets == "labelled" and card.task != "multilabel":
@@ -184,11 +181,24 @@ def open_audit(db_path: str | Path, source: str | Path | None = None, stages: It
         if "judge" in stages:
             JUDGES[config.judge].check(config, card.label_list().names)
         store = store or Store(db_path)
+        if config.backend == AUTO:  # recorded with the run as the backend it became
+            stored = store.prediction_backends(card.name)
+            config = config.replace(backend=settled_backend(config.device, stages, stored))
         return Audit(store, config, card=card, stages=stages, show_progress=show_progress)
     except BaseException:
         if store is not None:
             store.close()
         raise
+
+
+def settled_backend(device: str, stages: set[str], stored: set[str]) -> str:
+    """--backend auto: ONNX Runtime where it can run on the device (`vision.auto_backend`), torch otherwise; torch for
+    eval sanity, which randomises the model's torch parameters; and torch for a store whose predictions of this model
+    were all made on torch (made before auto was the default, or where ONNX Runtime was not installed), so what it
+    holds is read and reused rather than made again on another backend."""
+    if "sanity" in stages or stored == {"torch"}:
+        return "torch"
+    return auto_backend(device)
 
 
 class Audit:

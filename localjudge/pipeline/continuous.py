@@ -44,8 +44,11 @@ class ContinuousJudging:
             return
         self.stage.model_loaded = True
         batch = self.audit.judge_requests(list(saliency_ids), self.stage, views)
-        if batch is not None:
-            self.open.append((batch, self.decoder.submit(batch.requests)))
+        if batch is None:  # nothing left to show (unreadable images, counted as such): done with, for the progress
+            if self.on_stored is not None:
+                self.on_stored(len(saliency_ids))
+            return
+        self.open.append((batch, self.decoder.submit(batch.requests)))
 
     def step(self) -> None:
         """One decoding step; the batches whose answers have all ended are stored. A crashed decoder's batches are

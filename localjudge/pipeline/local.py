@@ -58,9 +58,11 @@ def run_local(audit: Audit, source: str | Path) -> dict[str, Stage]:
             views = _still_needed(audit, views, pending)
 
         while not ended or (judging is not None and judging.busy):
-            if not ended:
-                # a judge writing answers only looks for new maps; an idle one waits for them
-                busy = judging is not None and judging.busy
+            # a judge writing answers looks for new maps only while fewer than a batch of its requests wait for a row
+            # (so the vision stage stays at most `queue_batches` ahead: it blocks on the full queue); an idle one
+            # waits for them
+            busy = judging is not None and judging.busy
+            if not ended and not (busy and judging.waiting >= batch_size):
                 waiting = time.perf_counter()
                 item = _poll(handoff) if busy else _next_from(handoff, worker)
                 judge_stage.waited_seconds += 0.0 if busy else time.perf_counter() - waiting

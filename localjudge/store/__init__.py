@@ -270,6 +270,11 @@ class Store:
             "select id from saliency_maps where method = ? and target_layer = ? and prediction_id in "
             "(select value from json_each(?))", [method, target_layer, json.dumps(list(prediction_ids))])]
 
+    def prediction_backends(self, model: str) -> set[str]:
+        """The vision backends this model's stored predictions were made on."""
+        return {r["backend"] for r in self.db.query("select distinct backend from predictions where model = ?",
+                                                    [model])}
+
     def failed_maps(self, ids: Iterable[str]) -> set[str]:
         """Those of these maps that are stored as map failures (degenerate)."""
         return self.existing_ids("saliency_maps", ids, where="and failure is not null")
