@@ -848,7 +848,7 @@ def eval_sanity(db_path, cams, images, seed, as_json, **given):
                                  param_hint="--cam")
     audit = open_audit(db_path, None, ("sanity",), show_progress=not as_json, **given)
     with audit.recorded("eval sanity", None):
-        found = audit.sanity(audit.stored_predictions()[:images], methods, seed)
+        found = audit.sanity(audit.sanity_predictions()[:images], methods, seed)
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return

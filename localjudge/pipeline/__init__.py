@@ -653,6 +653,16 @@ class Audit:
         """Every prediction of this configuration's model in the store (for `explain` on its own)."""
         return self.store.prediction_ids(self.vision_hash(), json.dumps(self.preprocessing(), sort_keys=True))
 
+    def sanity_predictions(self) -> list[str]:
+        """eval sanity's predictions: this model's on torch, else those the same weights made on ONNX Runtime (a store
+        made under --backend auto). The test randomises torch parameters and reads only the images and their
+        predicted classes."""
+        found = self.stored_predictions()
+        if found or self.card.framework == "onnx":
+            return found
+        on_onnx = model_hash(self.card, self._weights, self._hash_file, "onnx")
+        return self.store.prediction_ids(on_onnx, json.dumps(self.preprocessing(), sort_keys=True))
+
     def explain(self, prediction_ids: list[str], stage: Stage | None = None) -> Stage:
         """Maps for stored predictions (`localjudge explain`), a batch at a time."""
         from ..saliency.engine import CamEngine
