@@ -108,11 +108,7 @@ class TransformersJudge(Judge):
             self._filler = None
 
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
-        import torch
-
-        with torch.inference_mode():
-            answers = self._decode(requests)
-        return [self.output(*answer) for answer in answers]
+        return [self.output(*answer) for answer in self._decode(requests)]  # each decoding step: inference mode
 
     def output(self, tokens: list[int], finished: bool, prompt_tokens: int) -> JudgeOutput:
         return JudgeOutput(raw_text=self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
@@ -161,12 +157,6 @@ class TransformersJudge(Judge):
             probabilities = torch.softmax(logits / self.temperature, dim=-1)
             return torch.multinomial(probabilities, 1)[:, 0].tolist()
         return logits.argmax(dim=-1).tolist()
-
-    def _until_eos(self, tokens: list[int]) -> tuple[list[int], bool]:
-        for position, token in enumerate(tokens):
-            if token in self._eos_ids:
-                return tokens[: position + 1], True
-        return tokens, False
 
 
 class ContinuousDecoder:
@@ -393,12 +383,6 @@ class BatchGrammar:
         self._pending = (list(rows), self._filler.submit(self.batch.batch_fill_next_token_bitmask, matchers,
                                                          self.bitmask[: len(rows)]))
         self.prefetched += 1
-
-    def settle(self) -> None:
-        """Wait for a fill still running (a decoder let go mid-answer leaves none behind)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending[1].result()
 
     def mask(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """`logits` holds the rows still writing, in the order of `rows`; masked in place (on CPU or CUDA)."""
