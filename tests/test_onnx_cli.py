@@ -79,7 +79,10 @@ def test_models_export_writes_a_checked_graph_and_its_card(tmp_path):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert [i.shape[0] for i in session.get_inputs()] == ["batch", "batch"]  # dynamic batch
+    # image and cotangent: a dynamic batch; the flag choosing the main class's cotangent: one number
+    assert [(i.name, i.shape) for i in session.get_inputs()] == [
+        ("input", ["batch", 3, 224, 224]), ("cotangent", ["batch", 1000]), ("main", [1])]
+    assert card["onnx_names"]["main"] == "main" and card["onnx_names"]["explained"] == "explained"
 
 
 @pytest.fixture(scope="module")

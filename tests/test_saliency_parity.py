@@ -191,3 +191,63 @@ def test_scorecam_in_one_pass_gives_the_two_passes_results(pictures):
     scores, maps, _ = CamEngine("scorecam", model).predict_and_compute(batch)
     assert np.array_equal(scores, model.predict(batch))
     assert np.array_equal(maps, CamEngine("scorecam", model).compute(batch, scores.argmax(axis=1).tolist()))
+
+
+def test_the_graphs_choice_of_the_explained_class_by_hand():
+    """The exported graph chooses the cotangent of each image's main class itself (one run predicts and explains).
+    Known answers: a classifier's top logit (a tie to the lower class, as numpy's argmax); a segmentation model's
+    region of its largest non-background class, or the background's where nothing else is predicted. The engine's
+    own rule (main_class of the scores, then cotangent_for) gives the same."""
+    from localjudge.saliency.engine import cotangent_for
+    from localjudge.vision.onnx_export import main_class_cotangent
+    from localjudge.vision.torch_backend import class_scores
+
+    logits = torch.tensor([[0.1, 3.0, 2.0], [5.0, 5.0, 1.0]])
+    assert main_class_cotangent(logits, "classification").tolist() == [[0, 1, 0], [1, 0, 0]]
+    # image 0 predicts [[0, 2], [2, 1]] (class 2 the largest foreground); image 1 only background
+    predicted = torch.tensor([[[0, 2], [2, 1]], [[0, 0], [0, 0]]])
+    outputs = torch.nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
+    chosen = main_class_cotangent(outputs, "segmentation")
+    expected = torch.zeros(2, 3, 2, 2)
+    expected[0, 2] = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    expected[1, 0] = 1.0
+    assert torch.equal(chosen, expected)
+    for task, out in (("classification", logits), ("segmentation", outputs)):
+        targets = [main_class(row, task) for row in class_scores(out, task)]
+        assert torch.equal(main_class_cotangent(out, task), cotangent_for(tuple(out.shape), task, targets, out, "cpu"))
+
+
+class CountingSession:
+    """ONNX Runtime's session, counting its runs (a wrapper of the third-party object, not of our code)."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run_with_iobinding(self, binding):
+        self.runs += 1
+        return self.session.run_with_iobinding(binding)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_one_onnx_run_predicts_and_explains_the_main_class(pictures):
+    """On an exported graph, predicting and explaining the predicted class is one run of ONNX Runtime; a cotangent
+    other than the graph's choice costs a second run and gives exactly the gradients asked for."""
+    model = open_model(load_card("efficientnet-lite0"), None, "cpu", "onnx")
+    assert model.chooses_main_class
+    counting = CountingSession(model.session)
+    model.session = model.gradient_session = counting
+    batch = to_tensor(pictures[:4], model.card)
+    scores, maps, _ = CamEngine("gradcam", model).predict_and_compute(batch)
+    assert counting.runs == 1
+    assert np.array_equal(scores, model.predict(batch))
+
+    other = torch.zeros(4, 1000)
+    other[:, 7] = 1.0  # class 7 for every image: the main class of none of them
+    assert all(int(row.argmax()) != 7 for row in scores)
+    counting.runs = 0
+    _, activations, gradients, cotangent = model.outputs_and_gradients(batch, lambda outputs: other)
+    assert counting.runs == 2 and torch.equal(cotangent, other)
+    _, expected_activations, expected = model.activations_and_gradients(batch, other)
+    assert torch.equal(gradients, expected) and torch.equal(activations, expected_activations)

@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 
 BACKENDS = ("torch", "onnx")
 BACKEND_CHOICES = ("auto", *BACKENDS)  # auto: settled per machine by auto_backend
-EXPORT_FORMAT = "localjudge-onnx-v1"  # bump when the exported graph's contract changes
+EXPORT_FORMAT = "localjudge-onnx-v1"  # bump when the exported graph's numerics change (part of the model's identity)
+# The exported graph's interface, part of the export cache's key only: version 2 added the `main` input and the
+# `explained` output (one run predicts and explains) without changing what the outputs are, so predictions made with
+# version 1 keep their identity.
+EXPORT_GRAPH = 2
 
 
 class VisionModel(Protocol):
@@ -114,8 +118,8 @@ def exported_card(card: ModelCard, weights: Path | None, source_hash: str) -> Mo
     from .onnx_export import export_onnx
 
     # The graph's activations output is the card's target tensor: another target is another export.
-    key = hashlib.sha256(f"{source_hash}:{EXPORT_FORMAT}:{torch.__version__}:{card.target_tensor}".encode()
-                         ).hexdigest()[:16]
+    key = hashlib.sha256(f"{source_hash}:{EXPORT_FORMAT}:{EXPORT_GRAPH}:{torch.__version__}:{card.target_tensor}"
+                         .encode()).hexdigest()[:16]
     target = cache_dir() / f"{card.name}-{key}.onnx"
     if not target.with_suffix(".json").is_file():
         export_onnx(card, weights, target)

@@ -1,10 +1,16 @@
 """Export a registered torch model to ONNX with everything the CAM family needs and no autograd at run time.
 
-The graph takes the image batch and a cotangent on the model's output, and returns the output, the target layer's
-activations A and d<cotangent, output>/dA. Why this shape rather than a separate head graph: the gradient is traced
-inside the same graph, so ONNX Runtime computes it in the same pass as the forward, from activations it already
-holds, and only the ops after the target layer are differentiated (a few percent of a forward); a split graph would
-copy A between two sessions and needs a head extracted by hand per architecture. The trick that makes autograd
+The graph takes the image batch, a cotangent on the model's output and a flag `main`, and returns the output, the
+target layer's activations A, d<explained, output>/dA and `explained`: the cotangent given where main is 0, where it
+is 1 the one the graph chooses from its own output for the image's main class (a one-hot of a classifier's top class;
+a segmentation model's region of its largest non-background class, as `vision.main_class` and
+`saliency.engine.cotangent_for` choose). So predicting and explaining the predicted class is one run, not a forward
+to learn the class and then a second to explain it.
+
+Why this shape rather than a separate head graph: the gradient is traced inside the same graph, so ONNX Runtime
+computes it in the same pass as the forward, from activations it already holds, and only the ops after the target
+layer are differentiated (a few percent of a forward); a split graph would copy A between two sessions and needs a
+head extracted by hand per architecture. The trick that makes autograd
 exportable at all (see shared/docs/architecture.md): trace the function with make_fx into plain aten ops, then
 export that graph with the dynamo exporter; symbolic tracing keeps the batch dimension dynamic."""
 
@@ -24,8 +30,8 @@ from ..errors import UserError
 from .cards import ModelCard
 from .torch_backend import build_module, prepare_target
 
-ONNX_NAMES = {"input": "input", "cotangent": "cotangent", "output": "output", "activations": "activations",
-              "gradients": "gradients"}
+ONNX_NAMES = {"input": "input", "cotangent": "cotangent", "main": "main", "output": "output",
+              "activations": "activations", "gradients": "gradients", "explained": "explained"}
 # Largest |onnx - torch| relative to the largest |torch|. Outputs and activations must agree to 1e-3. Gradients
 # through bilinear upsampling (segmentation heads) go through ScatterND(add) in ONNX Runtime, which drifts up to
 # ~3e-2 of the largest value on DeepLabv3 while keeping the gradient's pattern (Pearson > 0.9997); the maps built
@@ -38,13 +44,27 @@ class ExportError(UserError):
     pass
 
 
+def main_class_cotangent(outputs: torch.Tensor, task: str) -> torch.Tensor:
+    """The cotangent explaining each image's main class, from the model's own outputs, in ops ONNX has (no one_hot,
+    no indexing by a tensor). Ties go to the lowest class, as numpy's and ONNX's argmax break them."""
+    classes = torch.arange(outputs.shape[1], device=outputs.device)
+    if task == "segmentation":  # the region of the class with the largest predicted area other than the background
+        regions = outputs.argmax(dim=1)[:, None] == classes[None, :, None, None]
+        counts = regions.flatten(2).to(torch.float32).sum(dim=2)
+        foreground = counts[:, 1:]
+        main = torch.where(foreground.sum(dim=1) > 0, foreground.argmax(dim=1) + 1, counts.argmax(dim=1))
+        return (regions & (classes[None, :, None, None] == main[:, None, None, None])).to(outputs.dtype)
+    return (classes[None, :] == outputs.argmax(dim=1)[:, None]).to(outputs.dtype)
+
+
 class _OutputsWithGradient(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, layer: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, layer: torch.nn.Module, task: str):
         super().__init__()
         self.model = model
         self.layer = layer
+        self.task = task
 
-    def forward(self, x, cotangent):
+    def forward(self, x, cotangent, main):
         captured = {}
         handle = self.layer.register_forward_hook(lambda module, inputs, output: captured.setdefault("a", output))
         try:
@@ -52,8 +72,10 @@ class _OutputsWithGradient(torch.nn.Module):
         finally:
             handle.remove()
         activations = captured["a"]
-        (gradients,) = torch.autograd.grad(output, activations, grad_outputs=cotangent)
-        return output, activations, gradients
+        # a blend rather than a branch: the graph has no control flow, and main is exactly 0 or 1
+        explained = main * main_class_cotangent(output.detach(), self.task) + (1 - main) * cotangent
+        (gradients,) = torch.autograd.grad(output, activations, grad_outputs=explained)
+        return output, activations, gradients, explained
 
 
 def _contiguous_outputs(module: torch.nn.Module) -> list:
@@ -98,17 +120,17 @@ def decompositions() -> dict:
 
 
 def trace(card: ModelCard, weights: Path | None, static_batch: int | None = None):
-    """The model and its exportable function (x, cotangent) -> (output, activations, gradients); with a
+    """The model and its exportable function (x, cotangent, main) -> (output, activations, gradients, explained); with a
     static_batch the trace is concrete (much faster for window-attention models such as MaxViT, whose symbolic
     trace takes many minutes) and the graph takes batches of exactly that size."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     module = build_module(card, weights)
-    wrapper = _OutputsWithGradient(module, prepare_target(module, card)).eval()
+    wrapper = _OutputsWithGradient(module, prepare_target(module, card), card.task).eval()
 
-    def outputs_with_gradient(x, cotangent):
+    def outputs_with_gradient(x, cotangent, main):
         with torch.enable_grad():
-            return wrapper(x.detach().requires_grad_(False), cotangent)
+            return wrapper(x.detach().requires_grad_(False), cotangent, main)
 
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -118,15 +140,16 @@ def trace(card: ModelCard, weights: Path | None, static_batch: int | None = None
     batch = static_batch or next(b for b in (2, 3, 5, 7, 11) if b not in (*output_shape, card.crop, 3))
     x = torch.randn(batch, 3, card.crop, card.crop, generator=generator)
     cotangent = torch.randn(x.shape[0], *output_shape, generator=generator)
+    main = torch.ones(1)
     handles = _contiguous_outputs(module)
     mode = {"tracing_mode": "real"} if static_batch else {"tracing_mode": "symbolic", "_allow_non_fake_inputs": True}
     try:
         graph = make_fx(outputs_with_gradient, decomposition_table=decompositions(),
-                        **mode)(x, cotangent)
+                        **mode)(x, cotangent, main)
     finally:
         for handle in handles:
             handle.remove()
-    return graph, outputs_with_gradient, (x, cotangent), tuple(output_shape)
+    return graph, outputs_with_gradient, (x, cotangent, main), tuple(output_shape)
 
 
 def export_onnx(card: ModelCard, weights: Path | None, out: Path, static_batch: int | None = None) -> Path:
@@ -136,14 +159,16 @@ def export_onnx(card: ModelCard, weights: Path | None, out: Path, static_batch: 
     static_batch = static_batch or card.export_batch
     graph, reference, example, output_shape = trace(card, weights, static_batch)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = None if static_batch else ({0: batch}, {0: batch})
+    dynamic = None if static_batch else ({0: batch}, {0: batch}, None)
     chatter = io.StringIO()  # the exporter prints its progress; keep the CLI's output ours
     try:
         with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                graph, example, dynamo=True, input_names=[ONNX_NAMES["input"], ONNX_NAMES["cotangent"]],
-                output_names=[ONNX_NAMES["output"], ONNX_NAMES["activations"], ONNX_NAMES["gradients"]],
+                graph, example, dynamo=True,
+                input_names=[ONNX_NAMES["input"], ONNX_NAMES["cotangent"], ONNX_NAMES["main"]],
+                output_names=[ONNX_NAMES["output"], ONNX_NAMES["activations"], ONNX_NAMES["gradients"],
+                              ONNX_NAMES["explained"]],
                 dynamic_shapes=dynamic, optimize=True)
             program.save(str(out))
     except Exception as error:
@@ -161,13 +186,30 @@ def export_onnx(card: ModelCard, weights: Path | None, out: Path, static_batch: 
 def check_against_torch(path: Path, reference, output_shape, card: ModelCard, static_batch: int | None) -> None:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from .onnx_backend import has_reducing_scatter
+
+    options = onnxruntime.SessionOptions()
+    if has_reducing_scatter(path):  # checked as it runs: such a graph's gradients run on one thread (onnx_backend)
+        options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
     size = static_batch or 4  # a dynamic graph is checked at a batch size the trace (2, 3, 5, ...) never has
     x = torch.randn(size, 3, card.crop, card.crop, generator=generator)
     cotangent = torch.randn(size, *output_shape, generator=generator)
-    expected = [t.detach().numpy() for t in reference(x, cotangent)]
-    actual = session.run(None, {ONNX_NAMES["input"]: x.numpy(), ONNX_NAMES["cotangent"]: cotangent.numpy()})
+    inputs = {ONNX_NAMES["input"]: x.numpy(), ONNX_NAMES["cotangent"]: cotangent.numpy()}
+    given = session.run(None, {**inputs, ONNX_NAMES["main"]: np.zeros(1, np.float32)})
+    compare(path, given[:3], [t.detach().numpy() for t in reference(x, cotangent, torch.zeros(1))[:3]])
+    # main = 1: the graph's choice must be exactly what the torch function chooses from the graph's own outputs (from
+    # torch's, a pixel where two classes tie within float error could go either way), and its gradients torch's
+    # for that choice
+    chosen = session.run(None, {**inputs, ONNX_NAMES["main"]: np.ones(1, np.float32)})
+    wanted = main_class_cotangent(torch.from_numpy(chosen[0]), card.task).numpy()
+    if not np.array_equal(chosen[3], wanted):
+        raise ExportError(f"{path}: the graph explains other classes than its outputs' main classes; export refused")
+    compare(path, chosen[:3], [t.detach().numpy() for t in reference(x, torch.from_numpy(wanted), torch.zeros(1))[:3]])
+
+
+def compare(path: Path, actual: list, expected: list) -> None:
     for name, got, want in zip(("output", "activations", "gradients"), actual, expected):
         if got.shape != want.shape:
             raise ExportError(f"{path}: {name} has shape {got.shape} in ONNX Runtime, {want.shape} in torch")
