@@ -18,9 +18,10 @@
                  key) is timed apart and counted in the sum
      b  vision   EfficientNet-Lite0's forward with its gradient: one `activations_and_gradients(batch, one-hot
                  cotangent of the predicted class)` per --batch-size batch. On ONNX that is ONE run of the gradient
-                 graph (the classes come from a predict before it); on torch one forward + the backward
-                 to the target layer. Its input (preprocess.to_tensor: resize, crop, normalise) and, on ONNX, the
-                 plain forward the run makes before the gradient run (predict) are timed apart, not in the sum
+                 graph (the classes come from a predict before it, untimed in the sum: the run's own graph chooses
+                 the predicted class itself, in the same run); on torch one forward + the backward to the target
+                 layer. Its input (preprocess.to_tensor: resize, crop, normalise) and the plain forward (predict)
+                 are timed apart, not in the sum
      c  judge    the recognizer's forward: one `forward_outputs` of its model (EfficientNet-Lite2 at its card's
                  crop, on the same backend; the very object open_model gives the judge) per --judge-batch-size batch
    sum = a (decode + sha256) + b + c, and the ratio run seconds / sum.
@@ -141,10 +142,11 @@ def warm_up(folder: Path, paths: list[Path], args) -> dict:
 def timed_run(folder: Path, manifest: Path, n: int, models: dict, args) -> dict:
     db = folder / "run.db"
     audit = preload(open_run(db, manifest, args), models["vision"], models["judge"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with audit.recorded("run", str(manifest)):
         stages = run_local(audit, manifest)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu  # all threads of the process: how busy the cores were
     # What `localjudge run` does after the run (cli.run): print the matrices of the store. Timed apart.
     from localjudge.queries import matrices
 
@@ -157,7 +159,8 @@ def timed_run(folder: Path, manifest: Path, n: int, models: dict, args) -> dict:
     after = time.perf_counter() - started
     audit.store.close()
     judge = stages["judge"]
-    return {"seconds": seconds, "images_per_s": n / seconds, "ingested": len(stages["ingest"].ids),
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "images_per_s": n / seconds,
+            "ingested": len(stages["ingest"].ids),
             "maps": stages["explain"].computed, **judge_stats(db), "judge_wall_seconds": judge.seconds,
             "judge_waited_seconds": judge.waited_seconds, "matrices_seconds": after}
 
@@ -194,8 +197,8 @@ def irreducible(paths: list[Path], models: dict, args) -> dict:
             started = time.perf_counter()
             inputs = to_tensor(pictures, card)
             seconds["to_tensor"] += time.perf_counter() - started
-            # the explained class from a predict before it, so the gradient graph runs once; that plain forward is
-            # what the run's outputs_and_gradients adds on ONNX, so it is timed too, but not counted in the sum
+            # the explained class from a predict before it, so the gradient graph runs once (the run's graph chooses
+            # the class itself: it makes no plain forward); timed too, not counted in the sum
             started = time.perf_counter()
             scores = vision.predict(inputs)
             seconds["predict"] += time.perf_counter() - started
@@ -294,6 +297,8 @@ def report(result: dict) -> None:
     print(f"       {run['ingested']} ingested, {run['maps']} maps, {run['judgments']} judgments "
           f"({run['failed']} failed); the judge's calls took {run['busy_seconds']:.2f} s, the judging thread waited "
           f"for maps {run['judge_waited_seconds']:.2f} s of {run['judge_wall_seconds']:.2f} s")
+    print(f"       CPU time of the process {run['cpu_seconds']:.2f} s: {run['cpu_seconds'] / run['seconds']:.2f} cores "
+          "busy on average")
     rows = [("a  read + decode to RGB (read_file, decode, model_picture)", parts["read"] + parts["decode"]),
             ("     of which reading the bytes", parts["read"]),
             ("a' sha256 of the bytes (ingest's key; in the sum)", parts["sha256"]),
@@ -301,7 +306,7 @@ def report(result: dict) -> None:
             (f"c  {result['judge_model']} forward (forward_outputs)", parts["judge"]),
             ("   sum", result["irreducible_s"]),
             ("   not in the sum: to_tensor for the vision model", parts["to_tensor"]),
-            ("   not in the sum: its plain forward (predict; an ONNX run makes it too)", parts["predict"])]
+            ("   not in the sum: its plain forward (predict; the run makes none)", parts["predict"])]
     print(f"  irreducible parts, same photos, batch sizes and backend:{'seconds':>18}{'images/s':>10}")
     for name, seconds in rows:
         print(f"  {name:<74}{seconds:>8.2f}{n / seconds if seconds else float('inf'):>10.1f}")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from localjudge.judge import JudgeRequest, parse_answer
 from localjudge.judge.recognizer import RecognizerJudge, score_for, sibling_groups
+from localjudge.saliency.masking import masked_image
 
 from .conftest import invoke, invoke_json, seg_photos_manifest
 
@@ -144,6 +145,13 @@ def test_each_design_classifies_what_it_says(designs, recognizer, photos):
 
     assert (justification(designs["crop"], ask(image, square, black_square))
             == justification(recognizer, ask(None, None, image.crop((50, 100, 250, 300)))))
+    # crop and mean draw from the view and the mask, so the pipeline hands them no image (reads_image); with
+    # nothing attended above one half, crop classifies the masked image A = I * M, drawn from those two
+    assert (justification(designs["crop"], ask(image, square, None))
+            == justification(designs["crop"], ask(image, square, black_square)))
+    faint = np.full((448, 448), 0.3, np.float32)
+    assert (justification(designs["crop"], ask(image, faint, None))
+            == justification(recognizer, ask(None, None, masked_image(image, None, 0, 0, faint))))
     mean = Image.new("RGB", (448, 448), tuple(int(c * 255 + 0.5) for c in designs["mean"].card.mean))
     assert (justification(designs["mean"], ask(image, zeros, Image.new("RGB", (448, 448))))
             == justification(recognizer, ask(None, None, mean)))

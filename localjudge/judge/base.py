@@ -19,7 +19,7 @@ from .parsing import JUDGMENT_SCHEMA
 
 @dataclass(frozen=True)
 class JudgeRequest:
-    image: Image.Image
+    image: Image.Image | None  # None only for a judge that does not read it (JudgeSpec.reads_image)
     label: str
     prompt: str
     label_index: int | None = None  # the predicted class's index in the vision model's label list
@@ -49,8 +49,8 @@ class Judge:
 
     def continuous(self):
         """A decoder that takes requests while it writes answers (`submit(requests) -> indices`, `busy`,
-        `waiting_count`, `step() -> ended indices`, `take(index) -> (output, seconds)`), for judges that can; None
-        where each call answers its batch whole."""
+        `waiting_count`, `step() -> ended indices`, `has_ended(index)`, `take(index) -> (output, seconds)`), for
+        judges that can; None where each call answers its batch whole."""
         return None
 
     def close(self, cancel: bool = False) -> None:
@@ -131,6 +131,12 @@ class JudgeSpec:
     reserves_gpu = False  # it takes a fixed share of a GPU's memory up front (a Ray actor asks for that share)
 
     reads_maps = False  # it is handed each request's view and soft mask besides the image (JudgeRequest)
+
+    def reads_image(self, config) -> bool:
+        """Whether it looks at the judge's image itself; a judge that reads the maps may draw its own from the view
+        and the mask, and is then handed no image (JudgeRequest.image None): drawing one for each request costs
+        as much as a small model's forward on the CPU."""
+        return True
 
     def caveat(self, decoding: dict) -> str:
         """What the scores of the judgments made with this decoding (their key's decoding part) are worth, shown

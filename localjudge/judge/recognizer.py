@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from ..saliency.masking import masked_image
 from ..store import content_key, sha256_file
 from ..config import DEFAULTS
 from ..errors import OptionError
@@ -124,6 +125,9 @@ class RecognizerSpec(JudgeSpec):
     structured_output = "templated"
     reads_maps = True  # the designs but the first need the view and the soft mask
 
+    def reads_image(self, config) -> bool:  # crop and mean draw their own from the view and the mask
+        return config.recognizer_design in ("black", "relative")
+
     def caveat(self, decoding: dict) -> str:
         design = decoding.get("design", "black")  # the first design is unnamed in its judgments' key
         return (f"the recognizer ({design} design) is a classifier standing in for a VLM judge, a proxy: "
@@ -177,33 +181,30 @@ class RecognizerJudge(Judge):
     def _inputs(self, images: list[Image.Image]) -> torch.Tensor:
         """The judge's image is already the vision model's view (its centre crop); it is only resized to the
         recognizer's input and normalised, not cropped again."""
-        import torch
+        from ..vision.preprocess import normalised_batch
 
         side = self.card.crop
-        # stacked as bytes, normalised in place once in float: no full-size float temporaries per step
-        pixels = torch.from_numpy(np.stack([np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR))
-                                            for image in images]))
-        batch = pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-        batch.sub_(torch.tensor(self.card.mean, dtype=torch.float32)[:, None, None])
-        batch.div_(torch.tensor(self.card.std, dtype=torch.float32)[:, None, None])
-        return batch.contiguous()
+        pixels = np.stack([np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR)) for image in images])
+        return normalised_batch(pixels, self.card.mean, self.card.std)
 
     def _design_image(self, request: JudgeRequest) -> Image.Image:
         """What the design classifies (a request without a view, a canary's blank image, is classified as it is)."""
         if request.view is None or request.mask is None or self.design in ("black", "relative"):
             return request.image
-        view = np.asarray(request.view.convert("RGB"), dtype=np.float32)
-        mask = np.asarray(request.mask, dtype=np.float32)[..., None]
         if self.design == "mean":  # hidden pixels take the colour the model's normalisation maps to zero
+            view = np.asarray(request.view.convert("RGB"), dtype=np.float32)
+            mask = np.asarray(request.mask, dtype=np.float32)[..., None]
             fill = np.asarray(self.card.mean, dtype=np.float32) * 255.0
             return Image.fromarray(np.clip(view * mask + fill * (1 - mask) + 0.5, 0, 255).astype(np.uint8))
         # crop: the attended region's bounding square (mask >= 0.5), unmasked, the rest of the view left out
-        rows, cols = np.nonzero(mask[..., 0] >= 0.5)
-        if len(rows) == 0:
-            return request.image
-        side = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
-        top = int(min(max(0, (rows.min() + rows.max() + 1 - side) // 2), view.shape[0] - side))
-        left = int(min(max(0, (cols.min() + cols.max() + 1 - side) // 2), view.shape[1] - side))
+        attended = np.asarray(request.mask) >= 0.5
+        rows, cols = np.flatnonzero(attended.any(axis=1)), np.flatnonzero(attended.any(axis=0))
+        if len(rows) == 0:  # nothing attended above one half: the masked image (A = I * M), as the black design
+            return request.image if request.image is not None else masked_image(request.view, None, 0, 0, request.mask)
+        height, width = attended.shape
+        side = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+        top = int(min(max(0, (rows[0] + rows[-1] + 1 - side) // 2), height - side))
+        left = int(min(max(0, (cols[0] + cols[-1] + 1 - side) // 2), width - side))
         return request.view.crop((left, top, left + side, top + side))
 
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:

@@ -1130,6 +1130,7 @@ class Audit:
         if not maps:
             return None
         requests = []
+        draws = self.judge_spec.reads_image(config)
         for m in maps:
             prediction = predictions[m["prediction_id"]]
             saliency = unpack_array(m["map"], (m["height"], m["width"]))
@@ -1137,7 +1138,8 @@ class Audit:
             # M at the view's size, computed once for the masked image and for a judge that reads the map itself
             mask = (soft_mask(upsample(saliency, view.size), config.alpha, config.beta)
                     if self.judge_spec.reads_maps else None)
-            image = judge_image(view, saliency, config.image_mode, config.alpha, config.beta, mask)
+            image = (judge_image(view, saliency, config.image_mode, config.alpha, config.beta, mask)
+                     if draws else None)
             extra = {"view": view, "mask": mask} if self.judge_spec.reads_maps else {}
             # what the map explains: the predicted class, or one finding of a multilabel model
             target = m["target_index"] if m["target_index"] is not None else prediction["predicted_index"]

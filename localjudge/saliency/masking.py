@@ -9,7 +9,9 @@ from PIL import Image
 def soft_mask(saliency: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     """Paper Eq. 1: M = 1 / (1 + exp(alpha * (beta - v))); v above beta stays visible, below it fades to black."""
     exponent = np.clip(alpha * (beta - saliency.astype(np.float32)), -60.0, 60.0)
-    return 1.0 / (1.0 + np.exp(exponent))
+    mask = np.exp(exponent, out=exponent)  # in place: the same operations, without a temporary per step
+    mask += 1.0
+    return np.divide(1.0, mask, out=mask)
 
 
 def upsample(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -26,7 +28,8 @@ def masked_image(image: Image.Image, saliency: np.ndarray, alpha: float, beta: f
     where the caller has it already)."""
     mask = soft_mask(upsample(saliency, image.size), alpha, beta) if mask is None else mask
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) * mask[..., None]
-    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+    pixels += 0.5  # rounds; no clip needed: 0 <= M <= 1, so 0.5 <= pixels <= 255.5, which truncates to 0..255
+    return Image.fromarray(pixels.astype(np.uint8))
 
 
 def heatmap_image(image: Image.Image, saliency: np.ndarray, image_weight: float = 0.5) -> Image.Image:

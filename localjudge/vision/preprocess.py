@@ -47,10 +47,19 @@ def to_tensor(images: list[Image.Image], card: ModelCard) -> torch.Tensor:
 def view_tensor(views: list[Image.Image], card: ModelCard) -> torch.Tensor:
     """Batch of model inputs from views already cut and resized (model_view), normalised as the card says: for a
     view changed in place (an artifact pasted in, a background replaced)."""
+    return normalised_batch(np.stack([np.asarray(view.convert("RGB")) for view in views]), card.mean, card.std)
+
+
+def normalised_batch(pixels: np.ndarray, mean, std) -> torch.Tensor:
+    """(x / 255 - mean) / std of uint8 pixels (batch, height, width, RGB), as a contiguous float32 (batch, RGB,
+    height, width) tensor: one conversion into the final layout, then in place, channel-major (the same float
+    operations in the same order as on float copies, so the same values, without their temporaries)."""
     import torch
 
-    arrays = np.stack([np.asarray(view.convert("RGB"), dtype=np.float32) / 255.0 for view in views])
-    mean = np.asarray(card.mean, dtype=np.float32)
-    std = np.asarray(card.std, dtype=np.float32)
-    arrays = (arrays - mean) / std
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
+    source = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    batch = torch.empty(source.shape, dtype=torch.float32)
+    batch.copy_(source)
+    batch.div_(255.0)
+    batch.sub_(torch.tensor(mean, dtype=torch.float32)[:, None, None])
+    batch.div_(torch.tensor(std, dtype=torch.float32)[:, None, None])
+    return batch
