@@ -159,3 +159,51 @@ def test_masks_filled_during_the_forward_give_the_same_answers(family, tiny_vlms
     assert decoder.grammar.prefetched > steps // 2  # most steps' masks were filled during the forward
     assert [overlapped.output(*decoder.answer(i)) for i in indices] == in_line
     overlapped.close()
+
+
+def test_a_decoder_crash_keeps_the_answers_that_had_ended(tiny_vlms_bpe512, data_dir, tmp_path):
+    """A crash in the middle of decoding (a stand-in for CUDA running out of memory: a forward hook on the VLM, a
+    torch module, raises at one decoding step) fails only the answers that had not ended: those that had are stored
+    as written, and the next run judges only the failed ones."""
+    import sqlite3
+
+    from localjudge.pipeline import open_audit
+    from localjudge.pipeline.local import run_local
+
+    from .conftest import seg_photos_manifest
+
+    manifest = seg_photos_manifest(data_dir, tmp_path / "photos.csv", 12)
+    db = tmp_path / "crash.db"
+    options = dict(vlm=str(tiny_vlms_bpe512["qwen2_5_vl"]), judge="transformers", device="cpu", max_num_seqs=4,
+                   judge_batch_size=12, max_new_tokens=40)
+    audit = open_audit(db, manifest, ("ingest", "predict", "explain", "judge"), show_progress=False, **options)
+    steps = []
+
+    def out_of_memory(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] == 1:  # a decoding step (one token a row), not a prefill
+            steps.append(1)
+            if len(steps) == 50:  # the first four rows ended by step 40; the next four are being written
+                raise RuntimeError("CUDA out of memory (stand-in)")
+
+    handle = audit.judge_model().model.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+    try:
+        with audit.recorded("run", str(manifest)):
+            run_local(audit, manifest)
+    finally:
+        handle.remove()
+        audit.store.close()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select failure_kind, error, raw_text from judgments").fetchall()
+    crashed = [r for r in rows if r[1] and "out of memory" in r[1]]
+    kept = [r for r in rows if not (r[1] and "out of memory" in r[1])]
+    assert len(rows) == 12 and len(kept) >= 4 and crashed  # one batch of 12: before, all 12 were failures
+    assert all(r[2] for r in kept) and all(r[0] == "backend" for r in crashed)
+
+    again = open_audit(db, manifest, ("ingest", "predict", "explain", "judge"), show_progress=False, **options)
+    with again.recorded("run", str(manifest)):
+        stages = run_local(again, manifest)
+    again.store.close()
+    assert stages["judge"].computed == len(crashed)  # only the failed ones are judged again
+    with sqlite3.connect(db) as conn:
+        left = conn.execute("select count(*) from judgments where error like '%out of memory%'").fetchone()[0]
+    assert left == 0

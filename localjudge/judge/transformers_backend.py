@@ -246,6 +246,10 @@ class ContinuousDecoder:
             self._charge(rows, time.perf_counter() - started)
         return ended
 
+    def has_ended(self, index: int) -> bool:
+        """Whether the request's answer has ended (and not been taken yet)."""
+        return index in self.finished
+
     def answer(self, index: int) -> tuple[list[int], bool, int]:
         """An ended request's (tokens, ended with an end token, prompt tokens); what was kept for it is let go."""
         self.grammar.remove(index)

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
+from ..judge import JudgeOutput
 from . import Audit, JudgeBatch, Stage
 
 
@@ -51,15 +52,22 @@ class ContinuousJudging:
         self.open.append((batch, self.decoder.submit(batch.requests)))
 
     def step(self) -> None:
-        """One decoding step; the batches whose answers have all ended are stored. A crashed decoder's batches are
-        stored as failures (retried on the next run), and a new decoder takes the batches that follow."""
+        """One decoding step; the batches whose answers have all ended are stored. When the decoder crashes, its
+        batches are stored: the answers that had ended as they are, the others as failures (retried on the next run);
+        a new decoder takes the batches that follow."""
         try:
             self.ended.update(self.decoder.step())
         except Exception as error:
-            failed, self.open, self.ended = self.open, [], set()
+            crashed, failed, self.open, self.ended = self.decoder, self.open, [], set()
             self.decoder = self.audit.judge_model().continuous()
-            for batch, _ in failed:
-                self._store(self.audit.judgment_rows(batch, None, 0.0, f"{type(error).__name__}: {error}"))
+            reason = f"{type(error).__name__}: {error}"
+            for batch, indices in failed:
+                # answers that had ended before the crash are kept; the others are failures, retried next run
+                taken = [crashed.take(i) if crashed.has_ended(i) else
+                         (JudgeOutput(raw_text="", input_tokens=None, output_tokens=None, error=reason), 0.0)
+                         for i in indices]
+                self._store(self.audit.judgment_rows(batch, [output for output, _ in taken],
+                                                     sum(seconds for _, seconds in taken)))
             return
         still = []
         for batch, indices in self.open:
