@@ -167,6 +167,9 @@ judge_backend_options = options(
                                          "whole view's."),
     click.option("--judge-batch-size", type=click.IntRange(1), default=DEFAULTS.judge_batch_size,
                  show_default=True, help="Requests handed to the judge at once (and stored together)."),
+    click.option("--judge-failure-limit", type=click.IntRange(1), default=DEFAULTS.judge_failure_limit,
+                 show_default=True, help="Stop the run after this many judge batches in a row fail (the judge "
+                                         "raised: out of memory, a broken model); what was judged is stored."),
     click.option("--max-new-tokens", type=click.IntRange(1), default=DEFAULTS.max_new_tokens, show_default=True),
     click.option("--temperature", type=click.FloatRange(0), default=DEFAULTS.temperature, show_default=True),
     click.option("--judge-image-size", type=click.IntRange(32), default=DEFAULTS.judge_image_size,

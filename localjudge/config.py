@@ -52,6 +52,9 @@ class RunConfig:
     recognizer_design: str = "crop"
     vlm: str | None = None
     judge_batch_size: int = 64  # requests handed to the judge at once, and stored together
+    # An in-process judge whose calls fail (raise: CUDA out of memory, a broken model) this many batches in a row stops
+    # the run, with what it judged stored, rather than walk the whole dataset writing failures
+    judge_failure_limit: int = 2
     max_new_tokens: int = 512
     temperature: float = 0.0
     # The judge sees the model's view of the image (the centre crop), upscaled to this side so a

@@ -226,6 +226,7 @@ class Audit:
         self._judgment_key_parts: tuple[str, str, dict] | None = None  # prompt template, its hash, decoding
         self._prompt_stored = False
         self._judgments_failed = 0  # failed judgments stored by this audit (a stage's `failed` also counts inputs)
+        self._failed_batches_in_a_row = 0  # judge calls that raised, since the last that answered
         self._files: dict[str, str] = {}  # the files this process read, by image sha256 (paths may be redacted)
 
     def on_store(self, store: Store, show_progress: bool = False) -> "Audit":
@@ -1163,7 +1164,22 @@ class Audit:
             outputs, backend_error, stop = error.outputs, None, error
         except Exception as error:  # a crashed batch is stored as failures and retried on the next run
             outputs, backend_error = None, f"{type(error).__name__}: {error}"
+        stop = stop or self.judge_failed(backend_error)
         return self.judgment_rows(batch, outputs, time.perf_counter() - started, backend_error), stop
+
+    def judge_failed(self, error: str | None) -> JudgeStopped | None:
+        """Counts judge calls that raised (`error`; None: one answered): the reason to stop once
+        --judge-failure-limit of them came in a row (the run would otherwise store failures for the whole dataset)."""
+        if error is None:
+            self._failed_batches_in_a_row = 0
+            return None
+        self._failed_batches_in_a_row += 1
+        limit = self.config.judge_failure_limit
+        if self._failed_batches_in_a_row < limit:
+            return None
+        return JudgeStopped(f"the judge failed on {limit} batch{'es' if limit > 1 else ''} in a row (the last: "
+                            f"{error}); stopped, with every judgment so far stored: fix the cause and run again, "
+                            "only what is missing or failed is judged", [])
 
     def judgment_rows(self, batch: "JudgeBatch", outputs: list[JudgeOutput] | None, seconds: float,
                       backend_error: str | None = None) -> list[dict]:

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from ..judge import JudgeOutput
+from ..judge import JudgeError, JudgeOutput
 from . import Audit, JudgeBatch, Stage
 
 
@@ -54,7 +54,8 @@ class ContinuousJudging:
     def step(self) -> None:
         """One decoding step; the batches whose answers have all ended are stored. When the decoder crashes, its
         batches are stored: the answers that had ended as they are, the others as failures (retried on the next run);
-        a new decoder takes the batches that follow."""
+        a new decoder takes the batches that follow, unless the decoder crashed --judge-failure-limit times in a row
+        (no batch answered in between): then the run stops."""
         try:
             self.ended.update(self.decoder.step())
         except Exception as error:
@@ -68,6 +69,9 @@ class ContinuousJudging:
                          for i in indices]
                 self._store(self.audit.judgment_rows(batch, [output for output, _ in taken],
                                                      sum(seconds for _, seconds in taken)))
+            stop = self.audit.judge_failed(reason)
+            if stop is not None:
+                raise JudgeError(str(stop)) from error
             return
         still = []
         for batch, indices in self.open:
@@ -76,6 +80,7 @@ class ContinuousJudging:
                 continue
             taken = [self.decoder.take(i) for i in indices]
             self.ended.difference_update(indices)
+            self.audit.judge_failed(None)  # a batch answered: the failures in a row start again from none
             self._store(self.audit.judgment_rows(batch, [output for output, _ in taken],
                                                  sum(seconds for _, seconds in taken)))
         self.open = still
