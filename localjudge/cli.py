@@ -105,6 +105,9 @@ vision_options = options(
                       "Runtime; a registered model is exported once into the cache)."),
     click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True),
+    click.option("--progress-seconds", type=click.FloatRange(0), default=DEFAULTS.progress_seconds,
+                 show_default=True, help="Where stderr is not a terminal (a scheduler, a log file): a progress line "
+                                         "with rate and time left every this many seconds."),
     click.option("--finding-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                  default=DEFAULTS.finding_threshold, show_default=True,
                  help="Multilabel models: a class at or above this probability is a finding, explained and judged "

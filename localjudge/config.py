@@ -77,6 +77,9 @@ class RunConfig:
     api_timeout: float = 300.0  # seconds to wait for one answer
     api_retries: int = 3  # more tries after a timeout, a refused connection, a 5xx or a 429
     api_backoff: float = 1.0  # seconds before the first retry; doubled for each next one
+    # progress where stderr is no terminal (a scheduler, a log file): a line every this many seconds, with rate and
+    # time left (on a terminal: a bar)
+    progress_seconds: float = 60.0
     # overlapped run: how many vision batches of maps may wait for the judge (bounds how far vision runs ahead)
     queue_batches: int = 4
     # faithfulness (eval faithfulness): curve points as torchcam's DeletionInsertionMetric, and the fill of removed

@@ -24,7 +24,6 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from ..config import DEFAULTS, RunConfig
 from ..data import (IMAGE_SUFFIXES, ChangedImage, IngestError, InputItem, ReadFailure, discover, is_redacted,
@@ -34,6 +33,7 @@ from ..judge import (AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeOutput
                      auto_judge, parse_answer)
 from ..judge.prompts import PHOTO, fill_kind, prompt_hash, prompt_template, prompt_text, render
 from ..saliency.masking import judge_image, soft_mask, upsample
+from ..progress import progress
 from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
 from ..vision import (BACKENDS, ModelCard, auto_backend, backend_of, main_class, model_hash, open_model,
                       require_weights, resolve_card)
@@ -58,9 +58,6 @@ def batched(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
-def progress(iterable: Iterable, total: int, desc: str, show: bool, unit: str = "batch"):
-    # tqdm hides itself when stderr is not a terminal (disable=None), so logs and tests stay clean.
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=None if show else True, leave=False)
 
 
 @functools.lru_cache(maxsize=None)  # asked once per image
@@ -333,7 +330,7 @@ class Audit:
         images: list[dict] = []
         errors: list[dict] = []
         pictures: dict[str, Image.Image] = {}
-        for item in progress(items, len(items), "ingest", self.show_progress, unit="image"):
+        for item in self.progress(items, len(items), "ingest", unit="image"):
             result = read_image(item.path, self.config.dicom_window)
             shown = self.shown_path(item.path)
             if class_names is not None and item.from_folder and resolve_label(item.label, class_names) is None:
@@ -684,8 +681,8 @@ class Audit:
         model = self.vision_model()
         stage.model_loaded = True
         with CamEngine(self.config.cam, model) as cam:
-            for batch in progress(batched(missing, self.config.batch_size),
-                                  -(-len(missing) // self.config.batch_size), "explain", self.show_progress):
+            for batch in self.progress(batched(missing, self.config.batch_size),
+                                       -(-len(missing) // self.config.batch_size), "explain"):
                 pictures, batch = self.load_images(list(batch), stage)
                 if not batch:
                     continue
@@ -936,8 +933,7 @@ class Audit:
         # large batches.
         chunk = 4 if self._backend == "torch" and model.device.type == "cpu" else max(1, config.batch_size) * 4
         group = max(1, 2 * chunk // (2 * steps + 3))  # images whose inputs fill about two forward passes
-        for batch in progress(batched(missing, group), -(-len(missing) // group), "faithfulness",
-                              self.show_progress):
+        for batch in self.progress(batched(missing, group), -(-len(missing) // group), "faithfulness"):
             pictures, batch = self.load_images(list(batch), stage)
             if not batch:
                 continue
@@ -990,8 +986,8 @@ class Audit:
 
         stage = Stage() if stage is None else stage
         missing = self.judgments_missing(saliency_ids, stage)
-        batches = progress(batched(missing, self.config.judge_batch_size),
-                           -(-len(missing) // self.config.judge_batch_size), "judge", self.show_progress)
+        batches = self.progress(batched(missing, self.config.judge_batch_size),
+                                -(-len(missing) // self.config.judge_batch_size), "judge")
         judging = ContinuousJudging.open_for(self, stage) if missing else None
         if judging is None:
             for batch in batches:
@@ -1071,6 +1067,10 @@ class Audit:
         closes it, not this audit."""
         self._judge = judge
         self._owns_judge = False
+
+    def progress(self, iterable: Iterable, total: int, desc: str, unit: str = "batch") -> Iterator:
+        """Each item, counted on a bar (a terminal) or in a log line every --progress-seconds (anywhere else)."""
+        return progress(iterable, total, desc, self.show_progress, self.config.progress_seconds, unit)
 
     def judge_model(self) -> Judge:
         config = self.config

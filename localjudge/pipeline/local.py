@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from ..store import Store
 from . import Audit, Stage
 from .continuous import ContinuousJudging
@@ -34,8 +34,7 @@ def run_local(audit: Audit, source: str | Path) -> dict[str, Stage]:
     worker = threading.Thread(target=_vision_worker, name="localjudge-vision", daemon=True,
                               args=(audit, items, handoff, stop, stages))
     started = time.perf_counter()
-    bar = tqdm(total=len(items), desc="run", unit="image", leave=False,
-               disable=None if audit.show_progress else True)
+    bar = progress_bar(len(items), "run", "image", audit.show_progress, audit.config.progress_seconds)
     batch_size = audit.config.judge_batch_size
     judging: ContinuousJudging | None = None
     continuous = True  # until the judge, once opened, says it answers each call whole

@@ -1,0 +1,59 @@
+"""Progress where stderr is not a terminal (a scheduler, a log file): plain lines with rate and time left, since a
+bar there shows nothing for hours."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+
+from tqdm import tqdm
+
+from localjudge.progress import LogProgress, NoProgress, duration, progress_bar
+
+from .conftest import REPO, seg_photos_manifest
+
+LINE = re.compile(r"^run: (\d+)/12 images \((\d+\.\d) %\), (\d+\.\d\d) images/s, (.+ left|done in .+)$")
+
+
+def test_durations_by_hand():
+    assert [duration(s) for s in (0.4, 59, 432, 3600 + 61 * 60)] == ["0 s", "59 s", "7 min 12 s", "2 h 1 min"]
+
+
+def test_log_lines_count_rate_and_time_left():
+    stream = io.StringIO()
+    bar = LogProgress(100, "judge", "batch", 0.0, stream)
+    bar.started -= 10.0  # ten seconds in
+    bar.update(25)
+    bar.close()
+    first, last = stream.getvalue().splitlines()
+    rate = float(re.search(r"(\d+\.\d\d) batches/s", first).group(1))
+    assert first.startswith("judge: 25/100 batches (25.0 %), ") and 2.49 <= rate <= 2.51
+    assert first.endswith(" left") and re.search(r"(29|30) s left", first)  # 75 more at 2.5 a second
+    assert last.startswith("judge: 25/100 batches (25.0 %)") and "done in 10 s" in last
+
+
+def test_a_bar_on_a_terminal_and_nothing_when_not_asked():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert isinstance(progress_bar(5, "x", "image", True, 1.0, Terminal()), tqdm)
+    assert isinstance(progress_bar(5, "x", "image", True, 1.0, io.StringIO()), LogProgress)
+    assert isinstance(progress_bar(5, "x", "image", False, 1.0, io.StringIO()), NoProgress)
+
+
+def test_a_run_with_stderr_in_a_file_logs_its_progress(data_dir, tmp_path):
+    manifest = seg_photos_manifest(data_dir, tmp_path / "photos.csv", 12)
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        done = subprocess.run([sys.executable, "-m", "localjudge", "run", str(manifest), "--db", str(tmp_path / "a.db"),
+                               "--progress-seconds", "0", "--judge-batch-size", "4"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=600)
+    lines = [m for m in map(LINE.match, log.read_text().splitlines()) if m]
+    assert done.returncode == 0, log.read_text()
+    assert len(lines) >= 3 and lines[-1].group(4).startswith("done in") and int(lines[-1].group(1)) == 12
+    assert all(m.group(4).endswith(" left") for m in lines[:-1])
+    counts = [int(m.group(1)) for m in lines]
+    assert counts == sorted(counts) and all(float(m.group(3)) > 0 for m in lines)
