@@ -195,6 +195,9 @@ judge_backend_options = options(
     click.option("--api-model", help="--judge openai: the model to ask for (default: the one the server lists)."),
     click.option("--allow-host", "allow_hosts", multiple=True,
                  help="--judge openai: a host other than this machine that may receive images (repeatable)."),
+    click.option("--insecure-http", is_flag=True, default=None,
+                 help="--judge openai: allow plain http to an --allow-host host (images and the API key then "
+                      "cross the network unencrypted; https is required otherwise)."),
     click.option("--api-concurrency", type=click.IntRange(1), default=DEFAULTS.api_concurrency, show_default=True,
                  help="--judge openai: requests in flight at once."),
     click.option("--api-timeout", type=click.FloatRange(0.1), default=DEFAULTS.api_timeout, show_default=True,

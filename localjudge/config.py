@@ -73,6 +73,7 @@ class RunConfig:
     base_url: str | None = None
     api_model: str | None = None  # default: the one model the server lists
     allow_hosts: tuple[str, ...] = ()
+    insecure_http: bool = False  # plain http to an allowed host other than loopback (images, key in the clear)
     api_concurrency: int = 4  # requests in flight at once
     api_timeout: float = 300.0  # seconds to wait for one answer
     api_retries: int = 3  # more tries after a timeout, a refused connection, a 5xx or a 429

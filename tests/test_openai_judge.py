@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from localjudge.judge import JudgeError, JudgeRequest, JudgeUnavailable
-from localjudge.judge.openai_backend import OpenAIJudge, chat_body, check_endpoint
+from localjudge.judge.openai_backend import OpenAIClient, OpenAIJudge, chat_body, check_endpoint
 
 from .conftest import TransformersServer, invoke, invoke_json, no_network, write_manifest
 from .model_server import ScriptedServer
@@ -178,13 +178,81 @@ def test_lookalikes_of_loopback_are_refused(url):
         check_endpoint(url)
 
 
-def test_an_allowed_host_is_contacted_and_nothing_else(seg_manifest, tmp_path):
+@pytest.mark.parametrize("url, extra", [("https://10.20.30.40:8000/v1", ()),
+                                        ("http://10.20.30.40:8000/v1", ("--insecure-http",))])
+def test_an_allowed_host_is_contacted_and_nothing_else(url, extra, seg_manifest, tmp_path):
     db = tmp_path / "allowed.db"
+    with no_network() as attempts:
+        result = invoke("run", seg_manifest, "--db", db, "--judge", "openai", "--base-url", url,
+                        "--allow-host", "10.20.30.40", *extra, expect_ok=False)
+    assert result.exit_code == 1 and "cannot list the server's models" in result.output
+    assert {a[1][0] if a[0] != "getaddrinfo" else a[1] for a in attempts} == {"10.20.30.40"}
+
+
+def test_plain_http_to_another_host_is_refused_before_anything_is_sent(seg_manifest, tmp_path):
+    """Images (and $LOCALJUDGE_API_KEY) would cross the network in the clear: https, or --insecure-http by name."""
+    db = tmp_path / "plain.db"
     with no_network() as attempts:
         result = invoke("run", seg_manifest, "--db", db, "--judge", "openai", "--base-url",
                         "http://10.20.30.40:8000/v1", "--allow-host", "10.20.30.40", expect_ok=False)
-    assert result.exit_code == 1 and "cannot list the server's models" in result.output
-    assert {a[1][0] if a[0] != "getaddrinfo" else a[1] for a in attempts} == {"10.20.30.40"}
+    assert result.exit_code == 1 and "unencrypted" in result.output and "--insecure-http" in result.output
+    assert attempts == [] and not db.exists()
+    assert check_endpoint("http://localhost:8000/v1").scheme == "http"  # loopback never leaves the machine
+
+
+def test_https_to_localhost_checks_the_certificate_against_that_name(tmp_path, monkeypatch):
+    """A certificate made for "localhost" (as a local TLS proxy has): the client connects to 127.0.0.1 (no name
+    resolved) and checks the certificate against "localhost", the name given. A certificate for another name is
+    refused."""
+    import shutil
+    import ssl
+    import subprocess
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+
+    def certificate(name: str) -> tuple[Path, Path]:
+        cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}", "-keyout", str(key), "-out",
+                        str(cert)], check=True, capture_output=True)
+        return cert, key
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"object": "list", "data": [{"id": "served-model", "object": "model"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    for name, works in (("localhost", True), ("judge.other.example", False)):
+        cert, key = certificate(name)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted as the one certificate authority
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            endpoint = check_endpoint(f"https://localhost:{server.server_address[1]}/v1")
+            assert endpoint.host == "127.0.0.1" and endpoint.server_name == "localhost"
+            with no_network(allow={("127.0.0.1", server.server_address[1])}) as attempts:
+                if works:
+                    assert OpenAIClient(endpoint, 10.0).models() == ["served-model"]
+                else:
+                    with pytest.raises(JudgeError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+                        OpenAIClient(endpoint, 10.0).models()
+            assert attempts == []
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 def test_the_request_body_is_a_valid_openai_chat_completion_request(tiny_image):

@@ -4,7 +4,8 @@ and several requests are in flight at once.
 
 Only loopback may be contacted unless the user names a host with --allow-host: an image sent to the wrong address
 has left the building, so the address is checked before anything else happens, and no name is ever resolved to
-decide it. The client is the standard library's http.client: no redirect is ever followed, nothing else is pulled in.
+decide it. Another host is reached over https only (--insecure-http to allow plain http). The client is the
+standard library's http.client: no redirect is ever followed, nothing else is pulled in.
 
 Servers differ in what they honour: vLLM and llama.cpp enforce `response_format`; `transformers serve` ignores it
 (with a warning in its log), so answers from it are unconstrained and an unreadable one is stored as a parse
@@ -37,9 +38,10 @@ API_KEY_ENVIRONMENT = "LOCALJUDGE_API_KEY"
 @dataclass(frozen=True)
 class Endpoint:
     scheme: str
-    host: str
+    host: str  # what is connected to: a loopback name is its number
     port: int
     path: str  # the base path, e.g. /v1
+    server_name: str = ""  # the host as given: what an https certificate is checked against (default: host)
 
     @property
     def url(self) -> str:
@@ -47,9 +49,11 @@ class Endpoint:
         return f"{self.scheme}://{host}:{self.port}{self.path}"
 
 
-def check_endpoint(base_url: str | None, allowed_hosts: tuple[str, ...] = ()) -> Endpoint:
-    """The server's address, refused unless it is loopback or a host the user allowed. A loopback endpoint holds
-    the numeric address, so connecting to it resolves nothing."""
+def check_endpoint(base_url: str | None, allowed_hosts: tuple[str, ...] = (), insecure_http: bool = False) -> Endpoint:
+    """The server's address, refused unless it is loopback or a host the user allowed, and, for a host other than
+    loopback, unless it is https (images and the API key would cross the network in the clear; --insecure-http
+    allows it). A loopback endpoint holds the numeric address, so connecting to it resolves nothing; over https the
+    name given is kept, to check the server's certificate against."""
     if not base_url:
         raise JudgeError("--judge openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
     parts = urlsplit(base_url)
@@ -64,11 +68,28 @@ def check_endpoint(base_url: str | None, allowed_hosts: tuple[str, ...] = ()) ->
     if address is None and host.lower() not in allowed:
         raise JudgeError(f"--base-url {base_url}: {host} is not this machine, and images must not leave it. "
                          f"If that server is inside your network, allow it explicitly with --allow-host {host}")
+    if address is None and parts.scheme == "http" and not insecure_http:
+        raise JudgeError(f"--base-url {base_url}: plain http to {host}, another machine: images (and "
+                         f"${API_KEY_ENVIRONMENT}) would cross the network unencrypted. Use https, or pass "
+                         "--insecure-http if that network is yours to trust")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as error:
         raise JudgeError(f"--base-url {base_url}: {error}") from error
-    return Endpoint(parts.scheme, address or host, port, parts.path.rstrip("/"))
+    return Endpoint(parts.scheme, address or host, port, parts.path.rstrip("/"), host)
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """https to an address already decided (a loopback name's number: nothing resolved), the certificate checked
+    against the name the user gave (a certificate for "localhost" names no number)."""
+
+    def __init__(self, address: str, server_name: str, port: int, timeout: float):
+        super().__init__(server_name, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 class ServerError(Exception):
@@ -90,9 +111,10 @@ class OpenAIClient:
                         **({"Authorization": f"Bearer {key}"} if key else {})}
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        connection_class = (http.client.HTTPSConnection if self.endpoint.scheme == "https"
-                            else http.client.HTTPConnection)
-        connection = connection_class(self.endpoint.host, self.endpoint.port, timeout=self.timeout)
+        endpoint = self.endpoint
+        connection = (PinnedHTTPSConnection(endpoint.host, endpoint.server_name or endpoint.host, endpoint.port,
+                                            self.timeout) if endpoint.scheme == "https"
+                      else http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout))
         url = f"{self.endpoint.url}{path}"
         try:
             connection.request(method, self.endpoint.path + path,
@@ -186,21 +208,22 @@ class OpenAISpec(JudgeSpec):
 
     def check(self, config, labels) -> None:
         super().check(config, labels)
-        check_endpoint(config.base_url, config.allow_hosts)  # before any image is read or sent
+        check_endpoint(config.base_url, config.allow_hosts, config.insecure_http)  # before any image is read
 
     def identity(self, config, hash_file) -> JudgeIdentity:
         """A server's weights cannot be seen from here: its judge is the model name it serves (asked once when
         --api-model is not given), plus the hash of --vlm DIR when the user points at the weights the server loaded.
         The server's address is not part of it (a restart on another port is the same judge); it is recorded with
         the run."""
-        served = resolve_model(OpenAIClient(check_endpoint(config.base_url, config.allow_hosts), config.api_timeout),
-                               config.api_model)
+        endpoint = check_endpoint(config.base_url, config.allow_hosts, config.insecure_http)
+        served = resolve_model(OpenAIClient(endpoint, config.api_timeout), config.api_model)
         weights = vlm_hash(Path(config.vlm), hash_file) if config.vlm else None
         return JudgeIdentity(Path(served).name or served, "served:" + content_key("openai", served, weights), served)
 
     def open(self, config, identity: JudgeIdentity) -> Judge:
         return OpenAIJudge(config.base_url, api_model=identity.served_model or config.api_model,
-                           allowed_hosts=config.allow_hosts, max_new_tokens=config.max_new_tokens,
+                           allowed_hosts=config.allow_hosts, insecure_http=config.insecure_http,
+                           max_new_tokens=config.max_new_tokens,
                            temperature=config.temperature, concurrency=config.api_concurrency,
                            timeout=config.api_timeout, retries=config.api_retries, backoff=config.api_backoff)
 
@@ -209,9 +232,9 @@ class OpenAIJudge(Judge):
     backend = "openai"
 
     def __init__(self, base_url: str, api_model: str | None = None, allowed_hosts: tuple[str, ...] = (),
-                 max_new_tokens: int = 512, temperature: float = 0.0, concurrency: int = 4,
+                 insecure_http: bool = False, max_new_tokens: int = 512, temperature: float = 0.0, concurrency: int = 4,
                  timeout: float = 300.0, retries: int = 3, backoff: float = 1.0):
-        self.endpoint = check_endpoint(base_url, allowed_hosts)
+        self.endpoint = check_endpoint(base_url, allowed_hosts, insecure_http)
         self.client = OpenAIClient(self.endpoint, timeout)
         self.model = resolve_model(self.client, api_model)
         self.max_new_tokens = max_new_tokens
