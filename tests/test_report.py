@@ -204,3 +204,29 @@ def test_a_missing_image_is_reported_on_its_card_and_the_rest_is_built(hostile_a
         assert seen["dialogs"] == []
     finally:
         page.close()
+
+
+def test_report_out_writes_only_into_a_folder_of_its_own_and_deletes_only_its_own_files(report, hostile_audit,
+                                                                                       tmp_path):
+    from .conftest import invoke
+
+    db = hostile_audit["db"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a report")
+    refused = invoke("report", "--db", db, "--out", mine, expect_ok=False)
+    assert refused.exit_code == 1 and "not empty" in refused.output
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # nothing written, nothing deleted
+    # a folder an earlier build wrote: a file it wrote and this build does not show goes; a file of the user's stays
+    folder = tmp_path / "rebuilt"
+    shutil.copytree(report["dir"], folder)
+    manifest = json.loads((folder / ".localjudge-report.json").read_text())
+    assert set(manifest["files"]) == {"data.js", "index.html", "report.js", "report.css"} | {
+        f"thumbs/{p.name}" for p in (report["dir"] / "thumbs").iterdir()}
+    (folder / "thumbs" / "stale.jpg").write_bytes(b"an earlier build's")
+    (folder / "thumbs" / "mine.jpg").write_bytes(b"the user's")
+    (folder / ".localjudge-report.json").write_text(json.dumps({"files": manifest["files"] + ["thumbs/stale.jpg"]}))
+    invoke_json("report", "--db", db, "--out", folder)
+    assert not (folder / "thumbs" / "stale.jpg").exists()
+    assert (folder / "thumbs" / "mine.jpg").read_bytes() == b"the user's"
+    assert "thumbs/mine.jpg" not in json.loads((folder / ".localjudge-report.json").read_text())["files"]

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..data import ChangedImage, jpeg_bytes, load_verified
+from ..errors import UserError
 from ..config import DEFAULTS
 from ..queries import (card_of, judge_cards, label_names_of_runs, localisation_by_setting, map_failures,
                        sanity_checks)
@@ -30,6 +31,29 @@ from .thumbnails import THUMBNAIL_KINDS, thumbnail
 ASSETS = ("index.html", "report.js", "report.css")
 THUMBNAIL_SIDE = 160
 THUMBNAIL_DIR = "thumbs"
+# The files a build wrote into its folder: the next build into it deletes only those (never a file of the user's),
+# and a non-empty folder without it is refused (it may be anything).
+MANIFEST = ".localjudge-report.json"
+
+
+class ReportError(UserError):
+    pass
+
+
+def claimed_files(out: Path) -> set[str]:
+    """The files an earlier build wrote into `out` (paths relative to it); a non-empty folder that no build wrote is
+    refused before anything is written."""
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ReportError(f"{manifest}: unreadable ({error}); remove it, or give another folder") from error
+        return {f for f in files if isinstance(f, str) and ".." not in Path(f).parts and not Path(f).is_absolute()}
+    if out.is_dir() and any(out.iterdir()):
+        raise ReportError(f"{out}: not empty, and no report was written there ({MANIFEST} is missing); give a new or "
+                          "empty folder, so that no file of yours is overwritten or deleted")
+    return set()
 
 # What each sample carries into the page (in this order; data.js holds rows of values, not objects, to stay small).
 FIELDS = ("id", "quadrant", "status", "score", "threshold", "evaluation", "justification", "error", "model", "cam",
@@ -140,6 +164,7 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     maps redacted paths to the files (read for thumbnails only; the report shows the redacted path)."""
     started = time.perf_counter()
     out = Path(out)
+    earlier = claimed_files(out)
     (out / THUMBNAIL_DIR).mkdir(parents=True, exist_ok=True)
     rows = read_samples(store, threshold, thresholds, **filters)
     found = findings(store, threshold, thresholds, filters)
@@ -216,12 +241,13 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     for name in ASSETS:
         with resources.as_file(assets / name) as source:
             shutil.copyfile(source, out / name)
-    # Thumbnails of an earlier build that this one does not show (other filters, samples since deleted) go.
+    # Files an earlier build wrote that this one does not show (other filters, samples since deleted) go; no other.
     named = {row[kind] for row in rows + exemplars for kind in THUMBNAIL_KINDS}
-    for stale in (out / THUMBNAIL_DIR).iterdir():
-        if f"{THUMBNAIL_DIR}/{stale.name}" not in named:
-            stale.unlink()
-    thumbnails = sorted((out / THUMBNAIL_DIR).glob("*.jpg"))
+    written = {"data.js", *ASSETS, *(name for name in named if (out / name).is_file())}
+    for stale in sorted(earlier - written):
+        (out / stale).unlink(missing_ok=True)
+    (out / MANIFEST).write_text(json.dumps({"files": sorted(written)}, indent=1) + "\n")
+    thumbnails = sorted(out / name for name in written if name.startswith(f"{THUMBNAIL_DIR}/"))
     return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
             "images_unavailable": len(sample_errors), "unavailable": sorted(sample_errors.values()),
             "map_failures": len(failures), "localisation_settings": len(localised),
