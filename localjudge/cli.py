@@ -122,6 +122,10 @@ vision_options = options(
     click.option("--bundle", type=click.Path(exists=True, file_okay=False),
                  help="A model bundle (`localjudge bundle create`): verified file by file, then its model, weights "
                       "and VLM are used and its manifest hash is recorded with the run."),
+    click.option("--trust-hash-cache", is_flag=True, default=None,
+                 help="--bundle: take a file's sha256 from the store's cache when its path, size and modification "
+                      "time are unchanged (quicker for a large VLM; a same-size change with its time restored then "
+                      "goes unseen). By default every file's bytes are hashed."),
 )
 class RegistryChoice(click.Choice):
     """A choice among a registry's names, read when the option is shown or used: the CAM methods compute with

@@ -22,6 +22,8 @@ class RunConfig:
     labels: str | None = None
     # a verified model bundle (localjudge bundle create): its card, weights and VLM, named by its manifest's hash
     bundle: str | None = None
+    # --bundle: hash each file's bytes (False), or take the store's cached hash while path, size and mtime are unchanged
+    trust_hash_cache: bool = False
     bundle_hash: str | None = None
     card: str | None = None  # a card for --model FILE.onnx (default: FILE.json beside it)
     # auto (settled when a run opens: ONNX Runtime where it is installed for the device, torch otherwise) | torch | onnx

@@ -164,7 +164,10 @@ def open_audit(db_path: str | Path, source: str | Path | None = None, stages: It
             from ..bundle import bundle_options
 
             store = Store(db_path)
-            overlay = bundle_options(Path(config.bundle), lambda path: store.cached_file_hash(path, sha256_file))
+            # the bytes themselves unless the user trusts the cache: a same-size change with its mtime restored
+            # passes a cache keyed by path, size and mtime
+            overlay = bundle_options(Path(config.bundle), (lambda path: store.cached_file_hash(path, sha256_file))
+                                     if config.trust_hash_cache else sha256_file)
             if config.vlm:  # a VLM directory given on the command line wins over the bundle's
                 overlay.pop("vlm", None)
             config = config.replace(**overlay)

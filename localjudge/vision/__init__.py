@@ -180,8 +180,11 @@ def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path]
     elif not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     else:
-        digest = hash_file(path)
-        if weights is None and card.weights_sha256 and digest != card.weights_sha256:
+        # embedded weights are checked against their card by their bytes, never a cached hash (a same-size change
+        # with its mtime restored would pass a cache); they are tens of megabytes
+        embedded = weights is None and card.weights_sha256
+        digest = _sha256(path) if embedded else hash_file(path)
+        if embedded and digest != card.weights_sha256:
             raise WeightsError(f"{path}: the embedded weights of {card.name} are not the ones its card names "
                                f"(sha256 {digest[:16]}…, expected {card.weights_sha256[:16]}…); reinstall the package")
         identity = "sha256:" + digest
