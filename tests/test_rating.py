@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import parse_qs, urlsplit
 from pathlib import Path
 
 import numpy as np
@@ -25,28 +27,38 @@ HOSTILE_RATER = "<img src=x onerror=alert(7)> Dr. O'Neil"
 
 
 class RatingPage:
-    """`localjudge rate` as a user starts it, in its own process."""
+    """`localjudge rate` as a user starts it, in its own process; its address, token included, read from what it
+    prints, as a user would."""
 
     def __init__(self, db: Path, *args: str):
         self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "localjudge", "rate", "--db", str(db), "--port", str(self.port), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
+        printed = []
+        for line in self.process.stdout:  # "rating N views from DB at URL (Ctrl-C to stop)"
+            printed.append(line)
+            found = re.search(r" at (http://\S+)", line)
+            if found:
+                self.url = found.group(1)  # http://127.0.0.1:PORT/?token=...
+                break
+        else:
+            raise RuntimeError("".join(printed))
+        self.token = parse_qs(urlsplit(self.url).query)["token"][0]
+        self.base = f"http://127.0.0.1:{self.port}/"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(self.process.stdout.read())
             try:
-                with urllib.request.urlopen(self.url + "api/config", timeout=1):
+                with urllib.request.urlopen(self.api("api/config"), timeout=1):
                     return
             except OSError:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("localjudge rate did not answer within 60 s")
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+    def api(self, path: str) -> str:
+        """The address of PATH on this server, with its token."""
+        return self.base + path + ("&" if "?" in path else "?") + "token=" + self.token
 
     def stop(self) -> None:
         self.process.terminate()
@@ -130,7 +142,7 @@ def test_a_rating_given_in_the_page_is_in_the_database_and_the_rater_resumes(rat
     finally:
         page.close()
     # a new visit (same browser profile) goes on with the first view this rater has not rated
-    page, _ = open_page(browser, rating_page.url + "?rater=" + urllib.request.quote(HOSTILE_RATER))
+    page, _ = open_page(browser, rating_page.url + "&rater=" + urllib.request.quote(HOSTILE_RATER))
     try:
         assert current_view(page) == third
     finally:
@@ -144,7 +156,7 @@ def test_a_rating_given_in_the_page_is_in_the_database_and_the_rater_resumes(rat
 
 def test_the_rating_server_refuses_what_is_not_its_own_page(rating_page):
     def post(body: bytes, content_type: str, host: str | None = None, **headers):
-        request = urllib.request.Request(rating_page.url + "api/rate", data=body, method="POST",
+        request = urllib.request.Request(rating_page.api("api/rate"), data=body, method="POST",
                                          headers={"Content-Type": content_type, **headers})
         if host:
             request.add_unredirected_header("Host", host)
@@ -154,7 +166,7 @@ def test_the_rating_server_refuses_what_is_not_its_own_page(rating_page):
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
-    with urllib.request.urlopen(rating_page.url + "api/next?rater=a", timeout=5) as answer:
+    with urllib.request.urlopen(rating_page.api("api/next?rater=a"), timeout=5) as answer:
         view = json.loads(answer.read())["view"]["view_id"]
     good = json.dumps({"view_id": view, "rater": "a", "score": 3}).encode()
     assert post(good, "text/plain")[0] == 415  # a form on another site cannot send JSON
@@ -166,18 +178,46 @@ def test_the_rating_server_refuses_what_is_not_its_own_page(rating_page):
     assert post(json.dumps({"view_id": view, "rater": "a", "score": 9}).encode(), "application/json")[0] == 400
     assert post(json.dumps({"view_id": "nope", "rater": "a", "score": 3}).encode(), "application/json")[0] == 400
     assert post(json.dumps({"view_id": view, "rater": "", "score": 3}).encode(), "application/json")[0] == 400
-    assert post(good, "application/json", Origin=rating_page.url.rstrip("/"))[0] == 200
-    with urllib.request.urlopen(rating_page.url + "api/next?rater=a", timeout=5) as answer:
+    assert post(good, "application/json", Origin=rating_page.base.rstrip("/"))[0] == 200
+    with urllib.request.urlopen(rating_page.api("api/next?rater=a"), timeout=5) as answer:
         assert json.loads(answer.read())["rated"] == 1  # the one good request, and none of the others
+
+
+def test_the_rating_server_answers_only_with_its_token(rating_page, browser):
+    """Another user of this machine reaches the port but not the printed address: every path is refused without the
+    token, or with another; the page opened at the printed address sets it as a cookie its own requests carry."""
+    def status(url: str, **headers) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert len(rating_page.token) >= 32
+    for path in ("", "rate.js", "api/config", "api/next?rater=a"):
+        assert status(rating_page.base + path) == 403, path
+        assert status(rating_page.base + path + ("&" if "?" in path else "?") + "token=" + "x" * 32) == 403, path
+        assert status(rating_page.api(path)) == 200, path
+    cookie = f"localjudge_rate_{rating_page.port}"
+    assert status(rating_page.base + "api/next?rater=a", Cookie=f"{cookie}=wrong") == 403
+    assert status(rating_page.base + "api/next?rater=a", Cookie=f"{cookie}={rating_page.token}") == 200
+    page, seen = open_page(browser, rating_page.url + "&rater=a")
+    try:
+        current_view(page)  # the page's own requests (the view, its picture) went through with the cookie
+        assert picture_width(page) > 0 and not seen["errors"]
+        (set_cookie,) = [c for c in page.context.cookies() if c["name"] == cookie]
+        assert set_cookie["httpOnly"] and set_cookie["sameSite"] == "Strict"
+    finally:
+        page.close()
 
 
 def test_the_page_shows_each_view_at_its_judges_size(rated_db):
     page = RatingPage(rated_db, "--image-mode", "heatmap")
     try:
-        with urllib.request.urlopen(page.url + "api/next?rater=a", timeout=5) as answer:
+        with urllib.request.urlopen(page.api("api/next?rater=a"), timeout=5) as answer:
             view = json.loads(answer.read())["view"]
         assert view["image_mode"] == "heatmap"
-        with urllib.request.urlopen(page.url + view["image"].lstrip("/"), timeout=30) as answer:
+        with urllib.request.urlopen(page.api(view["image"].lstrip("/")), timeout=30) as answer:
             from PIL import Image
 
             assert Image.open(io.BytesIO(answer.read())).size == (256, 256)
@@ -202,14 +242,14 @@ def test_calibration_from_ratings_feeds_the_matrix(rated_db, rating_page):
     judge_score = dict(judged)
     posted = 0
     for _ in range(len(judge_score) + 5):
-        with urllib.request.urlopen(rating_page.url + "api/next?rater=ann", timeout=5) as answer:
+        with urllib.request.urlopen(rating_page.api("api/next?rater=ann"), timeout=5) as answer:
             view = json.loads(answer.read())["view"]
         if view is None:
             break
         sid = _saliency_of(rated_db, view["view_id"])
         score = min(5, judge_score[sid] + 1) if sid in judge_score else 0
         body = json.dumps({"view_id": view["view_id"], "rater": "ann", "score": score}).encode()
-        request = urllib.request.Request(rating_page.url + "api/rate", data=body, method="POST",
+        request = urllib.request.Request(rating_page.api("api/rate"), data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=5):
             posted += 1

@@ -3,13 +3,21 @@ judge's own rubric, 0-5, stored in the audit's database (table `ratings`, one sc
 
 People rate blind: the page shows the view and the predicted class, never the judge's answer. Views come in a fixed
 pseudo-random order, so the first hundred a person rates are a fair sample for `localjudge calibrate`; a rater who
-comes back continues with the first view they have not rated."""
+comes back continues with the first view they have not rated.
+
+Loopback is not one person: on a shared workstation any local user can reach the port. So the server answers only
+requests that carry its token, a random string made at start and printed in its address (`?token=...`) to the one
+who started it; the page's first load sets it as a cookie (HttpOnly, SameSite=Strict, named by the port), which its
+own requests then carry."""
 
 from __future__ import annotations
 
+import hmac
+import http.cookies
 import http.server
 import json
 import re
+import secrets
 import socket
 import threading
 from importlib import resources
@@ -78,10 +86,13 @@ class RatingServer(http.server.ThreadingHTTPServer):
         super().__init__((address, port), RatingHandler)
         port = self.server_address[1]
         self.allowed_hosts = {f"{name}:{port}" for name in ("localhost", self.host_name)}
+        self.token = secrets.token_urlsafe(24)
+        self.cookie = f"localjudge_rate_{port}"  # cookies are not told apart by port: a name per server
 
     @property
     def url(self) -> str:
-        return f"http://{self.host_name}:{self.server_address[1]}/"
+        """The page's address, with its token: printed to the one who started the server, and to nobody else."""
+        return f"http://{self.host_name}:{self.server_address[1]}/?token={self.token}"
 
     def rated_by(self, store: Store, rater: str) -> dict[str, int]:
         return {r["view_id"]: r["score"] for r in store.query(
@@ -203,13 +214,28 @@ class RatingHandler(http.server.BaseHTTPRequestHandler):
                                 "view": self.server.describe(next_id, rated)})
 
     def _trusted(self) -> bool:
-        """Refuse requests addressed to another name (DNS rebinding) or sent from another site's page."""
+        """Refuse requests addressed to another name (DNS rebinding), sent from another site's page, or without the
+        server's token (another user of this machine)."""
         origin = self.headers.get("Origin")
         if self.headers.get("Host") not in self.server.allowed_hosts or (
                 origin is not None and urlsplit(origin).netloc not in self.server.allowed_hosts):
             self._json(403, {"error": "this page answers only on its own loopback address"})
             return False
+        given = parse_qs(urlsplit(self.path).query).get("token", [None])[-1]
+        self._set_cookie = given is not None and self._is_token(given)
+        cookies = http.cookies.SimpleCookie()
+        try:
+            cookies.load(self.headers.get("Cookie") or "")
+        except http.cookies.CookieError:
+            cookies = http.cookies.SimpleCookie()
+        carried = cookies[self.server.cookie].value if self.server.cookie in cookies else None
+        if not (self._set_cookie or (carried is not None and self._is_token(carried))):
+            self._json(403, {"error": "open the address `localjudge rate` printed: it carries this page's token"})
+            return False
         return True
+
+    def _is_token(self, value: str) -> bool:
+        return hmac.compare_digest(value.encode(), self.server.token.encode())
 
     def _json(self, status: int, body: dict) -> None:
         self._send(status, json.dumps(body).encode(), "application/json")
@@ -220,6 +246,9 @@ class RatingHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         for name, value in SECURITY_HEADERS.items():
             self.send_header(name, value)
+        if getattr(self, "_set_cookie", False):  # the token came in the address: the page's own requests carry it on
+            self.send_header("Set-Cookie", f"{self.server.cookie}={self.server.token}; Path=/; HttpOnly; "
+                                           "SameSite=Strict")
         self.end_headers()
         self.wfile.write(payload)
 
