@@ -194,10 +194,21 @@ def test_a_decoder_crash_keeps_the_answers_that_had_ended(tiny_vlms_bpe512, data
         audit.store.close()
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select failure_kind, error, raw_text from judgments").fetchall()
+        written = dict(conn.execute("select saliency_id, raw_text from judgments where error is null or error "
+                                    "not like '%out of memory%'").fetchall())
     crashed = [r for r in rows if r[1] and "out of memory" in r[1]]
     kept = [r for r in rows if not (r[1] and "out of memory" in r[1])]
     assert len(rows) == 12 and len(kept) >= 4 and crashed  # one batch of 12: before, all 12 were failures
     assert all(r[2] for r in kept) and all(r[0] == "backend" for r in crashed)
+    # the answers kept are the ones a run without the crash writes, token for token
+    clean = tmp_path / "clean.db"
+    audit = open_audit(clean, manifest, ("ingest", "predict", "explain", "judge"), show_progress=False, **options)
+    with audit.recorded("run", str(manifest)):
+        run_local(audit, manifest)
+    audit.store.close()
+    with sqlite3.connect(clean) as conn:
+        uncrashed = dict(conn.execute("select saliency_id, raw_text from judgments").fetchall())
+    assert {sid: uncrashed[sid] for sid in written} == written
 
     again = open_audit(db, manifest, ("ingest", "predict", "explain", "judge"), show_progress=False, **options)
     with again.recorded("run", str(manifest)):

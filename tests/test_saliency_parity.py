@@ -162,8 +162,8 @@ def test_onnx_gradients_are_the_same_on_every_run(pictures, tmp_path):
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "deeplabv3_resnet50"])
 def test_predicting_and_explaining_in_one_pass_gives_the_two_passes_results(name, pictures, tmp_path):
     """A run predicts a class and explains it from one forward pass (torch: the explained class is chosen from that
-    pass's own outputs; ONNX Runtime: a plain run, then the gradient run). The scores are bit for bit `predict`'s
-    (a separate inference-mode pass), the maps bit for bit `compute`'s on those classes, and they match
+    pass's own outputs; ONNX Runtime: the exported graph chooses it itself, in the same run). The scores are bit for
+    bit `predict`'s (a separate inference-mode pass), the maps bit for bit `compute`'s on those classes, and they match
     pytorch-grad-cam's own hooks and backward pass on them (an independent implementation)."""
     segmenter = name.startswith("deeplab")
     card = small_card(name, tmp_path, side=224) if segmenter else load_card(name)
@@ -251,3 +251,22 @@ def test_one_onnx_run_predicts_and_explains_the_main_class(pictures):
     assert counting.runs == 2 and torch.equal(cotangent, other)
     _, expected_activations, expected = model.activations_and_gradients(batch, other)
     assert torch.equal(gradients, expected) and torch.equal(activations, expected_activations)
+
+
+def test_a_graph_that_cannot_choose_the_class_runs_twice_with_the_same_results(pictures):
+    """A gradient graph without the `main` input (exported elsewhere, or by localjudge before EXPORT_GRAPH 2): the
+    outputs first, then the gradient run; the same scores and maps as the one-run path, bit for bit. And a method
+    without gradients is one plain run either way."""
+    model = open_model(load_card("efficientnet-lite0"), None, "cpu", "onnx")
+    counting = CountingSession(model.session)
+    model.session = model.gradient_session = counting
+    batch = to_tensor(pictures[:4], model.card)
+    one = CamEngine("gradcam", model).predict_and_compute(batch)
+    model.chooses_main_class = False  # as for a graph without `main`
+    counting.runs = 0
+    two = CamEngine("gradcam", model).predict_and_compute(batch)
+    assert counting.runs == 2
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    counting.runs = 0
+    CamEngine("eigencam", model).predict_and_compute(batch)
+    assert counting.runs == 1

@@ -86,3 +86,23 @@ def test_judge_view_is_the_model_crop_at_another_size(photos):
     # The same crop: the large view shrunk back matches the model's view closely.
     shrunk = np.asarray(large.resize((224, 224)), dtype=np.float32)
     assert np.abs(shrunk - small).mean() < 6.0
+
+
+def test_inputs_are_normalised_by_the_cards_mean_and_std_by_hand():
+    """(x / 255 - mean) / std per channel, from uint8 pixels in (batch, height, width, RGB) into (batch, RGB, height,
+    width): known answers for black and white, and the same float32 values as the numpy expression it replaced."""
+    import numpy as np
+
+    from localjudge.vision.preprocess import normalised_batch
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    pixels = np.zeros((1, 1, 2, 3), np.uint8)
+    pixels[0, 0, 1] = 255
+    batch = normalised_batch(pixels, mean, std)
+    assert batch.shape == (1, 3, 1, 2) and batch.is_contiguous()
+    for channel in range(3):
+        assert abs(float(batch[0, channel, 0, 0]) - (0 - mean[channel]) / std[channel]) < 1e-6
+        assert abs(float(batch[0, channel, 0, 1]) - (1 - mean[channel]) / std[channel]) < 1e-6
+    random = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    numpy_way = (random.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    assert np.array_equal(normalised_batch(random, mean, std).permute(0, 2, 3, 1).numpy(), numpy_way)

@@ -64,9 +64,7 @@ class ContinuousJudging:
             reason = f"{type(error).__name__}: {error}"
             for batch, indices in failed:
                 # answers that had ended before the crash are kept; the others are failures, retried next run
-                taken = [crashed.take(i) if crashed.has_ended(i) else
-                         (JudgeOutput(raw_text="", input_tokens=None, output_tokens=None, error=reason), 0.0)
-                         for i in indices]
+                taken = [self._kept(crashed, i, reason) for i in indices]
                 self._store(self.audit.judgment_rows(batch, [output for output, _ in taken],
                                                      sum(seconds for _, seconds in taken)))
             stop = self.audit.judge_failed(reason)
@@ -84,6 +82,16 @@ class ContinuousJudging:
             self._store(self.audit.judgment_rows(batch, [output for output, _ in taken],
                                                  sum(seconds for _, seconds in taken)))
         self.open = still
+
+    @staticmethod
+    def _kept(crashed, index: int, reason: str) -> tuple[JudgeOutput, float]:
+        """A request of a crashed decoder: its answer where it had ended (and can still be read), else a failure."""
+        if crashed.has_ended(index):
+            try:
+                return crashed.take(index)
+            except Exception:  # the decoder's own state broke with it: the request fails with the batch
+                pass
+        return JudgeOutput(raw_text="", input_tokens=None, output_tokens=None, error=reason), 0.0
 
     def finish(self) -> None:
         while self.busy:

@@ -72,7 +72,8 @@ class CamEngine:
     def predict_and_compute(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """Class scores of a batch, maps explaining each image's main class and why each map is degenerate (or
         None), from one forward pass where the backend can choose the explained class from that pass's own outputs
-        (torch); the same scores and maps as `model.predict` and then `compute` on its classes."""
+        (torch; ONNX Runtime with a graph localjudge exported); the same scores and maps as `model.predict` and then
+        `compute` on its classes."""
         from ..vision import main_class
         from ..vision.torch_backend import class_scores
 

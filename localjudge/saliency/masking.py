@@ -28,8 +28,8 @@ def masked_image(image: Image.Image, saliency: np.ndarray, alpha: float, beta: f
     where the caller has it already)."""
     mask = soft_mask(upsample(saliency, image.size), alpha, beta) if mask is None else mask
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) * mask[..., None]
-    pixels += 0.5  # rounds; no clip needed: 0 <= M <= 1, so 0.5 <= pixels <= 255.5, which truncates to 0..255
-    return Image.fromarray(pixels.astype(np.uint8))
+    pixels += 0.5  # rounds (the cast truncates)
+    return Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8))
 
 
 def heatmap_image(image: Image.Image, saliency: np.ndarray, image_weight: float = 0.5) -> Image.Image:

@@ -14,7 +14,9 @@ import torch
 from .cards import CardError, ModelCard
 from .torch_backend import class_scores
 
-DEFAULT_NAMES = {"input": "input", "output": "output", "activations": "activations"}
+# "main" and "explained" are bound only where the graph has them (localjudge's exports since EXPORT_GRAPH 2)
+DEFAULT_NAMES = {"input": "input", "output": "output", "activations": "activations", "main": "main",
+                 "explained": "explained"}
 
 
 def onnx_path(card: ModelCard) -> Path:
@@ -50,10 +52,12 @@ class OnnxVisionModel:
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = int(os.environ.get("LOCALJUDGE_ORT_THREADS", "0"))
-        # The run's vision stage and its judge (the recognizer) run their sessions at once on the same cores; threads
-        # that spin while waiting for work take the cores the other session needs (measured: 26.0 images/s against
-        # 24.8 with spinning, scripts/bench_run.py, 500 photos on 2 cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # On the CPU the run's vision stage and its judge (the recognizer) run their sessions at once on the same
+        # cores; threads that spin while waiting for work take the cores the other session needs (measured: 26.0
+        # images/s against 24.8 with spinning, scripts/bench_run.py, 500 photos on 2 cores). $LOCALJUDGE_ORT_SPIN=1
+        # lets them spin (a machine with cores to spare).
+        if not want_cuda and os.environ.get("LOCALJUDGE_ORT_SPIN") != "1":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
         self.execution_provider = self.session.get_providers()[0]
         # ONNX Runtime's CPU ScatterND/ScatterElements with reduction="add" (the gradient of a bilinear upsampling,
@@ -166,20 +170,23 @@ class OnnxVisionModel:
         return outputs[0], outputs[1], outputs[2] if cotangent is not None else None
 
     def outputs_and_gradients(self, batch: torch.Tensor, cotangent_for, gradients: bool = True):
-        """As the torch backend's, but the graph takes the cotangent as an input. A graph that can choose the main
-        class's cotangent itself does so in one run; that choice is a guess, kept only where it equals
-        `cotangent_for(outputs)` (the caller's rule), else the gradients are run again for the caller's cotangent.
-        Another graph runs twice: the outputs first, then the gradients of the cotangent chosen from them."""
+        """As the torch backend's, but the graph takes the cotangent as an input. Without gradients, one plain run.
+        A graph that can choose the main class's cotangent itself does so in the same run as the outputs; that
+        choice is a guess, kept only where it equals `cotangent_for(outputs)` (the caller's rule: its classes come
+        from the scores, the graph's from the logits, which tie differently at saturation) for the whole batch,
+        else the batch's gradients run again for the caller's cotangent. Another graph runs twice: the outputs
+        first, then the gradients of the cotangent chosen from them."""
+        if not gradients:
+            outputs, activations = self._run(batch, None, [self.names["output"], self.names["activations"]])
+            return outputs, activations, None, cotangent_for(outputs)
         if not self.chooses_main_class:
             outputs = self.forward_outputs(batch)
             cotangent = cotangent_for(outputs)
-            _, activations, found = self.activations_and_gradients(batch, cotangent if gradients else None)
+            _, activations, found = self.activations_and_gradients(batch, cotangent)
             return outputs, activations, found, cotangent
         names = [self.names[role] for role in ("output", "activations", "gradients", "explained")]
         outputs, activations, found, guessed = self._run(batch, None, names, main=True)
         cotangent = cotangent_for(outputs)
-        if not gradients:
-            return outputs, activations, None, cotangent
         if not torch.equal(cotangent.to(guessed.device, guessed.dtype), guessed):
             _, _, found = self.activations_and_gradients(batch, cotangent)
         return outputs, activations, found, cotangent

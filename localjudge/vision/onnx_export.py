@@ -2,10 +2,11 @@
 
 The graph takes the image batch, a cotangent on the model's output and a flag `main`, and returns the output, the
 target layer's activations A, d<explained, output>/dA and `explained`: the cotangent given where main is 0, where it
-is 1 the one the graph chooses from its own output for the image's main class (a one-hot of a classifier's top class;
-a segmentation model's region of its largest non-background class, as `vision.main_class` and
-`saliency.engine.cotangent_for` choose). So predicting and explaining the predicted class is one run, not a forward
-to learn the class and then a second to explain it.
+is 1 the one the graph chooses from its own output for the image's main class (a one-hot of a classifier's top
+logit; a segmentation model's region of its largest non-background class: `vision.main_class` and
+`saliency.engine.cotangent_for`'s rule, read from logits rather than scores, so the backend checks the choice). So
+predicting and explaining the predicted class is one run, not a forward to learn the class and then a second to
+explain it.
 
 Why this shape rather than a separate head graph: the gradient is traced inside the same graph, so ONNX Runtime
 computes it in the same pass as the forward, from activations it already holds, and only the ops after the target
@@ -188,8 +189,11 @@ def check_against_torch(path: Path, reference, output_shape, card: ModelCard, st
 
     from .onnx_backend import has_reducing_scatter
 
+    # checked as it runs: the outputs on all threads, the gradients of a graph that accumulates in a scatter on one
+    # (onnx_backend)
+    plain = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     options = onnxruntime.SessionOptions()
-    if has_reducing_scatter(path):  # checked as it runs: such a graph's gradients run on one thread (onnx_backend)
+    if has_reducing_scatter(path):
         options.intra_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
@@ -198,7 +202,10 @@ def check_against_torch(path: Path, reference, output_shape, card: ModelCard, st
     cotangent = torch.randn(size, *output_shape, generator=generator)
     inputs = {ONNX_NAMES["input"]: x.numpy(), ONNX_NAMES["cotangent"]: cotangent.numpy()}
     given = session.run(None, {**inputs, ONNX_NAMES["main"]: np.zeros(1, np.float32)})
-    compare(path, given[:3], [t.detach().numpy() for t in reference(x, cotangent, torch.zeros(1))[:3]])
+    expected = [t.detach().numpy() for t in reference(x, cotangent, torch.zeros(1))[:3]]
+    compare(path, given[:3], expected)
+    compare(path, plain.run([ONNX_NAMES["output"], ONNX_NAMES["activations"]],
+                            {**inputs, ONNX_NAMES["main"]: np.zeros(1, np.float32)}), expected[:2])
     # main = 1: the graph's choice must be exactly what the torch function chooses from the graph's own outputs (from
     # torch's, a pixel where two classes tie within float error could go either way), and its gradients torch's
     # for that choice
