@@ -53,7 +53,7 @@ RECOGNIZER = dict(judge="recognizer", backend="torch", device="cpu", judge_batch
 
 def test_a_judge_failing_batch_after_batch_stops_the_run(photos, tmp_path):
     db = tmp_path / "stopped.db"
-    with pytest.raises(JudgeError, match="failed on 2 batches in a row.*out of memory"):
+    with pytest.raises(JudgeError, match="raised 2 times in a row.*out of memory"):
         run_with_hook(db, photos, lambda judge: judge.model.module, failing_calls(lambda n: True), **RECOGNIZER)
     rows = statuses(db)
     assert len(rows) == 8 and all(s == "failed" and "out of memory" in e for s, e in rows)  # 2 of 3 batches
@@ -65,7 +65,7 @@ def test_failures_apart_do_not_stop_the_run(photos, tmp_path):
     rows = statuses(db)
     assert len(rows) == 12 and sum(s == "failed" for s, _ in rows) == 8  # calls 1 and 3 failed, call 2 answered
     limit_one = tmp_path / "limit1.db"
-    with pytest.raises(JudgeError, match="failed on 1 batch in a row"):
+    with pytest.raises(JudgeError, match="raised 1 time in a row"):
         run_with_hook(limit_one, photos, lambda judge: judge.model.module, failing_calls(lambda n: n == 1),
                       judge_failure_limit=1, **RECOGNIZER)
     assert len(statuses(limit_one)) == 4
@@ -84,7 +84,7 @@ def test_a_continuous_decoder_crashing_twice_in_a_row_stops_the_run(photos, tiny
                        judge="transformers", device="cpu", judge_batch_size=4, batch_size=4, max_new_tokens=16)
     handle = audit.judge_model().model.register_forward_pre_hook(every_decoding_step, with_kwargs=True)
     try:
-        with pytest.raises(JudgeError, match="failed on 2 batches in a row"):
+        with pytest.raises(JudgeError, match="raised 2 times in a row"):
             with audit.recorded("run", str(photos)):
                 run_local(audit, photos)
     finally:

@@ -8,9 +8,10 @@ import re
 import subprocess
 import sys
 
+import pytest
 from tqdm import tqdm
 
-from localjudge.progress import LogProgress, NoProgress, duration, progress_bar
+from localjudge.progress import BarProgress, LogProgress, NoProgress, duration, progress_bar
 
 from .conftest import REPO, seg_photos_manifest
 
@@ -34,12 +35,31 @@ def test_log_lines_count_rate_and_time_left():
     assert last.startswith("judge: 25/100 batches (25.0 %)") and "done in 10 s" in last
 
 
+def test_a_stage_that_raised_says_it_stopped(capsys):
+    """The last line of a stage that raised (the judge's circuit breaker, a crash) says so, not "done"."""
+    from localjudge.progress import progress
+
+    def failing():
+        yield 1
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        for _ in progress(failing(), 3, "judge", True, 60.0):  # stderr here is pytest's capture: no terminal
+            pass
+    for _ in progress(range(2), 2, "explain", True, 60.0):
+        pass
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("judge: 1/3 batches (33.3 %)") and ", stopped after " in lines[0]
+    assert lines[1].startswith("explain: 2/2 batches (100.0 %)") and ", done in " in lines[1]
+
+
 def test_a_bar_on_a_terminal_and_nothing_when_not_asked():
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
-    assert isinstance(progress_bar(5, "x", "image", True, 1.0, Terminal()), tqdm)
+    bar = progress_bar(5, "x", "image", True, 1.0, Terminal())
+    assert isinstance(bar, BarProgress) and isinstance(bar.bar, tqdm)
     assert isinstance(progress_bar(5, "x", "image", True, 1.0, io.StringIO()), LogProgress)
     assert isinstance(progress_bar(5, "x", "image", False, 1.0, io.StringIO()), NoProgress)
 

@@ -184,31 +184,42 @@ def test_the_rating_server_refuses_what_is_not_its_own_page(rating_page):
 
 
 def test_the_rating_server_answers_only_with_its_token(rating_page, browser):
-    """Another user of this machine reaches the port but not the printed address: every path is refused without the
-    token, or with another; the page opened at the printed address sets it as a cookie its own requests carry."""
-    def status(url: str, **headers) -> int:
+    """Another user of this machine reaches the port but not the printed address: the page, the API, the pictures
+    and rating are refused without the token, or with another; only the page's script and style are served without
+    it. The page opened at the printed address sends it with its own requests (a header; the picture's address)."""
+    def status(url: str, data: bytes | None = None, **headers) -> int:
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as answer:
+            with urllib.request.urlopen(request, timeout=30) as answer:
                 return answer.status
         except urllib.error.HTTPError as error:
             return error.code
 
     assert len(rating_page.token) >= 32
-    for path in ("", "rate.js", "api/config", "api/next?rater=a"):
+    with urllib.request.urlopen(rating_page.api("api/next?rater=a"), timeout=5) as answer:
+        view = json.loads(answer.read())["view"]
+    picture = view["image"].lstrip("/")
+    for path in ("", "api/config", "api/next?rater=a", picture):
         assert status(rating_page.base + path) == 403, path
         assert status(rating_page.base + path + ("&" if "?" in path else "?") + "token=" + "x" * 32) == 403, path
+        assert status(rating_page.base + path, **{"X-Localjudge-Token": "x" * 32}) == 403, path
         assert status(rating_page.api(path)) == 200, path
-    cookie = f"localjudge_rate_{rating_page.port}"
-    assert status(rating_page.base + "api/next?rater=a", Cookie=f"{cookie}=wrong") == 403
-    assert status(rating_page.base + "api/next?rater=a", Cookie=f"{cookie}={rating_page.token}") == 200
+        assert status(rating_page.base + path, **{"X-Localjudge-Token": rating_page.token}) == 200, path
+    assert status(rating_page.base + "rate.js") == status(rating_page.base + "rate.css") == 200
+    body = json.dumps({"view_id": view["view_id"], "rater": "a", "score": 3}).encode()
+    assert status(rating_page.base + "api/rate", body, **{"Content-Type": "application/json"}) == 403
+    assert ratings(rating_page_db(rating_page)) == []  # nothing stored without the token
     page, seen = open_page(browser, rating_page.url + "&rater=a")
     try:
-        current_view(page)  # the page's own requests (the view, its picture) went through with the cookie
+        current_view(page)  # the page's own requests (the view, its picture) went through with the token
         assert picture_width(page) > 0 and not seen["errors"]
-        (set_cookie,) = [c for c in page.context.cookies() if c["name"] == cookie]
-        assert set_cookie["httpOnly"] and set_cookie["sameSite"] == "Strict"
+        assert page.context.cookies() == []  # no cookie: a browser would send it to every port of this host
     finally:
         page.close()
+
+
+def rating_page_db(page) -> Path:
+    return Path(page.process.args[page.process.args.index("--db") + 1])
 
 
 def test_the_page_shows_each_view_at_its_judges_size(rated_db):

@@ -223,10 +223,23 @@ def test_report_out_writes_only_into_a_folder_of_its_own_and_deletes_only_its_ow
     manifest = json.loads((folder / ".localjudge-report.json").read_text())
     assert set(manifest["files"]) == {"data.js", "index.html", "report.js", "report.css"} | {
         f"thumbs/{p.name}" for p in (report["dir"] / "thumbs").iterdir()}
-    (folder / "thumbs" / "stale.jpg").write_bytes(b"an earlier build's")
+    stale = "thumbs/" + "ab" * 12 + ".jpg"  # named as a build names its thumbnails
+    (folder / stale).write_bytes(b"an earlier build's")
     (folder / "thumbs" / "mine.jpg").write_bytes(b"the user's")
-    (folder / ".localjudge-report.json").write_text(json.dumps({"files": manifest["files"] + ["thumbs/stale.jpg"]}))
+    (tmp_path / "outside.txt").write_text("not the report's")
+    listed = manifest["files"] + [stale, "../outside.txt", "thumbs/../../outside.txt", "notes.txt"]
+    (folder / "notes.txt").write_text("the user's, though the manifest names it")
+    (folder / ".localjudge-report.json").write_text(json.dumps({"files": listed}))
     invoke_json("report", "--db", db, "--out", folder)
-    assert not (folder / "thumbs" / "stale.jpg").exists()
+    assert not (folder / stale).exists()
     assert (folder / "thumbs" / "mine.jpg").read_bytes() == b"the user's"
+    assert (tmp_path / "outside.txt").exists() and (folder / "notes.txt").exists()  # no name a build never writes
     assert "thumbs/mine.jpg" not in json.loads((folder / ".localjudge-report.json").read_text())["files"]
+    # a build stopped half-way has listed what it was writing: the next build into the folder is not refused
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / ".localjudge-report.json").write_text(json.dumps({"files": [stale]}))
+    (half / "thumbs").mkdir()
+    (half / stale).write_bytes(b"a stopped build's")
+    invoke_json("report", "--db", db, "--out", half)
+    assert not (half / stale).exists() and (half / "index.html").is_file()

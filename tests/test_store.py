@@ -122,7 +122,12 @@ def test_twenty_pairs_of_processes_opening_new_stores_at_a_barrier_all_succeed(t
     processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"pair{n}.db"), str(gate),
                                    str(2 * pairs)], stderr=subprocess.PIPE, text=True)
                  for n in range(pairs) for _ in range(2)]
-    errors = [p.communicate(timeout=300)[1] for p in processes]
+    try:
+        errors = [p.communicate(timeout=300)[1] for p in processes]
+    finally:  # one that died before the barrier leaves the others waiting: none outlives the test
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
     failed = [e for p, e in zip(processes, errors) if p.returncode != 0]
     assert not failed, f"{len(failed)} of {2 * pairs} openers failed:\n" + "\n".join(failed[:3])
     for n in range(pairs):

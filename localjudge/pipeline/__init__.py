@@ -32,8 +32,8 @@ from ..errors import OptionError
 from ..judge import (AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeStopped,
                      auto_judge, parse_answer)
 from ..judge.prompts import PHOTO, fill_kind, prompt_hash, prompt_template, prompt_text, render
-from ..saliency.masking import judge_image, soft_mask, upsample
 from ..progress import progress
+from ..saliency.masking import judge_image, soft_mask, upsample
 from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
 from ..vision import (BACKENDS, ModelCard, auto_backend, backend_of, main_class, model_hash, open_model,
                       require_weights, resolve_card)
@@ -56,8 +56,6 @@ def package_versions() -> dict[str, str]:
 def batched(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
 
 
 @functools.lru_cache(maxsize=None)  # asked once per image
@@ -1097,8 +1095,12 @@ class Audit:
         rows, stop = self._judge_batch(judge, list(saliency_ids), stage, views or {})
         self.store_judgments(rows, stage)
         if stop is not None:
-            raise JudgeError(f"{stop} ({stage.computed - self._judgments_failed} judged and {self._judgments_failed} "
-                             "stored as failures in this run so far)") from stop
+            raise self.stopped(stop, stage) from stop
+
+    def stopped(self, stop: JudgeStopped, stage: Stage) -> JudgeError:
+        """The error a stopped judge stage ends the run with, counting what was stored."""
+        return JudgeError(f"{stop} ({stage.computed - self._judgments_failed} judged and {self._judgments_failed} "
+                          "stored as failures in this run so far)")
 
     def store_judgments(self, rows: list[dict], stage: Stage) -> None:
         """One batch's judgments, in one transaction, counted in `stage`."""
@@ -1180,9 +1182,9 @@ class Audit:
         limit = self.config.judge_failure_limit
         if self._failed_batches_in_a_row < limit:
             return None
-        return JudgeStopped(f"the judge failed on {limit} batch{'es' if limit > 1 else ''} in a row (the last: "
-                            f"{error}); stopped, with every judgment so far stored: fix the cause and run again, "
-                            "only what is missing or failed is judged", [])
+        return JudgeStopped(f"the judge raised {limit} time{'s' if limit > 1 else ''} in a row, with no batch answered "
+                            f"in between (the last: {error}); stopped, with every judgment so far stored: fix the "
+                            "cause and run again, only what is missing or failed is judged", [])
 
     def judgment_rows(self, batch: "JudgeBatch", outputs: list[JudgeOutput] | None, seconds: float,
                       backend_error: str | None = None) -> list[dict]:

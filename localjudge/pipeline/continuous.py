@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from ..judge import JudgeError, JudgeOutput
+from ..judge import JudgeOutput
 from . import Audit, JudgeBatch, Stage
 
 
@@ -60,16 +60,16 @@ class ContinuousJudging:
             self.ended.update(self.decoder.step())
         except Exception as error:
             crashed, failed, self.open, self.ended = self.decoder, self.open, [], set()
-            self.decoder = self.audit.judge_model().continuous()
             reason = f"{type(error).__name__}: {error}"
-            for batch, indices in failed:
+            for batch, indices in failed:  # stored first: nothing that follows may lose them
                 # answers that had ended before the crash are kept; the others are failures, retried next run
                 taken = [self._kept(crashed, i, reason) for i in indices]
                 self._store(self.audit.judgment_rows(batch, [output for output, _ in taken],
                                                      sum(seconds for _, seconds in taken)))
             stop = self.audit.judge_failed(reason)
             if stop is not None:
-                raise JudgeError(str(stop)) from error
+                raise self.audit.stopped(stop, self.stage) from error
+            self.decoder = self.audit.judge_model().continuous()
             return
         still = []
         for batch, indices in self.open:

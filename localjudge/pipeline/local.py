@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from ..progress import progress_bar
 from ..store import Store
 from . import Audit, Stage
@@ -39,6 +38,7 @@ def run_local(audit: Audit, source: str | Path) -> dict[str, Stage]:
     judging: ContinuousJudging | None = None
     continuous = True  # until the judge, once opened, says it answers each call whole
     worker.start()
+    stopped = True  # until the loop below ends of itself
     try:
         pending: list[str] = []
         views: dict = {}
@@ -84,10 +84,11 @@ def run_local(audit: Audit, source: str | Path) -> dict[str, Stage]:
                         hand_to_judge(batch)
             if judging is not None and judging.busy:
                 judging.step()
+        stopped = False
     finally:
         stop.set()
         worker.join()
-        bar.close()
+        bar.close(stopped)
     judge_stage.seconds = time.perf_counter() - started
     audit.warn_unmapped(stages["predict"])
     return stages

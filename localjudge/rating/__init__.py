@@ -7,13 +7,13 @@ comes back continues with the first view they have not rated.
 
 Loopback is not one person: on a shared workstation any local user can reach the port. So the server answers only
 requests that carry its token, a random string made at start and printed in its address (`?token=...`) to the one
-who started it; the page's first load sets it as a cookie (HttpOnly, SameSite=Strict, named by the port), which its
-own requests then carry."""
+who started it: the page is served only with it, and the page's script sends it with each request (a header; the
+picture's address). No cookie: a browser would send one to every port of the host. Only the page's script and style
+are served without it (they hold nothing of the audit)."""
 
 from __future__ import annotations
 
 import hmac
-import http.cookies
 import http.server
 import json
 import re
@@ -87,7 +87,6 @@ class RatingServer(http.server.ThreadingHTTPServer):
         port = self.server_address[1]
         self.allowed_hosts = {f"{name}:{port}" for name in ("localhost", self.host_name)}
         self.token = secrets.token_urlsafe(24)
-        self.cookie = f"localjudge_rate_{port}"  # cookies are not told apart by port: a name per server
 
     @property
     def url(self) -> str:
@@ -221,15 +220,11 @@ class RatingHandler(http.server.BaseHTTPRequestHandler):
                 origin is not None and urlsplit(origin).netloc not in self.server.allowed_hosts):
             self._json(403, {"error": "this page answers only on its own loopback address"})
             return False
-        given = parse_qs(urlsplit(self.path).query).get("token", [None])[-1]
-        self._set_cookie = given is not None and self._is_token(given)
-        cookies = http.cookies.SimpleCookie()
-        try:
-            cookies.load(self.headers.get("Cookie") or "")
-        except http.cookies.CookieError:
-            cookies = http.cookies.SimpleCookie()
-        carried = cookies[self.server.cookie].value if self.server.cookie in cookies else None
-        if not (self._set_cookie or (carried is not None and self._is_token(carried))):
+        url = urlsplit(self.path)
+        if url.path in ASSETS and url.path != "/" or url.path == "/favicon.ico":
+            return True  # the page's code and style: nothing of the audit
+        given = parse_qs(url.query).get("token", [None])[-1] or self.headers.get("X-Localjudge-Token")
+        if not (given and self._is_token(given)):
             self._json(403, {"error": "open the address `localjudge rate` printed: it carries this page's token"})
             return False
         return True
@@ -246,9 +241,7 @@ class RatingHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         for name, value in SECURITY_HEADERS.items():
             self.send_header(name, value)
-        if getattr(self, "_set_cookie", False):  # the token came in the address: the page's own requests carry it on
-            self.send_header("Set-Cookie", f"{self.server.cookie}={self.server.token}; Path=/; HttpOnly; "
-                                           "SameSite=Strict")
+
         self.end_headers()
         self.wfile.write(payload)
 

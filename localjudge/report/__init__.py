@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 import threading
 import time
@@ -16,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
+from ..config import DEFAULTS
 from ..data import ChangedImage, jpeg_bytes, load_verified
 from ..errors import UserError
-from ..config import DEFAULTS
 from ..queries import (card_of, judge_cards, label_names_of_runs, localisation_by_setting, map_failures,
                        sanity_checks)
 from ..queries import samples as read_samples
@@ -34,6 +35,9 @@ THUMBNAIL_DIR = "thumbs"
 # The files a build wrote into its folder: the next build into it deletes only those (never a file of the user's),
 # and a non-empty folder without it is refused (it may be anything).
 MANIFEST = ".localjudge-report.json"
+# what a build writes: its assets, its data and thumbnails named by content (thumbnail_name); a manifest naming
+# anything else (another path, a parent folder) is not followed
+BUILT_FILE = re.compile(r"^(data\.js|index\.html|report\.js|report\.css|thumbs/[0-9a-f]{24}\.jpg)$")
 
 
 class ReportError(UserError):
@@ -41,19 +45,26 @@ class ReportError(UserError):
 
 
 def claimed_files(out: Path) -> set[str]:
-    """The files an earlier build wrote into `out` (paths relative to it); a non-empty folder that no build wrote is
-    refused before anything is written."""
+    """The files an earlier build wrote into `out` (paths relative to it: only names a build writes); a non-empty
+    folder that no build wrote is refused before anything is written."""
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
             files = json.loads(manifest.read_text())["files"]
+            if not isinstance(files, list):
+                raise TypeError("its files are not a list")
         except (ValueError, KeyError, TypeError) as error:
             raise ReportError(f"{manifest}: unreadable ({error}); remove it, or give another folder") from error
-        return {f for f in files if isinstance(f, str) and ".." not in Path(f).parts and not Path(f).is_absolute()}
+        return {f for f in files if isinstance(f, str) and BUILT_FILE.match(f)}
     if out.is_dir() and any(out.iterdir()):
         raise ReportError(f"{out}: not empty, and no report was written there ({MANIFEST} is missing); give a new or "
-                          "empty folder, so that no file of yours is overwritten or deleted")
+                          "empty folder (or delete this one), so that no file of yours is overwritten or deleted")
     return set()
+
+
+def write_manifest(out: Path, files: set[str]) -> None:
+    (out / MANIFEST).write_text(json.dumps({"files": sorted(files)}, indent=1) + "\n")
+
 
 # What each sample carries into the page (in this order; data.js holds rows of values, not objects, to stay small).
 FIELDS = ("id", "quadrant", "status", "score", "threshold", "evaluation", "justification", "error", "model", "cam",
@@ -165,7 +176,6 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     started = time.perf_counter()
     out = Path(out)
     earlier = claimed_files(out)
-    (out / THUMBNAIL_DIR).mkdir(parents=True, exist_ok=True)
     rows = read_samples(store, threshold, thresholds, **filters)
     found = findings(store, threshold, thresholds, filters)
     exemplars = exemplar_rows(store, found)  # the findings' cluster exemplars: thumbnails as the samples' are
@@ -173,6 +183,12 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
         row["file"] = (locations or {}).get(row["path"])
         for kind in THUMBNAIL_KINDS:
             row[kind] = thumbnail_name(kind, row, side)
+    named = {row[kind] for row in rows + exemplars for kind in THUMBNAIL_KINDS}
+    # listed before anything is written, so a build stopped half-way leaves a folder the next build may use and
+    # clean; rewritten at the end with exactly what this build wrote
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, earlier | {"data.js", *ASSETS} | named)
+    (out / THUMBNAIL_DIR).mkdir(exist_ok=True)
 
     by_image: dict[str, list[dict]] = {}
     for row in rows:
@@ -241,12 +257,13 @@ def build_report(store: Store, out: Path, threshold: int, thresholds: dict[str, 
     for name in ASSETS:
         with resources.as_file(assets / name) as source:
             shutil.copyfile(source, out / name)
-    # Files an earlier build wrote that this one does not show (other filters, samples since deleted) go; no other.
-    named = {row[kind] for row in rows + exemplars for kind in THUMBNAIL_KINDS}
+    # Files an earlier build wrote that this one does not show (other filters, samples since deleted) go; no other
+    # (and nothing through a link).
     written = {"data.js", *ASSETS, *(name for name in named if (out / name).is_file())}
     for stale in sorted(earlier - written):
-        (out / stale).unlink(missing_ok=True)
-    (out / MANIFEST).write_text(json.dumps({"files": sorted(written)}, indent=1) + "\n")
+        if not (out / stale).is_symlink() and not (out / THUMBNAIL_DIR).is_symlink():
+            (out / stale).unlink(missing_ok=True)
+    write_manifest(out, written)
     thumbnails = sorted(out / name for name in written if name.startswith(f"{THUMBNAIL_DIR}/"))
     return {"out": str(out), "samples": len(data_rows), "images": len(by_image),
             "images_unavailable": len(sample_errors), "unavailable": sorted(sample_errors.values()),

@@ -10,9 +10,14 @@
 
   function say(text) { byId("message").textContent = text || ""; }
 
+  // the server's token, from the address it printed: every request of the page carries it
+  const token = new URLSearchParams(location.search).get("token") || "";
+
   function request(path, body) {
-    const options = body === undefined ? {} :
-      { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+    const headers = { "X-Localjudge-Token": token };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const options = body === undefined ? { headers: headers } :
+      { method: "POST", headers: headers, body: JSON.stringify(body) };
     return fetch(path, options).then(function (response) {
       return response.json().then(function (data) {
         if (!response.ok) throw new Error(data.error || ("HTTP " + response.status));
@@ -32,7 +37,7 @@
     }
     say("");
     byId("rating").hidden = false;
-    byId("picture").setAttribute("src", current.image);
+    byId("picture").setAttribute("src", current.image + "?token=" + encodeURIComponent(token));
     byId("label").textContent = current.label;
     byId("mode").textContent = current.image_mode + " view (α " + current.alpha + ", β " + current.beta + "), #" +
       current.position;
