@@ -191,11 +191,11 @@ def check_against_torch(path: Path, reference, output_shape, card: ModelCard, st
 
     # checked as it runs: the outputs on all threads, the gradients of a graph that accumulates in a scatter on one
     # (onnx_backend)
-    plain = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    options = onnxruntime.SessionOptions()
-    if has_reducing_scatter(path):
+    plain = session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if has_reducing_scatter(path):  # a second session only where it runs apart (a large graph takes long to load)
+        options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
     size = static_batch or 4  # a dynamic graph is checked at a batch size the trace (2, 3, 5, ...) never has
     x = torch.randn(size, 3, card.crop, card.crop, generator=generator)
