@@ -216,6 +216,7 @@ class Audit:
         self.judge_spec = JUDGES[config.judge]
         self._backend = backend_of(self.card, config.backend)
         self._weights = Path(config.weights) if config.weights else None
+        self._vision_hash: str | None = None
         self._vision = None
         self._judge: Judge | None = None
         self._owns_judge = True
@@ -245,7 +246,10 @@ class Audit:
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def vision_hash(self) -> str:
-        return model_hash(self.card, self._weights, self._hash_file, self._backend)
+        # once per audit: embedded weights are hashed by their bytes (no cache), and every batch asks
+        if self._vision_hash is None:
+            self._vision_hash = model_hash(self.card, self._weights, self._hash_file, self._backend)
+        return self._vision_hash
 
     def judge_identity(self) -> JudgeIdentity:
         """The judge's name and hash as its backend defines them (asked once: a server may be asked its model)."""
