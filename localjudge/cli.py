@@ -336,10 +336,12 @@ def run(images, db_path, as_json, threshold, **given):
                        threshold=threshold, **given)
     if not as_json:
         config = audit.config
+        # the matrix of the images this run read (not of every image the store holds for this setting)
         print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
                                 target_layer=audit.card.target_tensor, judge_model=audit.judge_name(),
                                 image_mode=config.image_mode, alpha=config.alpha, beta=config.beta,
-                                decoding=json.dumps(audit.judgment_key_parts()[2], sort_keys=True)))
+                                decoding=json.dumps(audit.judgment_key_parts()[2], sort_keys=True),
+                                run=audit.run_id))
     warn_about_the_judge(audit)
 
 
@@ -472,12 +474,30 @@ sample_filter_options = options(
     click.option("--judge-model", help="Only this judge (its directory name)."),
     click.option("--image-mode", type=click.Choice(IMAGE_MODES), help="Only this image mode."),
 )
+# Which images: those one run read, or those read from one folder or manifest (by any run).
+scope_options = options(
+    click.option("--run", "run_scope", metavar="ID",
+                 help="Only the images this run read (its id, or the start of it: `localjudge db runs`)."),
+    click.option("--source", "source_scope", type=click.Path(), metavar="PATH",
+                 help="Only the images read from this folder or manifest (by any run over it)."),
+)
+
+
+def scoped(store: Store, filters: dict) -> dict:
+    """`filters` with --run and --source resolved against the store (a run's id from its start; a source as runs
+    name it)."""
+    from .queries import resolve_run, source_forms
+
+    run, source = filters.pop("run_scope", None), filters.pop("source_scope", None)
+    return {**filters, **({"run": resolve_run(store, run)} if run else {}),
+            **({"source": source_forms(source)} if source else {})}
 
 
 @cli.command()
 @db_option
 @reading_threshold_option
 @sample_filter_options
+@scope_options
 @json_option
 @user_errors
 def matrix(db_path, threshold, as_json, **filters):
@@ -488,7 +508,7 @@ def matrix(db_path, threshold, as_json, **filters):
         localjudge matrix --db audit.db --threshold calibrated --json
     """
     store, threshold, thresholds = open_with_threshold(db_path, threshold)
-    found = matrices(store, threshold, thresholds, **filters)
+    found = matrices(store, threshold, thresholds, **scoped(store, filters))
     if as_json:
         click.echo(json.dumps({"matrices": found}, indent=2))
     else:
@@ -501,9 +521,10 @@ def matrix(db_path, threshold, as_json, **filters):
 @click.option("--against", metavar="KEY", help="Also each setting minus this one (a setting_key from `compare --json`, "
                                                "or its start), on the images both judged, with paired bootstrap "
                                                "intervals.")
+@scope_options
 @json_option
 @user_errors
-def compare(db_path, threshold, against, as_json):
+def compare(db_path, threshold, against, as_json, **scope):
     """Every model x CAM x judge setting in the store side by side: CH/CL/WH/WL % and the average score (the shape of
     the paper's Table 4), with 95 % bootstrap intervals.
 
@@ -514,15 +535,16 @@ def compare(db_path, threshold, against, as_json):
     from .queries import judge_agreement, paired_differences
 
     store, threshold, thresholds = open_with_threshold(db_path, threshold)
-    found = matrices(store, threshold, thresholds)
+    scope = scoped(store, scope)
+    found = matrices(store, threshold, thresholds, **scope)
     rows = [{"setting_key": m["setting_key"], "model": m["model"], "cam": m["cam"], "target_layer": m["target_layer"],
              "judge_model": m["judge_model"], "image_mode": m["image_mode"],
              "alpha": m["alpha"], "beta": m["beta"], "prompt_hash": m["prompt_hash"],
              "judge_image_size": m["judge_image_size"], "judgments": m["judgments"], "threshold": m["threshold"],
              **m["percent"], "average_score": m["average_score"], "intervals": m["intervals"],
              "bootstrap": m["bootstrap"], "judge_verdict": m["judge_verdict"]} for m in found]
-    paired = paired_differences(store, against, threshold, thresholds) if against else None
-    agreement = judge_agreement(store)
+    paired = paired_differences(store, against, threshold, thresholds, **scope) if against else None
+    agreement = judge_agreement(store, **scope)
     if as_json:
         click.echo(json.dumps({"threshold": threshold, "settings": rows, "judge_agreement": agreement,
                                **({"paired": paired} if paired else {})}, indent=2))
@@ -1330,6 +1352,7 @@ def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode,
               help="Folder to write the report into (index.html, data.js, thumbnails).")
 @reading_threshold_option
 @sample_filter_options
+@scope_options
 @click.option("--thumbnail-size", type=click.IntRange(32, 512), default=160, show_default=True,
               help="Side of the thumbnails in pixels.")
 @click.option("--images", "images_source", type=click.Path(exists=True),
@@ -1356,7 +1379,7 @@ def report(db_path, out_dir, threshold, thumbnail_size, images_source, path_colu
 
         locations = redacted_locations(images_source, path_column)
     written = build_report(store, Path(out_dir), threshold, thresholds, side=thumbnail_size,
-                           workers=os.cpu_count() or 1, locations=locations, **filters)
+                           workers=os.cpu_count() or 1, locations=locations, **scoped(store, filters))
     if as_json:
         click.echo(json.dumps(written, indent=2))
         return
@@ -1598,6 +1621,29 @@ def db_merge(sources, into, as_json):
     if len(report["conflicts"]) > 20:
         click.echo(f"... {len(report['conflicts']) - 20} more conflicts (see --json)", err=True)
     click.echo(f"merged into {into}: {report['added']} rows added, {len(report['conflicts'])} conflicts")
+
+
+@database.command(name="runs")
+@db_option
+@json_option
+@user_errors
+def db_runs(db_path, as_json):
+    """Every run recorded in the store, newest first: its id (give its start to --run), command, status, times,
+    source and how many images it read.
+
+    \b
+    Example:
+        localjudge db runs --db audit.db
+    """
+    from .queries import run_list
+
+    found = run_list(Store(db_path, create=False))
+    if as_json:
+        click.echo(json.dumps({"runs": found}, indent=2))
+        return
+    for r in found:
+        click.echo(f"{r['id'][:12]}  {r['command']:14} {r['status'] or '':9} {r['started_at'] or '':26} "
+                   f"{r['images']:>7} images  {r['inputs'] or ''}")
 
 
 @cli.group()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import attention_matrix
+from .errors import OptionError
 from .store import Store, content_key, unpack_array
 
 # Everything that makes two judgments incomparable; the names are for people, the hashes keep same-named
@@ -63,17 +64,58 @@ FILTER_COLUMNS = {"model": "p.model", "cam": "s.method", "target_layer": "s.targ
                   "decoding": "j.decoding", "model_hash": "p.model_hash"}
 
 
+# Filters by which images a run read (run_images): --run ID (one run), --source PATH (every run over that folder or
+# manifest, as runs.inputs names it: resolved, or redacted with --redact-paths; a list of those forms).
+SCOPE_FILTERS = {
+    "run": "j.image_sha256 in (select image_sha256 from run_images where run_id = ?)",
+    "source": "j.image_sha256 in (select ri.image_sha256 from run_images ri join runs r on r.id = ri.run_id "
+              "where r.inputs in (select value from json_each(?)))",
+}
+
+
 def filter_clauses(filters: dict) -> tuple[list[str], list]:
     """SQL conditions (and their parameters) for the filters given (None: not given)."""
     clauses, params = [], []
     for name, value in filters.items():
         if value is None:
             continue
+        if name in SCOPE_FILTERS:
+            clauses.append(SCOPE_FILTERS[name])
+            params.append(json.dumps(list(value)) if name == "source" else value)
+            continue
         if name not in FILTER_COLUMNS:
             raise ValueError(f"unknown filter {name!r}")
         clauses.append(f"{FILTER_COLUMNS[name]} = ?")
         params.append(value)
     return clauses, params
+
+
+def resolve_run(store: Store, given: str) -> str:
+    """A run's id from its id or the start of it (as `runs` lists them); a clear error where none or several match."""
+    found = [r["id"] for r in store.query("select id from runs where id like ? || '%' order by id",
+                                          [given.replace("%", "").replace("_", "")])] if given else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise OptionError(f"--run {given}: no run of {store.path} has this id (`localjudge runs` lists them)")
+    raise OptionError(f"--run {given}: {len(found)} runs start so ({', '.join(f[:12] for f in found[:4])}…); "
+                     "give more of the id")
+
+
+def run_list(store: Store) -> list[dict]:
+    """Every run, newest first, with the number of images it read."""
+    return list(store.query(
+        "select r.id, r.command, r.status, r.started_at, r.finished_at, r.inputs, "
+        "(select count(*) from run_images ri where ri.run_id = r.id) as images from runs r "
+        "order by r.started_at desc, r.id"))
+
+
+def source_forms(path: str) -> list[str]:
+    """How runs.inputs names a source: its resolved path, or that path redacted (a run with --redact-paths)."""
+    from .data import redacted_path
+
+    resolved = str(Path(path).resolve())
+    return [resolved, redacted_path(resolved)]
 
 
 def matrices(store: Store, threshold: int, thresholds: dict[str, int] | None = None, **filters) -> list[dict]:

@@ -19,13 +19,14 @@ from .conftest import copy_db, invoke, invoke_json, write_manifest
 
 
 def content(db: Path) -> dict[str, dict]:
-    """Every row of every merged table but runs, by key, without provenance; probability vectors, maps and top-5
+    """Every row of every merged table but runs and run_images (which runs read what: each shard is its own run), by
+    key, without provenance; probability vectors, maps and top-5
     decoded to numbers."""
     found = {}
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
         for table, key in TABLES:
-            if table == "runs":
+            if table in ("runs", "run_images"):
                 continue
             rows = {}
             for row in conn.execute(f"select * from [{table}]"):
@@ -92,6 +93,12 @@ def test_shards_merged_equal_one_run_and_merging_again_changes_nothing(data_dir,
         runs = {r[0] for r in conn.execute("select id from runs")}
         assert len(runs) == 2
         assert {r[0] for r in conn.execute("select distinct run_id from judgments")} == runs
+        # which run read which image: both shards' runs, together every image of the whole run
+        assert {r[0] for r in conn.execute("select distinct run_id from run_images")} == runs
+        merged_read = {r[0] for r in conn.execute("select image_sha256 from run_images")}
+    with sqlite3.connect(whole) as conn:
+        assert merged_read == {r[0] for r in conn.execute("select image_sha256 from run_images")} == {
+            key[0] for key in whole_content["images"]}
 
     again = invoke_json("db", "merge", first, second, "--into", merged)
     assert again["added"] == 0 and again["conflicts"] == []

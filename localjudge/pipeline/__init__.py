@@ -390,7 +390,7 @@ class Audit:
                 update["kind"] = row["kind"]
             if update:
                 changed.append({"sha256": row["sha256"], **update})
-        self.store.add_images(new_images, errors, changed)
+        self.store.add_images(new_images, errors, changed, self.run_id, ids)
         stage.computed += len(new_images)
         return Chunk(ids, pictures)
 

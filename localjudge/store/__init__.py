@@ -151,8 +151,13 @@ class Store:
     def known_error_ids(self) -> set[str]:
         return {r["id"] for r in self.db.query("select id from read_errors")}
 
-    def add_images(self, images: list[dict], errors: list[dict], changed: list[dict] = ()) -> None:
+    def add_images(self, images: list[dict], errors: list[dict], changed: list[dict] = (),
+                   run_id: str | None = None, read: list[str] = ()) -> None:
+        """New images and read errors, changes to stored images, and that run `run_id` read the images `read`."""
         with self.transaction():
+            if run_id and read:
+                self.db["run_images"].insert_all(({"run_id": run_id, "image_sha256": sha} for sha in read),
+                                                 pk=("run_id", "image_sha256"), ignore=True)
             if images:
                 self.db["images"].insert_all(images, pk="sha256", ignore=True)
             if errors:

@@ -359,6 +359,17 @@ def m021_canary_quadrants(db: sqlite_utils.Database) -> None:
     db["canary_quadrants"].create_index(["canary_id"])
 
 
+@migration
+def m022_run_images(db: sqlite_utils.Database) -> None:
+    # Which images each run read (every one its source yielded, stored before or not): `run` prints the matrix of its
+    # own images, and matrix/compare/report take --run and --source. Stores made before know only the run that first
+    # ingested each image (images.run_id): that much is filled in.
+    db["run_images"].create({"run_id": str, "image_sha256": str}, pk=("run_id", "image_sha256"))
+    db["run_images"].create_index(["image_sha256"])
+    db.execute("insert or ignore into run_images (run_id, image_sha256) "
+               "select run_id, sha256 from images where run_id is not null")
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
@@ -367,6 +378,6 @@ TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), 
           ("ratings", ("id",)), ("calibrations", ("id",)), ("sanity_checks", ("id",)),
           ("canary_judgments", ("id",)), ("judge_checks", ("id",)), ("artifact_scores", ("id",)),
           ("canary_tests", ("id",)), ("map_clusters", ("id",)), ("cluster_members", ("id",)),
-          ("background_tests", ("id",)), ("canary_quadrants", ("id",)))
+          ("background_tests", ("id",)), ("canary_quadrants", ("id",)), ("run_images", ("run_id", "image_sha256")))
 # What a Ray worker's scratch store keeps between batches: its run and the prompts its judge stored once.
 SCRATCH_KEPT = ("runs", "prompts")
