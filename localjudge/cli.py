@@ -24,7 +24,7 @@ from .judge import JUDGE_CHOICES
 from .judge.recognizer import DESIGNS as RECOGNIZER_DESIGNS
 from .judge.prompts import PROMPT_STYLES
 from .queries import (calibrated_thresholds, describe_setting, faithfulness_means, label_issue_table, map_signals,
-                      matrices, region_means, summary)
+                      matrices, region_means, shaping_text, summary)
 from .store import Store
 from .vision import BACKEND_CHOICES, list_cards
 
@@ -335,13 +335,8 @@ def run(images, db_path, as_json, threshold, **given):
     audit, _ = perform("run", images, ("ingest", "predict", "explain", "judge"), work, db_path, as_json,
                        threshold=threshold, **given)
     if not as_json:
-        config = audit.config
         # the matrix of the images this run read (not of every image the store holds for this setting)
-        print_matrices(matrices(audit.store, threshold, model=audit.card.name, cam=config.cam,
-                                target_layer=audit.card.target_tensor, judge_model=audit.judge_name(),
-                                image_mode=config.image_mode, alpha=config.alpha, beta=config.beta,
-                                decoding=json.dumps(audit.judgment_key_parts()[2], sort_keys=True),
-                                run=audit.run_id))
+        print_matrices(matrices(audit.store, threshold, **audit.judgment_filters(), run=audit.run_id))
     warn_about_the_judge(audit)
 
 
@@ -435,7 +430,7 @@ def print_matrices(found: list[dict]) -> None:
     for m in found:
         weights = f" ({m['model_weights']})" if m.get("model_weights") else ""
         click.echo(f"\n{m['model']}{weights} / {m['cam']} at {m['target_layer']} judged by {m['judge_model']} "
-                   f"({m['image_mode']}, alpha={m['alpha']}, beta={m['beta']}), score >= {m['threshold']} is high")
+                   f"({m['image_mode']}, {shaping_text(m)}), score >= {m['threshold']} is high")
         c, p, ci = m["counts"], m["percent"], m["intervals"]
 
         def cell(q: str) -> str:
@@ -558,8 +553,9 @@ def compare(db_path, threshold, against, as_json, **scope):
         low, high = r["intervals"]["average_score"]["ci_low"], r["intervals"]["average_score"]["ci_high"]
         average = "n/a" if r["average_score"] is None else f"{r['average_score']:.2f}" + (
             f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+        alpha_beta = "-" if r["alpha"] is None else f"{r['alpha']:g}/{r['beta']:<4g}"
         click.echo(f"{r['setting_key'][:8]:9}{r['model'][:21]:22}{r['cam'][:9]:10}{r['judge_model'][:21]:22}"
-                   f"{r['image_mode']:9}{r['alpha']:>5g}/{r['beta']:<4g} {r['prompt_hash'][:8]:9}"
+                   f"{r['image_mode']:9}{alpha_beta:>10} {(r['prompt_hash'] or '-')[:8]:9}"
                    f"{r['judge_image_size']:>5}{r['judgments']:>6}{r['CH']:>7.1f}{r['CL']:>7.1f}"
                    f"{r['WH']:>7.1f}{r['WL']:>7.1f}{average:>20}")
     if paired:
@@ -954,14 +950,7 @@ def eval_sweep(db_path, alphas, betas, styles, threshold, as_json, **given):
                 audit.use_judge(judge)
                 with audit.recorded("eval sweep", None):
                     stage = audit.judge(audit.stored_saliency_maps())
-                config = audit.config
-                _, template_hash, decoding = audit.judgment_key_parts()
-                found = matrices(audit.store, threshold, model=audit.card.name, model_hash=audit.vision_hash(),
-                                 cam=config.cam, target_layer=audit.card.target_tensor,
-                                 judge_model=audit.judge_name(), judge_model_hash=audit.judge_hash(),
-                                 image_mode=config.image_mode, alpha=alpha, beta=beta, prompt_hash=template_hash,
-                                 judge_image_size=config.judge_image_size,
-                                 decoding=json.dumps(decoding, sort_keys=True))
+                found = matrices(audit.store, threshold, **audit.judgment_filters())
                 matrix = found[0] if found else None
                 results.append({"alpha": alpha, "beta": beta, "prompt_style": style, "judged_now": stage.computed,
                                 "failed_now": stage.failed, "judgments": matrix["judgments"] if matrix else 0,

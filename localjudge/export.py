@@ -25,7 +25,7 @@ COLUMNS = (
     "confidence", "correct", "label_indices", "top5",
     "saliency_id", "cam", "target_layer", "target_index", "target_label", "finding",
     "view_id", "alpha", "beta", "image_mode", "image_kind", "judge_backend", "judge_model", "judge_model_hash",
-    "prompt_hash", "decoding", "judge_image_size", "input_tokens", "output_tokens", "judged_at",
+    "prompt_hash", "decoding", "render_version", "judge_image_size", "input_tokens", "output_tokens", "judged_at",
     "iou", "dice", "pixel_accuracy", "f1",
     "deletion_auc", "insertion_auc", "aopc", "average_drop", "increase_in_confidence", "faithfulness_steps",
     "faithfulness_baseline",

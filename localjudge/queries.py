@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import attention_matrix
+from .config import DEFAULTS
 from .errors import OptionError
+from .saliency.masking import FIRST_RENDER_VERSION
 from .store import Store, content_key, unpack_array
 
 # Everything that makes two judgments incomparable; the names are for people, the hashes keep same-named
@@ -29,22 +31,35 @@ TARGET_CORRECT = (f"(case when p.label_indices is null then null when s.finding 
 # finding under an older, lower threshold, or a missed one after a run without --targets labelled, is no target, and
 # no part of a matrix, report or export.
 TARGET_CURRENT = "(s.current_target is null or s.current_target = 1)"
+# alpha, beta and prompt_hash are NULL where they do not shape the judge's input (Audit.judge_input: a heatmap
+# overlay reads no alpha or beta, the recognizer no prompt); render_version is the rendering's version.
 GROUP_COLUMNS = ("model", "model_hash", "cam", "target_layer", "judge_model", "judge_model_hash", "image_mode",
-                 "alpha", "beta", "judge_image_size", "prompt_hash", "decoding")
+                 "alpha", "beta", "judge_image_size", "prompt_hash", "decoding", "render_version")
 # The columns of GROUP_COLUMNS from judgments j, predictions p and saliency_maps s.
 SETTING_SELECT = ("p.model, p.model_hash, s.method as cam, s.target_layer, j.judge_model, j.judge_model_hash, "
-                  "j.image_mode, j.alpha, j.beta, j.judge_image_size, j.prompt_hash, j.decoding")
+                  "j.image_mode, j.alpha, j.beta, j.judge_image_size, j.prompt_hash, j.decoding, j.render_version")
 
 
 def describe_setting(setting: dict) -> str:
+    version = setting.get("render_version")
     return (f"{setting['model']} {setting['cam']}@{setting['target_layer']} {setting['judge_model']} "
-            f"{setting['image_mode']} a={setting['alpha']} b={setting['beta']} prompt={setting['prompt_hash'][:8]} "
-            f"size={setting['judge_image_size']}")
+            f"{setting['image_mode']} {shaping_text(setting)} size={setting['judge_image_size']}"
+            + (f" rendering v{version}" if version not in (None, FIRST_RENDER_VERSION) else ""))
+
+
+def shaping_text(setting: dict) -> str:
+    """alpha, beta and the prompt of a setting, where they shape its judge's input."""
+    parts = [] if setting["alpha"] is None else [f"a={setting['alpha']:g} b={setting['beta']:g}"]
+    parts.append("no prompt" if setting["prompt_hash"] is None else f"prompt={setting['prompt_hash'][:8]}")
+    return " ".join(parts)
 
 
 def setting_key(row: dict) -> str:
-    """One judge setting (the GROUP_COLUMNS of a row) as a key."""
-    return content_key("setting", *[row[c] for c in GROUP_COLUMNS])
+    """One judge setting (the GROUP_COLUMNS of a row) as a key. The first rendering version adds nothing, so the
+    keys of settings made before it (their calibrations) are unchanged."""
+    values = [row[c] for c in GROUP_COLUMNS if c != "render_version"]
+    version = row.get("render_version")
+    return content_key("setting", *values, *([] if version in (None, FIRST_RENDER_VERSION) else [version]))
 
 
 def calibrated_thresholds(store: Store) -> dict[str, int]:
@@ -61,7 +76,15 @@ FILTER_COLUMNS = {"model": "p.model", "cam": "s.method", "target_layer": "s.targ
                   "judge_model": "j.judge_model", "image_mode": "j.image_mode",
                   "alpha": "j.alpha", "beta": "j.beta", "prompt_hash": "j.prompt_hash",
                   "judge_model_hash": "j.judge_model_hash", "judge_image_size": "j.judge_image_size",
-                  "decoding": "j.decoding", "model_hash": "p.model_hash"}
+                  "decoding": "j.decoding", "model_hash": "p.model_hash", "render_version": "j.render_version"}
+
+
+class _Null:
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+NULL = _Null()  # a filter's value that asks for NULL (a part that does not shape the judge's input)
 
 
 # Filters by which images a run read (run_images): --run ID (one run), --source PATH (every run over that folder or
@@ -85,6 +108,9 @@ def filter_clauses(filters: dict) -> tuple[list[str], list]:
             continue
         if name not in FILTER_COLUMNS:
             raise ValueError(f"unknown filter {name!r}")
+        if value is NULL:
+            clauses.append(f"{FILTER_COLUMNS[name]} is null")
+            continue
         clauses.append(f"{FILTER_COLUMNS[name]} = ?")
         params.append(value)
     return clauses, params
@@ -505,7 +531,8 @@ def class_statistics(store: Store, threshold: int, by: str = "predicted", beta: 
     asked_beta = beta
     for setting, members in _judged_settings(store, filters):
         # attended area and region mass at the beta given, else at the setting's own (what its judge was shown)
-        beta = setting["beta"] if asked_beta is None else asked_beta
+        # a heatmap judge was shown no beta (its setting holds none): the default one
+        beta = (DEFAULTS.beta if setting["beta"] is None else setting["beta"]) if asked_beta is None else asked_beta
         names = label_names_of_runs(store, {r["predict_run_id"] for r in members})
         keys = []
         for r in members:
@@ -742,7 +769,7 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
 _SAMPLE_SQL = """
 select j.id as judgment_id, j.status, j.failure_kind, j.score, j.evaluation, j.justification, j.error,
        j.alpha, j.beta, j.image_mode, j.image_kind, j.judge_backend, j.judge_model, j.judge_model_hash,
-       j.prompt_hash, j.decoding,
+       j.prompt_hash, j.decoding, j.render_version,
        j.judge_image_size, j.input_tokens, j.output_tokens, j.run_id as judge_run_id, j.created_at as judged_at,
        j.saliency_id, s.method as cam, s.target_layer, s.target_index, s.finding,
        coalesce(s.target_label, p.predicted_label) as target_label,
@@ -794,7 +821,9 @@ def label_names_of_runs(store: Store, run_ids: set[str | None]) -> dict[str | No
 
 def view_id(saliency_id: str, alpha: float, beta: float, image_mode: str) -> str:
     """What a judge was shown (and what a person rates): the map, rendered with alpha, beta in one image mode."""
-    return content_key("view", saliency_id, float(alpha), float(beta), image_mode)
+    # a heatmap's view holds no alpha or beta (None): it does not depend on them
+    return content_key("view", saliency_id, None if alpha is None else float(alpha),
+                       None if beta is None else float(beta), image_mode)
 
 
 def quadrant(status: str, correct, score, threshold: int) -> str:
@@ -872,8 +901,8 @@ def views(store: Store, **filters) -> list[dict]:
     for row in rows:
         key = view_id(row["saliency_id"], row["alpha"], row["beta"], row["image_mode"])
         # The same view judged under several prompts (or image sizes): people see it once, with the first one's.
-        if key not in found or (row["prompt_hash"], row["judge_image_size"]) < (
-                found[key]["prompt_hash"], found[key]["judge_image_size"]):
+        if key not in found or (row["prompt_hash"] or "", row["judge_image_size"]) < (
+                found[key]["prompt_hash"] or "", found[key]["judge_image_size"]):
             found[key] = {**row, "view_id": key}
     return [found[k] for k in sorted(found)]
 

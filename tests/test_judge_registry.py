@@ -14,7 +14,7 @@ import pytest
 from localjudge.config import DEFAULTS
 from localjudge.judge import JUDGES
 from localjudge.pipeline import open_audit
-from localjudge.store import sha256_file
+from localjudge.store import content_key, sha256_file
 
 SCHEMA = "32bc0df3d3ee8753"  # the first 16 hex of the judgment schema's sha256
 DECODING = {
@@ -164,3 +164,33 @@ def test_every_backend_opens_judges_two_images_and_closes(backend_settings, two_
     assert any(output.finished and parse_answer(output.raw_text).ok for output in outputs)
     if name == "recognizer":  # the visible centre of a real photo: scored from measured probabilities
         assert all(0 <= parse_answer(o.raw_text).score <= 5 for o in outputs)
+
+
+def test_judgment_keys_hold_exactly_what_shapes_the_judges_input(known_vlm, tmp_path, monkeypatch):
+    """alpha and beta only where the judge sees the soft mask, the prompt only for a judge that reads one, the
+    rendering's version from version 2 on (issue 20)."""
+    def key(**given) -> str:
+        audit = open_audit(tmp_path / "keys.db", None, ("judge",), **given)
+        try:
+            return audit.judgment_keys(["a-map"])["a-map"]
+        finally:
+            audit.store.close()
+
+    vlm = {"judge": "transformers", "vlm": str(known_vlm)}
+    masked = key(**vlm)
+    audit = open_audit(tmp_path / "keys.db", None, ("judge",), **vlm)
+    _, template_hash, decoding = audit.judgment_key_parts()
+    audit.store.close()
+    # a VLM shown the masked image: the key its judgments had before (a store's judgments stay valid)
+    assert masked == content_key("judgment", "a-map", 15.0, 0.6, "masked", VLM_HASH, template_hash, decoding, 448,
+                                 "photo")
+    assert len({masked, key(**vlm, alpha=25.0), key(**vlm, beta=0.4), key(**vlm, prompt_style="concise")}) == 4
+    heatmap = key(**vlm, image_mode="heatmap")
+    assert key(**vlm, image_mode="heatmap", alpha=25.0, beta=0.4) == heatmap  # an overlay reads neither
+    assert key(**vlm, image_mode="heatmap", prompt_style="concise") != heatmap
+    recognizer = key(judge="recognizer", backend="torch")
+    assert key(judge="recognizer", backend="torch", prompt_style="concise") == recognizer  # it reads no prompt
+    assert key(judge="recognizer", backend="torch", alpha=25.0) != recognizer  # it reads the soft mask
+    monkeypatch.setattr("localjudge.pipeline.RENDER_VERSION", 2)
+    assert key(**vlm) != masked and key(**vlm, image_mode="heatmap") != heatmap
+    assert key(judge="recognizer", backend="torch") != recognizer

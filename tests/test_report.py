@@ -93,7 +93,8 @@ def test_other_filters_agree_with_the_database(report, hostile_audit, browser):
         heatmap = db_rows(hostile_audit["db"], "select id from judgments where image_mode = 'heatmap'")
         (setting,) = [o for o in page.eval_on_selector_all("#setting option", "nodes => nodes.map(n => n.value)")
                       if o.startswith("heatmap")]
-        assert setting == "heatmap, α 15, β 0.6, prompt " + _prompt(hostile_audit["db"], "heatmap") + ", 256 px"
+        # a heatmap overlay reads neither alpha nor beta: the setting names none
+        assert setting == "heatmap, prompt " + _prompt(hostile_audit["db"], "heatmap") + ", 256 px"
         page.select_option("#setting", setting)
         assert sorted(shown_ids(page)) == sorted(r["id"] for r in heatmap)
         page.select_option("#quadrant", "unlabelled")  # the photo without a label, in both modes, where judged

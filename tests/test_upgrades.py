@@ -35,7 +35,7 @@ def test_an_old_stores_degenerate_maps_are_found_and_its_calibrations_keyed_agai
         "select p.model, p.model_hash, s.method as cam, s.target_layer, j.judge_model, j.judge_model_hash, "
         "j.image_mode, j.alpha, j.beta, j.judge_image_size, j.prompt_hash, j.decoding from judgments j "
         "join predictions p on p.id = j.prediction_id join saliency_maps s on s.id = j.saliency_id limit 1")]
-    old_setting = {c: sample[c] for c in GROUP_COLUMNS if c != "target_layer"}
+    old_setting = {c: sample[c] for c in GROUP_COLUMNS if c not in ("target_layer", "render_version")}
     store.add_calibration({"id": "c1", "setting_key": "an-old-key", "setting": json.dumps(old_setting),
                            "raters": "[]", "human_threshold": 3, "threshold": 2, "n": 10, "created_at": "then"})
     store.close()

@@ -131,6 +131,7 @@ class JudgeSpec:
     reserves_gpu = False  # it takes a fixed share of a GPU's memory up front (a Ray actor asks for that share)
 
     reads_maps = False  # it is handed each request's view and soft mask besides the image (JudgeRequest)
+    reads_prompt = True  # the prompt is part of its input (and so of its judgments' key)
 
     def reads_image(self, config) -> bool:
         """Whether it looks at the judge's image itself; a judge that reads the maps may draw its own from the view

@@ -124,6 +124,7 @@ class RecognizerSpec(JudgeSpec):
     needs_imagenet_labels = True
     structured_output = "templated"
     reads_maps = True  # the designs but the first need the view and the soft mask
+    reads_prompt = False  # a classifier: no prompt reaches it, so none is in its judgments' key
 
     def reads_image(self, config) -> bool:  # crop and mean draw their own from the view and the mask
         return config.recognizer_design in ("black", "relative")

@@ -33,7 +33,7 @@ from ..judge import (AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeOutput
                      auto_judge, parse_answer)
 from ..judge.prompts import PHOTO, fill_kind, prompt_hash, prompt_template, prompt_text, render
 from ..progress import progress
-from ..saliency.masking import judge_image, soft_mask, upsample
+from ..saliency.masking import FIRST_RENDER_VERSION, RENDER_VERSION, judge_image, soft_mask, upsample
 from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
 from ..vision import (BACKENDS, ModelCard, auto_backend, backend_of, main_class, model_hash, open_model,
                       require_weights, resolve_card)
@@ -1035,15 +1035,44 @@ class Audit:
         """What the judge is told an image is: the run's --image-kind, else what the file said, else a photo."""
         return self.config.image_kind or stored or PHOTO
 
-    def judgment_keys(self, saliency_ids: list[str]) -> dict[str, str]:
-        """Each map's judgment key: the map, the setting, and what the judge is told the image is (so an image whose
-        kind is learnt later, or a kind named for the run, is judged again)."""
+    def judge_input(self) -> dict:
+        """What shapes the judge's input besides the map, the judge and its decoding, as every judgment's key and row
+        hold it (None: not part of the input): alpha and beta only where they shape what the judge sees (the masked
+        image, or a judge that reads the soft mask; a heatmap overlay reads neither), the prompt only for a judge
+        that reads one, and the version of the rendering code."""
         config = self.config
-        _, template_hash, decoding = self.judgment_key_parts()
+        masked = config.image_mode == "masked" or self.judge_spec.reads_maps
+        _, template_hash, _ = self.judgment_key_parts()
+        return {"alpha": config.alpha if masked else None, "beta": config.beta if masked else None,
+                "prompt_hash": template_hash if self.judge_spec.reads_prompt else None,
+                "render_version": RENDER_VERSION}
+
+    def judgment_keys(self, saliency_ids: list[str]) -> dict[str, str]:
+        """Each map's judgment key: the map, exactly what shapes the judge's input (judge_input), and what the judge
+        is told the image is (so an image whose kind is learnt later, or a kind named for the run, is judged
+        again). The first rendering version adds nothing, so the keys of judgments made before it are unchanged."""
+        config = self.config
+        _, _, decoding = self.judgment_key_parts()
+        shown = self.judge_input()
+        version = [] if shown["render_version"] == FIRST_RENDER_VERSION else [shown["render_version"]]
         kinds = self.image_kinds(saliency_ids)
-        return {sid: content_key("judgment", sid, config.alpha, config.beta, config.image_mode, self.judge_hash(),
-                                 template_hash, decoding, config.judge_image_size, kinds[sid])
+        return {sid: content_key("judgment", sid, shown["alpha"], shown["beta"], config.image_mode, self.judge_hash(),
+                                 shown["prompt_hash"], decoding, config.judge_image_size, kinds[sid], *version)
                 for sid in saliency_ids}
+
+    def judgment_filters(self) -> dict:
+        """The filters (queries.filter_clauses) that select this audit's judgments: its vision model, CAM and judge
+        setting, with what its judgments hold as None (judge_input) asked for as NULL."""
+        from ..queries import NULL
+
+        config = self.config
+        _, _, decoding = self.judgment_key_parts()
+        shown = {k: NULL if v is None else v for k, v in self.judge_input().items()}
+        return {"model": self.card.name, "model_hash": self.vision_hash(), "cam": config.cam,
+                "target_layer": self.card.target_tensor, "judge_model": self.judge_name(),
+                "judge_model_hash": self.judge_hash(), "image_mode": config.image_mode,
+                "judge_image_size": config.judge_image_size, "decoding": json.dumps(decoding, sort_keys=True),
+                **shown}
 
     def image_kinds(self, saliency_ids: list[str]) -> dict[str, str]:
         """What the judge is told each map's image is (see `image_kind`), by map id."""
@@ -1081,7 +1110,7 @@ class Audit:
         config = self.config
         if self._judge is None:
             self._judge = self.judge_spec.open(config, self.judge_identity())
-        if not self._prompt_stored:
+        if not self._prompt_stored and self.judge_spec.reads_prompt:
             _, template_hash, _ = self.judgment_key_parts()
             self.store.add_prompt(template_hash, config.image_mode, self.prompt()[1])
             self._prompt_stored = True
@@ -1197,15 +1226,16 @@ class Audit:
         config = self.config
         maps, kinds = batch.maps, batch.kinds
         keys = self.judgment_keys([m["id"] for m in maps])
-        _, template_hash, decoding = self.judgment_key_parts()
+        _, _, decoding = self.judgment_key_parts()
+        shown = self.judge_input()  # alpha, beta, prompt_hash as the key holds them; the rendering version
         rows = []
         for index, m in enumerate(maps):
             row = {
                 "id": keys[m["id"]], "saliency_id": m["id"], "prediction_id": m["prediction_id"],
-                "image_sha256": m["image_sha256"], "alpha": config.alpha, "beta": config.beta,
+                "image_sha256": m["image_sha256"], **shown,
                 "image_mode": config.image_mode, "judge_image_size": config.judge_image_size,
                 "image_kind": kinds[m["id"]], "judge_backend": config.judge,
-                "judge_model": self.judge_name(), "judge_model_hash": self.judge_hash(), "prompt_hash": template_hash,
+                "judge_model": self.judge_name(), "judge_model_hash": self.judge_hash(),
                 "decoding": json.dumps(decoding, sort_keys=True), "batch_size": len(maps),
                 "batch_seconds": seconds, "run_id": self.run_id, "created_at": now(),
                 "score": None, "evaluation": None, "justification": None, "raw_text": None, "error": None,

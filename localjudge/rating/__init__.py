@@ -24,7 +24,7 @@ from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
 from ..data import ChangedImage, jpeg_bytes, load_verified
-from ..judge.prompts import PHOTO, render, split_prompt_text
+from ..judge.prompts import PHOTO, prompt_template, render, split_prompt_text
 from ..offline import loopback_address
 from ..queries import by_disagreement, views
 from ..saliency.masking import judge_view
@@ -111,7 +111,9 @@ class RatingServer(http.server.ThreadingHTTPServer):
             return None
         view = self.views[view_id]
         # the prompt its judge was given: the stored template with the image's kind and the class's description
-        template, descriptions = split_prompt_text(self.prompts.get(view["prompt_hash"], ""))
+        # a judge that reads no prompt (the recognizer) stored none: people get the image mode's rubric
+        stored = self.prompts.get(view["prompt_hash"]) if view["prompt_hash"] else prompt_template(view["image_mode"])
+        template, descriptions = split_prompt_text(stored or "")
         label = view["predicted_label"]
         rubric = render(template, label, view["image_kind"] or PHOTO, descriptions.get(label, ""))
         return {"view_id": view_id, "position": self.position[view_id] + 1, "label": label,

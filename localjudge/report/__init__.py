@@ -79,14 +79,23 @@ def thumbnail_name(kind: str, row: dict, side: int) -> str:
     if kind != "original":
         parts.append(row["saliency_id"])
     if kind == "masked":
-        parts += [float(row["alpha"]), float(row["beta"])]
+        parts += [float(a) for a in mask_parameters(row)]
     return f"{THUMBNAIL_DIR}/{content_key(*parts)[:24]}.jpg"
+
+
+def mask_parameters(row: dict) -> tuple[float, float]:
+    """alpha and beta of a sample's masked thumbnail: its judgment's, or the defaults where the judge saw a heatmap
+    (which reads neither: its judgment holds none)."""
+    if row["alpha"] is None:
+        return DEFAULTS.alpha, DEFAULTS.beta
+    return row["alpha"], row["beta"]
 
 
 def setting_name(row: dict) -> str:
     """What a judge was shown and asked, in a few words: judgments of different settings are not comparable."""
-    return (f"{row['image_mode']}, α {row['alpha']:g}, β {row['beta']:g}, prompt {row['prompt_hash'][:8]}, "
-            f"{row['judge_image_size']} px")
+    shaping = [] if row["alpha"] is None else [f"α {row['alpha']:g}, β {row['beta']:g}"]
+    shaping.append("no prompt" if row["prompt_hash"] is None else f"prompt {row['prompt_hash'][:8]}")
+    return f"{row['image_mode']}, {', '.join(shaping)}, {row['judge_image_size']} px"
 
 
 def _label_text(row: dict, names: dict[str | None, tuple[str, ...] | None]) -> str:
@@ -139,7 +148,7 @@ def _render_image(out: Path, rows: list[dict], maps: dict[str, dict], side: int)
             views[row["preprocessing"]] = model_view(picture_for(row), json.loads(row["preprocessing"]), side)
         stored = maps[row["saliency_id"]]
         saliency = unpack_array(stored["map"], (stored["height"], stored["width"]))
-        image = thumbnail(kind, views[row["preprocessing"]], saliency, row["alpha"], row["beta"])
+        image = thumbnail(kind, views[row["preprocessing"]], saliency, *mask_parameters(row))
         temporary = out / f"{name}.part"
         temporary.write_bytes(jpeg_bytes(image))
         temporary.replace(out / name)  # a report cut short never leaves half a file under a final name

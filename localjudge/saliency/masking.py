@@ -5,6 +5,15 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# The version of what turns a stored map into the judge's input: the map's upsampling and the soft mask (below), the
+# heatmap's colour map and weight, the model's view at the judge's size (vision.preprocess.model_view), and the VLM
+# processors' pixel caps (judge.vllm_backend.PROCESSOR_SETTINGS). It is part of every judgment's key from version 2
+# on (version 1, the rendering judgments were made with before it existed, adds nothing to the key, so those stay
+# valid): bump it whenever any of these changes, and stores keep their older judgments and judge again under the new
+# version. tests/test_render_version.py holds a fingerprint of each version's pictures and fails until it is bumped.
+RENDER_VERSION = 1
+FIRST_RENDER_VERSION = 1
+
 
 def soft_mask(saliency: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     """Paper Eq. 1: M = 1 / (1 + exp(alpha * (beta - v))); v above beta stays visible, below it fades to black."""

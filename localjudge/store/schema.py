@@ -201,7 +201,7 @@ def m009_calibrations_keyed_with_the_target(db: sqlite_utils.Database) -> None:
         targets = [r["target_layer"] for r in db.query(
             "select distinct s.target_layer from judgments j join predictions p on p.id = j.prediction_id "
             "join saliency_maps s on s.id = j.saliency_id where p.model_hash = ? and s.method = ? "
-            "and j.judge_model_hash = ? and j.image_mode = ? and j.alpha = ? and j.beta = ? and j.prompt_hash = ? "
+            "and j.judge_model_hash = ? and j.image_mode = ? and j.alpha is ? and j.beta is ? and j.prompt_hash is ? "
             "and j.judge_image_size = ? and j.decoding = ?",
             [setting["model_hash"], setting["cam"], setting["judge_model_hash"], setting["image_mode"],
              setting["alpha"], setting["beta"], setting["prompt_hash"], setting["judge_image_size"],
@@ -368,6 +368,14 @@ def m022_run_images(db: sqlite_utils.Database) -> None:
     db["run_images"].create_index(["image_sha256"])
     db.execute("insert or ignore into run_images (run_id, image_sha256) "
                "select run_id, sha256 from images where run_id is not null")
+
+
+@migration
+def m023_render_version(db: sqlite_utils.Database) -> None:
+    # The version of the rendering a judgment's input was drawn with (saliency.masking.RENDER_VERSION): judgments of
+    # two versions are two settings, never one matrix. Every judgment made before was drawn with version 1.
+    db["judgments"].add_column("render_version", int)
+    db.execute("update judgments set render_version = 1")
 
 
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides

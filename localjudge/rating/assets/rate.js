@@ -39,8 +39,9 @@
     byId("rating").hidden = false;
     byId("picture").setAttribute("src", current.image + "?token=" + encodeURIComponent(token));
     byId("label").textContent = current.label;
-    byId("mode").textContent = current.image_mode + " view (α " + current.alpha + ", β " + current.beta + "), #" +
-      current.position;
+    // a heatmap view holds no alpha or beta (it reads neither)
+    byId("mode").textContent = current.image_mode + " view" +
+      (current.alpha === null ? "" : " (α " + current.alpha + ", β " + current.beta + ")") + ", #" + current.position;
     byId("rubric").textContent = current.rubric;
     byId("previous").textContent = current.score === null ? "" : "You gave this view " + current.score + ".";
     document.querySelectorAll("#scores button").forEach(function (button) {
