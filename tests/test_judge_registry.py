@@ -38,9 +38,19 @@ IDENTITY = {
     # content_key("recognizer", EfficientNet-Lite2's weights hash): the recognizer on torch, its identity since it began
     "recognizer": ("recognizer:efficientnet-lite2", "59562f67dc67c6f3538d2b537344ac19"),
 }
-# The recognizer on ONNX Runtime (the default backend where it is installed, as here): another judge for the store,
-# content_key("recognizer", "localjudge-onnx-v1:" + the same weights hash)
-RECOGNIZER_ON_ONNX = ("recognizer:efficientnet-lite2", "88f551f51754f382755074c50997e4ff")
+
+
+def recognizer_on_onnx() -> tuple[str, str]:
+    """The recognizer on ONNX Runtime (the default backend where it is installed, as here): another judge for the
+    store, named by the same weights and the exported graph's own sha256 (which depends on the exporter's version:
+    read from the cached graph's file here, not written down)."""
+    from localjudge.vision import exported_card, resolve_card
+
+    card = resolve_card("efficientnet-lite2")
+    weights = "sha256:" + card.weights_sha256
+    graph = Path(exported_card(card, None, weights).card_path).with_suffix(".onnx")
+    return ("recognizer:efficientnet-lite2",
+            content_key("recognizer", f"localjudge-onnx-v1:{weights}:graph-sha256:{sha256_file(graph)}"))
 
 
 @pytest.fixture
@@ -67,7 +77,7 @@ def test_each_backend_keeps_its_identity(name, known_vlm, tmp_path):
     assert (found.name, found.hash) == IDENTITY[name]
     # and an audit keys its judgments by it, on the backend it settles on
     audit = open_audit(tmp_path / "identity.db", None, ("judge",), **given)
-    expected = RECOGNIZER_ON_ONNX if name == "recognizer" and audit.config.backend == "onnx" else IDENTITY[name]
+    expected = recognizer_on_onnx() if name == "recognizer" and audit.config.backend == "onnx" else IDENTITY[name]
     assert (audit.judge_name(), audit.judge_hash()) == expected
     audit.store.close()
     torch_audit = open_audit(tmp_path / "torch.db", None, ("judge",), **given, backend="torch")

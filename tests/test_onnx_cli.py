@@ -158,3 +158,47 @@ def test_maps_writes_every_stored_map_with_an_index(tmp_path, data_dir):
                                [entry["file"][:-4]]))
         assert np.array_equal(saved, unpack_array(row["map"], (row["height"], row["width"])))
         assert int(entry["target_class"]) == row["target_index"] and entry["backend"] == "onnx"  # the default here
+
+
+def test_a_cached_export_is_verified_by_its_bytes_and_its_graph_names_the_predictions(tmp_path, data_dir,
+                                                                                      monkeypatch):
+    """The export cache is not trusted by its card's existence: a same-size change to the graph, with its mtime
+    restored, is caught when the export is taken from the cache and the graph exported again; the graph's sha256 is
+    part of the model's identity on ONNX Runtime, and so of every prediction's key (issue 20)."""
+    import os
+    import warnings
+
+    from localjudge.store import sha256_file
+    from localjudge.vision import exported_card, model_hash, resolve_card
+
+    monkeypatch.setenv("LOCALJUDGE_HOME", str(tmp_path / "home"))  # a cache of this test's own
+    card = resolve_card("efficientnet-lite0")
+    weights = "sha256:" + card.weights_sha256
+    exported = exported_card(card, None, weights)
+    graph = Path(exported.card_path).with_suffix(".onnx")
+    assert exported.onnx_sha256 == sha256_file(graph)
+    identity = model_hash(card, None, sha256_file, "onnx")
+    assert identity == f"localjudge-onnx-v1:{weights}:graph-sha256:{exported.onnx_sha256}"
+
+    stat = graph.stat()
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte in the middle of the weights: same size
+    graph.write_bytes(bytes(data))
+    os.utime(graph, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert sha256_file(graph) != exported.onnx_sha256
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = exported_card(card, None, weights)
+    assert any("not the graph its card names" in str(w.message) for w in caught)
+    assert sha256_file(graph) == again.onnx_sha256  # exported again, and verified
+    assert again.onnx_sha256 == exported.onnx_sha256  # the export is byte for byte the same here
+
+    with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    manifest = tmp_path / "one.csv"
+    manifest.write_text(f"path,label\n{data_dir / 'imagenet-sample' / row['file']},{row['imagenet_index']}\n")
+    db = tmp_path / "graph.db"
+    invoke_json("predict", manifest, "--db", db, "--backend", "onnx")
+    with sqlite3.connect(db) as conn:
+        (stored,) = conn.execute("select model_hash from predictions").fetchone()
+    assert stored == identity

@@ -663,7 +663,10 @@ class Audit:
         found = self.stored_predictions()
         if found or self.card.framework == "onnx":
             return found
-        on_onnx = model_hash(self.card, self._weights, self._hash_file, "onnx")
+        try:  # the graph names the model on ONNX Runtime: exported (or verified) here
+            on_onnx = model_hash(self.card, self._weights, self._hash_file, "onnx")
+        except ImportError:  # no ONNX exporter in this environment: no graph to name those predictions by
+            return found
         return self.store.prediction_ids(on_onnx, json.dumps(self.preprocessing(), sort_keys=True))
 
     def explain(self, prediction_ids: list[str], stage: Stage | None = None) -> Stage:

@@ -4,6 +4,7 @@ are imported when a model is opened, so cards, hashes and backend names load wit
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -121,9 +122,24 @@ def exported_card(card: ModelCard, weights: Path | None, source_hash: str) -> Mo
     key = hashlib.sha256(f"{source_hash}:{EXPORT_FORMAT}:{EXPORT_GRAPH}:{torch.__version__}:{card.target_tensor}"
                          .encode()).hexdigest()[:16]
     target = cache_dir() / f"{card.name}-{key}.onnx"
-    if not target.with_suffix(".json").is_file():
-        export_onnx(card, weights, target)
-    return load_card(str(target.with_suffix(".json")))
+    card_file = target.with_suffix(".json")
+    if card_file.is_file():
+        cached = load_card(str(card_file))
+        if _graph_verified(cached, target):
+            return cached
+        # an export whose graph is not the one its card names (changed, damaged, or from before cards named it)
+        warnings.warn(f"{target}: the cached ONNX export is not the graph its card names (its sha256 differs or is "
+                      "not recorded); exported again", stacklevel=2)
+    export_onnx(card, weights, target)
+    exported = load_card(str(card_file))
+    if not _graph_verified(exported, target):  # never expected: the card was written from this very file
+        raise CardError(f"{target}: the export's file does not match its card's sha256")
+    return exported
+
+
+def _graph_verified(card: ModelCard, graph: Path) -> bool:
+    """Whether the graph file's bytes are the ones its card names (hashed each time: a cache is not trusted)."""
+    return bool(card.onnx_sha256) and graph.is_file() and _sha256(graph) == card.onnx_sha256
 
 
 def open_model(card: ModelCard, weights: Path | None, device: str, backend: str = "torch",
@@ -188,8 +204,12 @@ def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path]
             raise WeightsError(f"{path}: the embedded weights of {card.name} are not the ones its card names "
                                f"(sha256 {digest[:16]}…, expected {card.weights_sha256[:16]}…); reinstall the package")
         identity = "sha256:" + digest
-    # The same weights on ONNX Runtime are another model for the store: numerics differ slightly.
-    return identity if backend == "torch" else f"{EXPORT_FORMAT}:{identity}"
+    if backend == "torch":
+        return identity
+    # The same weights on ONNX Runtime are another model for the store (numerics differ slightly), and each exported
+    # graph another still: its file's sha256 (verified, exported first where the cache has none) names it.
+    graph = exported_card(card, weights, identity)
+    return f"{EXPORT_FORMAT}:{identity}:graph-sha256:{graph.onnx_sha256}"
 
 
 def _sha256(path: Path) -> str:

@@ -60,6 +60,9 @@ class ModelCard:
     # An exported graph of a seeded random network (no weights were given): runs only with --random-weights, and
     # every output that shows it says so.
     random_weights: bool = False
+    # An exported graph: the sha256 of its .onnx file, checked whenever the export is taken from the cache (a changed
+    # or damaged file is exported again) and part of the model's identity on ONNX Runtime (vision.model_hash).
+    onnx_sha256: str | None = None
     # task multilabel: one sigmoid per class; a class is a finding of an image where its probability reaches its
     # threshold here (one per class), else the run's --finding-threshold
     thresholds: tuple[float, ...] | None = None

@@ -249,6 +249,7 @@ def write_card(card: ModelCard, onnx_path: Path, weights: Path | None = None) ->
         "description": f"{card.name} exported to ONNX by localjudge. {card.description}",
         "source_weights_sha256": sha256_file(Path(source)) if source else card.source_weights_sha256,
         "random_weights": card.random_weights or (source is None and card.framework != "onnx"),
+        "onnx_sha256": sha256_file(onnx_path),
     })
     card_path = onnx_path.with_suffix(".json")
     card_path.write_text(json.dumps(fields, indent=2) + "\n")
