@@ -1304,10 +1304,12 @@ def eval_correlate(db_path, target, model, cam, beta, steps, baseline, as_json):
 @click.option("--probs-model", help="cleanlab reads this model's stored probabilities (default: --model's). "
                                     "cleanlab expects out-of-sample probabilities: where the labels are --model's own "
                                     "predictions, its probabilities can find nothing.")
+@click.option("--probs-model-hash", metavar="HASH", help="--probs-model's predictions of this model hash (or its "
+                                                         "start), where the store holds several versions of it.")
 @json_option
 @user_errors
 def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode, cam, target_layer, setting,
-                      probs_model, as_json):
+                      probs_model, probs_model_hash, as_json):
     """Suspected label errors by the judge (WH, and CL where labels are the model's own predictions) against
     cleanlab's filters (CL, PNR, LSC, LNM) on the same probabilities: accuracy, precision, recall, F1 per method
     (the label is right = positive), the shape of the paper's Tables 5-6.
@@ -1317,7 +1319,7 @@ def eval_label_issues(db_path, truth, threshold, model, judge_model, image_mode,
         localjudge eval label-issues --db audit.db --truth truth.csv --probs-model efficientnet-lite2
     """
     table = label_issue_table(Store(db_path, create=False), Path(truth), threshold, model, judge_model, image_mode,
-                              cam, probs_model, target_layer, setting)
+                              cam, probs_model, target_layer, setting, probs_model_hash)
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return

@@ -692,11 +692,18 @@ def read_truth(path: Path) -> dict[str, bool]:
     return truth
 
 
-def stored_probabilities(store: Store, image_shas: list[str], model: str) -> np.ndarray:
-    """The stored probability vectors of `model` for these images, in their order."""
-    found = {r["image_sha256"]: r["probs"] for r in store.query(
-        "select image_sha256, probs from predictions where model = ? and image_sha256 in "
-        "(select value from json_each(?))", [model, json.dumps(image_shas)])}
+def stored_probabilities(store: Store, image_shas: list[str], model: str, model_hash: str | None = None) -> np.ndarray:
+    """The stored probability vectors of `model` for these images, in their order: of one version of it (its model
+    hash, or the start of it, where the store holds predictions of several: other weights, another backend)."""
+    rows = list(store.query(
+        "select image_sha256, probs, model_hash from predictions where model = ? and image_sha256 in "
+        "(select value from json_each(?)) and model_hash like ? || '%'",
+        [model, json.dumps(image_shas), (model_hash or "").replace("%", "").replace("_", "")]))
+    hashes = sorted({r["model_hash"] for r in rows})
+    if len(hashes) > 1:
+        raise ValueError(f"the store holds predictions of {len(hashes)} versions of {model} (other weights or "
+                         f"another backend): choose one with --probs-model-hash ({', '.join(hashes)})")
+    found = {r["image_sha256"]: r["probs"] for r in rows}
     missing = [sha for sha in image_shas if sha not in found]
     if missing:
         raise ValueError(f"{len(missing)} of the images have no prediction of {model}; run `localjudge predict "
@@ -706,12 +713,14 @@ def stored_probabilities(store: Store, image_shas: list[str], model: str) -> np.
 
 def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str, judge_model: str | None = None,
                       image_mode: str | None = None, cam: str | None = None, probs_model: str | None = None,
-                      target_layer: str | None = None, setting: str | None = None) -> dict:
+                      target_layer: str | None = None, setting: str | None = None,
+                      probs_model_hash: str | None = None) -> dict:
     """Every method's verdicts on the images of the truth file that have a label, a prediction of `model` and a
     successful judgment: the shape of the paper's Tables 5 and 6. `setting`: only the judge setting whose key starts
     with it (two settings may differ only in their decoding, e.g. two recognizer designs)."""
     from .analysis.bootstrap import LEVEL, RESAMPLES, SEED
-    from .analysis.label_issues import CLEANLAB_FILTERS, cleanlab_flags, detection_scores, f1_intervals, judge_flags
+    from .analysis.label_issues import (CLEANLAB_FILTERS, cleanlab_flags, detection_scores, f1_intervals,
+                                        given_labels, judge_flags)
 
     truth = read_truth(truth_path)
     images = {str(Path(i["path"]).resolve()): i["sha256"] for i in store.images()}
@@ -747,9 +756,9 @@ def label_issue_table(store: Store, truth_path: Path, threshold: int, model: str
     label_ok = np.array([by_sha[r["image_sha256"]] for r in rows])
     correct = np.array([bool(r["correct"]) for r in rows])
     scores = np.array([r["score"] for r in rows], dtype=float)
-    labels = np.array([json.loads(r["label_indices"])[0] for r in rows])
-    probs = stored_probabilities(store, [r["image_sha256"] for r in rows], probs_model) if probs_model else np.stack(
-        [unpack_array(r["probs"], (-1,), np.float32) for r in rows])
+    probs = (stored_probabilities(store, [r["image_sha256"] for r in rows], probs_model, probs_model_hash)
+             if probs_model else np.stack([unpack_array(r["probs"], (-1,), np.float32) for r in rows]))
+    labels = given_labels([json.loads(r["label_indices"]) for r in rows], probs)  # all of each image's labels
     methods = {"keep-all": np.zeros(len(rows), dtype=bool),
                "judge": judge_flags(correct, scores, threshold),
                "judge-wh": judge_flags(correct, scores, threshold, wh_only=True)}
@@ -800,23 +809,32 @@ _SAMPLE_SQL = _SAMPLE_SQL.replace("{correct}", TARGET_CORRECT)
 def label_names_of_runs(store: Store, run_ids: set[str | None]) -> dict[str | None, tuple[str, ...] | None]:
     """The class names each predicting run used: those it recorded (a label list of the user's own), else its
     registered card's; None where they can no longer be read."""
+    return {run_id: None if found is None else found.names
+            for run_id, found in label_lists_of_runs(store, run_ids).items()}
+
+
+def label_lists_of_runs(store: Store, run_ids: set[str | None]) -> dict:
+    """The label list (data.LabelList) each predicting run used: the names it recorded (a list of the user's own),
+    else its registered card's list; None where it can no longer be read."""
+    from .data import LabelList
     from .errors import UserError
     from .vision import resolve_card
 
     runs = run_parameters(store)
     recorded = {r["id"]: json.loads(r["model_hashes"] or "{}").get("labels") for r in store.query(
         "select id, model_hashes from runs where id in (select value from json_each(?))", [json.dumps(list(run_ids))])}
-    names: dict[str | None, tuple[str, ...] | None] = {}
+    lists: dict = {}
     for run_id in run_ids:
         if recorded.get(run_id):  # the names the run recorded (a list of the user's own)
-            names[run_id] = tuple(recorded[run_id]["names"])
+            names = tuple(recorded[run_id]["names"])
+            lists[run_id] = LabelList(names, ("",) * len(names))
             continue
         config = (runs.get(run_id) or {}).get("config") or {}
         try:
-            names[run_id] = resolve_card(config["model"], config.get("card"), config.get("labels")).label_list().names
+            lists[run_id] = resolve_card(config["model"], config.get("card"), config.get("labels")).label_list()
         except (UserError, OSError, KeyError, ValueError):
-            names[run_id] = None
-    return names
+            lists[run_id] = None
+    return lists
 
 
 def view_id(saliency_id: str, alpha: float, beta: float, image_mode: str) -> str:

@@ -219,8 +219,12 @@ def test_https_to_localhost_checks_the_certificate_against_that_name(tmp_path, m
                         str(cert)], check=True, capture_output=True)
         return cert, key
 
+    hosts: list[str] = []  # the Host header of each request, and the name each TLS handshake asked for (SNI)
+    names: list[str] = []
+
     class Models(BaseHTTPRequestHandler):
         def do_GET(self):
+            hosts.append(self.headers["Host"])
             body = json.dumps({"object": "list", "data": [{"id": "served-model", "object": "model"}]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -237,6 +241,7 @@ def test_https_to_localhost_checks_the_certificate_against_that_name(tmp_path, m
         server = ThreadingHTTPServer(("127.0.0.1", 0), Models)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
+        context.sni_callback = lambda connection, asked, _: names.append(asked)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -246,6 +251,8 @@ def test_https_to_localhost_checks_the_certificate_against_that_name(tmp_path, m
             with no_network(allow={("127.0.0.1", server.server_address[1])}) as attempts:
                 if works:
                     assert OpenAIClient(endpoint, 10.0).models() == ["served-model"]
+                    # the name given travels as the TLS server name and the Host header, not the address
+                    assert names[-1] == "localhost" and hosts[-1] == f"localhost:{server.server_address[1]}"
                 else:
                     with pytest.raises(JudgeError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
                         OpenAIClient(endpoint, 10.0).models()

@@ -32,6 +32,15 @@ def judge_flags(correct: np.ndarray, scores: np.ndarray, threshold: int, wh_only
     return wrong_high if wh_only else wrong_high | (correct & ~high)
 
 
+def given_labels(label_indices: list[list[int]], pred_probs: np.ndarray) -> np.ndarray:
+    """The one label per image cleanlab's filters read, from all of an image's labels (any of which counts as
+    correct): the one the probabilities find most likely, so an image is suspected only where none of its labels is
+    plausible. The first alone would call a photo labelled "tabby; tiger cat" mislabelled whenever the model says
+    "tiger cat"."""
+    probs = np.asarray(pred_probs)
+    return np.array([max(indices, key=lambda i: probs[n, i]) for n, indices in enumerate(label_indices)], dtype=int)
+
+
 def cleanlab_flags(labels: np.ndarray, pred_probs: np.ndarray, filter_by: str) -> np.ndarray:
     """cleanlab's verdicts. Classes that no given label uses are dropped from the probabilities (and each row
     renormalised) first: cleanlab estimates per-class noise, and the 1000 ImageNet outputs far outnumber the classes

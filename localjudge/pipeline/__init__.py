@@ -391,6 +391,9 @@ class Audit:
             if update:
                 changed.append({"sha256": row["sha256"], **update})
         self.store.add_images(new_images, errors, changed, self.run_id, ids)
+        relabelled = [row["sha256"] for row in changed if "label" in row]
+        if relabelled:  # every model's predictions of them, not only this run's model's
+            self.refresh_labels(relabelled)
         stage.computed += len(new_images)
         return Chunk(ids, pictures)
 
@@ -616,6 +619,27 @@ class Audit:
         labels = self.card.label_list()
         updates = []
         for row in self.store.predictions_with_labels(prediction_ids):
+            label_indices = resolve_label(row["label"], labels)
+            encoded = json.dumps(label_indices) if label_indices is not None else None
+            if encoded != row["label_indices"]:
+                correct = None if label_indices is None else int(row["predicted_index"] in label_indices)
+                updates.append({"id": row["id"], "label_indices": encoded, "correct": correct})
+        self.store.update_predictions(updates)
+        return len(updates)
+
+    def refresh_labels(self, image_ids: list[str]) -> int:
+        """Every model's predictions of these images follow their current labels, each resolved by the label list
+        its predicting run used (this audit's own list for its own model): a corrected label changes every model's
+        matrix, not only the one of the model that read it. Returns how many predictions changed."""
+        from ..queries import label_lists_of_runs
+
+        rows = self.store.predictions_of_images(image_ids)
+        others = label_lists_of_runs(self.store, {r["run_id"] for r in rows if r["model_hash"] != self.vision_hash()})
+        updates = []
+        for row in rows:
+            labels = self.card.label_list() if row["model_hash"] == self.vision_hash() else others.get(row["run_id"])
+            if labels is None:  # its run's label list can no longer be read: left as it was
+                continue
             label_indices = resolve_label(row["label"], labels)
             encoded = json.dumps(label_indices) if label_indices is not None else None
             if encoded != row["label_indices"]:

@@ -227,6 +227,13 @@ class Store:
             "join images i on i.sha256 = p.image_sha256 where p.id in (select value from json_each(?))",
             [json.dumps(list(ids))]))
 
+    def predictions_of_images(self, sha256s: Iterable[str]) -> list[dict]:
+        """Every model's predictions of these images, with the image's current label and the predicting run."""
+        return list(self.db.query(
+            "select p.id, p.model_hash, p.run_id, p.predicted_index, p.label_indices, i.label from predictions p "
+            "join images i on i.sha256 = p.image_sha256 where p.image_sha256 in (select value from json_each(?))",
+            [json.dumps(list(sha256s))]))
+
     def update_predictions(self, updates: list[dict]) -> None:
         with self.transaction():
             for row in updates:
