@@ -271,6 +271,7 @@ def stages_json(stages: dict) -> dict:
     """What each stage did, as every command's --json reports it."""
     return {name: {"rows": len(s.ids), "computed": s.computed, "failed": s.failed, "model_loaded": s.model_loaded,
                    **({"errors": s.errors} if s.errors else {}),
+                   **({"elsewhere": s.elsewhere} if s.elsewhere else {}),
                    **({"seconds": round(s.seconds, 3), "waited_seconds": round(s.waited_seconds, 3)}
                       if s.seconds else {})}
             for name, s in stages.items()}
@@ -285,6 +286,8 @@ def report_stages(stages: dict, as_json: bool) -> None:
             click.echo(f"read error: {error['path']}: {error['reason']}", err=True)
     for name, stage in stages.items():
         extra = f", {stage.failed} failed" if stage.failed else ""
+        if stage.elsewhere:
+            extra += f", {stage.elsewhere} left to another run on this store (judging them, or had judged them)"
         loaded = "" if stage.model_loaded or name == "ingest" else " (nothing to do, model not loaded)"
         click.echo(f"{name:8} {len(stage.ids)} rows, {stage.computed} new{extra}{loaded}")
 

@@ -57,6 +57,9 @@ class RunConfig:
     # An in-process judge whose calls fail (raise: CUDA out of memory, a broken model) this many batches in a row stops
     # the run, with what it judged stored, rather than walk the whole dataset writing failures
     judge_failure_limit: int = 2
+    # Two runs on one store split the judge work: each claims a batch's judgments before judging them, for this long
+    # at most (a run that dies on this machine frees its claims at once; one on another machine after this time)
+    judge_lease_seconds: float = 1800.0
     max_new_tokens: int = 512
     temperature: float = 0.0
     # The judge sees the model's view of the image (the centre crop), upscaled to this side so a

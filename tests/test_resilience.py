@@ -1,6 +1,6 @@
 """kill -9 in the middle of a run, then a re-run: every image ends with exactly one prediction, map and judgment,
-and two runs on one database at once both complete (scripts/kill_resilience.py, here with 3 trials; the closing
-notes carry its 20)."""
+and two runs on one database at once both complete, each map judged by one of them (scripts/kill_resilience.py,
+here with 3 trials; the closing notes carry its 20)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,5 @@ def test_killed_runs_resume_without_loss_or_repeats_and_concurrent_runs_complete
     # at least one run was killed with work left, which the re-run did
     assert any(sum(t["rerun_computed"].values()) > 0 for t in summary["results"])
     assert summary["concurrent"]["ok"] and summary["concurrent"]["return_codes"] == [0, 0]
+    # the two runs split the judge work: each map judged once across them (their leases), not once by each
+    assert sum(summary["concurrent"]["judged"]) == 10 and summary["concurrent"]["judged_once"]

@@ -134,3 +134,60 @@ def test_twenty_pairs_of_processes_opening_new_stores_at_a_barrier_all_succeed(t
         with sqlite3.connect(tmp_path / f"pair{n}.db") as conn:
             names = [name for (name,) in conn.execute("select name from _migrations")]
         assert len(names) == len(set(names)) == len(MIGRATIONS)
+
+
+def with_a_map(store: Store) -> Store:
+    """An image, its prediction and its map, which judgments name (foreign keys)."""
+    store.db["images"].insert({"sha256": "i", "path": "i.jpg"})
+    store.db["predictions"].insert({"id": "p", "image_sha256": "i"})
+    store.db["saliency_maps"].insert({"id": "m", "prediction_id": "p", "image_sha256": "i"})
+    return store
+
+
+def test_a_stored_answer_is_never_replaced_by_a_failure(tmp_path):
+    store = with_a_map(Store(tmp_path / "answers.db"))
+    base = {"saliency_id": "m", "prediction_id": "p", "image_sha256": "i", "image_mode": "masked"}
+    store.upsert_judgments([{"id": "a", **base, "status": "ok", "score": 4},
+                            {"id": "b", **base, "status": "failed", "failure_kind": "backend", "error": "first"}])
+    # another run's crashed batch of the same keys: a failure does not replace the answer; it does a failure
+    store.upsert_judgments([{"id": "a", **base, "status": "failed", "failure_kind": "backend", "error": "oom"},
+                            {"id": "b", **base, "status": "failed", "failure_kind": "backend", "error": "second"}])
+    rows = {r["id"]: r for r in store.query("select id, status, score, error from judgments")}
+    assert (rows["a"]["status"], rows["a"]["score"]) == ("ok", 4) and rows["b"]["error"] == "second"
+    store.upsert_judgments([{"id": "b", **base, "status": "ok", "score": 2}])  # a retried failure answered
+    assert [r["score"] for r in store.query("select score from judgments where id = 'b'")] == [2]
+    store.close()
+
+
+def test_two_runs_claim_a_judgment_once_and_a_dead_holders_claims_are_free(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from localjudge.pipeline import lease_holder_alive
+
+    db = tmp_path / "leases.db"
+    first, second = with_a_map(Store(db)), Store(db)
+    host = socket.gethostname()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process of this machine that has ended
+    lease = {"host": host, "seconds": 60.0}
+    other = {**lease, "owner": "other", "pid": os.getppid()}  # a live process of this machine, not this one
+    assert first.claim_judgments(["j1", "j2"], other, lease_holder_alive) == {"j1", "j2"}
+    mine = {**lease, "owner": "mine", "pid": os.getpid()}
+    assert second.claim_judgments(["j1", "j2", "j3"], mine, lease_holder_alive) == {"j3"}  # j1, j2 are held
+    first.upsert_judgments([{"id": "j1", "saliency_id": "m", "status": "ok", "score": 5}], "other")
+    first.release_leases("nobody")
+    # j1 is judged (nothing to claim), j2 still held by the live run
+    assert second.claim_judgments(["j1", "j2"], mine, lease_holder_alive) == set()
+    dead = {**lease, "owner": "dead", "pid": int(gone)}
+    assert first.claim_judgments(["j4"], dead, lease_holder_alive) == {"j4"}
+    assert second.claim_judgments(["j4"], mine, lease_holder_alive) == {"j4"}  # its holder is gone
+    expired = {**other, "owner": "slow", "seconds": -1.0}
+    assert first.claim_judgments(["j5"], expired, lease_holder_alive) == {"j5"}
+    assert second.claim_judgments(["j5"], mine, lease_holder_alive) == {"j5"}  # its lease has ended
+    second.release_leases("mine")
+    assert first.claim_judgments(["j3"], other, lease_holder_alive) == {"j3"}
+    first.close()
+    second.close()

@@ -12,7 +12,10 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import platform
+import secrets
+import socket
 import time
 import warnings
 from contextlib import contextmanager
@@ -70,6 +73,22 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def lease_holder_alive(lease: dict) -> bool:
+    """Whether the run holding a judgment's lease may still be judging it: a process of this machine that is gone
+    holds nothing (a killed run's claims are free at once); another machine's run holds it until the lease ends."""
+    if lease["host"] != socket.gethostname():
+        return True
+    if int(lease["pid"]) == os.getpid():  # an earlier audit of this process (a sweep's): done with, whatever it left
+        return False
+    try:
+        os.kill(int(lease["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError):  # it exists (another user's), or cannot be told: still held
+        return True
+    return True
+
+
 @dataclass
 class Stage:
     """What a stage did: ids it covers, how many it computed now, and whether it had to load a model."""
@@ -81,6 +100,7 @@ class Stage:
     errors: list[dict] = field(default_factory=list)  # unreadable inputs: path and reason
     unmapped_labels: set[str] = field(default_factory=set)  # labels that name no class of the model
     seconds: float = 0.0  # wall time (the judge stage of an overlapped run)
+    elsewhere: int = 0  # judgments another run on the same store was making (or had made), left to it
     waited_seconds: float = 0.0  # of which the judge sat idle waiting for the vision stage
 
 
@@ -227,6 +247,9 @@ class Audit:
         self._judgments_failed = 0  # failed judgments stored by this audit (a stage's `failed` also counts inputs)
         self._failed_batches_in_a_row = 0  # judge calls that raised, since the last that answered
         self._files: dict[str, str] = {}  # the files this process read, by image sha256 (paths may be redacted)
+        # This audit's claims on the judgments it is about to make (Store.claim_judgments): one owner per audit
+        self._lease = {"owner": f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}",
+                       "host": socket.gethostname(), "pid": os.getpid(), "seconds": config.judge_lease_seconds}
 
     def on_store(self, store: Store, show_progress: bool = False) -> "Audit":
         """This audit over another connection to its store (a thread's own): the same run and the files read."""
@@ -288,6 +311,7 @@ class Audit:
         return self.run_id
 
     def end(self, status: str = "finished") -> None:
+        self.store.release_leases(self._lease["owner"])  # what it did not judge is free for another run
         if self._judge is not None and self._owns_judge:
             self._judge.close(cancel=status != "finished")  # a failed or interrupted run sends nothing more
         if self.run_id:
@@ -1162,9 +1186,18 @@ class Audit:
         return JudgeError(f"{stop} ({stage.computed - self._judgments_failed} judged and {self._judgments_failed} "
                           "stored as failures in this run so far)")
 
+    def claim(self, saliency_ids: list[str], stage: Stage) -> list[str]:
+        """The maps this audit judges now: their judgments claimed for it in the store, but those another live run
+        is judging or has judged since they were found missing (counted in `stage.elsewhere`): two runs on one
+        store split the judge work."""
+        keys = self.judgment_keys(saliency_ids)
+        claimed = self.store.claim_judgments(list(keys.values()), self._lease, lease_holder_alive)
+        stage.elsewhere += len(saliency_ids) - len(claimed)
+        return [sid for sid in saliency_ids if keys[sid] in claimed]
+
     def store_judgments(self, rows: list[dict], stage: Stage) -> None:
-        """One batch's judgments, in one transaction, counted in `stage`."""
-        self.store.upsert_judgments(rows)
+        """One batch's judgments, in one transaction, counted in `stage`; this audit's claims on them end."""
+        self.store.upsert_judgments(rows, self._lease["owner"])
         failed = sum(r["status"] == "failed" for r in rows)
         stage.computed += len(rows)
         stage.failed += failed
@@ -1183,6 +1216,7 @@ class Audit:
         to show (degenerate maps are never shown; an unreadable image's failure is counted in `stage`)."""
         config = self.config
         template, _, _ = self.judgment_key_parts()
+        saliency_ids = self.claim(saliency_ids, stage)
         maps = [m for m in self.store.saliency_maps(saliency_ids) if not m.get("failure")]  # never shown to a judge
         predictions = {p["id"]: p for p in self.store.predictions([m["prediction_id"] for m in maps])}
         kinds = self.image_kinds([m["id"] for m in maps])

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -199,10 +200,47 @@ class Store:
         since), not those whose answer could not be parsed: worth another try."""
         return self.existing_ids("judgments", ids, where="and failure_kind in ('backend', 'rejected')")
 
-    def upsert_judgments(self, rows: list[dict]) -> None:
-        # Upsert, so a retried backend failure replaces its row instead of adding one.
+    def upsert_judgments(self, rows: list[dict], lease_owner: str | None = None) -> None:
+        """A batch's judgments, and the end of `lease_owner`'s claims on them. Upserted, so a retried backend failure
+        replaces its row instead of adding one; a stored successful judgment is never replaced (another run may
+        have judged the same map meanwhile: a failure here must not overwrite its answer)."""
         with self.transaction():
-            self.db["judgments"].upsert_all(rows, pk="id")
+            self._upsert_judgments(rows)
+            if lease_owner is not None:
+                self.db.execute("delete from judge_leases where owner = ? and judgment_id in "
+                                "(select value from json_each(?))", [lease_owner, json.dumps([r["id"] for r in rows])])
+
+    def _upsert_judgments(self, rows: list[dict]) -> None:
+        answered = self.existing_ids("judgments", [r["id"] for r in rows], where="and status = 'ok'")
+        kept = [r for r in rows if r["id"] not in answered]
+        if kept:
+            self.db["judgments"].upsert_all(kept, pk="id")
+
+    def claim_judgments(self, keys: list[str], lease: dict, holder_alive: Callable[[dict], bool]) -> set[str]:
+        """The judgment keys a run may judge now, claimed for it in one write transaction (`lease`: owner, host,
+        pid, seconds): all but those a judgment is stored for that needs no retry (another run finished them) and
+        those another owner holds, unexpired, while `holder_alive(lease row)` says it lives."""
+        if not keys:
+            return set()
+        moment = time.time()
+        with self.transaction():
+            held = {r["judgment_id"]: r for r in self.db.query(
+                "select * from judge_leases where owner != ? and expires_at > ? and judgment_id in "
+                "(select value from json_each(?))", [lease["owner"], moment, json.dumps(keys)])}
+            done = self.existing_ids("judgments", keys, where="and not (status = 'failed' and failure_kind in "
+                                                             "('backend', 'rejected'))")
+            free = [k for k in keys if k not in done and not (k in held and holder_alive(held[k]))]
+            if free:
+                self.db["judge_leases"].upsert_all(
+                    ({"judgment_id": k, "owner": lease["owner"], "host": lease["host"], "pid": lease["pid"],
+                      "claimed_at": now(), "expires_at": moment + lease["seconds"]} for k in free),
+                    pk="judgment_id")
+        return set(free)
+
+    def release_leases(self, owner: str) -> None:
+        """Every claim of `owner` ended (its run is over: what it did not judge is free for another)."""
+        with self.transaction():
+            self.db.execute("delete from judge_leases where owner = ?", [owner])
 
     def upsert_rows(self, table: str, rows: list[dict]) -> None:
         # Rows computed again because a stored one lacked a column added since (see the caller): replaced.
@@ -323,7 +361,7 @@ class Store:
             for prompt in prompts:
                 self.db["prompts"].insert(prompt, pk="hash", ignore=True)
             if judgments:
-                self.db["judgments"].upsert_all(judgments, pk="id")
+                self._upsert_judgments(judgments)
 
     def clear_computed(self) -> None:
         """Empty the tables of images and what was computed from them (a worker's scratch store, between batches),

@@ -378,6 +378,15 @@ def m023_render_version(db: sqlite_utils.Database) -> None:
     db.execute("update judgments set render_version = 1")
 
 
+@migration
+def m024_judge_leases(db: sqlite_utils.Database) -> None:
+    # Which run is judging what now: a judgment key claimed by its owner (one audit of one process: host, pid) until
+    # it is stored or the lease expires, so two runs on one store split the judge work instead of both doing it.
+    db["judge_leases"].create({"judgment_id": str, "owner": str, "host": str, "pid": int, "claimed_at": str,
+                               "expires_at": float}, pk="judgment_id")
+    db["judge_leases"].create_index(["owner"])
+
+
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
 TABLES = (("runs", ("id",)), ("images", ("sha256",)), ("read_errors", ("id",)), ("predictions", ("id",)),
