@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class JudgeWorker(_Worker):
     def __call__(self, batch: dict) -> dict:
         from . import Stage
 
-        payloads = [pickle.loads(blob) for blob in batch["payload"]]
+        payloads = [pickle.loads(_fetched(blob)) for blob in batch["payload"]]
         maps = []
         for payload in payloads:
             self.take(payload)
@@ -121,6 +122,28 @@ class JudgeWorker(_Worker):
             answers.append(pickle.dumps(payload))
         self.clear()
         return {"payload": np.array(answers, dtype=object)}
+
+
+def judge_payloads(store, saliency_ids: list[str], batch_size: int, images: dict, files: dict) -> Iterator[bytes]:
+    """The judge-only work of a Ray run, one pickled payload per `batch_size` maps, each batch's maps and predictions
+    read from the store when its payload is made (not all at once)."""
+    for start in range(0, len(saliency_ids), batch_size):
+        chunk = store.saliency_maps(saliency_ids[start:start + batch_size])
+        predictions = {p["id"]: p for p in store.predictions({m["prediction_id"] for m in chunk})}
+        shas = {m["image_sha256"] for m in chunk}
+        yield pickle.dumps({
+            "images": [images[sha] for sha in shas], "files": {sha: files[sha] for sha in shas},
+            "predictions": [predictions[m["prediction_id"]] for m in chunk], "saliency_maps": chunk,
+            "to_judge": [m["id"] for m in chunk], "errors": []})
+
+
+def _fetched(blob):
+    """A payload as a worker gets it: the bytes themselves, or a reference to them in Ray's object store."""
+    if isinstance(blob, (bytes, bytearray)):
+        return blob
+    import ray
+
+    return ray.get(blob)
 
 
 def actor_resources(gpus: int, cpus: float, workers: int, local: bool, reserves_gpu: bool,
@@ -216,17 +239,10 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
             **cluster["vision"])
         parts.append(vision)
     if judge_only:
-        maps = store.saliency_maps(judge_only)
-        by_prediction = {p["id"]: p for p in store.predictions({m["prediction_id"] for m in maps})}
-        payloads = []
-        for start in range(0, len(maps), config.batch_size):
-            chunk = maps[start:start + config.batch_size]
-            shas = {m["image_sha256"] for m in chunk}
-            payloads.append({"payload": pickle.dumps({
-                "images": [images[sha] for sha in shas], "files": {sha: files[sha] for sha in shas},
-                "predictions": [by_prediction[m["prediction_id"]] for m in chunk], "saliency_maps": chunk,
-                "to_judge": [m["id"] for m in chunk], "errors": []})})
-        parts.append(ray.data.from_items(payloads))
+        # a batch of maps at a time from the store into Ray's object store (which spills to disk): the driver never
+        # holds every map of a large judge-only run, only a reference to each batch
+        parts.append(ray.data.from_items([{"payload": ray.put(blob)} for blob in judge_payloads(
+            store, judge_only, config.batch_size, images, files)]))
     dataset = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     judge_calls = max(1, config.judge_batch_size // config.batch_size)
     judged = dataset.map_batches(JudgeWorker, batch_size=judge_calls, compute=ray.data.ActorPoolStrategy(
