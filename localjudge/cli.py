@@ -335,11 +335,12 @@ def run(images, db_path, as_json, threshold, **given):
             stages.update(audit.evaluate_regions(stages["ingest"].ids, stages["explain"].ids, manifest=images))
         return stages
 
-    audit, _ = perform("run", images, ("ingest", "predict", "explain", "judge"), work, db_path, as_json,
-                       threshold=threshold, **given)
+    audit, stages = perform("run", images, ("ingest", "predict", "explain", "judge"), work, db_path, as_json,
+                            threshold=threshold, **given)
     if not as_json:
-        # the matrix of the images this run read (not of every image the store holds for this setting)
-        print_matrices(matrices(audit.store, threshold, **audit.judgment_filters(), run=audit.run_id))
+        # the matrix of the images this invocation read (not of every image the store holds for this setting, nor
+        # of those an identical earlier command read: a run's id is its content, so both share one)
+        print_matrices(matrices(audit.store, threshold, **audit.judgment_filters(), images=stages["ingest"].ids))
     warn_about_the_judge(audit)
 
 

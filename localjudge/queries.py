@@ -91,6 +91,7 @@ NULL = _Null()  # a filter's value that asks for NULL (a part that does not shap
 # manifest, as runs.inputs names it: resolved, or redacted with --redact-paths; a list of those forms).
 SCOPE_FILTERS = {
     "run": "j.image_sha256 in (select image_sha256 from run_images where run_id = ?)",
+    "images": "j.image_sha256 in (select value from json_each(?))",  # these images (a list of sha256)
     "source": "j.image_sha256 in (select ri.image_sha256 from run_images ri join runs r on r.id = ri.run_id "
               "where r.inputs in (select value from json_each(?)))",
 }
@@ -104,7 +105,7 @@ def filter_clauses(filters: dict) -> tuple[list[str], list]:
             continue
         if name in SCOPE_FILTERS:
             clauses.append(SCOPE_FILTERS[name])
-            params.append(json.dumps(list(value)) if name == "source" else value)
+            params.append(json.dumps(list(value)) if name in ("source", "images") else value)
             continue
         if name not in FILTER_COLUMNS:
             raise ValueError(f"unknown filter {name!r}")
@@ -118,12 +119,12 @@ def filter_clauses(filters: dict) -> tuple[list[str], list]:
 
 def resolve_run(store: Store, given: str) -> str:
     """A run's id from its id or the start of it (as `runs` lists them); a clear error where none or several match."""
-    found = [r["id"] for r in store.query("select id from runs where id like ? || '%' order by id",
-                                          [given.replace("%", "").replace("_", "")])] if given else []
+    found = [r["id"] for r in store.query("select id from runs where substr(id, 1, length(?)) = ? order by id",
+                                          [given, given])] if given else []
     if len(found) == 1:
         return found[0]
     if not found:
-        raise OptionError(f"--run {given}: no run of {store.path} has this id (`localjudge runs` lists them)")
+        raise OptionError(f"--run {given}: no run of {store.path} has this id (`localjudge db runs` lists them)")
     raise OptionError(f"--run {given}: {len(found)} runs start so ({', '.join(f[:12] for f in found[:4])}…); "
                      "give more of the id")
 
@@ -697,8 +698,8 @@ def stored_probabilities(store: Store, image_shas: list[str], model: str, model_
     hash, or the start of it, where the store holds predictions of several: other weights, another backend)."""
     rows = list(store.query(
         "select image_sha256, probs, model_hash from predictions where model = ? and image_sha256 in "
-        "(select value from json_each(?)) and model_hash like ? || '%'",
-        [model, json.dumps(image_shas), (model_hash or "").replace("%", "").replace("_", "")]))
+        "(select value from json_each(?)) and substr(model_hash, 1, length(?)) = ?",
+        [model, json.dumps(image_shas), model_hash or "", model_hash or ""]))
     hashes = sorted({r["model_hash"] for r in rows})
     if len(hashes) > 1:
         raise ValueError(f"the store holds predictions of {len(hashes)} versions of {model} (other weights or "
@@ -795,7 +796,7 @@ join saliency_maps s on s.id = j.saliency_id
 join images i on i.sha256 = j.image_sha256
 -- the newest region score of the map at the judgment's beta, and the map's newest faithfulness row
 left join region_scores r on r.id = (select id from region_scores where saliency_id = j.saliency_id
-                                     and beta = j.beta order by created_at desc, id limit 1)
+                                     and beta = coalesce(j.beta, {DEFAULT_BETA}) order by created_at desc, id limit 1)
 left join faithfulness f on f.id = (select id from faithfulness where saliency_id = j.saliency_id
                                     order by created_at desc, id limit 1)
 {where}
@@ -803,7 +804,9 @@ order by i.path, p.model, s.method, j.judge_model, j.alpha, j.beta, j.id
 """
 
 
-_SAMPLE_SQL = _SAMPLE_SQL.replace("{correct}", TARGET_CORRECT)
+# a heatmap judgment holds no beta (its overlay reads none): its region scores are read at the default beta, as
+# class_statistics reads them
+_SAMPLE_SQL = _SAMPLE_SQL.replace("{correct}", TARGET_CORRECT).replace("{DEFAULT_BETA}", repr(float(DEFAULTS.beta)))
 
 
 def label_names_of_runs(store: Store, run_ids: set[str | None]) -> dict[str | None, tuple[str, ...] | None]:

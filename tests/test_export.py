@@ -63,3 +63,24 @@ def test_export_to_a_file_with_filters(hostile_audit, tmp_path):
     assert f"wrote {len(rows)} rows" in result.output and len(rows) == hostile_audit["images"]
     assert {r["image_mode"] for r in rows} == {"masked"} and {r["threshold"] for r in rows} == {5}
     assert {r["quadrant"] for r in rows if r["status"] == "ok" and r["score"] < 5} <= {"CL", "WL", "unlabelled"}
+
+
+def test_a_heatmap_judgment_keeps_its_maps_region_scores(data_dir, tmp_path):
+    """A heatmap judgment holds no beta (its overlay reads none): its map's region scores are read at the default
+    beta, not lost to a join on NULL."""
+    from .conftest import seg_photos_manifest
+
+    manifest = seg_photos_manifest(data_dir, tmp_path / "two.csv", 2)
+    db = tmp_path / "regions.db"
+    invoke("run", manifest, "--db", db)
+    invoke("eval", "regions", "--db", db, "--masks", data_dir / "seg-photos" / "masks")
+    with sqlite3.connect(db) as conn:  # each judgment again as a heatmap judge would hold it: no alpha, no beta
+        columns = [r[1] for r in conn.execute("pragma table_info(judgments)")]
+        for row in conn.execute("select * from judgments").fetchall():
+            values = dict(zip(columns, row), id=row[0] + "-heatmap", image_mode="heatmap", alpha=None, beta=None)
+            conn.execute(f"insert into judgments ({', '.join(columns)}) values ({', '.join('?' * len(columns))})",
+                         [values[c] for c in columns])
+    rows = json.loads(invoke("export", "--db", db, "--format", "json").stdout)
+    by_mode = {mode: [r["iou"] for r in rows if r["image_mode"] == mode] for mode in ("masked", "heatmap")}
+    assert len(by_mode["heatmap"]) == 2 and None not in by_mode["masked"]
+    assert by_mode["heatmap"] == by_mode["masked"]

@@ -88,7 +88,7 @@ def test_shards_merged_equal_one_run_and_merging_again_changes_nothing(data_dir,
     assert_same(content(merged), content(whole))
     whole_content = content(whole)
     assert all(len(rows) for table, rows in whole_content.items()
-               if table in ("images", "read_errors", "predictions", "saliency_maps", "judgments", "prompts"))
+               if table in ("images", "read_errors", "predictions", "saliency_maps", "judgments"))
     with sqlite3.connect(merged) as conn:  # each shard's run is kept, and every row names one of them
         runs = {r[0] for r in conn.execute("select id from runs")}
         assert len(runs) == 2

@@ -42,6 +42,9 @@ def test_run_matrix_counts_its_own_images_and_matrix_compare_report_take_run_and
 
     unknown = invoke("matrix", "--db", db, "--run", "ffffffffff", expect_ok=False)
     assert unknown.exit_code != 0 and "no run of" in unknown.output
+    # the same command again on a manifest that has lost an image: its matrix counts the images it read now
+    write_manifest(first, seg_rows(data_dir, 0, 3))
+    assert judged(invoke("run", first, "--db", db).stdout) == [3]
     # each run's images are recorded as it read them (the image in both manifests, once for each)
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select run_id, count(*) from run_images group by run_id").fetchall()

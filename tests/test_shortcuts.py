@@ -88,7 +88,9 @@ def test_a_planted_shortcut_is_found_and_the_plain_model_is_not_flagged(tmp_path
     invoke("predict", manifest, "--db", db, *model)
     invoke("explain", "--db", db, *model)
 
-    canary = invoke_json("eval", "canary", "--db", db, *model, "--size", "0.3", "--images", "50")["summary"]
+    # every held-out photo (about 90): at 50 the mass moved was 0.042 [-0.001, 0.083], its interval's lower end on 0
+    # and so at the mercy of the bootstrap's draw; at 90, 0.062 [0.032, 0.092]
+    canary = invoke_json("eval", "canary", "--db", db, *model, "--size", "0.3", "--images", "90")["summary"]
     assert canary["flagged"] and canary["pull"]["class"] == "dog" and canary["pull"]["ci_low"] >= 0.05, canary
     # the maps look at the tag: mass moves onto it (its interval above 0), well above a flat map's share
     assert canary["mass_moved"]["ci_low"] > 0 and canary["mass_on_artifact"]["mean"] > 1.5 * canary["area"]["mean"]

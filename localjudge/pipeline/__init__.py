@@ -31,7 +31,7 @@ from PIL import Image
 from ..config import DEFAULTS, RunConfig
 from ..data import (IMAGE_SUFFIXES, ChangedImage, IngestError, InputItem, ReadFailure, discover, is_redacted,
                     load_verified, read_image, redacted_path, resolve_label)
-from ..errors import OptionError
+from ..errors import OptionError, UserError
 from ..judge import (AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeStopped,
                      auto_judge, parse_answer)
 from ..judge.prompts import PHOTO, fill_kind, prompt_hash, prompt_template, prompt_text, render
@@ -71,6 +71,17 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 1 <= k <= n:
         raise ValueError(f"--shard {text!r}: K must be between 1 and N")
     return k, n
+
+
+def relabelled(prediction: dict, labels) -> dict | None:
+    """A prediction's label indices and correctness under its image's current label (`prediction["label"]`) and the
+    label list `labels`; None where they are what is stored."""
+    label_indices = resolve_label(prediction["label"], labels)
+    encoded = json.dumps(label_indices) if label_indices is not None else None
+    if encoded == prediction["label_indices"]:
+        return None
+    correct = None if label_indices is None else int(prediction["predicted_index"] in label_indices)
+    return {"id": prediction["id"], "label_indices": encoded, "correct": correct}
 
 
 def lease_holder_alive(lease: dict) -> bool:
@@ -641,13 +652,8 @@ class Audit:
         """Correctness follows the image's current label, so a fixed label needs no new prediction. Returns how
         many predictions changed."""
         labels = self.card.label_list()
-        updates = []
-        for row in self.store.predictions_with_labels(prediction_ids):
-            label_indices = resolve_label(row["label"], labels)
-            encoded = json.dumps(label_indices) if label_indices is not None else None
-            if encoded != row["label_indices"]:
-                correct = None if label_indices is None else int(row["predicted_index"] in label_indices)
-                updates.append({"id": row["id"], "label_indices": encoded, "correct": correct})
+        updates = [change for row in self.store.predictions_with_labels(prediction_ids)
+                   if (change := relabelled(row, labels)) is not None]
         self.store.update_predictions(updates)
         return len(updates)
 
@@ -662,13 +668,14 @@ class Audit:
         updates = []
         for row in rows:
             labels = self.card.label_list() if row["model_hash"] == self.vision_hash() else others.get(row["run_id"])
-            if labels is None:  # its run's label list can no longer be read: left as it was
+            change = None if labels is None else relabelled(row, labels)  # None: its run's list cannot be read
+            # a list recorded by its names only (a run's own list) cannot read WordNet ids: a label it cannot
+            # resolve is not taken to be no label
+            if (change is not None and change["label_indices"] is None and not labels.by_wnid and row["label"]
+                    and row["model_hash"] != self.vision_hash()):
                 continue
-            label_indices = resolve_label(row["label"], labels)
-            encoded = json.dumps(label_indices) if label_indices is not None else None
-            if encoded != row["label_indices"]:
-                correct = None if label_indices is None else int(row["predicted_index"] in label_indices)
-                updates.append({"id": row["id"], "label_indices": encoded, "correct": correct})
+            if change is not None:
+                updates.append(change)
         self.store.update_predictions(updates)
         return len(updates)
 
@@ -713,7 +720,7 @@ class Audit:
             return found
         try:  # the graph names the model on ONNX Runtime: exported (or verified) here
             on_onnx = model_hash(self.card, self._weights, self._hash_file, "onnx")
-        except ImportError:  # no ONNX exporter in this environment: no graph to name those predictions by
+        except (ImportError, UserError):  # no ONNX exporter here, or the export failed: no graph names them
             return found
         return self.store.prediction_ids(on_onnx, json.dumps(self.preprocessing(), sort_keys=True))
 
