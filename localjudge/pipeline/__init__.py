@@ -426,9 +426,9 @@ class Audit:
             if update:
                 changed.append({"sha256": row["sha256"], **update})
         self.store.add_images(new_images, errors, changed, self.run_id, ids)
-        relabelled = [row["sha256"] for row in changed if "label" in row]
-        if relabelled:  # every model's predictions of them, not only this run's model's
-            self.refresh_labels(relabelled)
+        new_labels = [row["sha256"] for row in changed if "label" in row]
+        if new_labels:  # every model's predictions of them, not only this run's model's
+            self.refresh_labels(new_labels)
         stage.computed += len(new_images)
         return Chunk(ids, pictures)
 
@@ -664,15 +664,16 @@ class Audit:
         from ..queries import label_lists_of_runs
 
         rows = self.store.predictions_of_images(image_ids)
-        others = label_lists_of_runs(self.store, {r["run_id"] for r in rows if r["model_hash"] != self.vision_hash()})
+        own = self.vision_hash()
+        others = label_lists_of_runs(self.store, {r["run_id"] for r in rows if r["model_hash"] != own})
         updates = []
         for row in rows:
-            labels = self.card.label_list() if row["model_hash"] == self.vision_hash() else others.get(row["run_id"])
+            labels = self.card.label_list() if row["model_hash"] == own else others.get(row["run_id"])
             change = None if labels is None else relabelled(row, labels)  # None: its run's list cannot be read
             # a list recorded by its names only (a run's own list) cannot read WordNet ids: a label it cannot
             # resolve is not taken to be no label
             if (change is not None and change["label_indices"] is None and not labels.by_wnid and row["label"]
-                    and row["model_hash"] != self.vision_hash()):
+                    and row["model_hash"] != own):
                 continue
             if change is not None:
                 updates.append(change)
