@@ -92,3 +92,40 @@ def test_a_predict_reads_each_image_once(counted, data_dir, tmp_path):
     manifest = seg_photos_manifest(data_dir, tmp_path / "five.csv", 5)
     invoke("predict", manifest, "--db", tmp_path / "p.db", "--batch-size", "2")
     assert sorted(reads.values()) == [1] * 5 and len(decodes) == 5
+
+
+def test_a_view_drawn_on_either_thread_is_the_one_the_judge_alone_draws(data_dir, tmp_path):
+    """The run hands the judge's thread a small picture to draw its view from, and a large one's view drawn on the
+    vision stage's thread (local._views_to_hand_over): both give the judgments `judge` alone makes from the files."""
+    import sqlite3
+
+    from localjudge.pipeline import open_audit
+    from localjudge.pipeline.local import PICTURE_HANDED_OVER, _views_to_hand_over
+
+    from .conftest import write_manifest
+
+    photos = sorted((data_dir / "seg-photos" / "images").glob("*.jpg"))[:4]
+    large = tmp_path / "large.png"  # a photo enlarged past the hand-over limit (a scan at full size)
+    with Image.open(photos[0]) as image:
+        image.convert("RGB").resize((image.width * 3, image.height * 3), Image.BICUBIC).save(large)
+    manifest = write_manifest(tmp_path / "mixed.csv", [{"path": str(p), "label": ""} for p in [*photos[1:], large]])
+    audit = open_audit(tmp_path / "split.db", manifest, ("ingest",), show_progress=False)
+    small_read, large_read = data.read_image(photos[1]), data.read_image(large)
+    pictures = {small_read.sha256: small_read.picture, large_read.sha256: large_read.picture}
+    side = audit.config.judge_image_size
+    assert large_read.picture.width * large_read.picture.height > PICTURE_HANDED_OVER * side * side
+    assert small_read.picture.width * small_read.picture.height <= PICTURE_HANDED_OVER * side * side
+    views, handed = _views_to_hand_over(audit, set(pictures), pictures)
+    assert set(views) == {large_read.sha256} and handed == {small_read.sha256: small_read.picture}
+    assert views[large_read.sha256].size == (side, side)
+    audit.store.close()
+
+    run_db, alone_db = tmp_path / "run.db", tmp_path / "alone.db"
+    assert invoke_json("run", manifest, "--db", run_db, "--batch-size", "2")["judge"]["computed"] == 4
+    with sqlite3.connect(run_db) as run, sqlite3.connect(alone_db) as alone:
+        run.backup(alone)  # the store with what it holds in its write-ahead log
+        alone.execute("delete from judgments")
+    assert invoke_json("judge", "--db", alone_db)["judge"]["computed"] == 4
+    query = "select id, saliency_id, score, raw_text from judgments order by id"
+    with sqlite3.connect(run_db) as run, sqlite3.connect(alone_db) as alone:
+        assert run.execute(query).fetchall() == alone.execute(query).fetchall()
