@@ -172,7 +172,7 @@ def _vision_worker(audit: Audit, items: list, handoff: queue.Queue, stop: thread
             to_view = {m["image_sha256"] for m in store.saliency_maps(missing)}
             views, pictures = _views_to_hand_over(vision, to_view, chunk.pictures)
             hand_over((maps, missing, views, pictures))
-            chunk.pictures.clear()  # full-size pictures: let them go before the next batch is read (but those handed over)
+            chunk.pictures.clear()  # the full-size pictures not handed over: let them go before the next batch is read
             if stop.is_set():  # the judge side failed: read nothing more
                 return
         hand_over(None)
