@@ -842,7 +842,8 @@ def label_lists_of_runs(store: Store, run_ids: set[str | None]) -> dict:
 
 def view_id(saliency_id: str, alpha: float, beta: float, image_mode: str) -> str:
     """What a judge was shown (and what a person rates): the map, rendered with alpha, beta in one image mode."""
-    # a heatmap's view holds no alpha or beta (None): it does not depend on them
+    if image_mode == "heatmap":  # a heatmap overlay does not depend on alpha or beta, whatever judge saw it (the
+        alpha = beta = None      # recognizer, which reads them, keeps them in its judgments, not in the view)
     return content_key("view", saliency_id, None if alpha is None else float(alpha),
                        None if beta is None else float(beta), image_mode)
 
@@ -921,6 +922,8 @@ def views(store: Store, **filters) -> list[dict]:
     found: dict[str, dict] = {}
     for row in rows:
         key = view_id(row["saliency_id"], row["alpha"], row["beta"], row["image_mode"])
+        if row["image_mode"] == "heatmap":
+            row = {**row, "alpha": None, "beta": None}  # what a person rates holds none (view_id)
         # The same view judged under several prompts (or image sizes): people see it once, with the first one's.
         if key not in found or (row["prompt_hash"] or "", row["judge_image_size"]) < (
                 found[key]["prompt_hash"] or "", found[key]["judge_image_size"]):

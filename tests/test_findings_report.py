@@ -127,3 +127,16 @@ def test_findings_name_what_was_not_run_then_show_every_check_with_its_command(a
             "predictions p on p.id = c.prediction_id where q.original_status = 'ok' and p.correct is not null"
         ).fetchall())
     assert again and np.mean([again[k] == stored[k] for k in again]) >= 0.9, (again, stored)
+
+    # a report scoped to one run's images says on each shortcut check that it is the whole store's, not the run's
+    (run,) = [r for r in invoke_json("db", "runs", "--db", audit)["runs"] if r["command"] == "run"]
+    scoped_folder = (tmp_path / "scoped").resolve()
+    invoke_json("report", "--db", audit, "--out", scoped_folder, "--run", run["id"])
+    page, _ = open_report(browser, scoped_folder)
+    try:
+        scoped = part_texts(page)
+    finally:
+        page.close()
+    assert "Of the whole store" not in scoped["classes"]["text"]
+    assert all("Of the whole store" in scoped[name]["text"] for name in PARTS[1:]), scoped
+    assert not any("Of the whole store" in after[name]["text"] for name in PARTS)  # the unscoped report's

@@ -77,3 +77,36 @@ def test_a_run_with_stderr_in_a_file_logs_its_progress(data_dir, tmp_path):
     assert all(m.group(4).endswith(" left") for m in lines[:-1])
     counts = [int(m.group(1)) for m in lines]
     assert counts == sorted(counts) and all(float(m.group(3)) > 0 for m in lines)
+
+
+def test_a_continuous_judge_counts_the_maps_another_run_holds_as_done(data_dir, tmp_path, tiny_vlms_bpe512):
+    """The transformers judge's progress (ContinuousJudging's count of maps done with) reaches the total when a map
+    is left to another live run's lease: it is counted as done elsewhere, not waited for."""
+    import os
+    import socket
+
+    from localjudge.pipeline import Stage, lease_holder_alive, open_audit
+    from localjudge.pipeline.continuous import ContinuousJudging
+
+    from .conftest import invoke
+
+    manifest = seg_photos_manifest(data_dir, tmp_path / "three.csv", 3)
+    db = tmp_path / "leased.db"
+    invoke("predict", manifest, "--db", db)
+    invoke("explain", "--db", db)
+    audit = open_audit(db, None, ("judge",), show_progress=False, vlm=str(tiny_vlms_bpe512["qwen2_5_vl"]),
+                       judge="transformers", device="cpu", max_new_tokens=8)
+    maps = [r["id"] for r in audit.store.query("select id from saliency_maps order by id")]
+    other = {"owner": "another run", "host": socket.gethostname(), "pid": os.getppid(), "seconds": 600.0}
+    held = audit.judgment_keys(maps[:1])[maps[0]]
+    assert audit.store.claim_judgments([held], other, lease_holder_alive) == {held}
+    done: list[int] = []
+    stage = Stage()
+    with audit.recorded("judge", None):
+        judging = ContinuousJudging.open_for(audit, stage, done.append)
+        assert judging is not None  # the transformers judge takes requests while it writes answers
+        judging.submit(maps, {})
+        judging.finish()
+    audit.store.close()
+    assert stage.elsewhere == 1 and stage.computed == 2
+    assert sum(done) == 3

@@ -45,11 +45,13 @@ class ContinuousJudging:
             return
         self.stage.model_loaded = True
         batch = self.audit.judge_requests(list(saliency_ids), self.stage, views)
-        if batch is None:  # nothing left to show (unreadable images, counted as such): done with, for the progress
-            if self.on_stored is not None:
-                self.on_stored(len(saliency_ids))
-            return
-        self.open.append((batch, self.decoder.submit(batch.requests)))
+        # the maps it shows no judge here are done with, for the progress: unreadable images, and maps another run
+        # is judging or has judged (its lease; counted in the stage)
+        left_out = len(saliency_ids) - (0 if batch is None else len(batch.maps))
+        if left_out and self.on_stored is not None:
+            self.on_stored(left_out)
+        if batch is not None:
+            self.open.append((batch, self.decoder.submit(batch.requests)))
 
     def step(self) -> None:
         """One decoding step; the batches whose answers have all ended are stored. When the decoder crashes, its

@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from ..config import DEFAULTS
-from ..queries import class_statistics, describe_setting, label_names_of_runs, run_parameters
+from ..queries import SCOPE_FILTERS, class_statistics, describe_setting, label_names_of_runs, run_parameters
 from ..store import Store, unpack_array
 
 INSPECT_SHOWN = 5  # classes to inspect, per judge setting
@@ -234,11 +234,17 @@ def canary_results(store: Store, model: str | None, cam: str | None, threshold: 
 
 def findings(store: Store, threshold: int, thresholds: dict | None, filters: dict) -> dict:
     model, cam = filters.get("model"), filters.get("cam")
-    return {"classes": classes_to_inspect(store, threshold, thresholds, filters),
-            "clusters": candidate_clusters(store, model, cam),
-            "artifacts": artifact_mass(store, model, cam),
-            "background": background_gap(store, model),
-            "canary": canary_results(store, model, cam, threshold)}
+    found = {"classes": classes_to_inspect(store, threshold, thresholds, filters),
+             "clusters": candidate_clusters(store, model, cam),
+             "artifacts": artifact_mass(store, model, cam),
+             "background": background_gap(store, model),
+             "canary": canary_results(store, model, cam, threshold)}
+    # The shortcut checks are `eval` results over the store's maps, not over one run's or source's images: a report
+    # scoped with --run or --source says so on each of them rather than let them pass for the scope's.
+    if any(name in filters for name in SCOPE_FILTERS):
+        for name in ("clusters", "artifacts", "background", "canary"):
+            found[name]["whole_store"] = True
+    return found
 
 
 def exemplar_rows(store: Store, found: dict) -> list[dict]:

@@ -261,6 +261,10 @@
       command.appendChild(element("code", {}, text));
       article.appendChild(command);
     });
+    if (part.whole_store) {
+      body.appendChild(element("p", { "class": "whole-store" }, "Of the whole store: --run and --source do not narrow " +
+        "this check (it was run over every map of the model)."));
+    }
     if (!part.ran) {
       body.appendChild(element("p", { "class": "not-run" }, "Not run on this store: run the command below to check."));
       article.setAttribute("data-ran", "0");
