@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -169,3 +170,43 @@ def test_findings_added_since_are_judged_once_on_a_cluster(tiny_vlms_bpe512, dat
     assert stages["judge"]["computed"] == sum(maps[m] is None for m in new)
     assert set(judged) == {m for m, failure in maps.items() if failure is None}
     assert {k: ids[k] for k in judged_before} == judged_before  # judged before: not again
+
+
+def test_a_judge_only_run_on_a_cluster_leaves_the_maps_another_live_run_holds(tiny_vlms_bpe512, data_dir, tmp_path):
+    """The driver claims the judge-only maps before sending them, as a local run claims a batch: a map another live
+    run holds is left to it (counted as elsewhere), the others are judged, and the run's claims end with it."""
+    from localjudge.pipeline import lease_holder_alive
+    from localjudge.store import Store
+
+    manifest = seg_photos_manifest(data_dir, tmp_path / "three.csv", 3)
+    db, keys = tmp_path / "held.db", tmp_path / "keys.db"
+    judge = ["--vlm", tiny_vlms_bpe512["qwen2_5_vl"], "--max-new-tokens", "16", "--batch-size", "1",
+             "--judge-batch-size", "1"]
+    invoke_json("predict", manifest, "--db", db)
+    invoke_json("explain", "--db", db)
+    with sqlite3.connect(db) as source, sqlite3.connect(keys) as copy:
+        source.backup(copy)
+    invoke_json("run", manifest, "--db", keys, *judge)  # a local run on a copy: each map's judgment key
+    with sqlite3.connect(keys) as conn:
+        key_of = dict(conn.execute("select saliency_id, id from judgments").fetchall())
+    held = sorted(key_of)[0]
+    holder = subprocess.Popen(["sleep", "300"])  # another run, alive, on this machine
+    try:
+        store = Store(db)
+        lease = {"owner": "another run", "host": socket.gethostname(), "pid": holder.pid, "seconds": 600.0}
+        assert store.claim_judgments([key_of[held]], lease, lease_holder_alive) == {key_of[held]}
+        store.close()
+        try:
+            stages = invoke_json("run", manifest, "--db", db, *judge, "--ray", "--ray-workers", "1")
+        finally:
+            stop_ray()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stages["explain"]["computed"] == 0  # judge-only
+    assert stages["judge"].get("elsewhere") == 1 and stages["judge"]["computed"] == len(key_of) - 1
+    with sqlite3.connect(db) as conn:
+        judged = {r[0] for r in conn.execute("select saliency_id from judgments")}
+        owners = [r[0] for r in conn.execute("select owner from judge_leases")]
+    assert judged == set(key_of) - {held}
+    assert owners == ["another run"]  # the cluster run's claims ended with it

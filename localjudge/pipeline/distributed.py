@@ -9,27 +9,35 @@ cluster is the row a local run makes, key for key and value for value (a model's
 depend on the batch they were computed in).
 
 What crosses the cluster: image rows (hash, path, label) to the vision actors, which read the files from the
-shared storage they name; predictions, maps (float16, compressed) and judgments back. No image travels, and the
-driver writes every row in one transaction per batch, so an interrupted run resumes from the store."""
+shared storage they name; predictions, maps (float16, compressed) and judgments back. Maps already stored that only
+need judging are read from the store a batch at a time by Ray Data read tasks on the driver's node (the store is a
+file on its disk), a few batches at once. No image travels, and the driver writes every row in one transaction per
+batch, so an interrupted run resumes from the store."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
 import shutil
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+import sqlite_utils
 
 from ..config import RunConfig
 from ..judge import JUDGES, JudgeError
-from ..store import Store
+from ..store import BUSY_TIMEOUT_MS, Store
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+# Batches of judge-only work read from the store at once: one read while the judge pool takes the last, and one
+# spare. Ray Data starts no further read while the batches read and waiting for the judge fill the read step's
+# share of the object store (its backpressure): a large judge-only run never has all its batches there at once.
+JUDGE_ONLY_READS_AT_ONCE = 2
 
 
 class _Worker:
@@ -97,7 +105,7 @@ class JudgeWorker(_Worker):
     def __call__(self, batch: dict) -> dict:
         from . import Stage
 
-        payloads = [pickle.loads(_fetched(blob)) for blob in batch["payload"]]
+        payloads = [pickle.loads(blob) for blob in batch["payload"]]
         maps = []
         for payload in payloads:
             self.take(payload)
@@ -124,26 +132,66 @@ class JudgeWorker(_Worker):
         return {"payload": np.array(answers, dtype=object)}
 
 
-def judge_payloads(store, saliency_ids: list[str], batch_size: int, images: dict, files: dict) -> Iterator[bytes]:
-    """The judge-only work of a Ray run, one pickled payload per `batch_size` maps, each batch's maps and predictions
-    read from the store when its payload is made (not all at once)."""
-    for start in range(0, len(saliency_ids), batch_size):
-        chunk = store.saliency_maps(saliency_ids[start:start + batch_size])
-        predictions = {p["id"]: p for p in store.predictions({m["prediction_id"] for m in chunk})}
-        shas = {m["image_sha256"] for m in chunk}
-        yield pickle.dumps({
-            "images": [images[sha] for sha in shas], "files": {sha: files[sha] for sha in shas},
-            "predictions": [predictions[m["prediction_id"]] for m in chunk], "saliency_maps": chunk,
-            "to_judge": [m["id"] for m in chunk], "errors": []})
+def judge_payload(store, saliency_ids: list[str], images: dict, files: dict) -> bytes:
+    """One batch of the judge-only work of a Ray run, pickled: its maps and their predictions as the store holds
+    them now, with the rows and files of their images (`images`, `files`: by sha256; no picture travels)."""
+    chunk = store.saliency_maps(saliency_ids)
+    predictions = {p["id"]: p for p in store.predictions({m["prediction_id"] for m in chunk})}
+    shas = {m["image_sha256"] for m in chunk}
+    return pickle.dumps({
+        "images": [images[sha] for sha in shas], "files": {sha: files[sha] for sha in shas},
+        "predictions": [predictions[m["prediction_id"]] for m in chunk], "saliency_maps": chunk,
+        "to_judge": [m["id"] for m in chunk], "errors": []})
 
 
-def _fetched(blob):
-    """A payload as a worker gets it: the bytes themselves, or a reference to them in Ray's object store."""
-    if isinstance(blob, (bytes, bytearray)):
-        return blob
-    import ray
+class ReadOnlyStore(Store):
+    """A store file opened read-only (by a Ray read task on the driver's node): the driver stays its only writer.
+    None of a Store's opening steps that could write is taken (no migration, no journal mode set)."""
 
-    return ray.get(blob)
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.db = sqlite_utils.Database(sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True))
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+def read_judge_payload(store_path: Path, saliency_ids: list[str], images: dict, files: dict) -> list:
+    """A judge-only read task's output: one block of one row, its batch's payload (`judge_payload`), read when Ray
+    Data runs the task."""
+    from ray.data.block import BlockAccessor
+
+    store = ReadOnlyStore(store_path)
+    try:
+        payload = judge_payload(store, saliency_ids, images, files)
+    finally:
+        store.close()
+    # the block a numpy batch makes, as a vision actor's payloads are: the two streams are judged together
+    return [BlockAccessor.batch_to_block({"payload": np.array([payload], dtype=object)})]
+
+
+def judge_only_datasource(store_path: Path, batches: list[tuple[list[str], dict, dict]]):
+    """The judge-only work of a Ray run as a Ray Data source: one read task per batch (its map ids, and the rows
+    and files of their images, by sha256), which reads the batch's maps from the store file on the driver's node."""
+    import ray.data
+    from ray.data.block import BlockMetadata
+
+    # Ray is an optional extra: its Datasource is subclassed only when a Ray run reads one
+    class JudgeOnlyDatasource(ray.data.Datasource):
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context=None) -> list:
+            # a task per batch whatever the parallelism asked: a batch is what the judge is handed (a payload); no
+            # row limit applies (nothing limits this dataset)
+            return [ray.data.ReadTask(functools.partial(read_judge_payload, store_path, ids, images, files),
+                                      BlockMetadata(num_rows=1, size_bytes=None, exec_stats=None))
+                    for ids, images, files in batches]
+
+        def estimate_inmemory_data_size(self) -> None:
+            return None  # known once the maps are read
+
+        @property
+        def supports_distributed_reads(self) -> bool:
+            return False  # the store is a file on the driver's disk: Ray Data runs the reads on the driver's node
+
+    return JudgeOnlyDatasource()
 
 
 def actor_resources(gpus: int, cpus: float, workers: int, local: bool, reserves_gpu: bool,
@@ -210,6 +258,12 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
         if image_of[key] in remade:
             judged_before.setdefault(image_of[key], []).append(key)
     judge_only = [key for key in judge_only if image_of[key] not in remade]
+    # Claimed before they are sent, as a local run claims a batch before judging it: those another live run on this
+    # store holds are left to it (counted as elsewhere), and the audit's end frees what was not judged. The claims
+    # last judge_lease_seconds from now: a judge-only run longer than that may see another run take its last
+    # batches, and both judge them (the store keeps one answer). The maps the vision actors make are not claimed:
+    # their judgment keys are known only once the model has predicted their class.
+    judge_only = audit.claim(judge_only, stages["judge"])
     stages["predict"].ids = list(plan.predictions.values())
     stages["explain"].ids = plan.ready_maps  # maps made before (a killed run's) count as a local run counts them
     if not need_vision and not judge_only:
@@ -239,10 +293,17 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
             **cluster["vision"])
         parts.append(vision)
     if judge_only:
-        # a batch of maps at a time from the store into Ray's object store (which spills to disk): the driver never
-        # holds every map of a large judge-only run, only a reference to each batch
-        parts.append(ray.data.from_items([{"payload": ray.put(blob)} for blob in judge_payloads(
-            store, judge_only, config.batch_size, images, files)]))
+        # a batch of maps per read task, read from the store when Ray Data runs it, JUDGE_ONLY_READS_AT_ONCE at a
+        # time: neither the driver nor the object store holds every map of a large judge-only run. A read takes no
+        # CPU of the cluster: it is light, and the actors may hold every CPU (a CPU cluster's are split among them).
+        batches = []
+        for start in range(0, len(judge_only), config.batch_size):
+            ids = judge_only[start:start + config.batch_size]
+            shas = {image_of[key] for key in ids}
+            batches.append((ids, {sha: images[sha] for sha in shas}, {sha: files[sha] for sha in shas}))
+        parts.append(ray.data.read_datasource(
+            judge_only_datasource(store.path.resolve(), batches), concurrency=JUDGE_ONLY_READS_AT_ONCE, num_cpus=0,
+            override_num_blocks=len(batches)))  # a block per batch: none split into more
     dataset = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     judge_calls = max(1, config.judge_batch_size // config.batch_size)
     judged = dataset.map_batches(JudgeWorker, batch_size=judge_calls, compute=ray.data.ActorPoolStrategy(
