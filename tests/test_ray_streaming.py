@@ -24,7 +24,7 @@ def payload_read_by(task) -> dict:
 
 def test_judge_only_read_tasks_read_their_batch_from_the_store_when_run(data_dir, tmp_path):
     pytest.importorskip("ray", reason="the ray extra is not installed")
-    from localjudge.pipeline.distributed import ReadOnlyStore, judge_only_datasource, judge_payload
+    from localjudge.pipeline.distributed import judge_only_datasource, judge_payload
 
     manifest = seg_photos_manifest(data_dir, tmp_path / "five.csv", 5)
     db = tmp_path / "maps.db"
@@ -57,7 +57,7 @@ def test_judge_only_read_tasks_read_their_batch_from_the_store_when_run(data_dir
     assert third == pickle.loads(judge_payload(store, chunks[2], images, files)) and third["to_judge"] == ids[4:]
     store.close()
     # the tasks read the file read-only: the driver stays the store's only writer
-    reader = ReadOnlyStore(db)
+    reader = Store.read_only(db)
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         reader.db.execute("delete from judgments")
     reader.close()
@@ -119,3 +119,15 @@ def test_a_judge_only_ray_run_reads_its_batches_a_few_at_a_time(tiny_vlms_bpe512
     assert len(spans) == count  # a read per batch of one map
     at_once = max(sum(began <= start < ended for began, ended in spans) for start, _ in spans)
     assert at_once <= JUDGE_ONLY_READS_AT_ONCE
+
+
+def test_a_ray_client_address_is_refused_with_the_reason():
+    """A Ray Client driver (ray://) runs off the cluster, where the read tasks pinned to its node could not reach the
+    store: refused before any connection, saying why."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    from localjudge.config import DEFAULTS
+    from localjudge.errors import UserError
+    from localjudge.pipeline.distributed import connect
+
+    with pytest.raises(UserError, match="Ray Client address is not supported"):
+        connect("ray://head.example:10001", None, DEFAULTS)

@@ -94,7 +94,7 @@ def test_a_predict_reads_each_image_once(counted, data_dir, tmp_path):
     assert sorted(reads.values()) == [1] * 5 and len(decodes) == 5
 
 
-def test_a_view_drawn_on_either_thread_is_the_one_the_judge_alone_draws(data_dir, tmp_path):
+def test_a_view_drawn_on_either_thread_is_the_one_the_judge_alone_draws(counted, data_dir, tmp_path):
     """The run hands the judge's thread a small picture to draw its view from, and a large one's view drawn on the
     vision stage's thread (local._views_to_hand_over): both give the judgments `judge` alone makes from the files."""
     import sqlite3
@@ -121,7 +121,11 @@ def test_a_view_drawn_on_either_thread_is_the_one_the_judge_alone_draws(data_dir
     audit.store.close()
 
     run_db, alone_db = tmp_path / "run.db", tmp_path / "alone.db"
+    reads, _ = counted
+    reads.clear()
     assert invoke_json("run", manifest, "--db", run_db, "--batch-size", "2")["judge"]["computed"] == 4
+    # each view came from the picture read at ingest, on whichever thread it was drawn: no file is read again
+    assert sorted(reads.values()) == [1] * 4
     with sqlite3.connect(run_db) as run, sqlite3.connect(alone_db) as alone:
         run.backup(alone)  # the store with what it holds in its write-ahead log
         alone.execute("delete from judgments")

@@ -72,53 +72,66 @@ def test_heatmap_judgments_their_ratings_and_calibrations_are_keyed_anew(data_di
     assert all(r["alpha"] is None and r["beta"] is None for r in made)
 
     # The store as the earlier release left it: alpha and beta in every heatmap judgment and its key (each an
-    # answer with a score: a tiny random VLM's 48 tokens seldom end one); one map judged at a second alpha too; a
-    # person's rating of a view and a calibration of the setting, keyed with them.
+    # answer with a score: a tiny random VLM's 48 tokens seldom end one; the third by vLLM, which shares the model's
+    # hash with transformers); one map judged at a second alpha too (the twin) and one in masked mode; a person's
+    # ratings of a view at both alphas, and a calibration of each heatmap setting, keyed with them.
     with sqlite3.connect(db) as conn:
         for score, row in enumerate(made, start=1):
             old = {**row, "alpha": 15.0, "beta": 0.6}
-            conn.execute("update judgments set id = ?, alpha = 15.0, beta = 0.6, status = 'ok', score = ? "
-                         "where id = ?", [key_before_m025(old), score, row["id"]])
+            conn.execute("update judgments set id = ?, alpha = 15.0, beta = 0.6, status = 'ok', score = ?, "
+                         "judge_backend = ? where id = ?",
+                         [key_before_m025(old), score, "vllm" if score == 3 else "transformers", row["id"]])
             row["score"] = score
         twin = {**made[0], "alpha": 25.0, "beta": 0.6, "created_at": "2020-01-01T00:00:00",
                 "status": "ok", "score": 0}
-        twin["id"] = key_before_m025(twin)
-        conn.execute(f"insert into judgments ({', '.join(twin)}) values ({', '.join('?' * len(twin))})",
-                     list(twin.values()))
+        masked = {**made[2], "image_mode": "masked", "alpha": 15.0, "beta": 0.6, "status": "ok", "score": 5}
+        for extra in (twin, masked):
+            extra["id"] = key_before_m025(extra)  # a masked judgment's key is the same before and after
+            conn.execute(f"insert into judgments ({', '.join(extra)}) values ({', '.join('?' * len(extra))})",
+                         list(extra.values()))
         rated = made[1]
-        view = view_before_m025(rated["saliency_id"], 15.0, 0.6, "heatmap")
-        conn.execute("insert into ratings (id, view_id, saliency_id, image_sha256, alpha, beta, image_mode, rater, "
-                     "score, created_at, updated_at) values (?, ?, ?, ?, 15.0, 0.6, 'heatmap', 'ann', 4, 't', 't')",
-                     [content_key("rating", view, "ann"), view, rated["saliency_id"], rated["image_sha256"]])
-    (setting,) = rows(db, "select p.model, p.model_hash, s.method as cam, s.target_layer, j.judge_model, "
-                          "j.judge_model_hash, j.image_mode, j.alpha, j.beta, j.judge_image_size, j.prompt_hash, "
-                          "j.decoding, j.render_version from judgments j join predictions p on p.id = j.prediction_id "
-                          "join saliency_maps s on s.id = j.saliency_id where j.alpha = 15.0 limit 1")
-    old_setting = {c: setting[c] for c in GROUP_COLUMNS if c != "render_version"}
+        for alpha, score, when in ((15.0, 4, "t"), (25.0, 1, "s")):  # the rating at alpha 25 is the older
+            view = view_before_m025(rated["saliency_id"], alpha, 0.6, "heatmap")
+            conn.execute("insert into ratings (id, view_id, saliency_id, image_sha256, alpha, beta, image_mode, "
+                         "rater, score, created_at, updated_at) values (?, ?, ?, ?, ?, 0.6, 'heatmap', 'ann', ?, ?, ?)",
+                         [content_key("rating", view, "ann"), view, rated["saliency_id"], rated["image_sha256"],
+                          alpha, score, when, when])
+    settings = {r["alpha"]: r for r in rows(
+        db, "select p.model, p.model_hash, s.method as cam, s.target_layer, j.judge_model, j.judge_model_hash, "
+            "j.image_mode, j.alpha, j.beta, j.judge_image_size, j.prompt_hash, j.decoding, j.render_version "
+            "from judgments j join predictions p on p.id = j.prediction_id join saliency_maps s on "
+            "s.id = j.saliency_id where j.image_mode = 'heatmap'")}
     store = Store(db)
-    store.add_calibration({"id": "c1", "setting_key": setting_key(setting), "setting": json.dumps(old_setting),
-                           "raters": "[\"ann\"]", "human_threshold": 3, "threshold": 2, "n": 10, "created_at": "t"})
+    for alpha, threshold in ((15.0, 2), (25.0, 5)):
+        setting = settings[alpha]
+        store.add_calibration({"id": f"c{threshold}", "setting_key": setting_key(setting),
+                               "setting": json.dumps({c: setting[c] for c in GROUP_COLUMNS if c != "render_version"}),
+                               "raters": "[\"ann\"]", "human_threshold": 3, "threshold": threshold, "n": 10,
+                               "created_at": "t"})
     store.close()
     forget_m025(db)
 
     store = Store(db)  # migrates
     now = {r["id"]: r for r in store.query("select * from judgments")}
-    assert len(now) == 4  # nothing stored is lost
+    assert len(now) == 5  # nothing stored is lost
     assert {r["id"] for r in made} <= set(now)  # the three keyed as a run keys them now (it made those ids itself)
     assert all(now[r["id"]]["alpha"] is None and now[r["id"]]["score"] == r["score"] for r in made)
     assert now[twin["id"]]["alpha"] == 25.0  # the older twin keeps its own key: one map, one key
-    setting["alpha"] = setting["beta"] = None
-    assert calibrated_thresholds(store) == {setting_key(setting): 2}
-    (rating,) = store.query("select * from ratings")
-    assert rating["alpha"] is None and rating["beta"] is None
+    assert now[masked["id"]]["alpha"] == 15.0 and now[masked["id"]]["prompt_hash"] == masked["prompt_hash"]
+    moved = {**settings[15.0], "alpha": None, "beta": None}
+    # the three's calibration follows them (transformers and vLLM read alike); the twin's stays with the twin
+    assert calibrated_thresholds(store) == {setting_key(moved): 2, setting_key(settings[25.0]): 5}
+    ratings = sorted(store.query("select alpha, score from ratings"), key=lambda r: r["score"])
+    assert [(r["alpha"], r["score"]) for r in ratings] == [(25.0, 1), (None, 4)]  # the older one kept as it was
     rated_samples = [s for s in samples(store, 3) if s["ratings"]]
     assert [(s["saliency_id"], s["alpha"], s["ratings"]) for s in rated_samples] == [
         (rated["saliency_id"], None, [{"rater": "ann", "score": 4}])]
     store.close()
     assert invoke_json("run", manifest, *common)["judge"]["computed"] == 0  # not judged again
     matrix = invoke_json("matrix", "--db", db, "--threshold", "calibrated")["matrices"]
-    # the setting of the three, calibrated; the twin at alpha 25, kept as a setting of its own (the default threshold)
-    assert sorted((m["judgments"], m["threshold"]) for m in matrix) == [(1, 3), (3, 2)]
+    # the three's setting and the twin's, each with its calibration; the masked one at the default threshold
+    assert sorted((m["image_mode"], m["judgments"], m["threshold"]) for m in matrix) == [
+        ("heatmap", 1, 5), ("heatmap", 3, 2), ("masked", 1, 3)]
 
 
 def test_a_judgment_keyed_before_image_kinds_were_stays_as_it_is(tmp_path, data_dir):

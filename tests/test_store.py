@@ -189,5 +189,11 @@ def test_two_runs_claim_a_judgment_once_and_a_dead_holders_claims_are_free(tmp_p
     assert second.claim_judgments(["j5"], mine, lease_holder_alive) == {"j5"}  # its lease has ended
     second.release_leases("mine")
     assert first.claim_judgments(["j3"], other, lease_holder_alive) == {"j3"}
+    # a run that claimed its work up front and renews its claims keeps them past their first expiry; one that does
+    # not renew loses them
+    for owner, key in (("renewing", "j6"), ("lapsing", "j7")):
+        assert first.claim_judgments([key], {**other, "owner": owner, "seconds": -1.0}, lease_holder_alive) == {key}
+    first.renew_leases("renewing", 60.0)
+    assert second.claim_judgments(["j6", "j7"], mine, lease_holder_alive) == {"j7"}
     first.close()
     second.close()

@@ -1203,6 +1203,11 @@ class Audit:
         stage.elsewhere += len(saliency_ids) - len(claimed)
         return [sid for sid in saliency_ids if keys[sid] in claimed]
 
+    def renew_claims(self) -> None:
+        """This audit's claims last another lease from now: for a run that claims its work before sending it out
+        (a Ray run's judge-only maps), called as its batches come back, so they do not expire while it works."""
+        self.store.renew_leases(self._lease["owner"], self._lease["seconds"])
+
     def store_judgments(self, rows: list[dict], stage: Stage) -> None:
         """One batch's judgments, in one transaction, counted in `stage`; this audit's claims on them end."""
         self.store.upsert_judgments(rows, self._lease["owner"])

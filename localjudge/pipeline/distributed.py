@@ -21,17 +21,16 @@ import json
 import os
 import pickle
 import shutil
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import sqlite_utils
 
 from ..config import RunConfig
+from ..errors import UserError
 from ..judge import JUDGES, JudgeError
-from ..store import BUSY_TIMEOUT_MS, Store
+from ..store import Store
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
 # Batches of judge-only work read from the store at once: one read while the judge pool takes the last, and one
@@ -144,22 +143,12 @@ def judge_payload(store, saliency_ids: list[str], images: dict, files: dict) -> 
         "to_judge": [m["id"] for m in chunk], "errors": []})
 
 
-class ReadOnlyStore(Store):
-    """A store file opened read-only (by a Ray read task on the driver's node): the driver stays its only writer.
-    None of a Store's opening steps that could write is taken (no migration, no journal mode set)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.db = sqlite_utils.Database(sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True))
-        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-
-
 def read_judge_payload(store_path: Path, saliency_ids: list[str], images: dict, files: dict) -> list:
     """A judge-only read task's output: one block of one row, its batch's payload (`judge_payload`), read when Ray
     Data runs the task."""
     from ray.data.block import BlockAccessor
 
-    store = ReadOnlyStore(store_path)
+    store = Store.read_only(store_path)
     try:
         payload = judge_payload(store, saliency_ids, images, files)
     finally:
@@ -218,6 +207,10 @@ def connect(address: str, workers: int | None, config: RunConfig) -> dict:
     import ray
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report from the cluster either
+    if address.startswith("ray://"):  # a Ray Client driver off the cluster: the read tasks could not reach the store
+        raise UserError(f"--ray {address}: run the driver on a node of the cluster (ray start there, then --ray auto "
+                        "or the head's address); a Ray Client address is not supported: the judge-only maps are "
+                        "read from the store on the driver's node")
     local = address == "local"
     if not ray.is_initialized():
         if local:
@@ -260,9 +253,9 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
     judge_only = [key for key in judge_only if image_of[key] not in remade]
     # Claimed before they are sent, as a local run claims a batch before judging it: those another live run on this
     # store holds are left to it (counted as elsewhere), and the audit's end frees what was not judged. The claims
-    # last judge_lease_seconds from now: a judge-only run longer than that may see another run take its last
-    # batches, and both judge them (the store keeps one answer). The maps the vision actors make are not claimed:
-    # their judgment keys are known only once the model has predicted their class.
+    # are renewed as batches come back, so they hold while the run works (another run started meanwhile finds the
+    # whole backlog taken; it judges what this one leaves). The maps the vision actors make are not claimed: their
+    # judgment keys are known only once the model has predicted their class.
     judge_only = audit.claim(judge_only, stages["judge"])
     stages["predict"].ids = list(plan.predictions.values())
     stages["explain"].ids = plan.ready_maps  # maps made before (a killed run's) count as a local run counts them
@@ -320,6 +313,7 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
                     store.set_run_provider(audit.run_id, provider)
                 _write(store, payload, stages)
                 stopped = stopped or payload.get("stopped")
+            audit.renew_claims()  # the judge-only maps still out stay this run's while batches come back
             if stopped:
                 break
     except Exception as error:  # an actor that failed: what was written stays, and a new run redoes the rest

@@ -241,7 +241,7 @@ def findings(store: Store, threshold: int, thresholds: dict | None, filters: dic
              "canary": canary_results(store, model, cam, threshold)}
     # The shortcut checks are `eval` results over the store's maps, not over one run's or source's images: a report
     # scoped with --run or --source says so on each of them rather than let them pass for the scope's.
-    if any(name in filters for name in SCOPE_FILTERS):
+    if any(filters.get(name) is not None for name in SCOPE_FILTERS):
         for name in ("clusters", "artifacts", "background", "canary"):
             found[name]["whole_store"] = True
     return found

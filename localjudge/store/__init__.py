@@ -86,6 +86,16 @@ class Store:
         connection.execute("COMMIT")
 
     # --- schema -----------------------------------------------------------------------------------------
+    @classmethod
+    def read_only(cls, path: str | os.PathLike) -> "Store":
+        """The store file opened read-only (a Ray read task on the driver's node): none of the opening steps that
+        could write is taken (no migration, no journal mode set), and a write raises; the driver stays its writer."""
+        store = cls.__new__(cls)
+        store.path = Path(path)
+        store.db = sqlite_utils.Database(sqlite3.connect(f"{store.path.absolute().as_uri()}?mode=ro", uri=True))
+        store.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return store
+
     def migrate(self) -> list[str]:
         # Two processes may open a new store at once (two runs started together): the list of migrations is made and
         # each migration applied under the write lock taken up front (a statement that reads the schema and then
@@ -236,6 +246,11 @@ class Store:
                       "claimed_at": now(), "expires_at": moment + lease["seconds"]} for k in free),
                     pk="judgment_id")
         return set(free)
+
+    def renew_leases(self, owner: str, seconds: float) -> None:
+        """Every claim of `owner` lasts `seconds` from now (a run that claimed its work up front, still at it)."""
+        with self.transaction():
+            self.db.execute("update judge_leases set expires_at = ? where owner = ?", [time.time() + seconds, owner])
 
     def release_leases(self, owner: str) -> None:
         """Every claim of `owner` ended (its run is over: what it did not judge is free for another)."""

@@ -387,37 +387,42 @@ def m024_judge_leases(db: sqlite_utils.Database) -> None:
     db["judge_leases"].create_index(["owner"])
 
 
-
 @migration
 def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
     # A judgment's key now holds exactly what shapes its judge's input (Audit.judge_input): no alpha or beta for a
     # heatmap overlay shown to a judge that does not read the maps, no prompt for a judge that reads none (the
     # recognizer). Judgments stored under the keys before are keyed anew, so an upgraded store does not judge them
     # again; so are people's ratings of heatmap views (a heatmap view holds no alpha or beta: queries.view_id) and
-    # the calibrations of those settings. A judgment whose old key cannot be made again from what its row holds
-    # (one keyed before image kinds were) stays as it was, and so does each but one of rows that now share a key (a
-    # map judged at two alphas in heatmap mode: the newest ok one takes the key, the others keep theirs).
+    # the calibrations of the settings whose judgments moved. A judgment whose old key cannot be made again from what
+    # its row holds (one keyed before image kinds were) stays as it was, and so does each but one of rows that now
+    # share a key (a map judged at two alphas in heatmap mode: the newest ok one takes the key, the others keep
+    # theirs, and so a setting of their own, with its calibration).
     import json
 
     from . import content_key
 
-    reads_maps, reads_no_prompt = {"recognizer"}, {"recognizer"}  # JudgeSpec.reads_maps, not reads_prompt, today
+    # What each judge backend of this release reads (JudgeSpec.reads_maps, reads_prompt), frozen with the migration:
+    # a backend not named here is left as it is.
+    reads = {"transformers": (False, True), "vllm": (False, True), "openai": (False, True),
+             "recognizer": (True, False)}
 
     def shown(backend: str, image_mode: str, alpha, beta, prompt_hash) -> tuple:
-        masked = image_mode != "heatmap" or backend in reads_maps
-        return (alpha if masked else None, beta if masked else None,
-                None if backend in reads_no_prompt else prompt_hash)
+        reads_maps, reads_prompt = reads[backend]
+        masked = image_mode != "heatmap" or reads_maps
+        return (alpha if masked else None, beta if masked else None, prompt_hash if reads_prompt else None)
 
     def judgment_key(row: dict, alpha, beta, prompt_hash) -> str:  # Audit.judgment_keys at rendering version 1
         return content_key("judgment", row["saliency_id"], alpha, beta, row["image_mode"], row["judge_model_hash"],
                            prompt_hash, json.loads(row["decoding"]), row["judge_image_size"], row["image_kind"])
 
-    held = {r["id"] for r in db.query("select id from judgments")}
     claimants: dict[str, list[dict]] = {}
     for row in db.query("select id, saliency_id, alpha, beta, image_mode, judge_backend, judge_model_hash, "
                         "prompt_hash, decoding, judge_image_size, image_kind, status, created_at from judgments "
-                        "where render_version = 1 and decoding is not null"):
+                        "where render_version = 1 and decoding is not null and ((image_mode = 'heatmap' and "
+                        "(alpha is not null or beta is not null)) or prompt_hash is not null)"):
         row = dict(row)
+        if row["judge_backend"] not in reads:
+            continue
         now_shown = shown(row["judge_backend"], row["image_mode"], row["alpha"], row["beta"], row["prompt_hash"])
         if now_shown == (row["alpha"], row["beta"], row["prompt_hash"]):
             continue  # its key holds nothing it should not
@@ -426,7 +431,7 @@ def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
         row["shown"] = now_shown
         claimants.setdefault(judgment_key(row, *now_shown), []).append(row)
     for key, rows in claimants.items():
-        if key in held:
+        if db.execute("select 1 from judgments where id = ?", [key]).fetchone():
             continue  # judged under the new key already (this store was used by a newer localjudge before)
         first = max(rows, key=lambda r: (r["status"] == "ok", r["created_at"] or "", r["id"]))
         alpha, beta, prompt_hash = first["shown"]
@@ -434,14 +439,13 @@ def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
                    [key, alpha, beta, prompt_hash, first["id"]])
     db.execute("delete from judge_leases")  # claims on the old keys (none outlives a run)
 
-    ratings = {r["id"] for r in db.query("select id from ratings")}
     rated: dict[str, list[dict]] = {}
     for row in db.query("select id, saliency_id, rater, updated_at from ratings "
                         "where image_mode = 'heatmap' and (alpha is not null or beta is not null)"):
         view = content_key("view", row["saliency_id"], None, None, "heatmap")
         rated.setdefault(content_key("rating", view, row["rater"]), []).append({**dict(row), "view": view})
     for key, rows in rated.items():
-        if key not in ratings:
+        if not db.execute("select 1 from ratings where id = ?", [key]).fetchone():
             newest = max(rows, key=lambda r: (r["updated_at"] or "", r["id"]))
             db.execute("update ratings set id = ?, view_id = ?, alpha = null, beta = null where id = ?",
                        [key, newest["view"], newest["id"]])
@@ -452,14 +456,24 @@ def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
         setting = json.loads(row["setting"])
         if not all(c in setting for c in columns):
             continue
-        backends = {r["judge_backend"] for r in db.query(
-            "select distinct judge_backend from judgments where judge_model_hash = ?", [setting["judge_model_hash"]])}
-        if len(backends) != 1:
-            continue  # no judgment left to tell which judge it was (or two kinds): the calibration stays as it was
-        alpha, beta, prompt_hash = shown(backends.pop(), setting["image_mode"], setting["alpha"], setting["beta"],
-                                         setting["prompt_hash"])
+        judged = [r["judge_backend"] for r in db.query(
+            "select distinct judge_backend from judgments where judge_model_hash = ?", [setting["judge_model_hash"]])]
+        # one model judged by two backends (transformers and vLLM share its hash) is one setting where they read
+        # the same; a calibration whose judges would read differently, or no longer tell, stays as it was
+        moved = {shown(b, setting["image_mode"], setting["alpha"], setting["beta"], setting["prompt_hash"])
+                 for b in judged if b in reads}
+        if len(moved) != 1 or len(judged) != sum(b in reads for b in judged):
+            continue
+        alpha, beta, prompt_hash = moved.pop()
         if (alpha, beta, prompt_hash) == (setting["alpha"], setting["beta"], setting["prompt_hash"]):
             continue
+        kept = db.execute(
+            "select 1 from judgments where judge_model_hash = ? and image_mode = ? and alpha is ? and beta is ? and "
+            "prompt_hash is ? and judge_image_size = ? and decoding = ? and render_version = 1 limit 1",
+            [setting["judge_model_hash"], setting["image_mode"], setting["alpha"], setting["beta"],
+             setting["prompt_hash"], setting["judge_image_size"], setting["decoding"]]).fetchone()
+        if kept:
+            continue  # judgments of its setting kept their key (a twin's): so does the calibration
         setting.update(alpha=alpha, beta=beta, prompt_hash=prompt_hash)
         db["calibrations"].update(row["id"], {"setting": json.dumps(setting, sort_keys=True),
                                              "setting_key": content_key("setting", *[setting[c] for c in columns])})

@@ -263,7 +263,7 @@
     });
     if (part.whole_store) {
       body.appendChild(element("p", { "class": "whole-store" }, "Of the whole store: --run and --source do not narrow " +
-        "this check (it was run over every map of the model)."));
+        "this check (an eval command's result over the store, not over this report's images)."));
     }
     if (!part.ran) {
       body.appendChild(element("p", { "class": "not-run" }, "Not run on this store: run the command below to check."));
