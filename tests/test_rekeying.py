@@ -72,20 +72,23 @@ def test_heatmap_judgments_their_ratings_and_calibrations_are_keyed_anew(data_di
     assert all(r["alpha"] is None and r["beta"] is None for r in made)
 
     # The store as the earlier release left it: alpha and beta in every heatmap judgment and its key (each an
-    # answer with a score: a tiny random VLM's 48 tokens seldom end one; the third by vLLM, which shares the model's
-    # hash with transformers); one map judged at a second alpha too (the twin) and one in masked mode; a person's
-    # ratings of a view at both alphas, and a calibration of each heatmap setting, keyed with them.
+    # answer with a score: a tiny random VLM's 48 tokens seldom end one; the second by vLLM, which shares the model's
+    # hash with transformers); two maps judged at a second alpha too (twins: one older than its map's first
+    # judgment, one newer) and one in masked mode; a person's ratings of a view at both alphas, and a calibration of
+    # each heatmap setting, keyed with them.
     with sqlite3.connect(db) as conn:
         for score, row in enumerate(made, start=1):
             old = {**row, "alpha": 15.0, "beta": 0.6}
             conn.execute("update judgments set id = ?, alpha = 15.0, beta = 0.6, status = 'ok', score = ?, "
                          "judge_backend = ? where id = ?",
-                         [key_before_m025(old), score, "vllm" if score == 3 else "transformers", row["id"]])
+                         [key_before_m025(old), score, "vllm" if score == 2 else "transformers", row["id"]])
             row["score"] = score
         twin = {**made[0], "alpha": 25.0, "beta": 0.6, "created_at": "2020-01-01T00:00:00",
                 "status": "ok", "score": 0}
+        newer_twin = {**made[2], "alpha": 25.0, "beta": 0.6, "created_at": "2999-01-01T00:00:00",
+                      "status": "ok", "score": 4}
         masked = {**made[2], "image_mode": "masked", "alpha": 15.0, "beta": 0.6, "status": "ok", "score": 5}
-        for extra in (twin, masked):
+        for extra in (twin, newer_twin, masked):
             extra["id"] = key_before_m025(extra)  # a masked judgment's key is the same before and after
             conn.execute(f"insert into judgments ({', '.join(extra)}) values ({', '.join('?' * len(extra))})",
                          list(extra.values()))
@@ -113,13 +116,16 @@ def test_heatmap_judgments_their_ratings_and_calibrations_are_keyed_anew(data_di
 
     store = Store(db)  # migrates
     now = {r["id"]: r for r in store.query("select * from judgments")}
-    assert len(now) == 5  # nothing stored is lost
-    assert {r["id"] for r in made} <= set(now)  # the three keyed as a run keys them now (it made those ids itself)
-    assert all(now[r["id"]]["alpha"] is None and now[r["id"]]["score"] == r["score"] for r in made)
+    assert len(now) == 6  # nothing stored is lost
+    assert {r["id"] for r in made} <= set(now)  # each map keyed as a run keys it now (it made those ids itself)
+    assert [(now[r["id"]]["alpha"], now[r["id"]]["score"]) for r in made] == [(None, 1), (None, 2), (None, 4)]
     assert now[twin["id"]]["alpha"] == 25.0  # the older twin keeps its own key: one map, one key
+    left = key_before_m025({**made[2], "alpha": 15.0, "beta": 0.6})  # the newer twin took the key of map 3
+    assert now[left]["alpha"] == 15.0 and now[left]["score"] == 3
     assert now[masked["id"]]["alpha"] == 15.0 and now[masked["id"]]["prompt_hash"] == masked["prompt_hash"]
     moved = {**settings[15.0], "alpha": None, "beta": None}
-    # the three's calibration follows them (transformers and vLLM read alike); the twin's stays with the twin
+    # the calibration of the setting that moved the most judgments (2 at alpha 15, one by vLLM, against 1 at alpha
+    # 25) follows them; the other stays with its setting
     assert calibrated_thresholds(store) == {setting_key(moved): 2, setting_key(settings[25.0]): 5}
     ratings = sorted(store.query("select alpha, score from ratings"), key=lambda r: r["score"])
     assert [(r["alpha"], r["score"]) for r in ratings] == [(25.0, 1), (None, 4)]  # the older one kept as it was
@@ -130,8 +136,10 @@ def test_heatmap_judgments_their_ratings_and_calibrations_are_keyed_anew(data_di
     assert invoke_json("run", manifest, *common)["judge"]["computed"] == 0  # not judged again
     matrix = invoke_json("matrix", "--db", db, "--threshold", "calibrated")["matrices"]
     # the three's setting and the twin's, each with its calibration; the masked one at the default threshold
-    assert sorted((m["image_mode"], m["judgments"], m["threshold"]) for m in matrix) == [
-        ("heatmap", 1, 5), ("heatmap", 3, 2), ("masked", 1, 3)]
+    # the three maps' setting, calibrated; what stayed at alpha 25 (calibrated) and at alpha 15; the masked one
+    found = [(m["image_mode"], m["alpha"], m["judgments"], m["threshold"]) for m in matrix]
+    assert len(found) == 4 and set(found) == {
+        ("heatmap", 15.0, 1, 3), ("heatmap", 25.0, 1, 5), ("heatmap", None, 3, 2), ("masked", 15.0, 1, 3)}
 
 
 def test_a_judgment_keyed_before_image_kinds_were_stays_as_it_is(tmp_path, data_dir):

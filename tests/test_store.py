@@ -197,3 +197,25 @@ def test_two_runs_claim_a_judgment_once_and_a_dead_holders_claims_are_free(tmp_p
     assert second.claim_judgments(["j6", "j7"], mine, lease_holder_alive) == {"j7"}
     first.close()
     second.close()
+
+
+def test_a_store_opened_read_only_reads_what_the_writer_holds_and_refuses_writes(tmp_path):
+    """Store.read_only (a Ray read task's view of the driver's store): it sees rows the writer committed, in its
+    write-ahead log too, while the writer holds the store open, migrates nothing and refuses a write."""
+    import sqlite3
+
+    import pytest
+
+    writer = with_a_map(Store(tmp_path / "shared.db"))
+    writer.db.conn.commit()
+    reader = Store.read_only(tmp_path / "shared.db")
+    try:
+        assert [m["id"] for m in reader.saliency_maps(["m"])] == ["m"]
+        writer.db["saliency_maps"].update("m", {"target_label": "later"})
+        writer.db.conn.commit()
+        assert reader.saliency_maps(["m"])[0]["target_label"] == "later"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.db.execute("delete from judgments")
+    finally:
+        reader.close()
+        writer.close()

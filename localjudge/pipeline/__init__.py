@@ -261,6 +261,7 @@ class Audit:
         # This audit's claims on the judgments it is about to make (Store.claim_judgments): one owner per audit
         self._lease = {"owner": f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}",
                        "host": socket.gethostname(), "pid": os.getpid(), "seconds": config.judge_lease_seconds}
+        self._claims_renewed = float("-inf")  # time.monotonic() of the last renew_claims that wrote
 
     def on_store(self, store: Store, show_progress: bool = False) -> "Audit":
         """This audit over another connection to its store (a thread's own): the same run and the files read."""
@@ -1205,8 +1206,12 @@ class Audit:
 
     def renew_claims(self) -> None:
         """This audit's claims last another lease from now: for a run that claims its work before sending it out
-        (a Ray run's judge-only maps), called as its batches come back, so they do not expire while it works."""
-        self.store.renew_leases(self._lease["owner"], self._lease["seconds"])
+        (a Ray run's judge-only maps), called as it starts and as its batches come back, so they do not expire
+        while it works. A renewal rewrites every claim: done at most every third of a lease."""
+        moment = time.monotonic()
+        if moment - self._claims_renewed >= self._lease["seconds"] / 3:
+            self.store.renew_leases(self._lease["owner"], self._lease["seconds"])
+            self._claims_renewed = moment
 
     def store_judgments(self, rows: list[dict], stage: Stage) -> None:
         """One batch's judgments, in one transaction, counted in `stage`; this audit's claims on them end."""

@@ -201,16 +201,24 @@ def actor_resources(gpus: int, cpus: float, workers: int, local: bool, reserves_
     return share, dict(share)
 
 
+def refuse_client_address(address: str) -> None:
+    """A Ray Client driver (any address with a scheme, as Ray reads it: ray://, and $RAY_ADDRESS for "auto") runs off
+    the cluster, where the judge-only read tasks, pinned to the driver's node, could not reach the store: refused."""
+    resolved = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if "://" in resolved:
+        raise UserError(f"--ray {address}{f' ($RAY_ADDRESS={resolved})' if resolved != address else ''}: a Ray Client "
+                        "address is not supported: run the driver on a node of the cluster (ray start there, then "
+                        "--ray auto or the head's host:port); the judge-only maps are read from the store on the "
+                        "driver's node")
+
+
 def connect(address: str, workers: int | None, config: RunConfig) -> dict:
     """Join the cluster at `address`, or start a local one ("local") on this machine's loopback address. Returns
     the pool size and the resources each vision and each judge actor asks for."""
     import ray
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report from the cluster either
-    if address.startswith("ray://"):  # a Ray Client driver off the cluster: the read tasks could not reach the store
-        raise UserError(f"--ray {address}: run the driver on a node of the cluster (ray start there, then --ray auto "
-                        "or the head's address); a Ray Client address is not supported: the judge-only maps are "
-                        "read from the store on the driver's node")
+    refuse_client_address(address)
     local = address == "local"
     if not ray.is_initialized():
         if local:
@@ -235,6 +243,7 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
 
     from . import Stage
 
+    refuse_client_address(address)  # before any work
     stages = {"ingest": audit.ingest(source), "predict": Stage(), "explain": Stage(), "judge": Stage()}
     store, config = audit.store, audit.config
     image_ids = stages["ingest"].ids
@@ -304,6 +313,7 @@ def run_on_ray(audit, source: str | Path, address: str = "local", workers: int |
 
     started = time.perf_counter()
     stopped = provider = None
+    audit.renew_claims()  # from now, not from the claim: starting the cluster and its actors took time
     try:
         for batch in judged.iter_batches(batch_size=1, batch_format="numpy"):
             for blob in batch["payload"]:

@@ -415,11 +415,20 @@ def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
         return content_key("judgment", row["saliency_id"], alpha, beta, row["image_mode"], row["judge_model_hash"],
                            prompt_hash, json.loads(row["decoding"]), row["judge_image_size"], row["image_kind"])
 
+    columns = ("model", "model_hash", "cam", "target_layer", "judge_model", "judge_model_hash", "image_mode", "alpha",
+               "beta", "judge_image_size", "prompt_hash", "decoding")  # queries.GROUP_COLUMNS but render_version
+
+    def setting_key(values: dict) -> str:  # queries.setting_key at rendering version 1
+        return content_key("setting", *[values[c] for c in columns])
+
     claimants: dict[str, list[dict]] = {}
-    for row in db.query("select id, saliency_id, alpha, beta, image_mode, judge_backend, judge_model_hash, "
-                        "prompt_hash, decoding, judge_image_size, image_kind, status, created_at from judgments "
-                        "where render_version = 1 and decoding is not null and ((image_mode = 'heatmap' and "
-                        "(alpha is not null or beta is not null)) or prompt_hash is not null)"):
+    for row in db.query("select j.id, j.saliency_id, j.alpha, j.beta, j.image_mode, j.judge_backend, "
+                        "j.judge_model_hash, j.prompt_hash, j.decoding, j.judge_image_size, j.image_kind, j.status, "
+                        "j.created_at, j.judge_model, p.model, p.model_hash, s.method as cam, s.target_layer "
+                        "from judgments j join predictions p on p.id = j.prediction_id join saliency_maps s on "
+                        "s.id = j.saliency_id where j.render_version = 1 and j.decoding is not null and "
+                        "((j.image_mode = 'heatmap' and (j.alpha is not null or j.beta is not null)) or "
+                        "j.prompt_hash is not null)"):
         row = dict(row)
         if row["judge_backend"] not in reads:
             continue
@@ -430,6 +439,8 @@ def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
             continue  # keyed some other way, earlier: left as it is
         row["shown"] = now_shown
         claimants.setdefault(judgment_key(row, *now_shown), []).append(row)
+    # each old setting's judgments that moved, and what its setting becomes: its calibration follows them
+    moved: dict[str, dict] = {}
     for key, rows in claimants.items():
         if db.execute("select 1 from judgments where id = ?", [key]).fetchone():
             continue  # judged under the new key already (this store was used by a newer localjudge before)
@@ -437,6 +448,10 @@ def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
         alpha, beta, prompt_hash = first["shown"]
         db.execute("update judgments set id = ?, alpha = ?, beta = ?, prompt_hash = ? where id = ?",
                    [key, alpha, beta, prompt_hash, first["id"]])
+        became = {**{c: first[c] for c in columns}, "alpha": alpha, "beta": beta, "prompt_hash": prompt_hash}
+        entry = moved.setdefault(setting_key(first), {"rows": 0, "settings": set()})
+        entry["rows"] += 1
+        entry["settings"].add(json.dumps(became, sort_keys=True))
     db.execute("delete from judge_leases")  # claims on the old keys (none outlives a run)
 
     rated: dict[str, list[dict]] = {}
@@ -450,33 +465,26 @@ def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
             db.execute("update ratings set id = ?, view_id = ?, alpha = null, beta = null where id = ?",
                        [key, newest["view"], newest["id"]])
 
-    columns = ("model", "model_hash", "cam", "target_layer", "judge_model", "judge_model_hash", "image_mode", "alpha",
-               "beta", "judge_image_size", "prompt_hash", "decoding")  # queries.GROUP_COLUMNS but render_version
-    for row in list(db.query("select id, setting from calibrations")):
+    # A calibration follows its setting's judgments where they moved (to one new setting); where two calibrations
+    # would take one new key, the one whose setting moved the most judgments (the newest on a tie) takes it, and none
+    # takes a key another calibration holds already.
+    taken = {r["setting_key"] for r in db.query("select setting_key from calibrations")}
+    candidates: dict[str, list[tuple]] = {}
+    for rowid, row in enumerate(list(db.query("select id, setting from calibrations order by rowid"))):
         setting = json.loads(row["setting"])
         if not all(c in setting for c in columns):
             continue
-        judged = [r["judge_backend"] for r in db.query(
-            "select distinct judge_backend from judgments where judge_model_hash = ?", [setting["judge_model_hash"]])]
-        # one model judged by two backends (transformers and vLLM share its hash) is one setting where they read
-        # the same; a calibration whose judges would read differently, or no longer tell, stays as it was
-        moved = {shown(b, setting["image_mode"], setting["alpha"], setting["beta"], setting["prompt_hash"])
-                 for b in judged if b in reads}
-        if len(moved) != 1 or len(judged) != sum(b in reads for b in judged):
+        entry = moved.get(setting_key(setting))
+        if entry is None or len(entry["settings"]) != 1:
+            continue  # none of its judgments moved (or they went two ways): it stays as it was
+        became = json.loads(next(iter(entry["settings"])))
+        candidates.setdefault(setting_key(became), []).append((entry["rows"], rowid, row["id"], setting, became))
+    for key, found in candidates.items():
+        if key in taken:
             continue
-        alpha, beta, prompt_hash = moved.pop()
-        if (alpha, beta, prompt_hash) == (setting["alpha"], setting["beta"], setting["prompt_hash"]):
-            continue
-        kept = db.execute(
-            "select 1 from judgments where judge_model_hash = ? and image_mode = ? and alpha is ? and beta is ? and "
-            "prompt_hash is ? and judge_image_size = ? and decoding = ? and render_version = 1 limit 1",
-            [setting["judge_model_hash"], setting["image_mode"], setting["alpha"], setting["beta"],
-             setting["prompt_hash"], setting["judge_image_size"], setting["decoding"]]).fetchone()
-        if kept:
-            continue  # judgments of its setting kept their key (a twin's): so does the calibration
-        setting.update(alpha=alpha, beta=beta, prompt_hash=prompt_hash)
-        db["calibrations"].update(row["id"], {"setting": json.dumps(setting, sort_keys=True),
-                                             "setting_key": content_key("setting", *[setting[c] for c in columns])})
+        _, _, calibration, setting, became = max(found, key=lambda c: (c[0], c[1]))
+        setting.update(alpha=became["alpha"], beta=became["beta"], prompt_hash=became["prompt_hash"])
+        db["calibrations"].update(calibration, {"setting": json.dumps(setting, sort_keys=True), "setting_key": key})
 
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
