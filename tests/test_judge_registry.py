@@ -43,7 +43,10 @@ IDENTITY = {
 def recognizer_on_onnx() -> tuple[str, str]:
     """The recognizer on ONNX Runtime (the default backend where it is installed, as here): another judge for the
     store, named by the same weights and the exported graph's own sha256 (which depends on the exporter's version:
-    read from the cached graph's file here, not written down)."""
+    read from the cached graph's file here, not written down). The identity's form is written out here on purpose,
+    as IDENTITY's are: it is part of every judgment key, so a change to it (which would judge every store again)
+    must fail this test. That the graph's bytes are what it names is tested apart: a tampered cached graph is
+    caught and exported again (test_onnx_cli), and the torch recognizer is another judge (below)."""
     from localjudge.vision import exported_card, resolve_card
 
     card = resolve_card("efficientnet-lite2")
@@ -82,6 +85,8 @@ def test_each_backend_keeps_its_identity(name, known_vlm, tmp_path):
     audit.store.close()
     torch_audit = open_audit(tmp_path / "torch.db", None, ("judge",), **given, backend="torch")
     assert (torch_audit.judge_name(), torch_audit.judge_hash()) == IDENTITY[name]
+    if name == "recognizer" and audit.config.backend == "onnx":  # the two engines are two judges of one store
+        assert torch_audit.judge_hash() != expected[1]
     torch_audit.store.close()
 
 
