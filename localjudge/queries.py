@@ -840,10 +840,15 @@ def label_lists_of_runs(store: Store, run_ids: set[str | None]) -> dict:
     return lists
 
 
+def view_shading(alpha, beta, image_mode: str) -> tuple:
+    """The alpha and beta a view is drawn with: none for a heatmap overlay, which does not depend on them, whatever
+    judge saw it (the recognizer, which reads them, keeps them in its judgments, not in the view)."""
+    return (None, None) if image_mode == "heatmap" else (alpha, beta)
+
+
 def view_id(saliency_id: str, alpha: float, beta: float, image_mode: str) -> str:
     """What a judge was shown (and what a person rates): the map, rendered with alpha, beta in one image mode."""
-    if image_mode == "heatmap":  # a heatmap overlay does not depend on alpha or beta, whatever judge saw it (the
-        alpha = beta = None      # recognizer, which reads them, keeps them in its judgments, not in the view)
+    alpha, beta = view_shading(alpha, beta, image_mode)
     return content_key("view", saliency_id, None if alpha is None else float(alpha),
                        None if beta is None else float(beta), image_mode)
 
@@ -922,8 +927,8 @@ def views(store: Store, **filters) -> list[dict]:
     found: dict[str, dict] = {}
     for row in rows:
         key = view_id(row["saliency_id"], row["alpha"], row["beta"], row["image_mode"])
-        if row["image_mode"] == "heatmap":
-            row = {**row, "alpha": None, "beta": None}  # what a person rates holds none (view_id)
+        alpha, beta = view_shading(row["alpha"], row["beta"], row["image_mode"])
+        row = {**row, "alpha": alpha, "beta": beta}  # as the view is drawn and rated
         # The same view judged under several prompts (or image sizes): people see it once, with the first one's.
         if key not in found or (row["prompt_hash"] or "", row["judge_image_size"]) < (
                 found[key]["prompt_hash"] or "", found[key]["judge_image_size"]):

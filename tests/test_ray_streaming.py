@@ -123,15 +123,14 @@ def test_a_judge_only_ray_run_reads_its_batches_a_few_at_a_time(tiny_vlms_bpe512
 
 def test_a_ray_client_address_is_refused_with_the_reason(monkeypatch):
     """A Ray Client driver (ray://) runs off the cluster, where the read tasks pinned to its node could not reach the
-    store: refused before any connection, saying why."""
-    pytest.importorskip("ray", reason="the ray extra is not installed")
-    from localjudge.config import DEFAULTS
+    store: refused before any work (run_on_ray asks first), saying why."""
     from localjudge.errors import UserError
-    from localjudge.pipeline.distributed import connect
+    from localjudge.pipeline.distributed import refuse_client_address
 
     with pytest.raises(UserError, match="Ray Client address is not supported"):
-        connect("ray://head.example:10001", None, DEFAULTS)
+        refuse_client_address("ray://head.example:10001")
     with monkeypatch.context() as patched:  # "auto" as Ray reads it: the address $RAY_ADDRESS names
         patched.setenv("RAY_ADDRESS", "ray://head.example:10001")
         with pytest.raises(UserError, match=r"RAY_ADDRESS=ray://head\.example"):
-            connect("auto", None, DEFAULTS)
+            refuse_client_address("auto")
+    refuse_client_address("local")  # a cluster this driver is part of: no error

@@ -448,10 +448,9 @@ def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
         alpha, beta, prompt_hash = first["shown"]
         db.execute("update judgments set id = ?, alpha = ?, beta = ?, prompt_hash = ? where id = ?",
                    [key, alpha, beta, prompt_hash, first["id"]])
-        became = {**{c: first[c] for c in columns}, "alpha": alpha, "beta": beta, "prompt_hash": prompt_hash}
-        entry = moved.setdefault(setting_key(first), {"rows": 0, "settings": set()})
+        entry = moved.setdefault(setting_key(first), {"rows": 0, "shown": set()})
         entry["rows"] += 1
-        entry["settings"].add(json.dumps(became, sort_keys=True))
+        entry["shown"].add(first["shown"])
     db.execute("delete from judge_leases")  # claims on the old keys (none outlives a run)
 
     rated: dict[str, list[dict]] = {}
@@ -475,16 +474,17 @@ def m025_keys_hold_what_shapes_the_input(db: sqlite_utils.Database) -> None:
         if not all(c in setting for c in columns):
             continue
         entry = moved.get(setting_key(setting))
-        if entry is None or len(entry["settings"]) != 1:
+        if entry is None or len(entry["shown"]) != 1:
             continue  # none of its judgments moved (or they went two ways): it stays as it was
-        became = json.loads(next(iter(entry["settings"])))
-        candidates.setdefault(setting_key(became), []).append((entry["rows"], rowid, row["id"], setting, became))
+        (alpha, beta, prompt_hash), = entry["shown"]
+        became = {**setting, "alpha": alpha, "beta": beta, "prompt_hash": prompt_hash}
+        candidates.setdefault(setting_key(became), []).append((entry["rows"], rowid, row["id"], became))
     for key, found in candidates.items():
         if key in taken:
             continue
-        _, _, calibration, setting, became = max(found, key=lambda c: (c[0], c[1]))
-        setting.update(alpha=became["alpha"], beta=became["beta"], prompt_hash=became["prompt_hash"])
-        db["calibrations"].update(calibration, {"setting": json.dumps(setting, sort_keys=True), "setting_key": key})
+        _, _, calibration, became = max(found, key=lambda c: (c[0], c[1]))
+        db["calibrations"].update(calibration, {"setting": json.dumps(became, sort_keys=True), "setting_key": key})
+
 
 # The tables of audit content, in an order that satisfies their foreign keys, each with its primary key. Besides
 # them a store holds file_hashes (this machine's cache of its own files' hashes) and _migrations (its own schema).
