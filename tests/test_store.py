@@ -219,3 +219,30 @@ def test_a_store_opened_read_only_reads_what_the_writer_holds_and_refuses_writes
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_file_is_hashed_once_while_it_stays_and_again_after_any_change(tmp_path):
+    """sha256_file remembers a hash within the process (a run names its models by their weights' hash from a dozen
+    places); a change that keeps the size and puts the mtime back is still seen: the key holds the ctime, which only
+    the kernel sets."""
+    import hashlib
+    import os
+
+    from localjudge.store import _sha256_of, sha256_file
+
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"weights one")
+    before = _sha256_of.cache_info().misses
+    assert sha256_file(target) == hashlib.sha256(b"weights one").hexdigest()
+    assert sha256_file(target) == hashlib.sha256(b"weights one").hexdigest()
+    assert _sha256_of.cache_info().misses == before + 1  # read once
+    stat = target.stat()
+    target.write_bytes(b"weights two")  # the same size
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    assert sha256_file(target) == hashlib.sha256(b"weights two").hexdigest()
+    replacement = tmp_path / "other.bin"
+    replacement.write_bytes(b"weights 333")
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, target)  # another file moved over it, with the same size and mtime
+    assert sha256_file(target) == hashlib.sha256(b"weights 333").hexdigest()

@@ -23,7 +23,6 @@ torch is imported where it is used, so the judge registry loads without it."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -97,23 +96,18 @@ def recognizer_params(model: str, design: str) -> dict:
             **({"relative_floor": RELATIVE_FLOOR} if design == "relative" else {})}
 
 
-@functools.lru_cache(maxsize=None)
-def _weights_sha256(path: Path) -> str:
-    return sha256_file(path)  # weights files are tens of megabytes: hashed once per process
-
-
 def recognizer_for(config) -> str:
     """The recognizer's model for an audit: EfficientNet-Lite2, or Lite1 where the audited model's weights are Lite2's
     (compared by the weights' sha256: the same weights under another card's name are still the same judge)."""
     from ..vision import model_hash, resolve_card
 
     audited = resolve_card(config.model, config.card)
-    judge = model_hash(resolve_card(RECOGNIZER_MODEL), None, _weights_sha256, "torch")
+    judge = model_hash(resolve_card(RECOGNIZER_MODEL), None, sha256_file, "torch")
     if audited.framework == "onnx":  # a graph says which weights it was exported from
         return INDEPENDENT_MODEL if f"sha256:{audited.source_weights_sha256}" == judge else RECOGNIZER_MODEL
     if audited.framework != "efficientnet-lite-pytorch":
         return RECOGNIZER_MODEL  # no other architecture can hold Lite2's weights
-    own = model_hash(audited, Path(config.weights) if config.weights else None, _weights_sha256, "torch")
+    own = model_hash(audited, Path(config.weights) if config.weights else None, sha256_file, "torch")
     return INDEPENDENT_MODEL if own == judge else RECOGNIZER_MODEL
 
 

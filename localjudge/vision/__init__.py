@@ -196,8 +196,9 @@ def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path]
     elif not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     else:
-        # embedded weights are checked against their card by their bytes, never a cached hash (a same-size change
-        # with its mtime restored would pass a cache); they are tens of megabytes
+        # embedded weights are checked against their card by their bytes, never by the store's cache of hashes (a
+        # same-size change with its mtime restored would pass it); sha256_file reads them once per process while
+        # their inode, size, mtime and ctime stay the same
         embedded = weights is None and card.weights_sha256
         digest = _sha256(path) if embedded else hash_file(path)
         if embedded and digest != card.weights_sha256:
