@@ -25,7 +25,7 @@
      c  judge    the recognizer's forward: one `forward_outputs` of its model (EfficientNet-Lite2 at its card's
                  crop, on the same backend; the very object open_model gives the judge) per --judge-batch-size batch
    sum = a (decode + sha256) + b + c, and the ratio run seconds / sum.
-   1 and 2 alternate --repeat times (default 3): the host's speed drifts within a minute, so each run is compared
+   1 and 2 alternate --repeat times (default 5): the host's speed drifts within a minute, so each run is compared
    with the parts measured right after it, and the pair with the median ratio is reported, every pair listed.
    Targets (issue 19): >= 25 images/s with --backend onnx on the 2-core CPU, and a run <= 1.3x the irreducible sum.
 3. With --profile: cProfile of another run of min(64, --images) photos into a fresh store (the models loaded as
@@ -334,8 +334,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     parser.add_argument("--judge-batch-size", type=int, default=DEFAULTS.judge_batch_size)
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="run and parts alternated this many times; the median pair is reported (default 3)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="run and parts alternated this many times; the median pair is reported (default 5)")
     parser.add_argument("--profile", action="store_true", help="also profile a run of min(64, --images) photos")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
