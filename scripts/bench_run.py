@@ -9,7 +9,8 @@
    batch shape the timed run will meet. The timed run reuses the loaded models, so it excludes: interpreter start-up
    and imports, the export, the models' loading (printed apart), and what `localjudge run` does after the run
    (printing the matrices: timed apart). It includes everything else, the run's bookkeeping on a fresh store too
-   (the run row, hashing the weights files once). Result: images/s.
+   (the run row, hashing the weights files once: the hashes a process remembers are forgotten before each timed
+   run). Result: images/s.
 2. The irreducible parts, each timed apart with the project's own code on the same photos, batch sizes and backend,
    one after another (nothing overlaps), ingest's and the vision model's on a thread of their own and the
    recognizer's on the main thread, as in the run:
@@ -28,7 +29,10 @@
    1 and 2 alternate --repeat times (default 5): the host's speed drifts within a minute, so each run is compared
    with the parts measured right after it, and the pair with the median ratio is reported, every pair listed.
    Targets (issue 19): >= 25 images/s with --backend onnx on the 2-core CPU, and a run <= 1.3x the irreducible sum.
-3. With --profile: cProfile of another run of min(64, --images) photos into a fresh store (the models loaded as
+3. End to end, once, after the pairs: `localjudge run` on the same photos in a new process (interpreter start,
+   imports, loading both models from the warm export cache, the run, the matrices it prints), against the issue's
+   baseline: 71 s with --backend onnx, 79 s with torch, on this CPU before issue 19.
+4. With --profile: cProfile of another run of min(64, --images) photos into a fresh store (the models loaded as
    above), one profile per thread (the run's vision thread and its main, judging thread: cProfile sees one thread
    each), with the top 25 functions of localjudge/ by cumulative time and the top 15 of all by own time: where the
    time beyond the irreducible parts goes.
@@ -49,6 +53,8 @@ import hashlib
 import json
 import shutil
 import sqlite3
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -62,6 +68,7 @@ from localjudge.data import decode, model_picture, read_file
 from localjudge.pipeline import Audit, batched, open_audit
 from localjudge.pipeline import local
 from localjudge.pipeline.local import run_local
+from localjudge.store import forget_remembered_hashes
 from localjudge.vision.preprocess import model_view, to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +76,7 @@ PACKAGE = str(ROOT / "localjudge") + "/"
 STAGES = ("ingest", "predict", "explain", "judge")
 TARGET_RATE = 25.0  # images/s, --backend onnx on this CPU
 TARGET_RATIO = 1.3  # run seconds / irreducible sum
+BEFORE_SECONDS = {"onnx": 71.0, "torch": 79.0}  # `localjudge run` on the 500 photos before issue 19 (its text)
 
 
 def manifest_paths(manifest: Path) -> list[Path]:
@@ -143,6 +151,7 @@ def warm_up(folder: Path, paths: list[Path], args) -> dict:
 
 def timed_run(folder: Path, manifest: Path, n: int, models: dict, args, repetition: int = 0) -> dict:
     db = folder / f"run-{repetition}.db"
+    forget_remembered_hashes()  # a new process reads each weights file once: so does this run
     audit = preload(open_run(db, manifest, args), models["vision"], models["judge"])
     started, cpu = time.perf_counter(), time.process_time()
     with audit.recorded("run", str(manifest)):
@@ -235,9 +244,23 @@ def irreducible(paths: list[Path], models: dict, args) -> dict:
     return seconds
 
 
+def end_to_end(folder: Path, manifest: Path, n: int, args) -> dict:
+    """`localjudge run` in a new process, timed from its start to its exit (its output kept, not shown)."""
+    command = [sys.executable, "-m", "localjudge", "run", str(manifest), "--db", str(folder / "end-to-end.db"),
+               "--backend", args.backend, "--device", args.device, "--batch-size", str(args.batch_size),
+               "--judge-batch-size", str(args.judge_batch_size)]
+    started = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if finished.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{finished.stdout}{finished.stderr}")
+    return {"seconds": seconds, "images_per_s": n / seconds, "before_seconds": BEFORE_SECONDS.get(args.backend)}
+
+
 def profile_run(folder: Path, n: int, models: dict, args) -> dict[str, list[dict]]:
     """cProfile of a short run, one profile per thread (cProfile follows only the thread that enables it)."""
     manifest = imagenet_manifest(folder / "profile.csv", n)
+    forget_remembered_hashes()
     audit = preload(open_run(folder / "profile.db", manifest, args), models["vision"], models["judge"])
     profiles = {"vision thread (ingest, predict, explain, the judge's views)": cProfile.Profile(),
                 "main thread (judge requests, recognizer, judgments)": cProfile.Profile()}
@@ -294,8 +317,11 @@ def report(result: dict) -> None:
           f"{excluded['vision_load_s']:.2f} s and of the recognizer {excluded['judge_load_s']:.2f} s (an export "
           f"only where the cache had none); the matrices `localjudge run` prints afterwards "
           f"{excluded['matrices_s']:.2f} s")
-    print(f"  run: {run['seconds']:.2f} s, {run['images_per_s']:.2f} images/s  (target >= {TARGET_RATE:g} with "
-          f"--backend onnx: {verdict(result['rate_ok'])})")
+    rate = result["median_images_per_s"]
+    target = (f"target >= {TARGET_RATE:g}: {verdict(result['rate_ok'])}" if result["rate_ok"] is not None
+              else f"the target of >= {TARGET_RATE:g} is for --backend onnx")
+    print(f"  run: {run['seconds']:.2f} s, {run['images_per_s']:.2f} images/s; the median over the "
+          f"{len(result['repetitions'])} runs {rate:.2f} images/s  ({target})")
     print(f"       {run['ingested']} ingested, {run['maps']} maps, {run['judgments']} judgments "
           f"({run['failed']} failed); the judge's calls took {run['busy_seconds']:.2f} s, the judging thread waited "
           f"for maps {run['judge_waited_seconds']:.2f} s of {run['judge_wall_seconds']:.2f} s")
@@ -318,6 +344,12 @@ def report(result: dict) -> None:
     if len(repetitions) > 1:
         print(f"  the median of {len(repetitions)} alternated (run, parts) pairs, shown above; every pair: "
               + ", ".join(f"{r['run_s']:.2f} s / {r['irreducible_s']:.2f} s = {r['ratio']:.2f}x" for r in repetitions))
+    whole = result["end_to_end"]
+    before = (f"; before issue 19: {whole['before_seconds']:g} s, {n / whole['before_seconds']:.1f} images/s, "
+              f"{whole['before_seconds'] / whole['seconds']:.1f}x as long" if whole["before_seconds"] and n == 500
+              else "")
+    print(f"  end to end, `localjudge run` in a new process (start-up, imports, both models loaded from the export "
+          f"cache, the matrices printed): {whole['seconds']:.2f} s, {whole['images_per_s']:.2f} images/s{before}")
     for thread, tables in result.get("profile", {}).items():
         print(f"\nprofile of a {result['profile_images']}-photo run, {thread}")
         for title, key in (("localjudge/ functions by cumulative seconds", "localjudge_by_cumulative"),
@@ -372,7 +404,9 @@ def main() -> None:
             "repetitions": [{"run_s": r["seconds"], "irreducible_s": t, "ratio": ratio}
                             for ratio, r, _, t in pairs],
         }
-        result["rate_ok"] = run["images_per_s"] >= TARGET_RATE
+        result["median_images_per_s"] = statistics.median(r["images_per_s"] for _, r, _, _ in pairs)
+        result["rate_ok"] = result["median_images_per_s"] >= TARGET_RATE if args.backend == "onnx" else None
+        result["end_to_end"] = end_to_end(folder, manifest, n, args)
         result["ratio_ok"] = result["ratio"] <= TARGET_RATIO
         if args.profile:
             result["profile_images"] = min(64, n)

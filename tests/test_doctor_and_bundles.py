@@ -122,7 +122,8 @@ def test_a_changed_bundle_is_refused(tmp_path, tiny_vlms_bpe512):
 
 def test_the_embedded_weights_check_reads_the_bytes_not_a_cached_hash():
     """A cache keyed by path, size and mtime would answer with the card's own hash for a same-size change whose
-    mtime was restored: the check hashes the file itself."""
+    mtime was restored: the check reads the file itself (once per process while its inode, size, mtime and ctime
+    stay: store.sha256_remembered), never the hash function it is given."""
     card = load_card("efficientnet-lite0")
     changed = dataclasses.replace(card, weights_sha256="0" * 64)
     with pytest.raises(WeightsError, match="not the ones its card names"):

@@ -221,28 +221,46 @@ def test_a_store_opened_read_only_reads_what_the_writer_holds_and_refuses_writes
         writer.close()
 
 
-def test_a_file_is_hashed_once_while_it_stays_and_again_after_any_change(tmp_path):
-    """sha256_file remembers a hash within the process (a run names its models by their weights' hash from a dozen
-    places); a change that keeps the size and puts the mtime back is still seen: the key holds the ctime, which only
-    the kernel sets."""
+def test_a_weights_hash_is_remembered_while_the_file_stays_and_read_again_after_any_change(tmp_path, monkeypatch):
+    """sha256_remembered reads a file once per process (a run names its models by their weights' hash from a dozen
+    places) while its device, inode, size, mtime and ctime stay; a change that keeps the size and puts the mtime
+    back still moves the ctime. A file changed less than SETTLED_NS before it is read is not remembered: a change in
+    the same timestamp tick (coarse before Linux 6.13) could keep every one of those. The settling time is shortened
+    here (40 ms, above a 10 ms tick), so the test waits that long, not 3 s."""
     import hashlib
     import os
+    import time
 
-    from localjudge.store import _sha256_of, sha256_file
+    from localjudge import store as store_module
+    from localjudge.store import sha256_file, sha256_remembered
+
+    monkeypatch.setattr(store_module, "SETTLED_NS", 40_000_000)
+    reads = store_module.remembered_reads
+
+    def read_count(path) -> tuple[str, int]:
+        before = reads["reads"]
+        return sha256_remembered(path), reads["reads"] - before
 
     target = tmp_path / "weights.bin"
     target.write_bytes(b"weights one")
-    before = _sha256_of.cache_info().misses
-    assert sha256_file(target) == hashlib.sha256(b"weights one").hexdigest()
-    assert sha256_file(target) == hashlib.sha256(b"weights one").hexdigest()
-    assert _sha256_of.cache_info().misses == before + 1  # read once
+    one = hashlib.sha256(b"weights one").hexdigest()
+    assert read_count(target) == (one, 1)
+    assert read_count(target) == (one, 1)  # just written: not remembered yet
+    time.sleep(0.06)
+    assert read_count(target) == (one, 1)  # settled: remembered now
+    assert read_count(target) == (one, 0)
+    assert read_count(tmp_path / "." / "weights.bin") == (one, 0)  # the file, not its name, is the key
     stat = target.stat()
     target.write_bytes(b"weights two")  # the same size
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
     assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
-    assert sha256_file(target) == hashlib.sha256(b"weights two").hexdigest()
+    assert read_count(target) == (hashlib.sha256(b"weights two").hexdigest(), 1)
+    time.sleep(0.06)
     replacement = tmp_path / "other.bin"
     replacement.write_bytes(b"weights 333")
     os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     os.replace(replacement, target)  # another file moved over it, with the same size and mtime
-    assert sha256_file(target) == hashlib.sha256(b"weights 333").hexdigest()
+    assert read_count(target) == (hashlib.sha256(b"weights 333").hexdigest(), 1)
+    before = reads["reads"]
+    assert sha256_file(target) == hashlib.sha256(b"weights 333").hexdigest()  # verification reads every time,
+    assert reads["reads"] == before  # outside the remembered hashes

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from ..saliency.masking import masked_image
-from ..store import content_key, sha256_file
+from ..store import content_key, sha256_remembered
 from ..config import DEFAULTS
 from ..errors import OptionError
 from .base import Judge, JudgeIdentity, JudgeOutput, JudgeRequest, JudgeSpec
@@ -102,12 +102,12 @@ def recognizer_for(config) -> str:
     from ..vision import model_hash, resolve_card
 
     audited = resolve_card(config.model, config.card)
-    judge = model_hash(resolve_card(RECOGNIZER_MODEL), None, sha256_file, "torch")
+    judge = model_hash(resolve_card(RECOGNIZER_MODEL), None, sha256_remembered, "torch")
     if audited.framework == "onnx":  # a graph says which weights it was exported from
         return INDEPENDENT_MODEL if f"sha256:{audited.source_weights_sha256}" == judge else RECOGNIZER_MODEL
     if audited.framework != "efficientnet-lite-pytorch":
         return RECOGNIZER_MODEL  # no other architecture can hold Lite2's weights
-    own = model_hash(audited, Path(config.weights) if config.weights else None, sha256_file, "torch")
+    own = model_hash(audited, Path(config.weights) if config.weights else None, sha256_remembered, "torch")
     return INDEPENDENT_MODEL if own == judge else RECOGNIZER_MODEL
 
 

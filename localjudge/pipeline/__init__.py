@@ -281,7 +281,7 @@ class Audit:
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def vision_hash(self) -> str:
-        # once per audit: embedded weights are hashed by their bytes (no cache), and every batch asks
+        # once per audit: embedded weights are hashed by their bytes (never by the store's cache), and every batch asks
         if self._vision_hash is None:
             self._vision_hash = model_hash(self.card, self._weights, self._hash_file, self._backend)
         return self._vision_hash

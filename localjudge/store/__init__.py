@@ -5,11 +5,11 @@ again does only the work that is missing."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -413,25 +413,58 @@ class Store:
 
 
 def sha256_file(path: Path) -> str:
-    """The sha256 of a file's bytes, read once per process while the file stays as it was. A run names its models by
-    their weights' hash from several places (the run row, each judgment key's judge, the recognizer's choice): a dozen
-    reads of tens of megabytes each, a second of one core at the start of every run. The remembered hash is keyed by
-    the file's inode, size, mtime and ctime: a change restores a same size and mtime (os.utime) but never a ctime,
-    which only the kernel sets (what a cache kept across processes, keyed by path, size and mtime, cannot see:
-    Store.cached_file_hash, trusted only where the user says so)."""
-    stat = os.stat(path)
-    return _sha256_of(os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns,
-                      stat.st_ctime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _sha256_of(path: str, *stat) -> str:
-    digest = hashlib.sha256()
+    """The sha256 of a file's bytes, read whole every time (what verifies a bundle, a graph, a doctor's check)."""
     with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
+        return _sha256_of(handle)
+
+
+def _sha256_of(handle) -> str:
+    digest = hashlib.sha256()
+    while block := handle.read(1 << 20):
+        digest.update(block)
     return digest.hexdigest()
 
 
-__all__ = ["Store", "StoreError", "content_key", "pack_array", "unpack_array", "sha256_file", "now", "MIGRATIONS",
+# A file's hash is remembered only once the file has been left alone this long when it is read: a change made after
+# that gets a later ctime than the one remembered, whatever the filesystem's or the kernel's timestamp granularity
+# (before Linux 6.13 timestamps move once per tick; git's "racily clean" rule is the same)
+SETTLED_NS = 3_000_000_000
+_REMEMBERED: dict[tuple[int, ...], str] = {}
+_REMEMBERED_LOCK = threading.Lock()
+_REMEMBERED_MOST = 256
+remembered_reads = {"hits": 0, "reads": 0}  # how often sha256_remembered answered from memory, and read a file
+
+
+def sha256_remembered(path: Path) -> str:
+    """sha256_file, read once per process while the file stays as it was: a run names its models by their weights'
+    hash from several places (the run row, each judgment key's judge, the recognizer's choice), twelve reads of
+    20-30 MB before. The file is opened first (on NFS the open revalidates its attributes), and its hash is keyed by
+    the open file's device, inode, size, mtime and ctime: a change that keeps the size and puts the mtime back
+    (os.utime) still moves the ctime, which only the kernel sets. Not for verification commands: a filesystem that
+    keeps no change time (FAT) shows a changed ctime only where the mtime changed (sha256_file reads every time)."""
+    with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        with _REMEMBERED_LOCK:
+            found = _REMEMBERED.get(key)
+            remembered_reads["hits" if found else "reads"] += 1
+        if found:
+            return found
+        found = _sha256_of(handle)
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) >= SETTLED_NS:
+        with _REMEMBERED_LOCK:
+            if len(_REMEMBERED) >= _REMEMBERED_MOST:
+                _REMEMBERED.clear()
+            _REMEMBERED[key] = found
+    return found
+
+
+def forget_remembered_hashes() -> None:
+    """Every remembered hash forgotten (a benchmark's run pays for its hashing as a new process does)."""
+    with _REMEMBERED_LOCK:
+        _REMEMBERED.clear()
+
+
+__all__ = ["Store", "StoreError", "content_key", "pack_array", "unpack_array", "sha256_file", "sha256_remembered",
+           "forget_remembered_hashes", "now", "MIGRATIONS",
            "TABLES"]

@@ -138,7 +138,8 @@ def exported_card(card: ModelCard, weights: Path | None, source_hash: str) -> Mo
 
 
 def _graph_verified(card: ModelCard, graph: Path) -> bool:
-    """Whether the graph file's bytes are the ones its card names (hashed each time: a cache is not trusted)."""
+    """Whether the graph file's bytes are the ones its card names (read once per process while the file stays as it
+    was, never answered from the store's cache of hashes)."""
     return bool(card.onnx_sha256) and graph.is_file() and _sha256(graph) == card.onnx_sha256
 
 
@@ -197,8 +198,8 @@ def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path]
         raise WeightsError(f"{path}: weights file not found")
     else:
         # embedded weights are checked against their card by their bytes, never by the store's cache of hashes (a
-        # same-size change with its mtime restored would pass it); sha256_file reads them once per process while
-        # their inode, size, mtime and ctime stay the same
+        # same-size change with its mtime restored would pass it); sha256_remembered reads them once per process
+        # while their inode, size, mtime and ctime stay the same
         embedded = weights is None and card.weights_sha256
         digest = _sha256(path) if embedded else hash_file(path)
         if embedded and digest != card.weights_sha256:
@@ -214,9 +215,9 @@ def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path]
 
 
 def _sha256(path: Path) -> str:
-    from ..store import sha256_file
+    from ..store import sha256_remembered
 
-    return sha256_file(path)
+    return sha256_remembered(path)
 
 
 __all__ = ["VisionModel", "ModelCard", "CardError", "WeightsError", "list_cards", "load_card", "resolve_card",
