@@ -584,6 +584,15 @@ def prepare(folder: Path, data: Path, count: int, python_version: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                     "--python-version", python_version, "--implementation", "cp", *platforms, "--dest", str(wheels),
                     *pins], check=True)
+    files = pack_data(folder, data, count)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    print(f"{folder}: {size / 2**20:.1f} MiB ({len(list(wheels.glob('*.whl')))} wheels, {len(files)} images, "
+          "tokenizers.tar.gz); carry it with the repository and run bash scripts/gpu_check.sh there")
+
+
+def pack_data(folder: Path, data: Path, count: int) -> list[Path]:
+    """The carry folder's data: `count` imagenet-sample images with their labels, and the released tokenizers as
+    tokenizers.tar.gz (gpu_check.sh unpacks it beside itself); the images copied."""
     sample = folder / "data" / "imagenet-sample"
     (sample / "images").mkdir(parents=True, exist_ok=True)
     files = imagenet_files(data, count)
@@ -599,9 +608,7 @@ def prepare(folder: Path, data: Path, count: int, python_version: str) -> None:
         shutil.copyfile(file, sample / file.relative_to(data / "imagenet-sample"))
     with tarfile.open(folder / "data" / "tokenizers.tar.gz", "w:gz") as archive:
         archive.add(data / "tokenizers", arcname="tokenizers")
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    print(f"{folder}: {size / 2**20:.1f} MiB ({len(list(wheels.glob('*.whl')))} wheels, {len(files)} images, "
-          "tokenizers.tar.gz); carry it with the repository and run bash scripts/gpu_check.sh there")
+    return files
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

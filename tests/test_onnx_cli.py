@@ -67,6 +67,44 @@ def test_the_default_backend_is_onnx_runtime_where_it_is_installed_and_is_record
     assert settled == ["torch", "torch"]
 
 
+def test_auto_falls_back_to_torch_where_onnx_runtime_cannot_run_the_model(tmp_path, data_dir, monkeypatch):
+    """--backend auto without the exporter (one of onnxruntime, onnx, onnxscript missing) or, on a GPU, without
+    onnxruntime-gpu's CUDA provider settles on torch, and the run records torch; with the provider it is ONNX
+    Runtime. (The packages' absence is made by hiding them from importlib's finder; onnxruntime's providers list and
+    torch's CUDA check are replaced for the GPU cases, which cannot run here.)"""
+    import importlib.util
+
+    import onnxruntime
+    import torch
+
+    from localjudge.vision import auto_backend
+
+    find_spec = importlib.util.find_spec
+    for hidden in ("onnxruntime", "onnx", "onnxscript"):
+        with monkeypatch.context() as patch:
+            patch.setattr(importlib.util, "find_spec", lambda name, *a, hidden=hidden: None if name == hidden
+                          else find_spec(name, *a))
+            assert auto_backend("cpu") == auto_backend("auto") == "torch", hidden
+            if hidden == "onnxscript":  # and a run made so records the backend it settled on
+                with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
+                    row = next(csv.DictReader(handle))
+                manifest = tmp_path / "one.csv"
+                manifest.write_text(f"path,label\n{data_dir / 'imagenet-sample' / row['file']},"
+                                    f"{row['imagenet_index']}\n")
+                invoke_json("predict", manifest, "--db", tmp_path / "fallback.db")
+                with sqlite3.connect(tmp_path / "fallback.db") as conn:
+                    config = json.loads(conn.execute("select config from runs").fetchone()[0])
+                    assert config["backend"] == "torch"
+                    assert {r[0] for r in conn.execute("select backend from predictions")} == {"torch"}
+    cpu_only = onnxruntime.get_available_providers()
+    assert "CUDAExecutionProvider" not in cpu_only
+    assert auto_backend("cuda") == auto_backend("cuda:1") == "torch"  # a GPU asked for, no CUDA provider
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_backend("auto") == "torch"  # a GPU here, no CUDA provider: torch on the GPU
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *cpu_only])
+    assert auto_backend("cuda") == auto_backend("auto") == auto_backend("cpu") == "onnx"
+
+
 def test_models_export_writes_a_checked_graph_and_its_card(tmp_path):
     out = tmp_path / "lite0.onnx"
     result = invoke("models", "export", "efficientnet-lite0", "--out", out)

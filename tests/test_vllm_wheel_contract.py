@@ -175,3 +175,12 @@ def test_the_standin_takes_only_what_vllm_takes(checker):
     with pytest.raises(AttributeError):  # vLLM's CompletionOutput has finish_reason, no `finished`
         vllm_standin.CompletionOutput(text="").finished
     assert vllm_standin.SamplingParams().max_tokens == 16  # vLLM's own default, read as a literal
+
+
+def test_the_gpu_image_installs_the_version_the_checker_reads(checker):
+    """Dockerfile.gpu installs vLLM by its own pin (before localjudge, so its torch and transformers pins win): that
+    pin must be the `vllm` extra's, the version check_vllm_contract.py reads and the stand-in's signatures come from."""
+    import re
+
+    pins = re.findall(r"vllm==([\w.]+)", (ROOT / "Dockerfile.gpu").read_text())
+    assert pins == [checker.pinned_version()]
