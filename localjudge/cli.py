@@ -123,9 +123,10 @@ vision_options = options(
                  help="A model bundle (`localjudge bundle create`): verified file by file, then its model, weights "
                       "and VLM are used and its manifest hash is recorded with the run."),
     click.option("--trust-hash-cache", is_flag=True, default=None,
-                 help="--bundle: take a file's sha256 from the store's cache when its path, size and modification "
-                      "time are unchanged (quicker for a large VLM; a same-size change with its time restored then "
-                      "goes unseen). By default every file's bytes are hashed."),
+                 help="Take the sha256 of a bundle's files and of the vision model's weights or graph from the "
+                      "store's cache when their path, size and modification time are unchanged (quicker for a large "
+                      "VLM; a same-size change with its time restored then goes unseen). By default their bytes are "
+                      "hashed (once per process)."),
 )
 class RegistryChoice(click.Choice):
     """A choice among a registry's names, read when the option is shown or used: the CAM methods compute with

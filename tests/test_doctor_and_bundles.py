@@ -149,3 +149,33 @@ def test_a_same_size_change_with_its_mtime_restored_is_found_in_a_bundle(tmp_pat
     assert "config.json" in refused.output
     # trusting the cache is the user's choice, by name: then the change goes unseen (why it is not the default)
     invoke("predict", folder, "--db", db, "--bundle", out, "--trust-hash-cache")
+
+
+def test_a_weights_file_changed_with_its_mtime_restored_is_another_model(tmp_path):
+    """The vision model's --weights are named by their bytes in every run (read once per process), not by the
+    store's cache of path, size and mtime, which a same-size change with its mtime put back passes: that cache
+    answers only with --trust-hash-cache, the user's choice by name."""
+    import hashlib
+    import os
+
+    from localjudge.pipeline import open_audit
+
+    weights = tmp_path / "lite0.pth"
+    weights.write_bytes(b"first weights " * 100)
+    db = tmp_path / "a.db"
+
+    def vision_hash(**given) -> str:
+        audit = open_audit(db, None, (), show_progress=False, model="efficientnet-lite0", weights=str(weights),
+                           backend="torch", **given)
+        try:
+            return audit.vision_hash()
+        finally:
+            audit.store.close()
+
+    first = vision_hash()
+    assert vision_hash(trust_hash_cache=True) == first == "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
+    stat = weights.stat()
+    weights.write_bytes(b"other weights " * 100)  # the same size
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
+    assert vision_hash() == "sha256:" + hashlib.sha256(b"other weights " * 100).hexdigest() != first
+    assert vision_hash(trust_hash_cache=True) == first  # the cache, trusted by name, cannot see it

@@ -53,7 +53,7 @@ def test_the_dry_run_prints_the_whole_table_offline(tmp_path):
     assert written["numbers"]["dry"] is True and written["numbers"]["elapsed_s"] < 120
 
 
-def test_the_carry_folder_gives_the_gpu_run_its_released_vocabularies(tmp_path, data_dir):
+def test_the_carry_folder_gives_the_gpu_run_its_released_vocabularies(tmp_path, data_dir, monkeypatch):
     """On a bare GPU machine the tiny VLMs are built from the carry folder's tokenizers (gpu_check.py --prepare packs
     them, gpu_check.sh unpacks them): the path the dry run above does not take (it builds the 512-token variant)."""
     import importlib.util
@@ -62,7 +62,7 @@ def test_the_carry_folder_gives_the_gpu_run_its_released_vocabularies(tmp_path, 
 
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = gpu_check
+    monkeypatch.setitem(sys.modules, spec.name, gpu_check)
     spec.loader.exec_module(gpu_check)
     carry = tmp_path / ".gpu_check"
     gpu_check.pack_data(carry, data_dir, 1)

@@ -37,7 +37,7 @@ from ..judge import (AUTO, JUDGES, Judge, JudgeError, JudgeIdentity, JudgeOutput
 from ..judge.prompts import PHOTO, fill_kind, prompt_hash, prompt_template, prompt_text, render
 from ..progress import progress
 from ..saliency.masking import FIRST_RENDER_VERSION, RENDER_VERSION, judge_image, soft_mask, upsample
-from ..store import Store, content_key, now, pack_array, sha256_file, unpack_array
+from ..store import Store, content_key, now, pack_array, sha256_file, sha256_remembered, unpack_array
 from ..vision import (BACKENDS, ModelCard, auto_backend, backend_of, main_class, model_hash, open_model,
                       require_weights, resolve_card)
 from ..vision.preprocess import model_view, to_tensor
@@ -283,7 +283,7 @@ class Audit:
     def vision_hash(self) -> str:
         # once per audit: embedded weights are hashed by their bytes (never by the store's cache), and every batch asks
         if self._vision_hash is None:
-            self._vision_hash = model_hash(self.card, self._weights, self._hash_file, self._backend)
+            self._vision_hash = model_hash(self.card, self._weights, self._model_file_hash, self._backend)
         return self._vision_hash
 
     def judge_identity(self) -> JudgeIdentity:
@@ -299,7 +299,16 @@ class Audit:
         return self.judge_identity().name
 
     def _hash_file(self, path: Path) -> str:
+        """A judge's files (a VLM directory: gigabytes) by the store's cache of unchanged path, size and mtime."""
         return self.store.cached_file_hash(path, sha256_file)
+
+    def _model_file_hash(self, path: Path) -> str:
+        """The vision model's weights or graph (--weights, an ONNX card): read once per process while the file stays
+        (sha256_remembered, as the recognizer reads the same file), the store's cache only with --trust-hash-cache
+        (a same-size change with its mtime put back passes that cache)."""
+        if self.config.trust_hash_cache:
+            return self._hash_file(path)
+        return sha256_remembered(path)
 
     def begin(self, command: str, source: str | None) -> str:
         model_hashes = {"vision": self.vision_hash()}
@@ -460,7 +469,8 @@ class Audit:
     # --- the vision stage: predict and explain ------------------------------------------------------------
     def vision_model(self):
         if self._vision is None:
-            self._vision = open_model(self.card, self._weights, self.config.device, self._backend, self._hash_file)
+            self._vision = open_model(self.card, self._weights, self.config.device, self._backend,
+                                      self._model_file_hash)
             if self.run_id:
                 self.store.set_run_provider(self.run_id, self._vision.execution_provider)
         return self._vision
@@ -721,7 +731,7 @@ class Audit:
         if found or self.card.framework == "onnx":
             return found
         try:  # the graph names the model on ONNX Runtime: exported (or verified) here
-            on_onnx = model_hash(self.card, self._weights, self._hash_file, "onnx")
+            on_onnx = model_hash(self.card, self._weights, self._model_file_hash, "onnx")
         except (ImportError, UserError):  # no ONNX exporter here, or the export failed: no graph names them
             return found
         return self.store.prediction_ids(on_onnx, json.dumps(self.preprocessing(), sort_keys=True))

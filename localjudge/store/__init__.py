@@ -440,10 +440,14 @@ def sha256_remembered(path: Path) -> str:
     hash from several places (the run row, each judgment key's judge, the recognizer's choice), twelve reads of
     20-30 MB before. The file is opened first (on NFS the open revalidates its attributes), and its hash is keyed by
     the open file's device, inode, size, mtime and ctime: a change that keeps the size and puts the mtime back
-    (os.utime) still moves the ctime, which only the kernel sets. Not for verification commands: a filesystem that
-    keeps no change time (FAT) shows a changed ctime only where the mtime changed (sha256_file reads every time)."""
+    (os.utime) still moves the ctime, which only the kernel sets. Remembered only where the file had not changed for
+    SETTLED_NS when it was opened. Limits: a filesystem that keeps no change time (FAT) shows a changed ctime only
+    where the mtime changed; an NFS server whose clock runs SETTLED_NS behind this machine's, or a mount without
+    close-to-open consistency (nocto), can make a fresh change look settled. Verification commands do not use it
+    (sha256_file reads every time)."""
     with open(path, "rb") as handle:
         stat = os.fstat(handle.fileno())
+        checked = time.time_ns()  # settled is judged when the file was looked at, not after a long read
         key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         with _REMEMBERED_LOCK:
             found = _REMEMBERED.get(key)
@@ -451,7 +455,7 @@ def sha256_remembered(path: Path) -> str:
         if found:
             return found
         found = _sha256_of(handle)
-    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) >= SETTLED_NS:
+    if checked - max(stat.st_mtime_ns, stat.st_ctime_ns) >= SETTLED_NS:
         with _REMEMBERED_LOCK:
             if len(_REMEMBERED) >= _REMEMBERED_MOST:
                 _REMEMBERED.clear()

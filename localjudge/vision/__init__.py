@@ -139,7 +139,7 @@ def exported_card(card: ModelCard, weights: Path | None, source_hash: str) -> Mo
 
 def _graph_verified(card: ModelCard, graph: Path) -> bool:
     """Whether the graph file's bytes are the ones its card names (read once per process while the file stays as it
-    was, never answered from the store's cache of hashes)."""
+    was: sha256_remembered; never answered from the store's cache of hashes)."""
     return bool(card.onnx_sha256) and graph.is_file() and _sha256(graph) == card.onnx_sha256
 
 
@@ -199,7 +199,7 @@ def model_hash(card: ModelCard, weights: Path | None, hash_file: Callable[[Path]
     else:
         # embedded weights are checked against their card by their bytes, never by the store's cache of hashes (a
         # same-size change with its mtime restored would pass it); sha256_remembered reads them once per process
-        # while their inode, size, mtime and ctime stay the same
+        # while their device, inode, size, mtime and ctime stay the same (where they had settled for 3 s)
         embedded = weights is None and card.weights_sha256
         digest = _sha256(path) if embedded else hash_file(path)
         if embedded and digest != card.weights_sha256:
