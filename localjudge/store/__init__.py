@@ -413,7 +413,8 @@ class Store:
 
 
 def sha256_file(path: Path) -> str:
-    """The sha256 of a file's bytes, read whole every time (what verifies a bundle, a graph, a doctor's check)."""
+    """The sha256 of a file's bytes, read whole every time (what verifies a bundle, a doctor's check, an export's
+    card)."""
     with open(path, "rb") as handle:
         return _sha256_of(handle)
 
