@@ -16,7 +16,7 @@ from localjudge.store import Store, unpack_array
 from localjudge.vision import load_card
 from localjudge.vision.torch_backend import build_module, find_layer
 
-from .conftest import invoke, invoke_json
+from .conftest import invoke, invoke_json, seg_photos_manifest
 
 
 @pytest.mark.slow
@@ -86,12 +86,8 @@ def test_auto_falls_back_to_torch_where_onnx_runtime_cannot_run_the_model(tmp_pa
                           if name == hidden else find_spec(name, package))
             assert auto_backend("cpu") == auto_backend("auto") == "torch", hidden
             if hidden == "onnxscript":  # and a run made so records the backend it settled on
-                with open(data_dir / "imagenet-sample" / "labels.csv", newline="") as handle:
-                    row = next(csv.DictReader(handle))
-                manifest = tmp_path / "one.csv"
-                manifest.write_text(f"path,label\n{data_dir / 'imagenet-sample' / row['file']},"
-                                    f"{row['imagenet_index']}\n")
-                invoke_json("predict", manifest, "--db", tmp_path / "fallback.db")
+                invoke_json("predict", seg_photos_manifest(data_dir, tmp_path / "one.csv", 1), "--db",
+                            tmp_path / "fallback.db")
                 with sqlite3.connect(tmp_path / "fallback.db") as conn:
                     config = json.loads(conn.execute("select config from runs").fetchone()[0])
                     assert config["backend"] == "torch"
